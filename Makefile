@@ -1,0 +1,21 @@
+# The folder operator/ would shadow the standard library module "operator" if the current
+# directory were on sys.path: PYTHONSAFEPATH keeps it off for every python started here.
+export PYTHONSAFEPATH := 1
+
+.PHONY: install install-dev demo test lint
+
+install:
+	scripts/install.sh
+
+install-dev:
+	scripts/install.sh --dev
+
+demo: install
+	.venv/bin/forgetmi-trainer demo --workdir .demo --seed 0
+
+test: install-dev
+	.venv/bin/python -m ruff check operator trainer tests bench
+	PATH="$(CURDIR)/.tools/bin:$$PATH" .venv/bin/python -m pytest -q
+
+lint:
+	.venv/bin/python -m ruff check operator trainer tests bench

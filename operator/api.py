@@ -1,0 +1,245 @@
+"""Pydantic models of the UnlearnRequest spec and status (mirrors crds/…yaml exactly).
+
+Field names are the CRD's camelCase names (aliases); Python code uses snake_case
+attributes. ``tests/operator/test_api_crd.py`` keeps this module and the CRD in agreement:
+every field, enum, bound and default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from forgetmi_trainer.contract import SHA256_PATTERN, URI_PATTERN
+
+GateMetric = Literal["mia", "miaAUC", "forgetAUC", "forgetF1", "testAUC", "testF1"]
+Comparator = Literal["atMost", "atLeast", "maxDrop", "minDrop"]
+Reference = Literal["absolute", "original"]
+RolloutMode = Literal["Automatic", "Manual", "DryRun"]
+OnGateFailure = Literal["Hold", "Retrain"]
+Phase = Literal["Pending", "Running", "Evaluating", "Promoted", "Held", "Failed"]
+GateResult = Literal["Passed", "Failed", "Inconclusive"]
+ConditionType = Literal["Accepted", "Unlearned", "GatesPassed", "Promoted"]
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+APPROVAL_ANNOTATION = "unlearning.forgetmi.io/approved"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class ModelSpec(_Spec):
+    registry_uri: str = Field(pattern=URI_PATTERN, description="s3:// or file:// root of the model registry.")
+    name: str = Field(pattern=DNS_LABEL, max_length=63, description="Model name in the registry.")
+    alias: str = Field(default="production", pattern=DNS_LABEL, max_length=63,
+                       description="Alias resolved to a version at start and pinned in status.")
+
+
+class DataSpec(_Spec):
+    manifest_uri: str = Field(pattern=URI_PATTERN, description="Dataset manifest (CSV or Parquet).")
+
+
+class SecretKeyRef(_Spec):
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Secret in the request's namespace.")
+    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="Key within the Secret.")
+
+
+class ForgetSpec(_Spec):
+    subjects_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the patient IDs (one per line or a JSON list).")
+    subjects_uri: str | None = Field(default=None, pattern=URI_PATTERN,
+                                     description="Storage object holding the patient IDs.")
+    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN,
+                               description="Expected sha256 of the subjectsUri object.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ForgetSpec:
+        if (self.subjects_secret_ref is None) == (self.subjects_uri is None):
+            raise ValueError("exactly one of subjectsSecretRef or subjectsUri must be set")
+        if self.sha256 is not None and self.subjects_uri is None:
+            raise ValueError("sha256 applies only to subjectsUri")
+        return self
+
+
+class WeightsSpec(_Spec):
+    uu: float = Field(ge=0, le=1, description="Unimodal unlearning weight.")
+    mu: float = Field(ge=0, le=1, description="Multimodal unlearning weight.")
+    ur: float = Field(ge=0, le=1, description="Unimodal retention weight.")
+    mr: float = Field(ge=0, le=1, description="Multimodal retention weight.")
+
+
+class NoiseSpec(_Spec):
+    image_mean: float = Field(default=0.0, ge=-1, le=1, description="Mean of the image Gaussian noise.")
+    image_std: float = Field(default=0.1, ge=0, le=1, description="Std of the image Gaussian noise.")
+    text_level: float = Field(default=0.5, ge=0, le=1, description="Word/char noise probability.")
+
+
+class SelectionSpec(_Spec):
+    rule: Literal["FixedEpoch", "ForgetReachesTest"] = Field(default="FixedEpoch",
+                                                             description="Checkpoint selection rule.")
+    epoch: int | None = Field(default=None, ge=1, le=1000, description="Epoch for FixedEpoch (default last).")
+
+
+class MethodSpec(_Spec):
+    name: Literal["forget-mi", "retrain", "finetune", "neggrad-plus", "scrub"] = Field(
+        default="forget-mi", description="Unlearning method.")
+    preset: Literal["equal", "multimodal", "unimodal", "retention"] = Field(
+        default="unimodal", description="Loss-weight preset; ignored when weights are given.")
+    weights: WeightsSpec | None = Field(default=None, description="Explicit loss weights.")
+    noise: NoiseSpec = Field(default_factory=NoiseSpec, description="Perturbation of the forget inputs.")
+    epochs: int = Field(default=30, ge=1, le=1000, description="Unlearning epochs.")
+    learning_rate: float = Field(default=1e-3, gt=0, le=1, description="AdamW learning rate.")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="Forget/retain batch size.")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Random seed.")
+    selection: SelectionSpec = Field(default_factory=SelectionSpec, description="Checkpoint selection.")
+
+
+class GateSpec(_Spec):
+    metric: GateMetric = Field(description="Metric of the unlearned model the gate checks.")
+    comparator: Comparator = Field(description="atMost/atLeast compare the value; maxDrop/minDrop the drop.")
+    threshold: float = Field(ge=-1, le=1, description="Threshold in the metric's units (0..1).")
+    reference: Reference = Field(default="absolute", description="Compare with an absolute value or the original.")
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> GateSpec:
+        drop = self.comparator in ("maxDrop", "minDrop")
+        if drop and self.reference != "original":
+            raise ValueError(f"comparator {self.comparator} needs reference: original")
+        if not drop and self.reference == "original" and not -1 <= self.threshold <= 1:
+            raise ValueError("threshold out of range")
+        return self
+
+
+class TargetSpec(_Spec):
+    kind: Literal["Deployment", "InferenceService"] = Field(description="Kind of the serving object to patch.")
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Name in the request's namespace.")
+    container: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63,
+                                  description="Deployment container (default: the first).")
+    env: str = Field(default="FORGETMI_MODEL_URI", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                     description="Deployment env var that receives the model URI.")
+
+
+class RolloutSpec(_Spec):
+    mode: RolloutMode = Field(default="Automatic", description="Automatic, Manual (approval) or DryRun.")
+    target: TargetSpec | None = Field(default=None, description="Serving object patched on promotion.")
+    on_gate_failure: OnGateFailure = Field(default="Hold", description="Hold, or Retrain without the patients.")
+
+
+class ResourcesSpec(_Spec):
+    gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per trainer pod.")
+    requests: dict[str, str] = Field(default_factory=dict, description="Container resource requests.")
+    limits: dict[str, str] = Field(default_factory=dict, description="Container resource limits.")
+
+
+class Toleration(_Spec):
+    key: str | None = Field(default=None, description="Taint key.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(default=None,
+                                                                                    description="Taint effect.")
+    toleration_seconds: int | None = Field(default=None, ge=0, description="For NoExecute.")
+
+
+class LocalObjectRef(_Spec):
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Object name in the request's namespace.")
+
+
+class UnlearnRequestSpec(_Spec):
+    model: ModelSpec = Field(description="The registered model to unlearn from.")
+    data: DataSpec = Field(description="The training data manifest.")
+    forget: ForgetSpec = Field(description="The patients to forget, by reference only.")
+    method: MethodSpec = Field(default_factory=MethodSpec, description="Unlearning method and settings.")
+    gates: list[GateSpec] = Field(default_factory=list, max_length=16,
+                                  description="Promotion gates; defaults apply when empty.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How the result is rolled out.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Trainer resources.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Trainer pod nodeSelector.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Trainer pod tolerations.")
+    priority_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, description="PriorityClass.")
+    queue_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=63,
+                                   description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name).")
+    image: str | None = Field(default=None, min_length=1, description="Trainer image (default from operator).")
+    service_account_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN,
+                                             description="Trainer pod service account.")
+    credentials_secret_ref: LocalObjectRef | None = Field(default=None,
+                                                          description="Secret with S3 keys/endpoint.")
+    active_deadline_seconds: int = Field(default=21600, ge=60, le=604800, description="Job deadline.")
+    backoff_limit: int = Field(default=2, ge=0, le=10, description="Job retries.")
+    suspend: bool = Field(default=False, description="Pause: no new Job while true.")
+
+
+# ---- status -------------------------------------------------------------------------------
+
+
+class Condition(_Spec):
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
+    message: str = Field(max_length=32768)
+    last_transition_time: str
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class ModelVersionStatus(_Spec):
+    version: str
+    uri: str
+    sha256: str | None = None
+
+
+class ProgressStatus(_Spec):
+    epoch: int = Field(ge=0)
+    percent: float = Field(ge=0, le=100)
+    eta_seconds: float | None = Field(default=None, ge=0)
+
+
+class MetricPair(_Spec):
+    original: float | None = None
+    unlearned: float | None = None
+
+
+class MetricsStatus(_Spec):
+    forget_auc: MetricPair = Field(default_factory=MetricPair, alias="forgetAUC")
+    forget_f1: MetricPair = Field(default_factory=MetricPair, alias="forgetF1")
+    test_auc: MetricPair = Field(default_factory=MetricPair, alias="testAUC")
+    test_f1: MetricPair = Field(default_factory=MetricPair, alias="testF1")
+    mia: MetricPair = Field(default_factory=MetricPair)
+    mia_auc: MetricPair = Field(default_factory=MetricPair, alias="miaAUC")
+
+
+class GateStatus(_Spec):
+    metric: GateMetric
+    comparator: Comparator
+    reference: Reference
+    value: float | None
+    threshold: float
+    result: GateResult
+    message: str
+
+
+class ArtifactStatus(_Spec):
+    uri: str
+    sha256: str
+
+
+class UnlearnRequestStatus(_Spec):
+    phase: Phase | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    base_model: ModelVersionStatus | None = None
+    candidate_model: ModelVersionStatus | None = None
+    job_name: str | None = None
+    attempts: int = 0
+    progress: ProgressStatus | None = None
+    metrics: MetricsStatus | None = None
+    mia: float | None = Field(default=None, description="Unlearned MIA (printer column).")
+    test_auc_drop: float | None = Field(default=None, description="Original − unlearned test AUC (printer column).")
+    gates: list[GateStatus] = Field(default_factory=list)
+    report: ArtifactStatus | None = None
+    receipt: ArtifactStatus | None = None
+    subject_count: int | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    message: str | None = None
