@@ -134,6 +134,9 @@ class JobConfig(_Model):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     progress_path: str | None = Field(default=None, description="File that receives JSON-lines progress.")
+    progress_uri: str | None = Field(
+        default=None, pattern=URI_PATTERN, description="Storage object overwritten with the latest progress line."
+    )
     termination_message_path: str | None = None
 
     @property
