@@ -1,15 +1,17 @@
 """Pydantic models of the UnlearnRequest spec and status (mirrors crds/…yaml exactly).
 
 Field names are the CRD's camelCase names (aliases); Python code uses snake_case
-attributes. ``tests/operator/test_api_crd.py`` keeps this module and the CRD in agreement:
-every field, enum, bound and default.
+attributes. ``tests/operator/test_api_crd.py`` keeps this module and the CRD in agreement
+(every field, enum, bound and default) and ``tests/operator/test_cel.py`` checks that the
+validators below reject what the CRD's CEL rules reject, with the same message.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from forgetmi_trainer.contract import SHA256_PATTERN, URI_PATTERN
@@ -22,43 +24,79 @@ OnGateFailure = Literal["Hold", "Retrain"]
 Phase = Literal["Pending", "Running", "Evaluating", "Promoted", "Held", "Failed"]
 GateResult = Literal["Passed", "Failed", "Inconclusive"]
 ConditionType = Literal["Accepted", "Unlearned", "GatesPassed", "Promoted"]
+ConditionStatus = Literal["True", "False", "Unknown"]
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+URI_MAX_LENGTH = 2048
+GPU_RESOURCE = "nvidia.com/gpu"
+DROP_COMPARATORS = ("maxDrop", "minDrop")
 APPROVAL_ANNOTATION = "unlearning.forgetmi.io/approved"
+INT64_MAX = 2**63 - 1
 
 
-class _Spec(BaseModel):
+def _int_to_str(value: Any) -> Any:
+    """Kubernetes quantities are int-or-string (``cpu: 2``); the models keep them as strings."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise ValueError("must fit in a 64-bit integer")
+        return str(value)
+    return value
+
+
+Uri = Annotated[str, Field(pattern=URI_PATTERN, max_length=URI_MAX_LENGTH)]
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64), BeforeValidator(_int_to_str)]
+
+
+class _Camel(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
 
 
+class _Spec(_Camel):
+    """Spec models are strict like the API server: ``"30"`` is not an integer, ``"yes"`` not a boolean.
+    Any mapping is accepted as an object (Kopf hands handlers a read-only ``Spec`` view)."""
+
+    model_config = ConfigDict(strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _any_mapping(cls, data: Any) -> Any:
+        return dict(data) if isinstance(data, Mapping) and not isinstance(data, dict) else data
+
+
 class ModelSpec(_Spec):
-    registry_uri: str = Field(pattern=URI_PATTERN, description="s3:// or file:// root of the model registry.")
+    registry_uri: Uri = Field(description="s3:// or file:// root of the model registry.")
     name: str = Field(pattern=DNS_LABEL, max_length=63, description="Model name in the registry.")
     alias: str = Field(default="production", pattern=DNS_LABEL, max_length=63,
                        description="Alias resolved to a version at start and pinned in status.")
 
 
 class DataSpec(_Spec):
-    manifest_uri: str = Field(pattern=URI_PATTERN, description="Dataset manifest (CSV or Parquet).")
+    manifest_uri: Uri = Field(description="Dataset manifest (CSV or Parquet).")
 
 
 class SecretKeyRef(_Spec):
     name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Secret in the request's namespace.")
-    key: str = Field(pattern=r"^[-._a-zA-Z0-9]+$", max_length=253, description="Key within the Secret.")
+    key: str = Field(pattern=SECRET_KEY_PATTERN, max_length=253, description="Key within the Secret.")
 
 
 class ForgetSpec(_Spec):
     subjects_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the patient IDs (one per line or a JSON list).")
-    subjects_uri: str | None = Field(default=None, pattern=URI_PATTERN,
-                                     description="Storage object holding the patient IDs.")
-    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN,
+    subjects_uri: Uri | None = Field(default=None, description="Storage object holding the patient IDs.")
+    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN, max_length=64,
                                description="Expected sha256 of the subjectsUri object.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ForgetSpec:
         if (self.subjects_secret_ref is None) == (self.subjects_uri is None):
-            raise ValueError("exactly one of subjectsSecretRef or subjectsUri must be set")
+            raise ValueError("set exactly one of subjectsSecretRef or subjectsUri")
         if self.sha256 is not None and self.subjects_uri is None:
             raise ValueError("sha256 applies only to subjectsUri")
         return self
@@ -69,6 +107,12 @@ class WeightsSpec(_Spec):
     mu: float = Field(ge=0, le=1, description="Multimodal unlearning weight.")
     ur: float = Field(ge=0, le=1, description="Unimodal retention weight.")
     mr: float = Field(ge=0, le=1, description="Multimodal retention weight.")
+
+    @model_validator(mode="after")
+    def _positive_sum(self) -> WeightsSpec:
+        if self.uu + self.mu + self.ur + self.mr <= 0:
+            raise ValueError("at least one weight must be greater than 0")
+        return self
 
 
 class NoiseSpec(_Spec):
@@ -81,6 +125,12 @@ class SelectionSpec(_Spec):
     rule: Literal["FixedEpoch", "ForgetReachesTest"] = Field(default="FixedEpoch",
                                                              description="Checkpoint selection rule.")
     epoch: int | None = Field(default=None, ge=1, le=1000, description="Epoch for FixedEpoch (default last).")
+
+    @model_validator(mode="after")
+    def _epoch_for_fixed(self) -> SelectionSpec:
+        if self.epoch is not None and self.rule != "FixedEpoch":
+            raise ValueError("epoch applies only to rule FixedEpoch")
+        return self
 
 
 class MethodSpec(_Spec):
@@ -96,20 +146,31 @@ class MethodSpec(_Spec):
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Random seed.")
     selection: SelectionSpec = Field(default_factory=SelectionSpec, description="Checkpoint selection.")
 
+    @model_validator(mode="after")
+    def _epoch_within_epochs(self) -> MethodSpec:
+        if self.selection.epoch is not None and self.selection.epoch > self.epochs:
+            raise ValueError("selection.epoch must not exceed epochs")
+        return self
+
 
 class GateSpec(_Spec):
+    """One promotion gate. atMost/atLeast compare the unlearned value with an absolute threshold;
+    maxDrop/minDrop compare the drop (original − unlearned) with it: maxDrop passes when the drop
+    is ≤ threshold, minDrop when it is > threshold."""
+
     metric: GateMetric = Field(description="Metric of the unlearned model the gate checks.")
     comparator: Comparator = Field(description="atMost/atLeast compare the value; maxDrop/minDrop the drop.")
-    threshold: float = Field(ge=-1, le=1, description="Threshold in the metric's units (0..1).")
-    reference: Reference = Field(default="absolute", description="Compare with an absolute value or the original.")
+    threshold: float = Field(ge=-1, le=1, description="Threshold in the metric's units.")
+    reference: Reference = Field(default="absolute", description="absolute for atMost/atLeast, original for drops.")
 
     @model_validator(mode="after")
     def _well_formed(self) -> GateSpec:
-        drop = self.comparator in ("maxDrop", "minDrop")
-        if drop and self.reference != "original":
-            raise ValueError(f"comparator {self.comparator} needs reference: original")
-        if not drop and self.reference == "original" and not -1 <= self.threshold <= 1:
-            raise ValueError("threshold out of range")
+        if self.comparator in DROP_COMPARATORS and self.reference != "original":
+            raise ValueError("maxDrop and minDrop measure a drop from the original model: set reference: original")
+        if self.comparator not in DROP_COMPARATORS and self.reference != "absolute":
+            raise ValueError("atMost and atLeast compare with an absolute value: set reference: absolute")
+        if self.reference == "absolute" and self.threshold < 0:
+            raise ValueError("an absolute threshold must be between 0 and 1")
         return self
 
 
@@ -118,8 +179,14 @@ class TargetSpec(_Spec):
     name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Name in the request's namespace.")
     container: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63,
                                   description="Deployment container (default: the first).")
-    env: str = Field(default="FORGETMI_MODEL_URI", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+    env: str = Field(default="FORGETMI_MODEL_URI", pattern=ENV_NAME_PATTERN, max_length=253,
                      description="Deployment env var that receives the model URI.")
+
+    @model_validator(mode="after")
+    def _container_for_deployment(self) -> TargetSpec:
+        if self.container is not None and self.kind != "Deployment":
+            raise ValueError("container applies only to kind Deployment")
+        return self
 
 
 class RolloutSpec(_Spec):
@@ -130,17 +197,32 @@ class RolloutSpec(_Spec):
 
 class ResourcesSpec(_Spec):
     gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per trainer pod.")
-    requests: dict[str, str] = Field(default_factory=dict, description="Container resource requests.")
-    limits: dict[str, str] = Field(default_factory=dict, description="Container resource limits.")
+    requests: dict[str, Quantity] = Field(default_factory=dict, max_length=16,
+                                          description="Container resource requests.")
+    limits: dict[str, Quantity] = Field(default_factory=dict, max_length=16, description="Container resource limits.")
+
+    @model_validator(mode="after")
+    def _gpus_in_one_place(self) -> ResourcesSpec:
+        if GPU_RESOURCE in self.requests or GPU_RESOURCE in self.limits:
+            raise ValueError("set GPUs with resources.gpus, not in requests or limits")
+        return self
 
 
 class Toleration(_Spec):
-    key: str | None = Field(default=None, description="Taint key.")
+    key: str | None = Field(default=None, max_length=317, description="Taint key.")
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value.")
+    value: str | None = Field(default=None, max_length=63, description="Taint value.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(default=None,
                                                                                     description="Taint effect.")
-    toleration_seconds: int | None = Field(default=None, ge=0, description="For NoExecute.")
+    toleration_seconds: int | None = Field(default=None, ge=0, le=INT64_MAX, description="For NoExecute.")
+
+    @model_validator(mode="after")
+    def _well_formed(self) -> Toleration:
+        if self.operator == "Exists" and self.value is not None:
+            raise ValueError("value must be empty when operator is Exists")
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("a toleration without key must use operator: Exists")
+        return self
 
 
 class LocalObjectRef(_Spec):
@@ -156,13 +238,16 @@ class UnlearnRequestSpec(_Spec):
                                   description="Promotion gates; defaults apply when empty.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How the result is rolled out.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Trainer resources.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Trainer pod nodeSelector.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Trainer pod tolerations.")
-    priority_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, description="PriorityClass.")
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32, description="Trainer pod nodeSelector.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Trainer pod tolerations.")
+    priority_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253,
+                                            description="PriorityClass.")
     queue_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=63,
                                    description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name).")
-    image: str | None = Field(default=None, min_length=1, description="Trainer image (default from operator).")
-    service_account_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN,
+    image: str | None = Field(default=None, min_length=1, max_length=512,
+                              description="Trainer image (default from operator).")
+    service_account_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253,
                                              description="Trainer pod service account.")
     credentials_secret_ref: LocalObjectRef | None = Field(default=None,
                                                           description="Secret with S3 keys/endpoint.")
@@ -174,33 +259,36 @@ class UnlearnRequestSpec(_Spec):
 # ---- status -------------------------------------------------------------------------------
 
 
-class Condition(_Spec):
+class Condition(_Camel):
+    """The standard ``metav1.Condition`` shape."""
+
     type: ConditionType
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
+    status: ConditionStatus
+    reason: str = Field(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN)
     message: str = Field(max_length=32768)
     last_transition_time: str
     observed_generation: int | None = Field(default=None, ge=0)
 
 
-class ModelVersionStatus(_Spec):
+class ModelVersionStatus(_Camel):
     version: str
     uri: str
     sha256: str | None = None
 
 
-class ProgressStatus(_Spec):
+class ProgressStatus(_Camel):
     epoch: int = Field(ge=0)
+    epochs: int | None = Field(default=None, ge=1)
     percent: float = Field(ge=0, le=100)
     eta_seconds: float | None = Field(default=None, ge=0)
 
 
-class MetricPair(_Spec):
+class MetricPair(_Camel):
     original: float | None = None
     unlearned: float | None = None
 
 
-class MetricsStatus(_Spec):
+class MetricsStatus(_Camel):
     forget_auc: MetricPair = Field(default_factory=MetricPair, alias="forgetAUC")
     forget_f1: MetricPair = Field(default_factory=MetricPair, alias="forgetF1")
     test_auc: MetricPair = Field(default_factory=MetricPair, alias="testAUC")
@@ -209,29 +297,29 @@ class MetricsStatus(_Spec):
     mia_auc: MetricPair = Field(default_factory=MetricPair, alias="miaAUC")
 
 
-class GateStatus(_Spec):
+class GateStatus(_Camel):
     metric: GateMetric
     comparator: Comparator
     reference: Reference
-    value: float | None
+    value: float | None = None
     threshold: float
     result: GateResult
     message: str
 
 
-class ArtifactStatus(_Spec):
+class ArtifactStatus(_Camel):
     uri: str
     sha256: str
 
 
-class UnlearnRequestStatus(_Spec):
+class UnlearnRequestStatus(_Camel):
     phase: Phase | None = None
-    observed_generation: int | None = None
+    observed_generation: int | None = Field(default=None, ge=0)
     conditions: list[Condition] = Field(default_factory=list)
     base_model: ModelVersionStatus | None = None
     candidate_model: ModelVersionStatus | None = None
     job_name: str | None = None
-    attempts: int = 0
+    attempts: int = Field(default=0, ge=0)
     progress: ProgressStatus | None = None
     metrics: MetricsStatus | None = None
     mia: float | None = Field(default=None, description="Unlearned MIA (printer column).")
@@ -239,7 +327,7 @@ class UnlearnRequestStatus(_Spec):
     gates: list[GateStatus] = Field(default_factory=list)
     report: ArtifactStatus | None = None
     receipt: ArtifactStatus | None = None
-    subject_count: int | None = None
+    subject_count: int | None = Field(default=None, ge=0)
     start_time: str | None = None
     completion_time: str | None = None
     message: str | None = None

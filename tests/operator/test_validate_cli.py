@@ -1,0 +1,310 @@
+"""``forgetmi validate``: examples pass, malformed requests fail with the offending field path, junk
+never crashes it, and patient IDs are never echoed. Also the ``run``/``demo`` extension points."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from forgetmi_operator import api, cli
+from forgetmi_operator.schema import crd_problems, defaulted
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("unlearnrequest-*.yaml"))
+MALFORMED = Path(__file__).parent / "data" / "unlearnrequest-malformed.yaml"
+FAKE_ID = "FAKE-PATIENT-9001"
+
+
+def _run(*argv: str, stdin: str | None = None) -> tuple[int, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        if stdin is not None:
+            real, sys.stdin = sys.stdin, io.StringIO(stdin)
+        try:
+            code = cli.main(list(argv))
+        finally:
+            if stdin is not None:
+                sys.stdin = real
+    return code, out.getvalue() + err.getvalue()
+
+
+def _validate_doc(tmp_path: Path, *docs: Any) -> tuple[int, str]:
+    path = tmp_path / "request.yaml"
+    path.write_text(yaml.safe_dump_all(docs, allow_unicode=True))
+    return _run("validate", "-f", str(path))
+
+
+@pytest.fixture
+def minimal() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "examples" / "unlearnrequest-minimal.yaml").read_text())
+
+
+def test_examples_exist_and_are_valid() -> None:
+    assert {p.name for p in EXAMPLES} >= {"unlearnrequest-minimal.yaml", "unlearnrequest-full.yaml"}
+    for example in EXAMPLES:
+        code, output = _run("validate", "-f", str(example))
+        assert (code, output.count("\n")) == (0, 1), output
+        assert output.startswith(f"OK: {example}: 1 UnlearnRequest valid")
+
+
+def test_full_example_uses_every_kind_of_setting() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "examples" / "unlearnrequest-full.yaml").read_text()))
+    secret, request = docs
+    assert secret["kind"] == "Secret"
+    subjects = secret["stringData"]["subjects"].split()
+    assert subjects and all(s.startswith("FAKE-PATIENT-") for s in subjects)
+    spec = api.UnlearnRequestSpec.model_validate(request["spec"])
+    assert spec.forget.subjects_secret_ref == api.SecretKeyRef(name=secret["metadata"]["name"], key="subjects")
+    assert spec.resources.gpus >= 1 and spec.tolerations and spec.node_selector and spec.queue_name
+    assert spec.rollout.target is not None and len(spec.gates) >= 3 and spec.credentials_secret_ref is not None
+    assert spec.resources.requests["cpu"] == "4"  # int-or-string quantities arrive as strings
+
+
+def test_console_script_exit_codes() -> None:
+    script = Path(sys.executable).with_name("forgetmi")
+    assert script.exists(), "the package is not installed (pip install -e .)"
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    ok = subprocess.run([script, "validate", "-f", str(EXAMPLES[0])], capture_output=True, text=True, env=env,
+                        check=False)
+    assert (ok.returncode, ok.stderr) == (0, "")
+    bad = subprocess.run([script, "validate", "-f", str(MALFORMED)], capture_output=True, text=True, env=env,
+                         check=False)
+    assert bad.returncode == 2
+    assert "spec.gates[0].threshold: must be ≤ 1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_malformed_file_lists_every_problem_without_the_ids() -> None:
+    code, output = _run("validate", "-f", str(MALFORMED))
+    assert code == 2
+    lines = [line.strip() for line in output.splitlines()[1:]]
+    assert lines == [
+        "spec.forget: set exactly one of subjectsSecretRef or subjectsUri",
+        "spec.forget.subjects: unknown field; patient IDs are never inlined: reference them with "
+        "subjectsSecretRef or subjectsUri",
+        "spec.gates[0].threshold: must be ≤ 1",
+        "spec.method.epochs: must be an integer",
+        "spec.model.registryUri: must be an s3://bucket/... or file:///... URI",
+        "spec.resources.memory: unknown field",
+        "spec.rollout.mode: must be one of: Automatic, Manual, DryRun",
+    ]
+    assert "FAKE-PATIENT" not in output
+
+
+def _mutate(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(request: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = request
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    return mutate
+
+
+MALFORMED_CASES = [
+    ("spec.method.epochs", "30", "spec.method.epochs: must be an integer"),
+    ("spec.method.epochs", 30.0, "spec.method.epochs: must be an integer"),
+    ("spec.method.learningRate", "fast", "spec.method.learningRate: must be a number"),
+    ("spec.suspend", "yes", "spec.suspend: must be a boolean"),
+    ("spec.gates", {"metric": "mia"}, "spec.gates: must be a list"),
+    ("spec.model", "cxr-report-classifier", "spec.model: must be a mapping"),
+    ("spec.modle", {"name": "x"}, "spec.modle: unknown field"),
+    ("spec.method.epoch", 3, "spec.method.epoch: unknown field"),
+    ("spec.model.registryUri", "http://registry/models", "spec.model.registryUri: must be an s3://"),
+    ("spec.data.manifestUri", "manifest.csv", "spec.data.manifestUri: must be an s3://"),
+    ("spec.forget.subjectsUri", "gs://bucket/ids.txt", "spec.forget.subjectsUri: must be an s3://"),
+    ("spec.gates", [{"metric": "mia", "comparator": "atMost", "threshold": 1.01}],
+     "spec.gates[0].threshold: must be ≤ 1"),
+    ("spec.gates", [{"metric": "testAUC", "comparator": "maxDrop", "threshold": -3, "reference": "original"}],
+     "spec.gates[0].threshold: must be ≥ -1"),
+    ("spec.gates", [{"metric": "mia", "comparator": "atMost", "threshold": -0.2}],
+     "spec.gates[0]: an absolute threshold must be between 0 and 1"),
+    ("spec.gates", [{"metric": "accuracy", "comparator": "atMost", "threshold": 0.5}],
+     "spec.gates[0].metric: must be one of: mia, miaAUC, forgetAUC, forgetF1, testAUC, testF1"),
+    ("spec.forget.subjects", [FAKE_ID, "FAKE-PATIENT-9002"], "spec.forget.subjects: unknown field; patient IDs"),
+    ("spec.forget.subjectIds", f"{FAKE_ID},FAKE-PATIENT-9002", "spec.forget.subjectIds: unknown field; patient IDs"),
+    ("spec.patientIds", [FAKE_ID], "spec.patientIds: unknown field; patient IDs"),
+    ("spec.forget.subjectsSecretRef", {"name": FAKE_ID.lower(), "key": "ids"},
+     "spec.forget: set exactly one of subjectsSecretRef or subjectsUri"),
+    ("spec.model.name", None, "spec.model.name: required field is missing"),
+    ("spec.model.name", "CXR_Model", "spec.model.name: must be a lowercase DNS label"),
+    ("spec.rollout.mode", "Auto", "spec.rollout.mode: must be one of: Automatic, Manual, DryRun"),
+    ("spec.resources.gpus", -1, "spec.resources.gpus: must be ≥ 0"),
+    ("spec.resources.limits", {"memory": "lots"}, "spec.resources.limits.memory: must be a resource quantity"),
+    ("spec.method.learningRate", 0, "spec.method.learningRate: must be > 0"),
+    ("spec.forget.sha256", "ABC", "spec.forget.sha256: must be a sha256 digest"),
+    ("spec.activeDeadlineSeconds", 10**20, "spec.activeDeadlineSeconds: must fit in a 64-bit integer"),
+    ("spec.gates", [{"metric": "mia", "comparator": "atMost", "threshold": math.nan}],
+     "spec.gates[0].threshold: must be a finite number"),
+    ("apiVersion", "unlearning.forgetmi.io/v1", "apiVersion: must be unlearning.forgetmi.io/v1alpha1"),
+    ("metadata.name", "Forget_Me", "metadata.name: must be a lowercase DNS subdomain"),
+    ("spec", None, "spec: required field is missing"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), MALFORMED_CASES,
+                         ids=[f"{p}={str(v)[:16]}" for p, v, _ in MALFORMED_CASES])
+def test_malformed_request_fails_with_its_field_path(tmp_path: Path, minimal: dict[str, Any], path: str, value: Any,
+                                                     expected: str) -> None:
+    _mutate(path, value)(minimal)
+    code, output = _validate_doc(tmp_path, minimal)
+    assert code == 2
+    assert f"  {expected}" in output
+    assert FAKE_ID not in output and FAKE_ID.lower() not in output
+
+
+def test_other_kinds_are_skipped_and_every_request_is_checked(tmp_path: Path, minimal: dict[str, Any]) -> None:
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ids"}, "stringData": {"ids": FAKE_ID}}
+    second = copy.deepcopy(minimal)
+    second["metadata"]["name"] = "second"
+    ok = f"OK: {tmp_path / 'request.yaml'}: 2 UnlearnRequests valid (forget-request-0042, second)\n"
+    assert _validate_doc(tmp_path, secret, minimal, second) == (0, ok)
+    second["spec"]["backoffLimit"] = 11
+    code, output = _validate_doc(tmp_path, secret, minimal, second)
+    assert code == 2
+    assert "UnlearnRequest 'second' (document 3) is invalid:\n  spec.backoffLimit: must be ≤ 10\n" in output
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", "no UnlearnRequest found"),
+    ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "no UnlearnRequest found"),
+    ("spec: [unclosed\n", "not valid YAML at line 2, column 1"),
+    ("a: !!int abc\n", "not valid YAML: a tagged value does not match its tag"),
+    ("a: &x [*x]\n", "recursive"),
+    ("- just\n- a list\n", "(document): must be a Kubernetes object"),
+    ("spec: {}\n", "kind: must be UnlearnRequest"),
+])
+def test_unusable_files_fail_with_a_sentence(text: str, expected: str) -> None:
+    code, output = _run("validate", "-f", "-", stdin=text)
+    assert code == 2
+    assert expected in output
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    code, output = _run("validate", "-f", str(tmp_path / "missing.yaml"))
+    assert (code, output) == (2, f"{tmp_path / 'missing.yaml'}: cannot be read: No such file or directory\n")
+
+
+def test_creation_timestamps_stay_strings(tmp_path: Path, minimal: dict[str, Any]) -> None:
+    minimal["metadata"]["annotations"] = {"requested-on": "2025-01-17"}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(minimal).replace("'2025-01-17'", "2025-01-17"))
+    assert cli.load_documents(path.read_text())[0]["metadata"]["annotations"] == {"requested-on": "2025-01-17"}
+    assert _run("validate", "-f", str(path))[0] == 0
+
+
+# ---- run / demo extension points -----------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_local(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, Any]]]:
+    calls: list[tuple[str, Any]] = []
+    module = types.ModuleType("fake_local")
+    module.run_command = lambda args: calls.append(("run", args)) or 0  # type: ignore[attr-defined]
+    module.demo_command = lambda args: calls.append(("demo", args)) or 3  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "fake_local", module)
+    monkeypatch.setattr(cli, "LOCAL_MODULE", "fake_local")
+    yield calls
+
+
+def test_run_and_demo_dispatch_to_the_local_module(fake_local: list[tuple[str, Any]]) -> None:
+    assert _run("run", "-f", "r.yaml", "--workdir", "w", "--secrets", "s.yaml")[0] == 0
+    assert _run("demo", "--seed", "3", "--patients", "2", "--json")[0] == 3
+    assert _run("demo")[0] == 3
+    (_, run), (_, demo), (_, default) = fake_local
+    assert (run.filename, run.workdir, run.secrets) == ("r.yaml", "w", "s.yaml")
+    assert (demo.workdir, demo.seed, demo.patients, demo.json) == (".demo", 3, 2, True)
+    assert (default.seed, default.patients, default.json) == (0, None, False)
+
+
+def test_run_without_the_local_module_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "LOCAL_MODULE", "forgetmi_operator._no_such_module")
+    code, output = _run("run", "-f", "r.yaml")
+    assert code == cli.EXIT_UNAVAILABLE
+    assert output == ("forgetmi run: not available in this installation "
+                      "(forgetmi_operator._no_such_module.run_command is missing).\n")
+
+
+# ---- junk never crashes it -----------------------------------------------------------------------
+
+_SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats()
+            | st.text(max_size=24) | st.sampled_from(["s3://bucket/k", "file:///x", "atMost", "original", "1Gi"]))
+JUNK = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=12), inner, max_size=4), max_leaves=16)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found += _paths(child, (*prefix, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            found += _paths(child, (*prefix, index))
+    return found
+
+
+FULL = next(d for d in yaml.safe_load_all((ROOT / "examples" / "unlearnrequest-full.yaml").read_text())
+            if d["kind"] == "UnlearnRequest")
+FULL_PATHS = _paths(FULL)[1:]
+
+
+def _check_file(text: str) -> tuple[int, str]:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "junk.yaml"
+        path.write_text(text, encoding="utf-8")
+        code, output = _run("validate", "-f", str(path))
+    assert code in (0, 2), output
+    assert "Traceback" not in output
+    return code, output
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(where=st.sampled_from(FULL_PATHS), junk=JUNK, extra_key=st.one_of(st.none(), st.text(max_size=8)))
+def test_junk_anywhere_in_a_request_never_crashes(where: tuple[Any, ...], junk: Any, extra_key: str | None) -> None:
+    request = copy.deepcopy(FULL)
+    node = request
+    for part in where[:-1]:
+        node = node[part]
+    if extra_key is not None and isinstance(node, dict):
+        node[extra_key] = junk
+    else:
+        node[where[-1]] = junk
+    code, _ = _check_file(yaml.safe_dump(request, allow_unicode=True))
+    # What the CRD (schema + CEL) accepts, the operator's model accepts, and the other way round.
+    spec = defaulted(request).get("spec")
+    crd_ok = not [p for p in crd_problems(request) if p.path.startswith("spec")]
+    try:
+        api.UnlearnRequestSpec.model_validate(spec)
+        model_ok = True
+    except ValidationError:
+        model_ok = False
+    assert crd_ok == model_ok, json.dumps(spec, default=str)[:2000]
+    if code == 0:
+        assert crd_ok
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(max_size=300) | JUNK.map(lambda j: yaml.safe_dump({"apiVersion": "unlearning.forgetmi.io/v1alpha1",
+                                                                       "kind": "UnlearnRequest", "spec": j})))
+def test_arbitrary_text_never_crashes(text: str) -> None:
+    _check_file(text)
