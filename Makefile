@@ -14,8 +14,8 @@ demo: install
 	.venv/bin/forgetmi-trainer demo --workdir .demo --seed 0
 
 test: install-dev
-	.venv/bin/python -m ruff check operator trainer tests bench
+	.venv/bin/python -m ruff check .
 	PATH="$(CURDIR)/.tools/bin:$$PATH" .venv/bin/python -m pytest -q
 
 lint:
-	.venv/bin/python -m ruff check operator trainer tests bench
+	.venv/bin/python -m ruff check .

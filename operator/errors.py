@@ -1,0 +1,99 @@
+"""Domain errors of the operator.
+
+Each error carries a ``reason`` (a CamelCase condition reason, e.g. ``SecretNotFound``) and a
+one-sentence ``message`` naming the object or field at fault; ``handlers.py`` turns them into a
+condition (``reason``/``message``), an Event and a Kopf error. ``retryable`` says whether trying
+again later can help (Kopf ``TemporaryError``) or not (``PermanentError``). Raise them ``from``
+the underlying exception. Add new error kinds at the end of this module.
+"""
+
+from __future__ import annotations
+
+import re
+
+from forgetmi_operator.api import CONDITION_REASON_PATTERN
+
+
+class OperatorError(Exception):
+    """Base class of every error the operator reports on an UnlearnRequest."""
+
+    reason: str = "OperatorError"
+    retryable: bool = False
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        if reason is not None and not re.fullmatch(CONDITION_REASON_PATTERN, reason):
+            raise ValueError(f"Condition reason {reason!r} is not CamelCase.")
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidSpec(OperatorError):
+    """The request's spec fails validation (the message names the field)."""
+
+    reason = "InvalidSpec"
+
+
+class InputNotFound(OperatorError):
+    """The model, its alias or version, or the data manifest does not exist."""
+
+    reason = "InputNotFound"
+
+
+class SecretNotFound(OperatorError):
+    """A referenced Secret, or the key within it, does not exist."""
+
+    reason = "SecretNotFound"
+
+
+class SubjectsError(OperatorError):
+    """The forget subjects cannot be read, are malformed, empty, or name unknown patients."""
+
+    reason = "InvalidSubjects"
+
+
+class JobFailed(OperatorError):
+    """The trainer Job failed, or its pod never started (the reason says which)."""
+
+    reason = "JobFailed"
+
+
+class ReportInvalid(OperatorError):
+    """``report.json`` is missing, malformed or belongs to another request."""
+
+    reason = "ReportInvalid"
+
+
+class DigestMismatch(OperatorError):
+    """An artifact's sha256 differs from the one recorded for it."""
+
+    reason = "DigestMismatch"
+
+
+class PromotionConflict(OperatorError):
+    """The alias moved since it was resolved; nothing was promoted."""
+
+    reason = "PromotionConflict"
+
+
+class SettingsInvalid(OperatorError):
+    """An operator setting (a ``FORGETMI_*`` environment variable) is malformed."""
+
+    reason = "InvalidSettings"
+
+
+class ClusterUnavailable(OperatorError):
+    """The Kubernetes API server could not be reached or refused a call; trying later can help."""
+
+    reason = "ClusterUnavailable"
+    retryable = True
+
+
+class ServingTargetError(OperatorError):
+    """The serving target (Deployment or InferenceService) is missing or has no such container."""
+
+    reason = "ServingTargetError"

@@ -1,0 +1,211 @@
+"""The operator's Kubernetes API client: the only module that calls the API server (besides Kopf).
+
+A thin async layer over the official ``kubernetes`` client: each call runs in a worker thread
+(``asyncio.to_thread``) with an explicit request timeout, and returns plain camelCase dicts as
+the API server sends them (no generated model classes), so the pure modules (``tracking``,
+``jobs``) can work on the same shapes Kopf hands to handlers.
+
+Errors: a missing Secret (or key) is :class:`~forgetmi_operator.errors.SecretNotFound`, a missing
+serving target :class:`~forgetmi_operator.errors.ServingTargetError`; anything the API server or
+the network answers unexpectedly is :class:`~forgetmi_operator.errors.ClusterUnavailable`
+(retryable). Secret values are never logged nor put in messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from forgetmi_operator import GROUP, PLURAL, VERSION
+from forgetmi_operator.errors import ClusterUnavailable, SecretNotFound, ServingTargetError
+from forgetmi_operator.settings import Settings
+
+KSERVE = ("serving.kserve.io", "v1beta1", "inferenceservices")
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+
+
+def load_api_client() -> client.ApiClient:
+    """An API client for the service account when running in a Pod, else for ``$KUBECONFIG``
+    (or ``~/.kube/config``), read at call time rather than at import time."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                client_configuration=configuration, persist_config=False)
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """Async calls the operator makes; ``request_timeout_seconds`` bounds every call."""
+
+    def __init__(self, api_client: client.ApiClient, *, request_timeout_seconds: float) -> None:
+        self.api_client = api_client
+        self.timeout = request_timeout_seconds
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Kube:
+        return cls(load_api_client(), request_timeout_seconds=settings.request_timeout_seconds)
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` in a thread and decode its JSON body; ``None`` for 404. Other API errors and
+        network failures become ``ClusterUnavailable`` naming ``what``."""
+        kwargs.update(_preload_content=False, _request_timeout=self.timeout)
+        try:
+            response = await asyncio.to_thread(fn, *args, **kwargs)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise ClusterUnavailable(f"The API server refused to {what} (HTTP {err.status} {err.reason}).") from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise ClusterUnavailable(f"The API server could not be reached to {what}: {type(err).__name__}.") from err
+        data = response.data
+        return json.loads(data) if data else {}
+
+    async def _create_or_get(self, what: str, create: Callable[..., Any], read: Callable[..., Any],
+                             namespace: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        name = body["metadata"]["name"]
+        try:
+            created = await asyncio.to_thread(create, namespace, body, _preload_content=False,
+                                              _request_timeout=self.timeout)
+            return json.loads(created.data), True
+        except ApiException as err:
+            if err.status != 409:
+                raise ClusterUnavailable(
+                    f"The API server refused to create {what} {namespace}/{name} (HTTP {err.status} {err.reason})."
+                ) from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise ClusterUnavailable(
+                f"The API server could not be reached to create {what} {namespace}/{name}.") from err
+        existing = await self._call(f"read {what} {namespace}/{name}", read, name, namespace)
+        if existing is None:
+            raise ClusterUnavailable(f"{what} {namespace}/{name} already exists but could not be read.")
+        return existing, False
+
+    # ---- Secrets -------------------------------------------------------------------------------
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes:
+        """The decoded value of ``key`` in Secret ``namespace/name``; ``SecretNotFound`` otherwise."""
+        secret = await self._call(f"read Secret {namespace}/{name}", self.core.read_namespaced_secret, name, namespace)
+        if secret is None:
+            raise SecretNotFound(f"Secret {namespace}/{name} does not exist.")
+        data = secret.get("data") or {}
+        if key in data:
+            return base64.b64decode(data[key])
+        string_data = secret.get("stringData") or {}
+        if key in string_data:
+            return str(string_data[key]).encode()
+        raise SecretNotFound(f"Secret {namespace}/{name} has no key {key!r}.")
+
+    async def read_hmac_key(self, settings: Settings) -> bytes | None:
+        """The receipt HMAC key from the operator namespace's Secret, or None when not configured."""
+        if not settings.receipt_hmac_enabled:
+            return None
+        if not settings.operator_namespace:
+            raise SecretNotFound(
+                "FORGETMI_OPERATOR_NAMESPACE is empty, so the receipt HMAC Secret "
+                f"{settings.receipt_hmac_secret_name} cannot be located."
+            )
+        return await self.read_secret_key(settings.operator_namespace, settings.receipt_hmac_secret_name,
+                                          settings.receipt_hmac_secret_key)
+
+    # ---- ConfigMaps, Jobs, Pods ----------------------------------------------------------------
+
+    async def create_or_get_configmap(self, namespace: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the ConfigMap, or return the existing one of that name; ``(object, created)``."""
+        return await self._create_or_get("ConfigMap", self.core.create_namespaced_config_map,
+                                         self.core.read_namespaced_config_map, namespace, body)
+
+    async def create_or_get_job(self, namespace: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the Job, or return the existing one of that name (never a duplicate)."""
+        return await self._create_or_get("Job", self.batch.create_namespaced_job, self.batch.read_namespaced_job,
+                                         namespace, body)
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._call(f"read Job {namespace}/{name}", self.batch.read_namespaced_job, name, namespace)
+
+    async def delete_job(self, namespace: str, name: str) -> bool:
+        """Delete the Job and (in the background) its Pods; False when it was already gone."""
+        body = {"propagationPolicy": "Background"}
+        result = await self._call(f"delete Job {namespace}/{name}", self.batch.delete_namespaced_job, name,
+                                  namespace, body=body)
+        return result is not None
+
+    async def list_pods_for_job(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """The Job's Pods (label ``job-name``; filtered here too, so a server ignoring selectors is fine)."""
+        listing = await self._call(f"list Pods of Job {namespace}/{job_name}", self.core.list_namespaced_pod,
+                                   namespace, label_selector=f"job-name={job_name}")
+        pods = (listing or {}).get("items") or []
+        return [pod for pod in pods if _belongs_to_job(pod, job_name)]
+
+    # ---- UnlearnRequests -----------------------------------------------------------------------
+
+    async def get_request(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._call(f"read UnlearnRequest {namespace}/{name}", self.custom.get_namespaced_custom_object,
+                                GROUP, VERSION, namespace, PLURAL, name)
+
+    async def patch_request_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch ``status`` of an UnlearnRequest (None when it is gone)."""
+        return await self._call(f"update the status of UnlearnRequest {namespace}/{name}",
+                                self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace,
+                                PLURAL, name, {"status": dict(status)}, _content_type=MERGE_PATCH)
+
+    # ---- serving targets -----------------------------------------------------------------------
+
+    async def patch_deployment_env(self, namespace: str, name: str, container: str | None, env: str,
+                                   value: str) -> None:
+        """Set env var ``env`` of ``container`` (default: the first) in Deployment ``namespace/name``.
+
+        A JSON patch that first tests the container's name, so a concurrent reorder is refused
+        rather than patching the wrong container."""
+        what = f"Deployment {namespace}/{name}"
+        deployment = await self._call(f"read {what}", self.apps.read_namespaced_deployment, name, namespace)
+        if deployment is None:
+            raise ServingTargetError(f"Serving target {what} does not exist.")
+        containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+        names = [c.get("name") for c in containers]
+        if not containers or (container is not None and container not in names):
+            raise ServingTargetError(f"Serving target {what} has no container {container or '(none)'}.")
+        index = names.index(container) if container is not None else 0
+        current = [dict(e) for e in containers[index].get("env") or [] if e.get("name") != env]
+        base = f"/spec/template/spec/containers/{index}"
+        ops = [{"op": "test", "path": f"{base}/name", "value": names[index]},
+               {"op": "add", "path": f"{base}/env", "value": [*current, {"name": env, "value": value}]}]
+        result = await self._call(f"patch {what}", self.apps.patch_namespaced_deployment, name, namespace, ops,
+                                  _content_type=JSON_PATCH)
+        if result is None:
+            raise ServingTargetError(f"Serving target {what} does not exist.")
+
+    async def patch_inferenceservice_storage_uri(self, namespace: str, name: str, uri: str) -> None:
+        """Set ``spec.predictor.model.storageUri`` of KServe InferenceService ``namespace/name``."""
+        what = f"InferenceService {namespace}/{name}"
+        body = {"spec": {"predictor": {"model": {"storageUri": uri}}}}
+        result = await self._call(f"patch {what}", self.custom.patch_namespaced_custom_object, *KSERVE[:2],
+                                  namespace, KSERVE[2], name, body, _content_type=MERGE_PATCH)
+        if result is None:
+            raise ServingTargetError(f"Serving target {what} does not exist.")
+
+
+def _belongs_to_job(pod: Mapping[str, Any], job_name: str) -> bool:
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if any(labels.get(label) == job_name for label in JOB_NAME_LABELS):
+        return True
+    return any(ref.get("kind") == "Job" and ref.get("name") == job_name for ref in meta.get("ownerReferences") or [])

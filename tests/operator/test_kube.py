@@ -1,0 +1,177 @@
+"""kube: the thin API-client wrapper, exercised with fake API objects (no cluster needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from forgetmi_operator.errors import ClusterUnavailable, SecretNotFound, ServingTargetError
+from forgetmi_operator.kube import Kube
+from forgetmi_operator.settings import Settings
+
+
+class _Response:
+    def __init__(self, body: Any) -> None:
+        self.data = json.dumps(body).encode()
+
+
+def _api_error(status: int) -> ApiException:
+    return ApiException(status=status, reason={404: "Not Found", 409: "Conflict"}.get(status, "Internal Error"))
+
+
+class _Fake:
+    """Stands in for a generated API class: each method returns or raises what the test set."""
+
+    def __init__(self, **methods: Callable[..., Any]) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self._methods = methods
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args, kwargs))
+            if name not in self._methods:
+                raise AssertionError(f"unexpected API call {name}")
+            return self._methods[name](*args, **kwargs)
+
+        return call
+
+
+def _returns(body: Any) -> Callable[..., Any]:
+    return lambda *args, **kwargs: _Response(body)
+
+
+def _raises(err: BaseException) -> Callable[..., Any]:
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise err
+
+    return fail
+
+
+@pytest.fixture
+def kube() -> Iterator[Kube]:
+    api = Kube(client.ApiClient(client.Configuration()), request_timeout_seconds=7.0)
+    yield api
+    api.close()
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_calls_pass_the_timeout_and_decode_json(kube: Kube) -> None:
+    kube.batch = _Fake(read_namespaced_job=_returns({"metadata": {"name": "j"}}))  # type: ignore[assignment]
+    assert _run(kube.get_job("ns", "j")) == {"metadata": {"name": "j"}}
+    (name, args, kwargs) = kube.batch.calls[0]  # type: ignore[attr-defined]
+    assert (name, args) == ("read_namespaced_job", ("j", "ns"))
+    assert kwargs["_request_timeout"] == 7.0
+    assert kwargs["_preload_content"] is False
+
+
+def test_not_found_is_none(kube: Kube) -> None:
+    kube.batch = _Fake(read_namespaced_job=_raises(_api_error(404)),  # type: ignore[assignment]
+                       delete_namespaced_job=_raises(_api_error(404)))
+    assert _run(kube.get_job("ns", "j")) is None
+    assert _run(kube.delete_job("ns", "j")) is False
+
+
+@pytest.mark.parametrize("err", [_api_error(500), ConnectionRefusedError("refused")])
+def test_other_failures_are_retryable_cluster_errors(kube: Kube, err: BaseException) -> None:
+    kube.batch = _Fake(read_namespaced_job=_raises(err))  # type: ignore[assignment]
+    with pytest.raises(ClusterUnavailable, match="read Job ns/j") as caught:
+        _run(kube.get_job("ns", "j"))
+    assert caught.value.retryable
+    assert caught.value.__cause__ is err
+
+
+def test_create_or_get_creates_once_then_finds_the_existing_job(kube: Kube) -> None:
+    body = {"metadata": {"name": "forgetmi-r-0b3f9c2e"}}
+    kube.batch = _Fake(create_namespaced_job=_returns({**body, "new": True}))  # type: ignore[assignment]
+    assert _run(kube.create_or_get_job("ns", body)) == ({**body, "new": True}, True)
+    kube.batch = _Fake(create_namespaced_job=_raises(_api_error(409)),  # type: ignore[assignment]
+                       read_namespaced_job=_returns({**body, "existing": True}))
+    assert _run(kube.create_or_get_job("ns", body)) == ({**body, "existing": True}, False)
+
+
+def test_create_failures_other_than_conflict_are_cluster_errors(kube: Kube) -> None:
+    kube.core = _Fake(create_namespaced_config_map=_raises(_api_error(403)))  # type: ignore[assignment]
+    with pytest.raises(ClusterUnavailable, match=r"create ConfigMap ns/cm .*HTTP 403"):
+        _run(kube.create_or_get_configmap("ns", {"metadata": {"name": "cm"}}))
+
+
+def test_read_secret_key_decodes_and_never_leaks_values(kube: Kube) -> None:
+    secret = {"data": {"subjects": base64.b64encode(b"P-1\nP-2").decode()}}
+    kube.core = _Fake(read_namespaced_secret=_returns(secret))  # type: ignore[assignment]
+    assert _run(kube.read_secret_key("ns", "s", "subjects")) == b"P-1\nP-2"
+    with pytest.raises(SecretNotFound, match="Secret ns/s has no key 'other'") as caught:
+        _run(kube.read_secret_key("ns", "s", "other"))
+    assert "P-1" not in str(caught.value)
+    kube.core = _Fake(read_namespaced_secret=_raises(_api_error(404)))  # type: ignore[assignment]
+    with pytest.raises(SecretNotFound, match="Secret ns/s does not exist"):
+        _run(kube.read_secret_key("ns", "s", "subjects"))
+
+
+def test_hmac_key_is_read_only_when_configured(kube: Kube) -> None:
+    assert _run(kube.read_hmac_key(Settings())) is None
+    with pytest.raises(SecretNotFound, match="FORGETMI_OPERATOR_NAMESPACE"):
+        _run(kube.read_hmac_key(Settings(receipt_hmac_secret_name="receipt-key")))
+    kube.core = _Fake(read_namespaced_secret=_returns(  # type: ignore[assignment]
+        {"data": {"key": base64.b64encode(b"k3y").decode()}}))
+    settings = Settings(receipt_hmac_secret_name="receipt-key", operator_namespace="forgetmi")
+    assert _run(kube.read_hmac_key(settings)) == b"k3y"
+    assert kube.core.calls[0][1] == ("receipt-key", "forgetmi")  # type: ignore[attr-defined]
+
+
+def test_pods_are_filtered_to_the_job(kube: Kube) -> None:
+    pods = {"items": [
+        {"metadata": {"name": "a", "labels": {"batch.kubernetes.io/job-name": "j"}}},
+        {"metadata": {"name": "b", "labels": {"job-name": "other"}}},
+        {"metadata": {"name": "c", "ownerReferences": [{"kind": "Job", "name": "j"}]}},
+    ]}
+    kube.core = _Fake(list_namespaced_pod=_returns(pods))  # type: ignore[assignment]
+    assert [pod["metadata"]["name"] for pod in _run(kube.list_pods_for_job("ns", "j"))] == ["a", "c"]
+    assert kube.core.calls[0][2]["label_selector"] == "job-name=j"  # type: ignore[attr-defined]
+
+
+def test_deployment_env_patch_tests_the_container_and_keeps_other_env(kube: Kube) -> None:
+    deployment = {"spec": {"template": {"spec": {"containers": [
+        {"name": "sidecar"},
+        {"name": "server", "env": [{"name": "KEEP", "value": "1"}, {"name": "FORGETMI_MODEL_URI", "value": "old"}]},
+    ]}}}}
+    kube.apps = _Fake(read_namespaced_deployment=_returns(deployment),  # type: ignore[assignment]
+                      patch_namespaced_deployment=_returns(deployment))
+    _run(kube.patch_deployment_env("ns", "d", "server", "FORGETMI_MODEL_URI", "s3://new"))
+    name, args, kwargs = kube.apps.calls[1]  # type: ignore[attr-defined]
+    assert name == "patch_namespaced_deployment"
+    assert args[2] == [
+        {"op": "test", "path": "/spec/template/spec/containers/1/name", "value": "server"},
+        {"op": "add", "path": "/spec/template/spec/containers/1/env",
+         "value": [{"name": "KEEP", "value": "1"}, {"name": "FORGETMI_MODEL_URI", "value": "s3://new"}]},
+    ]
+    assert kwargs["_content_type"] == "application/json-patch+json"
+    with pytest.raises(ServingTargetError, match="has no container missing"):
+        _run(kube.patch_deployment_env("ns", "d", "missing", "FORGETMI_MODEL_URI", "s3://new"))
+
+
+def test_a_missing_serving_target_is_reported(kube: Kube) -> None:
+    kube.apps = _Fake(read_namespaced_deployment=_raises(_api_error(404)))  # type: ignore[assignment]
+    with pytest.raises(ServingTargetError, match="Deployment ns/d does not exist"):
+        _run(kube.patch_deployment_env("ns", "d", None, "E", "v"))
+    kube.custom = _Fake(patch_namespaced_custom_object=_raises(_api_error(404)))  # type: ignore[assignment]
+    with pytest.raises(ServingTargetError, match="InferenceService ns/isvc does not exist"):
+        _run(kube.patch_inferenceservice_storage_uri("ns", "isvc", "s3://new"))
+
+
+def test_status_patch_is_a_merge_patch_of_the_status(kube: Kube) -> None:
+    kube.custom = _Fake(patch_namespaced_custom_object_status=_returns({"ok": True}))  # type: ignore[assignment]
+    assert _run(kube.patch_request_status("ns", "r", {"phase": "Running"})) == {"ok": True}
+    _, args, kwargs = kube.custom.calls[0]  # type: ignore[attr-defined]
+    assert args == ("unlearning.forgetmi.io", "v1alpha1", "ns", "unlearnrequests", "r",
+                    {"status": {"phase": "Running"}})
+    assert kwargs["_content_type"] == "application/merge-patch+json"

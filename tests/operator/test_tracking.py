@@ -1,0 +1,174 @@
+"""tracking.job_state: Job + Pods → pending/running/succeeded/failed with a reason and a sentence."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from forgetmi_operator import jobs, tracking
+from forgetmi_operator.api import CONDITION_REASON_PATTERN
+from forgetmi_operator.tracking import JobState, job_state, progress_status
+from forgetmi_trainer.contract import Progress
+
+NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+TIMEOUT = 600.0
+
+
+def _job(status: dict[str, Any] | None = None, *, backoff_limit: int = 2) -> dict[str, Any]:
+    return {"metadata": {"name": "forgetmi-cxr-abcdef12"}, "spec": {"backoffLimit": backoff_limit},
+            "status": status or {}}
+
+
+def _pod(phase: str = "Pending", *, state: dict[str, Any] | None = None, last_state: dict[str, Any] | None = None,
+         conditions: list[dict[str, Any]] | None = None, name: str = "forgetmi-cxr-abcdef12-x1") -> dict[str, Any]:
+    cs: dict[str, Any] = {"name": "trainer", "state": state or {}}
+    if last_state is not None:
+        cs["lastState"] = last_state
+    return {"metadata": {"name": name, "creationTimestamp": "2025-01-01T11:00:00Z"},
+            "status": {"phase": phase, "containerStatuses": [cs], "conditions": conditions or []}}
+
+
+def _state(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> JobState:
+    return job_state(job, pods, now=NOW, pending_pod_timeout_seconds=TIMEOUT)
+
+
+def _terminated(code: int, message: str = "", finished: str = "2025-01-01T11:59:00Z") -> dict[str, Any]:
+    return {"terminated": {"exitCode": code, "message": message, "finishedAt": finished}}
+
+
+def test_new_job_without_pods_is_pending() -> None:
+    state = _state(_job(), [])
+    assert state == JobState("pending", "Pending", "Job forgetmi-cxr-abcdef12 is waiting for its Pod to start.")
+    assert not state.finished
+
+
+def test_running_pod_makes_the_job_running() -> None:
+    state = _state(_job({"active": 1}), [_pod("Running", state={"running": {"startedAt": "2025-01-01T11:58:00Z"}})])
+    assert state.phase == "running"
+
+
+def test_complete_condition_or_succeeded_count_is_success() -> None:
+    by_condition = _state(_job({"conditions": [{"type": "Complete", "status": "True"}]}), [])
+    by_count = _state(_job({"succeeded": 1}), [])
+    assert by_condition.phase == by_count.phase == "succeeded"
+    assert by_condition.finished
+
+
+def test_false_complete_condition_is_not_success() -> None:
+    assert _state(_job({"conditions": [{"type": "Complete", "status": "False"}]}), []).phase == "pending"
+
+
+def test_pod_failure_policy_carries_the_trainer_termination_message() -> None:
+    message = "Bad config: method.epochs must be at least 1."
+    job = _job({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                             "message": "Container trainer for pod x failed with exit code 2"}]})
+    state = _state(job, [_pod("Failed", state=_terminated(2, message))])
+    assert state == JobState("failed", "BadConfig", message)
+
+
+def test_exit_code_2_fails_at_once_even_before_the_job_condition() -> None:
+    state = _state(_job({"failed": 1}, backoff_limit=6), [_pod("Failed", state=_terminated(2, "Bad config."))])
+    assert (state.phase, state.reason, state.message) == ("failed", "BadConfig", "Bad config.")
+
+
+def test_exit_code_3_fails_at_once_with_a_default_sentence_when_no_message() -> None:
+    state = _state(_job({"failed": 1}), [_pod("Failed", state=_terminated(3))])
+    assert state.reason == "StorageOrInputError"
+    assert state.message == "The trainer in Pod forgetmi-cxr-abcdef12-x1 exited with code 3."
+
+
+def test_exit_code_4_is_retried_until_the_backoff_limit() -> None:
+    diverged = [_pod("Failed", state=_terminated(4, "Diverged."))]
+    one_failure = _state(_job({"failed": 1, "active": 1}, backoff_limit=2), diverged)
+    assert one_failure.phase == "pending"
+    exhausted = _state(_job({"failed": 3}, backoff_limit=2), diverged)
+    assert (exhausted.phase, exhausted.reason, exhausted.message) == ("failed", "BackoffLimitExceeded", "Diverged.")
+
+
+def test_the_most_recent_termination_message_wins() -> None:
+    pods = [_pod("Failed", state=_terminated(4, "first", "2025-01-01T11:00:00Z"), name="a"),
+            _pod("Failed", state=_terminated(4, "second", "2025-01-01T11:30:00Z"), name="b")]
+    job = _job({"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]})
+    assert _state(job, pods).message == "second"
+
+
+def test_deadline_exceeded_uses_the_job_message() -> None:
+    job = _job({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                                "message": "Job was active longer than specified deadline"}]})
+    state = _state(job, [])
+    assert state == JobState("failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+
+
+def test_unknown_job_failure_reason_is_bounded() -> None:
+    job = _job({"conditions": [{"type": "Failed", "status": "True", "reason": "SomethingNew"}]})
+    assert _state(job, []).reason == "JobFailed"
+
+
+@pytest.mark.parametrize(
+    "reason", ["ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"])
+def test_a_container_that_cannot_start_fails_at_once(reason: str) -> None:
+    pod = _pod(state={"waiting": {"reason": reason, "message": "Back-off pulling image \"nope:1\""}})
+    state = _state(_job({"active": 1}), [pod])
+    assert state.phase == "failed"
+    assert state.reason == reason
+    assert state.message.startswith(f"The trainer container of Pod forgetmi-cxr-abcdef12-x1 cannot start: {reason}")
+    assert "nope:1" in state.message
+
+
+def test_container_creating_is_not_stuck() -> None:
+    pod = _pod(state={"waiting": {"reason": "ContainerCreating"}})
+    assert _state(_job({"active": 1}), [pod]).phase == "pending"
+
+
+def _unschedulable(seconds_ago: float) -> dict[str, Any]:
+    since = (NOW - timedelta(seconds=seconds_ago)).isoformat().replace("+00:00", "Z")
+    return _pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                             "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                             "lastTransitionTime": since}])
+
+
+def test_unschedulable_within_the_timeout_is_still_pending() -> None:
+    assert _state(_job({"active": 1}), [_unschedulable(TIMEOUT - 1)]).phase == "pending"
+
+
+def test_unschedulable_past_the_timeout_fails() -> None:
+    state = _state(_job({"active": 1}), [_unschedulable(TIMEOUT + 1)])
+    assert state.phase == "failed"
+    assert state.reason == "Unschedulable"
+    assert "more than 600 s" in state.message
+    assert "Insufficient nvidia.com/gpu" in state.message
+
+
+def test_a_missing_job_is_failed() -> None:
+    assert _state(None, []).reason == "JobMissing"
+
+
+def test_long_termination_messages_are_clipped() -> None:
+    state = _state(_job({"failed": 1}), [_pod("Failed", state=_terminated(2, "x" * 5000))])
+    assert len(state.message) == 1024
+    assert state.message.endswith("…")
+
+
+def test_progress_status_rounds_percent_and_eta() -> None:
+    status = progress_status(Progress(epoch=3, epochs=30, percent=10.04, eta_seconds=123.456, loss=0.5))
+    assert status.model_dump(by_alias=True) == {"epoch": 3, "epochs": 30, "percent": 10.0, "etaSeconds": 123.5}
+
+
+def test_fail_fast_exit_codes_agree_with_the_job_builder() -> None:
+    assert set(jobs.FAIL_FAST_EXIT_CODES) == set(tracking.FAIL_FAST_EXIT_CODES) == {2, 3}
+
+
+def test_every_failure_reason_is_a_valid_condition_reason() -> None:
+    reasons = {*tracking.STUCK_WAITING_REASONS, *tracking.EXIT_CODE_REASONS.values(), *tracking.JOB_FAILURE_REASONS,
+               "Unschedulable", "JobMissing", "JobFailed"}
+    assert all(re.fullmatch(CONDITION_REASON_PATTERN, reason) for reason in reasons)
+
+
+def test_an_out_of_memory_kill_is_named_when_there_is_no_message() -> None:
+    oom = {"terminated": {"exitCode": 137, "reason": "OOMKilled", "finishedAt": "2025-01-01T11:59:00Z"}}
+    state = _state(_job({"failed": 3}, backoff_limit=2), [_pod("Failed", state=oom)])
+    assert state == JobState("failed", "BackoffLimitExceeded",
+                             "The trainer in Pod forgetmi-cxr-abcdef12-x1 exited with code 137 (OOMKilled).")
