@@ -1,0 +1,122 @@
+{{/* Chart name, truncated to 63 characters. */}}
+{{- define "forgetmi-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name, truncated to 63 characters (DNS label limit). */}}
+{{- define "forgetmi-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Chart name and version for the helm.sh/chart label. */}}
+{{- define "forgetmi-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Common labels. */}}
+{{- define "forgetmi-operator.labels" -}}
+helm.sh/chart: {{ include "forgetmi-operator.chart" . }}
+{{ include "forgetmi-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: forgetmi
+{{- end }}
+
+{{/* Selector labels. */}}
+{{- define "forgetmi-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "forgetmi-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Name of the operator's ServiceAccount. */}}
+{{- define "forgetmi-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "forgetmi-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Operator image reference. */}}
+{{- define "forgetmi-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Name of the metrics Service (also the Prometheus `job` label through the ServiceMonitor). */}}
+{{- define "forgetmi-operator.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "forgetmi-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+RBAC rules on namespaced resources the operator works with; used by the ClusterRole (all
+namespaces) or by one Role per watched namespace. Only the verbs the operator uses.
+*/}}
+{{- define "forgetmi-operator.namespacedRules" -}}
+# UnlearnRequests: Kopf watches them and patches finalizers/annotations; the operator writes status.
+- apiGroups: ["unlearning.forgetmi.io"]
+  resources: ["unlearnrequests"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+- apiGroups: ["unlearning.forgetmi.io"]
+  resources: ["unlearnrequests/status"]
+  verbs: ["get", "patch", "update"]
+# Trainer Jobs (one per request, owned by it) and their config ConfigMaps.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["create", "get", "list", "watch", "delete"]
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "get", "list", "watch", "delete", "patch"]
+# Trainer Pods are only read (image pull / unschedulable failures, termination message).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Kopf posts Events about handler progress and errors.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+# Secrets named in spec.forget.subjectsSecretRef: read one by name, never listed or watched.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- if .Values.servingTargets.enabled }}
+# Serving targets named in spec.rollout.target: read and patch the model URI.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "patch"]
+- apiGroups: ["serving.kserve.io"]
+  resources: ["inferenceservices"]
+  verbs: ["get", "patch"]
+{{- end }}
+{{- if and .Values.peering.enabled .Values.watchNamespaces }}
+# Kopf peering between operator instances in this namespace.
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end }}
+
+{{/* Operator arguments after `python -m forgetmi_operator`. */}}
+{{- define "forgetmi-operator.args" -}}
+- --liveness=http://0.0.0.0:{{ .Values.health.port }}/healthz
+{{- if .Values.peering.enabled }}
+- --peering={{ .Values.peering.name }}
+{{- else }}
+- --standalone
+{{- end }}
+{{- if .Values.watchNamespaces }}
+{{- range .Values.watchNamespaces }}
+- --namespace={{ . }}
+{{- end }}
+{{- else }}
+- --all-namespaces
+{{- end }}
+{{- end }}

@@ -1,0 +1,238 @@
+"""The Grafana dashboard: valid JSON with the expected panels and variables, every query names
+only documented ``forgetmi_*`` metrics, and every query runs on a real Prometheus.
+
+Prometheus (Debian's package) is started on 127.0.0.1 with a temporary TSDB and scrapes a
+stand-in exporter that publishes the metric names and labels listed in ARCHITECTURE.md
+("Metrics") with prometheus_client. The stand-in is not the operator: it checks that the
+dashboard's label names and functions fit the documented metrics. Scraping the real operator
+is the e2e suite's job.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "charts" / "forgetmi-operator" / "dashboards" / "forgetmi.json"
+# ARCHITECTURE.md, "Metrics": the only names the operator exports (a histogram adds _bucket/_sum/_count).
+DOCUMENTED = {
+    "forgetmi_requests_total": ("counter", ["namespace", "outcome"]),
+    "forgetmi_requests_in_phase": ("gauge", ["namespace", "phase"]),
+    "forgetmi_request_duration_seconds": ("histogram", []),
+    "forgetmi_oldest_open_request_age_seconds": ("gauge", []),
+    "forgetmi_gate_evaluations_total": ("counter", ["metric", "result"]),
+    "forgetmi_last_mia": ("gauge", ["namespace", "model"]),
+    "forgetmi_last_test_auc_drop": ("gauge", ["namespace", "model"]),
+    "forgetmi_job_failures_total": ("counter", ["reason"]),
+    "forgetmi_reconcile_errors_total": ("counter", ["handler"]),
+    "forgetmi_build_info": ("gauge", ["version"]),
+}
+ALLOWED = set(DOCUMENTED) | {f"forgetmi_request_duration_seconds_{s}" for s in ("bucket", "sum", "count")}
+# Grafana variables and what the test substitutes for them.
+SUBSTITUTIONS = {"$namespace": ".*", "${namespace}": ".*", "$__rate_interval": "1m"}
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
+                   "group_left", "group_right", "inf", "nan"}
+EXPECTED_TITLES = {
+    "Requests by phase", "Request outcomes (per hour)", "Time to terminal phase (p50 / p95)",
+    "Oldest open request age", "Last MIA score per model", "Last test AUC drop per model",
+    "Gate results by metric (per hour)", "Trainer Job failures by reason (per hour)", "Reconcile errors",
+}
+
+
+def load_dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panel_queries() -> list[tuple[str, str]]:
+    """(panel title, expr) for every target of every panel (rows included)."""
+    def walk(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for panel in panels:
+            yield panel
+            yield from walk(panel.get("panels", []))
+    return [(p["title"], t["expr"]) for p in walk(load_dashboard()["panels"]) for t in p.get("targets", [])]
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names in a PromQL expression: identifiers that are not functions, keywords or labels."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)                   # string literals
+    text = re.sub(r"\{[^}]*\}", "", text)                              # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)                             # range selectors
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.])([A-Za-z_:][\w:]*)(\s*\()?", text):
+        if not match.group(2) and match.group(1).lower() not in PROMQL_KEYWORDS:
+            names.add(match.group(1))
+    return names
+
+
+def substitute(expr: str) -> str:
+    for variable, value in sorted(SUBSTITUTIONS.items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(variable, value)
+    return expr
+
+
+# ---- static checks ------------------------------------------------------------------------------
+
+def test_dashboard_has_the_panels_and_variables() -> None:
+    dashboard = load_dashboard()
+    assert dashboard["uid"] == "forgetmi-operator" and dashboard["title"]
+    titles = [p["title"] for p in dashboard["panels"]]
+    assert len(titles) == len(set(titles))
+    assert set(titles) >= EXPECTED_TITLES
+    assert len({p["id"] for p in dashboard["panels"]}) == len(titles)
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    namespace = variables["namespace"]
+    assert namespace["type"] == "query" and namespace["includeAll"] and namespace["allValue"] == ".*"
+    assert metric_names_in_label_values(namespace["definition"]) <= ALLOWED
+    for panel in dashboard["panels"]:
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        assert panel["targets"] and panel["description"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"]
+
+
+def metric_names_in_label_values(definition: str) -> set[str]:
+    match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", definition)
+    assert match, definition
+    return {match.group(1)}
+
+
+def test_metric_name_extraction() -> None:
+    assert metric_names('sum by (le) (rate(a_bucket{x=~"$n"}[5m])) / on (x) b and c offset 5m') == {
+        "a_bucket", "b", "c"}
+    assert metric_names("histogram_quantile(0.95, sum by (le) (rate(x[1h])))") == {"x"}
+
+
+@pytest.mark.parametrize(("title", "expr"), panel_queries(), ids=[t for t, _ in panel_queries()])
+def test_every_query_uses_only_documented_forgetmi_metrics(title: str, expr: str) -> None:
+    names = metric_names(expr)
+    assert names, f"{title}: no metric in {expr!r}"
+    assert names <= ALLOWED, f"{title}: undocumented metric(s) {sorted(names - ALLOWED)} in {expr!r}"
+    assert "$" not in substitute(expr), f"{title}: unknown Grafana variable in {expr!r}"
+
+
+# ---- a real Prometheus --------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as response:  # loopback only
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def stand_in_exporter() -> Iterator[int]:
+    """Publishes every documented metric with its documented labels; yields the port."""
+    registry = CollectorRegistry()
+    made = {}
+    for full_name, (kind, labels) in DOCUMENTED.items():
+        if kind == "counter":
+            made[full_name] = Counter(full_name.removesuffix("_total"), "stand-in", labels, registry=registry)
+        elif kind == "gauge":
+            made[full_name] = Gauge(full_name, "stand-in", labels, registry=registry)
+        else:
+            made[full_name] = Histogram(full_name, "stand-in", labels, registry=registry,
+                                        buckets=(60, 600, 3600, 21600, 86400))
+    made["forgetmi_requests_total"].labels("radiology", "Promoted").inc(3)
+    made["forgetmi_requests_total"].labels("radiology", "Held").inc()
+    for phase, count in (("Running", 2), ("Promoted", 3), ("Held", 1)):
+        made["forgetmi_requests_in_phase"].labels("radiology", phase).set(count)
+    for seconds in (900, 1800, 7200):
+        made["forgetmi_request_duration_seconds"].observe(seconds)
+    made["forgetmi_oldest_open_request_age_seconds"].set(5400)
+    made["forgetmi_gate_evaluations_total"].labels("miaAUC", "Passed").inc(3)
+    made["forgetmi_gate_evaluations_total"].labels("testAUC", "Failed").inc()
+    made["forgetmi_last_mia"].labels("radiology", "cxr-report").set(0.52)
+    made["forgetmi_last_test_auc_drop"].labels("radiology", "cxr-report").set(0.01)
+    made["forgetmi_job_failures_total"].labels("ImagePullBackOff").inc()
+    made["forgetmi_reconcile_errors_total"].labels("track_job").inc(2)
+    made["forgetmi_build_info"].labels("0.1.0").set(1)
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def prometheus(prometheus_bin: str, stand_in_exporter: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a Prometheus on loopback that has scraped the stand-in exporter at least twice."""
+    folder = tmp_path_factory.mktemp("prometheus")
+    config = folder / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        "  - job_name: forgetmi\n"
+        f"    static_configs: [{{targets: ['127.0.0.1:{stand_in_exporter}']}}]\n"
+        "    honor_labels: true\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (folder / "prometheus.log").open("w")
+    process = subprocess.Popen(
+        [prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # The first seconds answer nothing: wait until the target is up and scraped twice (rates need two samples).
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, f"prometheus exited: {(folder / 'prometheus.log').read_text()}"
+            try:
+                query = urllib.parse.quote('count_over_time(up{job="forgetmi"}[1m]) >= 2')
+                if get_json(f"{url}/api/v1/query?query={query}")["data"]["result"]:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"prometheus never scraped: {(folder / 'prometheus.log').read_text()}"
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def test_every_dashboard_query_runs_on_prometheus_and_returns_data(prometheus: str) -> None:
+    problems = []
+    for title, expr in panel_queries():
+        query = substitute(expr)
+        try:
+            answer = get_json(f"{prometheus}/api/v1/query?query={urllib.parse.quote(query)}")
+        except urllib.error.HTTPError as err:  # 400 = the query does not parse
+            problems.append(f"{title}: {query!r} → HTTP {err.code}: {err.read().decode()}")
+            continue
+        if answer["status"] != "success":
+            problems.append(f"{title}: {query!r} → {answer}")
+        elif not answer["data"]["result"]:
+            problems.append(f"{title}: {query!r} returned no series (labels do not match the documented metrics?)")
+    assert not problems, "\n".join(problems)
+
+
+def test_namespace_variable_finds_namespaces(prometheus: str) -> None:
+    definition = {v["name"]: v for v in load_dashboard()["templating"]["list"]}["namespace"]["definition"]
+    metric, label = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", definition).groups()
+    answer = get_json(f"{prometheus}/api/v1/label/{label}/values?match[]={metric}")
+    assert answer["status"] == "success" and answer["data"] == ["radiology"]
