@@ -29,3 +29,20 @@ class PreconditionFailed(StorageError):
 
 class StorageUnavailable(StorageError):
     """The storage endpoint could not be reached (after retries)."""
+
+
+class ConfigError(TrainerError):
+    """The job configuration or a command-line argument is invalid (exit code 2)."""
+
+
+class InputError(TrainerError):
+    """An input exists but cannot be used: a bad manifest, an unknown patient, an empty forget set
+    (exit code 3)."""
+
+
+class CheckpointError(InputError):
+    """A model directory is incomplete or does not match its config (missing/unexpected weights)."""
+
+
+class DivergedError(TrainerError):
+    """Training produced a non-finite loss or weights (exit code 4)."""

@@ -1,0 +1,107 @@
+"""The trainer's demo: generate data, train an original and a retrained model, forget ~8 % of the
+patients with Forget-MI through the same ``run_job`` a Job uses, and compare the three."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from forgetmi_trainer import storage, synthetic
+from forgetmi_trainer.contract import ForgetSubjects, JobConfig, MethodConfig, ModelMetrics, ModelRef, Report
+from forgetmi_trainer.fit import fit_and_publish
+from forgetmi_trainer.job import run_job
+
+MODEL = "demo-model"
+FORGET_FRACTION = 0.08
+# The recipe measured on the generated dataset (bench/RESULTS.md and the demo test): the equal
+# preset with the push terms bounded at 30, so forgetting cannot run away from the retain set.
+DEMO_METHOD = MethodConfig(preset="equal", epochs=30, learning_rate=3e-3, batch_size=16, push_bound=30.0)
+METRIC_KEYS = ("forget_auc", "forget_f1", "test_auc", "test_f1", "mia", "mia_auc", "seconds")
+
+
+def prepare(workdir: Path, seed: int, patients: int) -> dict[str, Any]:
+    """Dataset, subjects file, original and retrained models under ``workdir``; returns their URIs."""
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    samples = synthetic.generate(synthetic.SynthParams(patients=patients, seed=seed))
+    manifest_uri = synthetic.write_dataset(samples, (workdir / "data").as_uri())
+    forget = synthetic.choose_forget_subjects(samples, FORGET_FRACTION, seed)
+    subjects_file = workdir / "forget-subjects.txt"
+    subjects_file.write_text("\n".join(forget) + "\n")
+    registry = (workdir / "registry").as_uri()
+    original = ModelRef(registry_uri=registry, name=MODEL, version="v1")
+    retrained = ModelRef(registry_uri=registry, name=MODEL, version="v1-retrained")
+    _, original_seconds = fit_and_publish(manifest_uri, original.uri, seed=seed, metadata={"version": "v1"})
+    _, retrained_seconds = fit_and_publish(
+        manifest_uri, retrained.uri, exclude=forget, seed=seed, metadata={"version": "v1-retrained"}
+    )
+    return {
+        "registry": registry,
+        "manifest_uri": manifest_uri,
+        "subjects_file": str(subjects_file),
+        "original": original,
+        "retrained": retrained,
+        "subjects": len(forget),
+        "original_seconds": original_seconds,
+        "retrained_seconds": retrained_seconds,
+    }
+
+
+def run_demo(workdir: Path, seed: int = 0, patients: int = 150) -> dict[str, dict[str, float | None]]:
+    prepared = prepare(workdir, seed, patients)
+    registry = prepared["registry"]
+    config = JobConfig(
+        request="local/demo",
+        model=prepared["original"],
+        manifest_uri=prepared["manifest_uri"],
+        forget=ForgetSubjects(file=prepared["subjects_file"]),
+        method=DEMO_METHOD,
+        output_uri=storage.join(registry, MODEL, "versions", "v2"),
+        candidate_version="v2",
+        retrained=prepared["retrained"],
+        seed=seed,
+        progress_path=str(Path(workdir).resolve() / "progress.jsonl"),
+    )
+    report = run_job(config)
+    return summarise(report, prepared["original_seconds"], prepared["retrained_seconds"])
+
+
+def _row(metrics: ModelMetrics, seconds: float) -> dict[str, float | None]:
+    s, m = metrics.split, metrics.mia
+    return {
+        "forget_auc": s.forget_auc,
+        "forget_f1": s.forget_f1,
+        "test_auc": s.test_auc,
+        "test_f1": s.test_f1,
+        "mia": m.score,
+        "mia_auc": m.attack_auc,
+        "seconds": round(seconds, 2),
+    }
+
+
+def summarise(report: Report, original_seconds: float, retrained_seconds: float) -> dict[str, dict[str, float | None]]:
+    """``{"original": M, "retrained": M, "forget_mi": M}``; seconds are training or unlearning time."""
+    assert report.retrained is not None
+    return {
+        "original": _row(report.original, original_seconds),
+        "retrained": _row(report.retrained, retrained_seconds),
+        "forget_mi": _row(report.unlearned, report.timings.unlearn_seconds),
+    }
+
+
+def format_table(rows: dict[str, dict[str, float | None]]) -> str:
+    header = ("model", "forget AUC", "forget F1", "test AUC", "test F1", "MIA", "miaAUC", "seconds")
+    lines = ["{:<10} {:>10} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8}".format(*header)]
+    for name, label in (("original", "original"), ("retrained", "retrained"), ("forget_mi", "Forget-MI")):
+        values = [rows[name][k] for k in METRIC_KEYS]
+        cells = [
+            "-" if v is None else f"{v:.3f}" if k != "seconds" else f"{v:.1f}"
+            for k, v in zip(METRIC_KEYS, values, strict=True)
+        ]
+        lines.append("{:<10} {:>10} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8}".format(label, *cells))
+    return "\n".join(lines)
+
+
+def to_json(rows: dict[str, dict[str, float | None]]) -> str:
+    return json.dumps(rows, sort_keys=True)

@@ -1,0 +1,171 @@
+"""The generated image+text dataset of FORGET_MI.md §7, where forgetting is measurable on a CPU.
+
+Every sample's image and report carry a shared class signal (so test utility is measurable),
+its patient's private fingerprint (an image pattern and two private report tokens) and a
+sample-specific pattern. A fraction of the labels is random: the original model can only fit
+those by memorising the samples, which is what a membership-inference attack detects and what
+unlearning must remove. Splits are patient-disjoint.
+
+Images are written as sharded ``.npz`` archives; a manifest row's ``image_uri`` names the
+archive and the array, ``<dataset>/images/shard-000.npz#<sample_id>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from forgetmi_trainer import storage
+
+MANIFEST_COLUMNS = ("sample_id", "subject_id", "image_uri", "report_text", "label", "split")
+CLASS_WORDS = (
+    ("clear", "normal", "unremarkable"),
+    ("congestion", "vascular", "cephalization"),
+    ("interstitial", "kerley", "septal"),
+    ("alveolar", "consolidation", "airspace"),
+)
+# Clinical keywords the text perturbation masks (FORGET_MI.md §3).
+CLINICAL_KEYWORDS = frozenset(
+    {"edema", "lung", "lungs", "atelectasis", "cardiomegaly", "pneumothorax", "effusion", "opacity",
+     "pleural", "heart", *(w for words in CLASS_WORDS for w in words)}
+)
+FILLER = (
+    "portable", "chest", "view", "compared", "prior", "study", "lung", "lungs", "heart", "size",
+    "stable", "mediastinal", "contours", "no", "pleural", "effusion", "pneumothorax", "seen",
+    "there", "is", "mild", "moderate", "edema", "atelectasis", "bibasilar", "opacity", "tubes",
+    "lines", "unchanged", "cardiomegaly", "the", "and", "with", "of",
+)
+_SYLLABLES = ("ka", "zu", "mi", "ro", "te", "qu", "vo", "li", "xa", "be", "no", "sy")
+SHARD_SIZE = 512
+
+
+class SynthParams(BaseModel):
+    """Knobs of the generated dataset (defaults: the measured example of FORGET_MI.md §7)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patients: int = Field(default=150, ge=4, le=100_000)
+    min_samples: int = Field(default=3, ge=1)
+    max_samples: int = Field(default=8, ge=1)
+    image_size: int = Field(default=16, ge=4, le=512)
+    num_classes: int = Field(default=4, ge=2, le=len(CLASS_WORDS))
+    memorised_fraction: float = Field(default=0.35, ge=0.0, le=1.0)
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    report_words: int = Field(default=12, ge=6, le=64)
+    class_strength: float = Field(default=0.22, ge=0.0)
+    patient_strength: float = Field(default=0.12, ge=0.0)
+    sample_strength: float = Field(default=0.2, ge=0.0)
+    seed: int = Field(default=0, ge=0)
+
+
+@dataclass(frozen=True)
+class Sample:
+    sample_id: str
+    subject_id: str
+    image: np.ndarray  # (1, H, W) uint8
+    report_text: str
+    label: int
+    split: str
+    memorised: bool
+
+
+def _smooth_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A zero-mean, unit-std low-frequency pattern (H, W)."""
+    coarse = rng.standard_normal((4, 4))
+    pattern = np.kron(coarse, np.ones((size // 4 + 1, size // 4 + 1)))[:size, :size]
+    return (pattern - pattern.mean()) / (pattern.std() + 1e-8)
+
+
+def _private_token(rng: np.random.Generator) -> str:
+    return "".join(rng.choice(_SYLLABLES, size=3)) + str(int(rng.integers(10, 99)))
+
+
+def generate(params: SynthParams) -> list[Sample]:
+    """Every sample of the dataset, deterministic in ``params.seed``."""
+    if params.max_samples < params.min_samples:
+        raise ValueError("max_samples must be at least min_samples")
+    rng = np.random.default_rng(params.seed)
+    size, c = params.image_size, params.num_classes
+    class_patterns = [_smooth_pattern(rng, size) for _ in range(c)]
+    n_test = max(1, round(params.patients * params.test_fraction))
+    test_patients = set(rng.choice(params.patients, size=n_test, replace=False).tolist())
+    samples: list[Sample] = []
+    for p in range(params.patients):
+        subject = f"P{p:05d}"
+        split = "test" if p in test_patients else "train"
+        fingerprint = rng.choice([-1.0, 1.0], size=(size, size))
+        private = [_private_token(rng), _private_token(rng)]
+        for s in range(int(rng.integers(params.min_samples, params.max_samples + 1))):
+            signal = int(rng.integers(c))
+            memorised = bool(rng.random() < params.memorised_fraction)
+            label = int(rng.integers(c)) if memorised else signal
+            image = (
+                0.5
+                + params.class_strength * class_patterns[signal]
+                + params.patient_strength * fingerprint
+                + params.sample_strength * rng.standard_normal((size, size))
+            )
+            pixels = np.clip(np.round(np.clip(image, 0.0, 1.0) * 255), 0, 255).astype(np.uint8)[None]
+            samples.append(
+                Sample(
+                    sample_id=f"{subject}-S{s:02d}",
+                    subject_id=subject,
+                    image=pixels,
+                    report_text=_report(rng, signal, private, params.report_words),
+                    label=label,
+                    split=split,
+                    memorised=memorised,
+                )
+            )
+    return samples
+
+
+def _report(rng: np.random.Generator, signal: int, private: list[str], n_words: int) -> str:
+    class_words = list(rng.choice(CLASS_WORDS[signal], size=2, replace=False))
+    words = class_words + private + list(rng.choice(FILLER, size=n_words - 4))
+    order = rng.permutation(len(words))
+    return " ".join(str(words[i]) for i in order)
+
+
+def write_dataset(samples: list[Sample], out_uri: str) -> str:
+    """Write image shards and ``manifest.csv`` under ``out_uri``; returns the manifest's URI."""
+    rows = []
+    for start in range(0, len(samples), SHARD_SIZE):
+        chunk = samples[start : start + SHARD_SIZE]
+        shard_uri = storage.join(out_uri, "images", f"shard-{start // SHARD_SIZE:03d}.npz")
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{s.sample_id: s.image for s in chunk})
+        storage.write_bytes(shard_uri, buffer.getvalue())
+        rows += [
+            (s.sample_id, s.subject_id, f"{shard_uri}#{s.sample_id}", s.report_text, s.label, s.split) for s in chunk
+        ]
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows(rows)
+    manifest_uri = storage.join(out_uri, "manifest.csv")
+    storage.write_text(manifest_uri, text.getvalue())
+    return manifest_uri
+
+
+def choose_forget_subjects(samples: list[Sample], fraction: float, seed: int) -> list[str]:
+    """Training patients whose samples make up about ``fraction`` of the training samples."""
+    rng = np.random.default_rng(seed + 7919)
+    train_subjects = sorted({s.subject_id for s in samples if s.split == "train"})
+    counts = {sub: 0 for sub in train_subjects}
+    for s in samples:
+        if s.split == "train":
+            counts[s.subject_id] += 1
+    target = fraction * sum(counts.values())
+    chosen: list[str] = []
+    total = 0
+    for sub in rng.permutation(train_subjects):
+        if total >= target:
+            break
+        chosen.append(str(sub))
+        total += counts[str(sub)]
+    return sorted(chosen)

@@ -1,0 +1,172 @@
+"""The Forget-MI loop (FORGET_MI.md §4).
+
+``F_og`` is frozen (eval mode, no grad); ``F_ul`` starts as its copy with every encoder and
+projection trainable. Both models build their joint embeddings with one shared frozen gate,
+the original's. One step takes a forget batch x, its aligned noisy copy x̃ (same samples, same
+order) and a random retain batch r of the same size, and minimises the weighted four terms;
+gradients are clipped to norm 1 and AdamW steps once per batch. One epoch is one pass over D_f.
+The heads are never trained. A declared rule selects the checkpoint that is returned.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from forgetmi_trainer import losses
+from forgetmi_trainer.contract import MethodConfig, Selection
+from forgetmi_trainer.data import Encoded, noisy_images
+from forgetmi_trainer.errors import ConfigError, DivergedError
+from forgetmi_trainer.model import MultimodalClassifier
+from forgetmi_trainer.runtime import adamw, autocast
+
+EpochCallback = Callable[[int, int, float], None]
+
+
+@dataclass
+class UnlearnInputs:
+    """Encoded sets on the target device; ``noisy_texts[k]`` is the k-th perturbed copy of the
+    forget reports as (input_ids, attention_mask), aligned with ``forget``."""
+
+    forget: Encoded
+    retain: Encoded
+    test: Encoded
+    noisy_texts: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class UnlearnResult:
+    model: MultimodalClassifier
+    selection: Selection
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def freeze(model: MultimodalClassifier) -> MultimodalClassifier:
+    """Eval mode and no gradients: the state ``F_og`` keeps throughout."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def step_terms(
+    f_ul: MultimodalClassifier,
+    f_og: MultimodalClassifier,
+    x: Encoded,
+    x_noisy: Encoded,
+    r: Encoded,
+    gate: torch.nn.Module,
+    bound: float | None,
+) -> losses.LossTerms:
+    """The four terms of one step (each a scalar); ``F_og`` runs without grad on x̃ and r."""
+    with torch.no_grad():
+        og_f = f_og(x_noisy.pixels, x_noisy.input_ids, x_noisy.attention_mask, fusion=gate)
+        og_r = f_og(r.pixels, r.input_ids, r.attention_mask, fusion=gate)
+    ul_f = f_ul(x.pixels, x.input_ids, x.attention_mask, fusion=gate)
+    ul_r = f_ul(r.pixels, r.input_ids, r.attention_mask, fusion=gate)
+
+    def unimodal(out: object) -> torch.Tensor:
+        return torch.cat([out.image_embeds, out.text_embeds], dim=-1)  # type: ignore[attr-defined]
+
+    return losses.LossTerms(
+        uu=losses.unimodal_unlearning(unimodal(ul_f), unimodal(og_f), bound),
+        mu=losses.multimodal_unlearning(ul_f.joint_embeds, og_f.joint_embeds, bound),
+        ur=losses.unimodal_retention(unimodal(ul_r), unimodal(og_r)),
+        mr=losses.multimodal_retention(ul_r.joint_embeds, og_r.joint_embeds),
+    )
+
+
+@torch.no_grad()
+def mean_image_loss(model: MultimodalClassifier, data: Encoded, batch_size: int = 512) -> float:
+    """Mean image-head cross-entropy over ``data``."""
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        b = data.take(torch.arange(start, min(start + batch_size, len(data)), device=data.labels.device))
+        logits = model(b.pixels, b.input_ids, b.attention_mask).image_logits.float()
+        total += float(F.cross_entropy(logits, b.labels, reduction="sum"))
+    return total / max(len(data), 1)
+
+
+def forget_mi(
+    original: MultimodalClassifier,
+    inputs: UnlearnInputs,
+    method: MethodConfig,
+    *,
+    generator: torch.Generator,
+    device: torch.device,
+    precision: str = "fp32",
+    on_epoch: EpochCallback | None = None,
+) -> UnlearnResult:
+    """Unlearn ``inputs.forget`` from ``original`` (left unchanged) and return the selected model."""
+    rule, fixed = method.selection.rule, method.selection.epoch
+    if rule == "FixedEpoch" and fixed is not None and fixed > method.epochs:
+        raise ConfigError(f"method.selection.epoch ({fixed}) exceeds method.epochs ({method.epochs}).")
+    epochs = fixed if rule == "FixedEpoch" and fixed is not None else method.epochs
+    weights = losses.resolve_weights(method.preset, method.weights)
+    f_og = freeze(original.to(device))
+    gate = f_og.fusion
+    f_ul = copy.deepcopy(f_og)
+    for p in f_ul.parameters():
+        p.requires_grad_(True)
+    for p in f_ul.fusion.parameters():
+        p.requires_grad_(False)
+    for p in (*f_ul.image_head.parameters(), *f_ul.text_head.parameters()):
+        p.requires_grad_(False)
+    f_ul.eval()  # dropout off; gradients still flow
+    optimizer = adamw(f_ul, method.learning_rate)
+    forget, retain = inputs.forget, inputs.retain
+    n, bs = len(forget), method.batch_size
+    noise = method.noise
+    start = time.perf_counter()
+    history: list[dict[str, float]] = []
+    selected = epochs
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(n, generator=generator)
+        ids, mask = inputs.noisy_texts[(epoch - 1) % len(inputs.noisy_texts)]
+        epoch_loss = 0.0
+        for s in range(math.ceil(n / bs)):
+            idx = order[s * bs : (s + 1) * bs].to(device)
+            x = forget.take(idx)
+            x_noisy = Encoded(
+                noisy_images(x.pixels, noise.image_mean, noise.image_std, generator), ids[idx], mask[idx], x.labels
+            )
+            r = retain.take(torch.randint(len(retain), (len(idx),), generator=generator).to(device))
+            with autocast(device, precision):
+                terms = step_terms(f_ul, f_og, x, x_noisy, r, gate, method.push_bound)
+                loss = losses.combine(terms, weights, method.sign)
+            if not torch.isfinite(loss):
+                raise DivergedError(f"The unlearning loss became {float(loss)} at epoch {epoch}.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(f_ul.parameters(), 1.0)
+            optimizer.step()
+            epoch_loss += float(loss.detach()) * len(idx)
+        record = {"epoch": float(epoch), "loss": epoch_loss / n}
+        reached = False
+        if rule == "ForgetReachesTest":
+            record["forget_loss"] = mean_image_loss(f_ul, forget)
+            record["test_loss"] = mean_image_loss(f_ul, inputs.test)
+            reached = record["forget_loss"] >= record["test_loss"]
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(epoch, epochs, record["loss"])
+        if reached:
+            selected = epoch
+            break
+    if not all(torch.isfinite(p).all() for p in f_ul.parameters()):
+        raise DivergedError("The unlearned model has non-finite weights.")
+    for p in f_ul.parameters():
+        p.requires_grad_(False)
+    return UnlearnResult(
+        model=f_ul.eval(),
+        selection=Selection(rule=rule, epoch=selected, epochs_run=len(history)),
+        seconds=time.perf_counter() - start,
+        history=history,
+    )
