@@ -11,7 +11,7 @@ install-dev:
 	scripts/install.sh --dev
 
 demo: install
-	.venv/bin/forgetmi-trainer demo --workdir .demo --seed 0
+	.venv/bin/forgetmi demo --workdir .demo --seed 0
 
 test: install-dev
 	.venv/bin/python -m ruff check .

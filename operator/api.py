@@ -143,6 +143,8 @@ class MethodSpec(_Spec):
     epochs: int = Field(default=30, ge=1, le=1000, description="Unlearning epochs.")
     learning_rate: float = Field(default=1e-3, gt=0, le=1, description="AdamW learning rate.")
     batch_size: int = Field(default=16, ge=1, le=4096, description="Forget/retain batch size.")
+    push_bound: float | None = Field(default=None, gt=0, le=1000,
+                                     description="Bound m of relu(m - d) on the push terms; unset: unbounded.")
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Random seed.")
     selection: SelectionSpec = Field(default_factory=SelectionSpec, description="Checkpoint selection.")
 

@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: .demo)")
     demo.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default: 0)")
     demo.add_argument("--patients", type=_positive, metavar="N",
-                      help="number of patients to forget (default: the demo's own)")
+                      help="patients in the generated dataset (default: 150)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     demo.set_defaults(handler=_delegate("demo_command"))
     return parser

@@ -145,6 +145,15 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_demo_prepare(args: argparse.Namespace) -> int:
+    from forgetmi_trainer.demo import prepare
+
+    prepared = prepare(Path(args.workdir), args.seed, args.patients)
+    out = {k: (v.model_dump() if hasattr(v, "model_dump") else v) for k, v in prepared.items()}
+    print(json.dumps(out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetmi-trainer", description="Forget-MI trainer.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -177,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--patients", type=int, default=150)
     demo.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
     demo.set_defaults(func=command_demo)
+    prep = sub.add_parser("demo-prepare", help="Only the demo's dataset, original and retrained models (JSON out).")
+    prep.add_argument("--workdir", default=".demo")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--patients", type=int, default=150)
+    prep.set_defaults(func=command_demo_prepare)
     return parser
 
 

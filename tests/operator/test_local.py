@@ -1,0 +1,168 @@
+"""``forgetmi run`` / ``forgetmi demo``: the whole pipeline on one machine with a real trainer process.
+
+One module fixture prepares a small generated dataset, an original and a retrained model in a
+``file://`` registry (``python -m forgetmi_trainer demo-prepare``); each test then runs a request
+through :func:`forgetmi_operator.local.run_request` and checks the registry afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forgetmi_operator import local, registry
+from forgetmi_trainer import storage
+from forgetmi_trainer.contract import ModelRef
+
+pytestmark = pytest.mark.slow
+ENV = {**os.environ, "PYTHONSAFEPATH": "1"}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    workdir = tmp_path_factory.mktemp("demo")
+    out = subprocess.run([sys.executable, "-m", "forgetmi_trainer", "demo-prepare", "--workdir", str(workdir),
+                          "--patients", "40", "--seed", "0"], env=ENV, capture_output=True, text=True, check=True)
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "seed": 0, "workdir": workdir}
+
+
+@pytest.fixture
+def fresh_alias(prepared: dict[str, Any]) -> ModelRef:
+    """Alias ``production`` → v1, whatever an earlier test promoted."""
+    original = ModelRef.model_validate(prepared["original"])
+    storage.delete(registry.alias_uri(original.registry_uri, original.name, "production"))
+    sha = registry.check_version(original.registry_uri, original.name, original.version)
+    registry.promote(original.registry_uri, original.name, "production", new_version=original.version,
+                     new_sha256=sha, expected_token=None, request=None)
+    return original
+
+
+def _request(prepared: dict[str, Any], **spec_changes: Any) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    request, secret = local.demo_request(prepared)
+    request = copy.deepcopy(request)
+    request["spec"]["method"]["epochs"] = 10
+    request["spec"].update(spec_changes)
+    return request, local.read_secrets([secret])
+
+
+def _alias(original: ModelRef) -> str:
+    return registry.resolve_alias(original.registry_uri, original.name, "production").version
+
+
+def test_passing_gates_promote_and_write_a_receipt(prepared: dict[str, Any], fresh_alias: ModelRef,
+                                                   tmp_path: Path) -> None:
+    request, secrets = _request(prepared, gates=[
+        {"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.5, "reference": "original"},
+        {"metric": "mia", "comparator": "atMost", "threshold": 1.0, "reference": "absolute"},
+    ])
+    result = local.run_request(request, workdir=tmp_path, secrets=secrets)
+    status = result.status
+    assert status.phase == "Promoted", status.message
+    assert status.candidate_model is not None and _alias(fresh_alias) == status.candidate_model.version
+    assert status.subject_count == len(Path(prepared["subjects_file"]).read_text().split())
+    assert [c.status for c in status.conditions] == ["True"] * 4
+    receipt = storage.read_bytes(status.receipt.uri)
+    import hashlib
+
+    assert hashlib.sha256(receipt).hexdigest() == status.receipt.sha256
+    body = json.loads(receipt)
+    assert body["decision"] == "Promote" and body["subjects"]["count"] == status.subject_count
+    subjects = Path(prepared["subjects_file"]).read_text().split()
+    dumped = status.model_dump_json() + receipt.decode() + "\n".join(result.events)
+    assert not any(s in dumped for s in subjects), "a patient ID leaked into status, receipt or events"
+    record = registry.resolve_alias(fresh_alias.registry_uri, fresh_alias.name, "production").record
+    assert record.previous == "v1" and record.request is not None and record.request.name == request["metadata"]["name"]
+
+
+def test_failing_gate_holds_and_leaves_the_alias(prepared: dict[str, Any], fresh_alias: ModelRef,
+                                                 tmp_path: Path) -> None:
+    request, secrets = _request(prepared, gates=[
+        {"metric": "testAUC", "comparator": "atLeast", "threshold": 0.999, "reference": "absolute"}])
+    result = local.run_request(request, workdir=tmp_path, secrets=secrets)
+    assert result.status.phase == "Held"
+    assert result.status.gates[0].result == "Failed"
+    assert _alias(fresh_alias) == "v1"
+    assert json.loads(storage.read_bytes(result.status.receipt.uri))["decision"] == "Hold"
+
+
+def test_dry_run_never_promotes(prepared: dict[str, Any], fresh_alias: ModelRef, tmp_path: Path) -> None:
+    request, secrets = _request(prepared, rollout={"mode": "DryRun"}, gates=[
+        {"metric": "mia", "comparator": "atMost", "threshold": 1.0, "reference": "absolute"}])
+    result = local.run_request(request, workdir=tmp_path, secrets=secrets)
+    assert result.status.phase == "Held" and result.status.gates[0].result == "Passed"
+    assert _alias(fresh_alias) == "v1"
+
+
+def test_missing_secret_is_not_accepted_and_runs_nothing(prepared: dict[str, Any], fresh_alias: ModelRef,
+                                                         tmp_path: Path) -> None:
+    request, _ = _request(prepared)
+    result = local.run_request(request, workdir=tmp_path, secrets={})
+    assert result.status.phase == "Failed"
+    accepted = next(c for c in result.status.conditions if c.type == "Accepted")
+    assert accepted.status == "False" and accepted.reason == "SecretNotFound"
+    assert "demo-forget-subjects" in accepted.message
+    assert not (tmp_path / "unlearn-job.json").exists()
+
+
+def test_invalid_spec_names_the_field(prepared: dict[str, Any], tmp_path: Path) -> None:
+    request, secrets = _request(prepared)
+    request["spec"]["method"]["epochs"] = 0
+    result = local.run_request(request, workdir=tmp_path, secrets=secrets)
+    accepted = next(c for c in result.status.conditions if c.type == "Accepted")
+    assert result.status.phase == "Failed" and accepted.reason == "InvalidSpec"
+    assert "epochs" in accepted.message
+
+
+def test_trainer_input_error_fails_with_its_termination_message(prepared: dict[str, Any], fresh_alias: ModelRef,
+                                                                tmp_path: Path) -> None:
+    request, secrets = _request(prepared)
+    secrets[local.DEMO_SECRET]["subjects"] = "P99999\n"  # a patient the manifest does not hold
+    result = local.run_request(request, workdir=tmp_path, secrets=secrets)
+    unlearned = next(c for c in result.status.conditions if c.type == "Unlearned")
+    assert result.status.phase == "Failed" and unlearned.reason == "StorageOrInputError"
+    assert "forget subjects have no training samples" in unlearned.message and "P99999" not in unlearned.message
+    assert _alias(fresh_alias) == "v1"
+
+
+def test_concurrent_alias_change_is_detected_not_overwritten(prepared: dict[str, Any], fresh_alias: ModelRef,
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    request, secrets = _request(prepared, gates=[
+        {"metric": "mia", "comparator": "atMost", "threshold": 1.0, "reference": "absolute"}])
+    retrained = ModelRef.model_validate(prepared["retrained"])
+    real_evaluate = local._evaluate
+
+    def evaluate_then_move_alias(*args: Any, **kwargs: Any) -> Any:
+        found = registry.resolve_alias(fresh_alias.registry_uri, fresh_alias.name, "production")
+        sha = registry.check_version(retrained.registry_uri, retrained.name, retrained.version)
+        registry.promote(fresh_alias.registry_uri, fresh_alias.name, "production", new_version=retrained.version,
+                         new_sha256=sha, expected_token=found.token, request=None)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(local, "_evaluate", evaluate_then_move_alias)
+    result = local.run_request(request, workdir=tmp_path, secrets=secrets)
+    promoted = next(c for c in result.status.conditions if c.type == "Promoted")
+    assert promoted.status == "False" and promoted.reason == "PromotionConflict"
+    assert _alias(fresh_alias) == retrained.version
+
+
+@pytest.mark.timeout(600)
+def test_forgetmi_demo_command_runs_end_to_end_within_budget(tmp_path: Path) -> None:
+    start = time.monotonic()
+    out = subprocess.run([str(Path(sys.executable).parent / "forgetmi"), "demo", "--workdir", str(tmp_path / "d"),
+                          "--json"], env=ENV, capture_output=True, text=True, check=False)
+    seconds = time.monotonic() - start
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["phase"] == "Promoted"
+    for row in ("original", "retrained", "forget_mi"):
+        assert set(result[row]) == set(local.METRIC_KEYS)
+    assert result["original"]["forget_auc"] - result["forget_mi"]["forget_auc"] >= 0.1
+    assert seconds < 150, f"forgetmi demo took {seconds:.0f}s"  # 90 s target on an idle 2-core machine
