@@ -1,7 +1,9 @@
 """Unlearning methods by name: one function per method, all with the same inputs and result.
 
 Adding a method = a function (its own module when it grows) + a line in :data:`METHODS` + a
-name in ``contract.MethodName`` + a test.
+name in ``contract.MethodName`` + a test. The baselines live in ``finetune.py`` (which also
+holds the helpers they share), ``neggrad_plus.py`` and ``scrub.py``; docs/methods.md lists
+every method's settings.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import torch
 
 from forgetmi_trainer.contract import MethodConfig, Selection
 from forgetmi_trainer.errors import ConfigError
+from forgetmi_trainer.finetune import run_finetune
 from forgetmi_trainer.model import MultimodalClassifier, build_model
+from forgetmi_trainer.neggrad_plus import run_neggrad_plus
+from forgetmi_trainer.scrub import run_scrub
 from forgetmi_trainer.train import TrainConfig, train_model
 from forgetmi_trainer.unlearn import EpochCallback, UnlearnInputs, UnlearnResult, forget_mi
 
@@ -76,6 +81,9 @@ def run_retrain(ctx: MethodContext) -> UnlearnResult:
 METHODS: dict[str, Callable[[MethodContext], UnlearnResult]] = {
     "forget-mi": run_forget_mi,
     "retrain": run_retrain,
+    "finetune": run_finetune,
+    "neggrad-plus": run_neggrad_plus,
+    "scrub": run_scrub,
 }
 
 

@@ -42,7 +42,7 @@ class MultimodalConfig(PretrainedConfig):
 
     def __init__(
         self,
-        num_labels: int = 4,
+        num_labels: int | None = None,
         embed_dim: int = 32,
         image_size: int = 16,
         image_channels: int = 1,
@@ -54,6 +54,9 @@ class MultimodalConfig(PretrainedConfig):
         gate_beta: float = 0.5,
         **kwargs: Any,
     ) -> None:
+        if num_labels is None:
+            # config.json stores the classes as id2label (no num_labels): take the count from it.
+            num_labels = len(kwargs["id2label"]) if kwargs.get("id2label") else 4
         super().__init__(num_labels=num_labels, **kwargs)
         if image_encoder not in ("cnn", "transformers"):
             raise ValueError(f"image_encoder must be 'cnn' or 'transformers'; got {image_encoder!r}")

@@ -75,7 +75,7 @@ def train_model(
             with autocast(device, precision):
                 loss = train_loss(model, batch, config.align_weight)
             if not torch.isfinite(loss):
-                raise DivergedError(f"Training loss became {float(loss)} at epoch {epoch}.")
+                raise DivergedError(f"Training loss became {float(loss.detach())} at epoch {epoch}.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

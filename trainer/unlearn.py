@@ -142,7 +142,7 @@ def forget_mi(
                 terms = step_terms(f_ul, f_og, x, x_noisy, r, gate, method.push_bound)
                 loss = losses.combine(terms, weights, method.sign)
             if not torch.isfinite(loss):
-                raise DivergedError(f"The unlearning loss became {float(loss)} at epoch {epoch}.")
+                raise DivergedError(f"The unlearning loss became {float(loss.detach())} at epoch {epoch}.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(f_ul.parameters(), 1.0)
