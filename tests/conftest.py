@@ -62,3 +62,21 @@ def s3_bucket(s3_env: str) -> str:
     name = f"test-{uuid.uuid4().hex[:16]}"
     boto3.client("s3", endpoint_url=s3_env, region_name="us-east-1").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu``-marked tests unless torch is importable and sees a CUDA device (torch is
+    imported only when such tests were collected)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    try:
+        import torch
+    except ImportError:
+        reason = "needs torch with CUDA (torch is not installed)"
+    else:
+        if torch.cuda.is_available():
+            return
+        reason = "needs a CUDA device (torch.cuda.is_available() is False)"
+    for item in gpu_items:
+        item.add_marker(pytest.mark.skip(reason=reason))

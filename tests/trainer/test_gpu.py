@@ -1,0 +1,34 @@
+"""The GPU path: ``run`` on CUDA with bf16 autocast (skipped without CUDA; see tests/conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from forgetmi_trainer import storage
+from forgetmi_trainer.cli import main
+from forgetmi_trainer.contract import Report
+
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("restore_trainer_logging")]
+
+
+def test_run_on_cuda_with_bf16(s3_world: Any, s3_env: str, tmp_path: Path) -> None:
+    subjects = tmp_path / "subjects.txt"
+    subjects.write_text("\n".join(s3_world.forget) + "\n")
+    output = storage.join(s3_world.registry, "m", "versions", "gpu")
+    config = s3_world.job_config(
+        str(subjects), device="cuda", precision="bf16", output_uri=output, candidate_version="gpu"
+    )
+    path = tmp_path / "job.json"
+    path.write_text(config.model_dump_json())
+    term = tmp_path / "termination-log"
+    assert main(["run", "--config", str(path), "--termination-log", str(term)]) == 0, term.read_text()
+    report = Report.model_validate_json(storage.read_text(storage.join(output, "report.json")))
+    assert report.environment.device.startswith("cuda")
+    assert report.environment.precision == "bf16"
+    assert report.selection.epochs_run == 3
+    for metrics in (report.original, report.unlearned):
+        assert metrics.split.test_auc is not None and 0.0 <= metrics.split.test_auc <= 1.0
+    assert term.read_text().startswith('{"ok":true')

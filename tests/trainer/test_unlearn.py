@@ -1,0 +1,181 @@
+"""The Forget-MI loop on a tiny trained original (trained once per module)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from forgetmi_trainer import data, synthetic
+from forgetmi_trainer.checkpoint import fetch_model, load_model
+from forgetmi_trainer.contract import MethodConfig, NoiseConfig, SelectionRule
+from forgetmi_trainer.demo import DEMO_METHOD
+from forgetmi_trainer.errors import ConfigError, DivergedError
+from forgetmi_trainer.fit import MAX_TOKENS, fit_and_publish
+from forgetmi_trainer.model import MultimodalClassifier
+from forgetmi_trainer.scoring import model_metrics
+from forgetmi_trainer.train import TrainConfig
+from forgetmi_trainer.unlearn import UnlearnInputs, forget_mi
+
+CPU = torch.device("cpu")
+FAST = MethodConfig(preset="equal", epochs=3, learning_rate=3e-3, batch_size=16, push_bound=30.0)
+
+
+@dataclass
+class World:
+    original: MultimodalClassifier
+    inputs: UnlearnInputs
+    directory: Path
+
+    def fresh_original(self) -> MultimodalClassifier:
+        """A new copy of the original (tests that mutate or freeze it get their own)."""
+        model, _ = load_model(self.directory)
+        return model
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    root = tmp_path_factory.mktemp("unlearn")
+    samples = synthetic.generate(synthetic.SynthParams(patients=40, seed=0))
+    manifest_uri = synthetic.write_dataset(samples, (root / "data").as_uri())
+    forget_subjects = synthetic.choose_forget_subjects(samples, 0.15, seed=0)
+    model_uri = (root / "registry" / "m" / "versions" / "v1").as_uri()
+    fit_and_publish(manifest_uri, model_uri, recipe=TrainConfig(epochs=40), seed=0, device="cpu", precision="fp32")
+    fetch_model(model_uri, root / "original")
+    original, tokenizer = load_model(root / "original")
+    manifest = data.read_manifest(manifest_uri)
+    sets = data.split(manifest, forget_subjects)
+    encoded = data.encode(data.load_images(manifest.image_uris), manifest.texts, manifest.labels, tokenizer, MAX_TOKENS)
+    forget, retain, test = (encoded.take(ix) for ix in (sets.forget, sets.retain, sets.test))
+    pool = data.noisy_text_pool([manifest.texts[i] for i in sets.forget], 0.5, 4, 0, str(tokenizer.mask_token))
+    noisy = [data.tokenize(tokenizer, p, MAX_TOKENS) for p in pool]
+    return World(original, UnlearnInputs(forget, retain, test, noisy), root / "original")
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_original_is_left_unchanged_and_frozen(world: World) -> None:
+    original = world.fresh_original()
+    before = _state(original)
+    result = forget_mi(original, world.inputs, FAST, generator=_gen(), device=CPU)
+    after = original.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not original.training
+    assert not any(p.requires_grad for p in original.parameters())
+    assert result.model is not original
+    # the unlearned model did move
+    moved = result.model.state_dict()
+    assert any(not torch.equal(before[k], moved[k]) for k in before if k.startswith("image_encoder"))
+    assert any(not torch.equal(before[k], moved[k]) for k in before if k.startswith("text_encoder"))
+
+
+def test_heads_and_fusion_gate_are_unchanged(world: World) -> None:
+    result = forget_mi(world.fresh_original(), world.inputs, FAST, generator=_gen(), device=CPU)
+    og, ul = world.original.state_dict(), result.model.state_dict()
+    kept = [k for k in og if k.startswith(("image_head.", "text_head.", "fusion."))]
+    assert len(kept) >= 8
+    assert all(torch.equal(og[k], ul[k]) for k in kept)
+    assert not result.model.training
+    assert not any(p.requires_grad for p in result.model.parameters())
+
+
+def test_is_deterministic_for_a_seed(world: World) -> None:
+    a = forget_mi(world.fresh_original(), world.inputs, FAST, generator=_gen(3), device=CPU)
+    b = forget_mi(world.fresh_original(), world.inputs, FAST, generator=_gen(3), device=CPU)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_fixed_epoch_selection_runs_that_many_epochs(world: World) -> None:
+    method = FAST.model_copy(update={"epochs": 5, "selection": SelectionRule(rule="FixedEpoch", epoch=2)})
+    epochs_seen: list[tuple[int, int]] = []
+    result = forget_mi(
+        world.fresh_original(),
+        world.inputs,
+        method,
+        generator=_gen(),
+        device=CPU,
+        on_epoch=lambda e, n, loss: epochs_seen.append((e, n)),
+    )
+    assert result.selection.rule == "FixedEpoch"
+    assert result.selection.epoch == 2
+    assert result.selection.epochs_run == 2
+    assert [h["epoch"] for h in result.history] == [1.0, 2.0]
+    assert epochs_seen == [(1, 2), (2, 2)]
+    default = forget_mi(world.fresh_original(), world.inputs, FAST, generator=_gen(), device=CPU)
+    assert (default.selection.epoch, default.selection.epochs_run) == (FAST.epochs, FAST.epochs)
+
+
+def test_forget_reaches_test_stops_at_first_crossing(world: World) -> None:
+    method = DEMO_METHOD.model_copy(update={"epochs": 30, "selection": SelectionRule(rule="ForgetReachesTest")})
+    result = forget_mi(world.fresh_original(), world.inputs, method, generator=_gen(), device=CPU)
+    history = result.history
+    assert all("forget_loss" in h and "test_loss" in h for h in history)
+    assert history[0]["forget_loss"] < history[0]["test_loss"]  # the original fits its forget set
+    assert result.selection.rule == "ForgetReachesTest"
+    assert result.selection.epochs_run == len(history)
+    assert all(h["forget_loss"] < h["test_loss"] for h in history[:-1])
+    # the push reaches the test loss well within 30 epochs on this data; the loop stops there
+    assert len(history) < method.epochs
+    assert history[-1]["forget_loss"] >= history[-1]["test_loss"]
+    assert result.selection.epoch == len(history)
+
+
+def test_selection_epoch_beyond_epochs_is_config_error(world: World) -> None:
+    method = FAST.model_copy(update={"epochs": 3, "selection": SelectionRule(rule="FixedEpoch", epoch=4)})
+    with pytest.raises(ConfigError, match=r"method\.selection\.epoch \(4\) exceeds method\.epochs \(3\)"):
+        forget_mi(world.fresh_original(), world.inputs, method, generator=_gen(), device=CPU)
+
+
+def test_nan_inputs_diverge(world: World) -> None:
+    forget = world.inputs.forget
+    bad = dataclasses.replace(
+        world.inputs,
+        forget=data.Encoded(
+            torch.full_like(forget.pixels, float("nan")), forget.input_ids, forget.attention_mask, forget.labels
+        ),
+    )
+    with pytest.raises(DivergedError, match="loss became nan at epoch 1"):
+        forget_mi(world.fresh_original(), bad, FAST, generator=_gen(), device=CPU)
+
+
+def _metrics(world: World, model: MultimodalClassifier) -> tuple[float, float, float]:
+    m, _ = model_metrics(model, world.inputs.forget, world.inputs.retain, world.inputs.test, seed=0)
+    assert m.split.forget_auc is not None and m.mia.score is not None and m.mia.attack_auc is not None
+    return m.split.forget_auc, m.mia.score, m.mia.attack_auc
+
+
+def test_pull_sign_forgets_nothing_but_push_does(world: World) -> None:
+    noise = NoiseConfig(image_std=0.1)
+    original = _metrics(world, world.original)
+    pull = forget_mi(
+        world.fresh_original(),
+        world.inputs,
+        DEMO_METHOD.model_copy(update={"sign": "pull", "noise": noise}),
+        generator=_gen(),
+        device=CPU,
+    )
+    pulled = _metrics(world, pull.model)
+    assert abs(pulled[0] - original[0]) <= 0.05, (original, pulled)  # forget AUC
+    assert abs(pulled[1] - original[1]) <= 0.1, (original, pulled)  # paper MIA
+    push = forget_mi(
+        world.fresh_original(),
+        world.inputs,
+        DEMO_METHOD.model_copy(update={"sign": "push", "noise": noise}),
+        generator=_gen(),
+        device=CPU,
+    )
+    pushed = _metrics(world, push.model)
+    # the same recipe with the push sign does forget: the pull's null result is the sign's doing
+    assert original[0] - pushed[0] >= 0.1, (original, pushed)
+    assert original[1] - pushed[1] >= 0.2, (original, pushed)
