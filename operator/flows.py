@@ -1,0 +1,276 @@
+"""The work behind the Kopf handlers, as plain async functions that can run without Kopf.
+
+Each step takes the request (its ``body`` as Kopf hands it) and returns a :class:`Step`: the
+status fields to merge-patch and the Events to post. Domain errors are raised unchanged
+(``handlers.py`` turns them into conditions, Events and Kopf errors). Storage calls run in
+worker threads. Patient IDs are read only to count them and to HMAC them into the receipt;
+they are never logged, stored in status or put in a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from forgetmi_operator import conditions as cond
+from forgetmi_operator import gates as gating
+from forgetmi_operator import jobs, naming, pipeline, receipts, registry, tracking
+from forgetmi_operator.api import ConditionStatus, ConditionType, ModelVersionStatus, UnlearnRequestSpec
+from forgetmi_operator.decisions import Decision, decide, is_approved
+from forgetmi_operator.errors import InvalidSpec, OperatorError
+from forgetmi_operator.kube import Kube
+from forgetmi_operator.settings import Settings
+from forgetmi_trainer import storage
+from forgetmi_trainer.contract import Progress
+from forgetmi_trainer.errors import StorageError
+
+
+@dataclass
+class Step:
+    """What one handler run changes: status fields (camelCase) and Events ``(type, reason, message)``."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def now() -> str:
+    return cond.timestamp(datetime.now(UTC))
+
+
+def parse_spec(spec: Mapping[str, Any]) -> UnlearnRequestSpec:
+    """The spec as the pydantic model; ``InvalidSpec`` names the first bad field (``spec.a.b: …``)."""
+    try:
+        return UnlearnRequestSpec.model_validate(dict(spec))
+    except ValidationError as err:
+        problems = []
+        for item in err.errors(include_url=False, include_input=False):
+            where = ".".join(["spec", *(str(part) for part in item["loc"])])
+            problems.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
+        raise InvalidSpec(f"The spec is invalid: {'; '.join(problems)}.") from err
+
+
+def describe(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"UnlearnRequest {meta.get('namespace')}/{meta.get('name')}"
+
+
+def with_condition(body: Mapping[str, Any], step: Step, type: ConditionType, status: ConditionStatus,
+                   reason: str, message: str) -> None:
+    """Set one condition in ``step.status`` (starting from the object's, or the initial four) and
+    re-derive the phase from the conditions."""
+    meta = body.get("metadata") or {}
+    generation = meta.get("generation")
+    current = step.status.get("conditions") or (body.get("status") or {}).get("conditions") or \
+        cond.initial_conditions(generation, now(), f"{meta.get('namespace')}/{meta.get('name')}")
+    step.status["conditions"] = cond.set_condition(current, type, status, reason, message, generation, now())
+    step.status["phase"] = cond.phase_for(step.status["conditions"])
+    step.status["observedGeneration"] = generation
+
+
+async def read_subjects(kube: Kube, spec: UnlearnRequestSpec, namespace: str) -> tuple[list[str], str]:
+    """The subject IDs and where they came from (for messages); never logged."""
+    ref = spec.forget.subjects_secret_ref
+    if ref is not None:
+        raw = await kube.read_secret_key(namespace, ref.name, ref.key)
+        where = f"Secret {namespace}/{ref.name} key {ref.key!r}"
+        text = raw.decode("utf-8", errors="replace")
+    else:
+        where = f"spec.forget.subjectsUri {spec.forget.subjects_uri}"
+        text = await asyncio.to_thread(pipeline.read_subjects_uri, spec)
+    return pipeline.parse_subject_ids(text, where), where
+
+
+async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> Step:
+    """Accept the request (validate, resolve, count) and create its ConfigMap and Job once."""
+    meta = body["metadata"]
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    spec = parse_spec(body.get("spec") or {})
+    step = Step()
+    if spec.suspend:
+        with_condition(body, step, "Unlearned", "Unknown", cond.NOT_STARTED,
+                       f"{describe(body)} is suspended; no Job is created while spec.suspend is true.")
+        return step
+    subjects, where = await read_subjects(kube, spec, namespace)
+    accepted = await asyncio.to_thread(pipeline.accept, spec, "\n".join(subjects), where)
+    built = jobs.build_launch(spec, settings, name=name, namespace=namespace, uid=uid,
+                              base_version=accepted.base.version, owner=body)
+    await kube.create_or_get_configmap(namespace, built.configmap)
+    _, created = await kube.create_or_get_job(namespace, built.job)
+    with_condition(body, step, "Accepted", "True", cond.ACCEPTED,
+                   f"{describe(body)} was accepted: {accepted.subject_count} subjects to forget from "
+                   f"model {spec.model.name} version {accepted.base.version}.")
+    with_condition(body, step, "Unlearned", "Unknown", cond.JOB_PENDING,
+                   f"Job {built.job_name} was created and waits for its Pod to start.")
+    step.status.update(baseModel=accepted.base.model_dump(by_alias=True, exclude_none=True),
+                       subjectCount=accepted.subject_count, jobName=built.job_name,
+                       attempts=max(1, int((body.get("status") or {}).get("attempts") or 0)),
+                       startTime=(body.get("status") or {}).get("startTime") or now())
+    if created:
+        step.events.append(("Normal", "JobCreated", f"Created Job {built.job_name} for model {spec.model.name} "
+                                                    f"version {accepted.base.version}."))
+    return step
+
+
+def job_kind(body: Mapping[str, Any], job_name: str) -> naming.JobKind:
+    meta = body["metadata"]
+    return "retrain" if job_name == naming.job_name(meta["name"], meta["uid"], kind="retrain") else "unlearn"
+
+
+async def read_progress(uri: str) -> dict[str, Any] | None:
+    """The trainer's latest progress line as ``status.progress``; None when there is none yet."""
+    try:
+        text = await asyncio.to_thread(storage.read_text, uri)
+        line = [row for row in text.splitlines() if row.strip()][-1]
+        return tracking.progress_status(Progress.model_validate_json(line)).model_dump(by_alias=True,
+                                                                                        exclude_none=True)
+    except (StorageError, IndexError, ValidationError):
+        return None
+
+
+async def track(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> tuple[Step, tracking.JobState]:
+    """Look at the Job and its Pods; copy progress; on a finished Job the caller evaluates or fails."""
+    meta, status = body["metadata"], body.get("status") or {}
+    spec = parse_spec(body.get("spec") or {})
+    job_name = status["jobName"]
+    job = await kube.get_job(meta["namespace"], job_name)
+    pods = await kube.list_pods_for_job(meta["namespace"], job_name) if job is not None else []
+    state = tracking.job_state(job, pods, now=datetime.now(UTC),
+                               pending_pod_timeout_seconds=settings.pending_pod_timeout_seconds)
+    step = Step()
+    paths = jobs.request_paths(spec.model.registry_uri, spec.model.name, meta["uid"], kind=job_kind(body, job_name))
+    progress = await read_progress(paths.progress)
+    if progress is not None and progress != status.get("progress"):
+        step.status["progress"] = progress
+    reason = cond.reason_of(status.get("conditions") or [], "Unlearned")
+    if state.phase == "running" and reason != cond.JOB_RUNNING:
+        with_condition(body, step, "Unlearned", "Unknown", cond.JOB_RUNNING, f"Job {job_name} is running.")
+        step.events.append(("Normal", "JobRunning", f"Job {job_name} started running."))
+    elif state.phase == "failed":
+        with_condition(body, step, "Unlearned", "False", state.reason, state.message)
+        step.status["completionTime"] = now()
+        step.events.append(("Warning", "JobFailed", f"Job {job_name} failed ({state.reason}): {state.message}"))
+    return step, state
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    step: Step
+    decision: Decision
+    gates: list[Any]
+    mia: float | None
+    test_auc_drop: float | None
+
+
+async def evaluate(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> Evaluation:
+    """Read and verify the report, evaluate the gates, decide, then promote/hold/retrain and write
+    the receipt (terminal decisions only)."""
+    meta, status = body["metadata"], body.get("status") or {}
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    spec = parse_spec(body.get("spec") or {})
+    kind = job_kind(body, status["jobName"])
+    paths = jobs.request_paths(spec.model.registry_uri, spec.model.name, uid, kind=kind)
+    report = await asyncio.to_thread(pipeline.load_report, paths.report, request=f"{namespace}/{name}")
+    candidate = await asyncio.to_thread(pipeline.verify_candidate, report)
+    report_sha = await asyncio.to_thread(pipeline.stream_sha256, paths.report)
+    statuses = gating.evaluate_gates(gating.effective_gates(spec.gates, settings.default_gates), report)
+    decision = decide(spec.rollout.mode, statuses, is_approved(meta.get("annotations")), spec.rollout.on_gate_failure,
+                      retrained=kind == "retrain")
+    metrics = gating.metrics_status(report)
+    step = Step()
+    mia = gating.metric_value(report.unlearned, "mia")
+    drop = gating.metric_drop(report, "testAUC")
+    step.status.update(
+        candidateModel=candidate.model_dump(by_alias=True, exclude_none=True),
+        metrics=metrics.model_dump(by_alias=True, exclude_none=True),
+        gates=[gate.model_dump(by_alias=True, exclude_none=True) for gate in statuses],
+        report={"uri": paths.report, "sha256": report_sha}, mia=mia, testAucDrop=drop,
+    )
+    with_condition(body, step, "Unlearned", "True", cond.JOB_SUCCEEDED, f"Job {status['jobName']} completed.")
+    passed = gating.all_passed(statuses)
+    inconclusive = any(gate.result == "Inconclusive" for gate in statuses)
+    gate_reason = cond.GATES_PASSED if passed else cond.GATES_INCONCLUSIVE if inconclusive else cond.GATES_FAILED
+    with_condition(body, step, "GatesPassed", "True" if passed else "False", gate_reason, gating.summary(statuses))
+    step.events.append(("Normal" if passed else "Warning", gate_reason, gating.summary(statuses)))
+    base = ModelVersionStatus.model_validate(status["baseModel"])
+    promotion: receipts.Promotion | None = None
+    if decision == Decision.PROMOTE:
+        ref = registry.RequestRef(namespace=namespace, name=name, uid=uid)
+        record = await asyncio.to_thread(pipeline.promote_candidate, spec, base, candidate, ref)
+        promotion = receipts.Promotion(alias=spec.model.alias, version=record.version, previous=record.previous)
+        await patch_target(kube, settings, spec, namespace, candidate.uri)
+        message = (f"Alias '{spec.model.alias}' of model {spec.model.name} now names version {candidate.version} "
+                   f"(was {base.version}).")
+        with_condition(body, step, "Promoted", "True", cond.PROMOTED, message)
+        step.events.append(("Normal", cond.PROMOTED, message))
+    elif decision == Decision.AWAIT_APPROVAL:
+        with_condition(body, step, "Promoted", "Unknown", cond.AWAITING_APPROVAL,
+                       f"{describe(body)} passed its gates and waits for the annotation "
+                       f"unlearning.forgetmi.io/approved=true.")
+    elif decision == Decision.DRY_RUN_DONE:
+        with_condition(body, step, "Promoted", "False", cond.DRY_RUN,
+                       f"{describe(body)} is a dry run; version {candidate.version} was not promoted.")
+    elif decision == Decision.HOLD:
+        with_condition(body, step, "Promoted", "False", cond.GATES_NOT_PASSED,
+                       f"{describe(body)} is held: {gating.summary(statuses)} Nothing was promoted.")
+        step.events.append(("Warning", "Held", f"{describe(body)} is held; alias '{spec.model.alias}' still names "
+                                               f"version {base.version}."))
+    elif decision == Decision.RETRAIN:
+        built = jobs.build_launch(spec, settings, name=name, namespace=namespace, uid=uid,
+                                  base_version=base.version, owner=body, kind="retrain")
+        await kube.create_or_get_configmap(namespace, built.configmap)
+        await kube.create_or_get_job(namespace, built.job)
+        step.status.update(jobName=built.job_name, attempts=int(status.get("attempts") or 1) + 1)
+        with_condition(body, step, "Promoted", "Unknown", cond.RETRAINING,
+                       f"The gates did not pass; retraining without the subjects in Job {built.job_name}.")
+        with_condition(body, step, "Unlearned", "Unknown", cond.JOB_PENDING, f"Job {built.job_name} was created.")
+        step.events.append(("Normal", "JobCreated", f"Created retrain Job {built.job_name}."))
+    if decision.terminal:
+        completed = now()
+        step.status["completionTime"] = completed
+        step.status["receipt"] = await write_receipt(kube, settings, body, spec, base, candidate, report_sha,
+                                                     metrics, statuses, decision, completed, promotion, paths)
+    return Evaluation(step, decision, statuses, mia, drop)
+
+
+async def write_receipt(kube: Kube, settings: Settings, body: Mapping[str, Any], spec: UnlearnRequestSpec,
+                        base: ModelVersionStatus, candidate: ModelVersionStatus, report_sha: str, metrics: Any,
+                        statuses: list[Any], decision: Decision, completed: str,
+                        promotion: receipts.Promotion | None, paths: jobs.RequestPaths) -> dict[str, str]:
+    meta = body["metadata"]
+    subjects, _ = await read_subjects(kube, spec, meta["namespace"])
+    key = await kube.read_hmac_key(settings)
+    receipt = receipts.build_receipt(
+        uid=meta["uid"], name=meta["name"], namespace=meta["namespace"], subject_count=len(subjects),
+        subjects_digest=receipts.subjects_hmac(subjects, key), method=spec.method.name, mode=spec.rollout.mode,
+        base=base, candidate=candidate, report={"uri": paths.report, "sha256": report_sha}, metrics=metrics,
+        gates=statuses, decision=decision, created=meta.get("creationTimestamp") or completed,
+        completed=completed, promotion=promotion)
+    written = await asyncio.to_thread(pipeline.write_receipt, paths.receipt, receipt)
+    return written.model_dump(by_alias=True)
+
+
+async def patch_target(kube: Kube, settings: Settings, spec: UnlearnRequestSpec, namespace: str, uri: str) -> None:
+    target = spec.rollout.target
+    if target is None or not settings.serving_targets_enabled:
+        return
+    if target.kind == "Deployment":
+        await kube.patch_deployment_env(namespace, target.name, target.container, target.env, uri)
+    else:
+        await kube.patch_inferenceservice_storage_uri(namespace, target.name, uri)
+
+
+def failure(body: Mapping[str, Any], err: OperatorError, *, accepting: bool) -> Step:
+    """The status of a request that a non-retryable error stopped."""
+    step = Step()
+    type: ConditionType = "Accepted" if accepting else "Unlearned"
+    if not accepting and err.reason in ("PromotionConflict", "DigestMismatch", "ServingTargetError"):
+        type = "Promoted"
+    with_condition(body, step, type, "False", err.reason, err.message)
+    step.status["completionTime"] = now()
+    step.events.append(("Warning", err.reason, err.message))
+    return step

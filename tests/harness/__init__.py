@@ -1,0 +1,1 @@
+"""Test harness: the emulated Kubernetes API server, the Job runner and selector parsing."""

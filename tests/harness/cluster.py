@@ -1,0 +1,64 @@
+"""The operator running for real (Kopf, in a thread) against the emulated API server."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kopf.testing import KopfRunner
+
+from harness.emulator import ApiServer
+
+REQUESTS = ("unlearning.forgetmi.io", "v1alpha1", "unlearnrequests")
+JOBS = ("batch", "v1", "jobs")
+SECRETS = ("", "v1", "secrets")
+EVENTS = ("", "v1", "events")
+NAMESPACES = ("", "v1", "namespaces")
+CRDS = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / "unlearnrequests.unlearning.forgetmi.io.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_kubeconfig(path: Path, url: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": url}}],
+        "users": [{"name": "tester", "user": {"token": "test-token"}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester",
+                                                      "namespace": "default"}}],
+    }))
+    return path
+
+
+def install_crd(api: ApiServer) -> None:
+    api.create(CRDS, None, yaml.safe_load(CRD_FILE.read_text()))
+
+
+@contextlib.contextmanager
+def operator(namespace: str) -> Iterator[KopfRunner]:
+    """The operator (``python -m forgetmi_operator`` arguments) watching ``namespace``."""
+    import forgetmi_operator.handlers  # noqa: F401  (registers the handlers once per process)
+
+    args = ["run", "--standalone", f"--namespace={namespace}", "-m", "forgetmi_operator.handlers"]
+    with KopfRunner(args, timeout=60) as runner:
+        yield runner
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"Timed out after {timeout:g} s waiting for {what}.")

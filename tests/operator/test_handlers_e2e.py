@@ -1,0 +1,289 @@
+"""The real operator (Kopf, in a thread) against the emulated API server over HTTP, with moto S3
+over HTTP and a Job runner that runs each created Job's trainer as a local process."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from harness.cluster import (
+    EVENTS,
+    JOBS,
+    NAMESPACES,
+    REQUESTS,
+    SECRETS,
+    free_port,
+    install_crd,
+    operator,
+    wait_for,
+    write_kubeconfig,
+)
+from harness.emulator import ApiServer
+from harness.jobrunner import JobRunner
+
+from forgetmi_operator import registry
+from forgetmi_operator.api import APPROVAL_ANNOTATION
+from forgetmi_trainer import storage, synthetic
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+PASSING_GATES = [{"metric": "testAUC", "comparator": "atLeast", "threshold": 0.0, "reference": "absolute"}]
+FAILING_GATES = [{"metric": "testAUC", "comparator": "atMost", "threshold": 0.0, "reference": "absolute"}]
+RUN_TIMEOUT = 120.0
+
+
+@pytest.fixture(scope="module")
+def world(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A bucket with a small dataset and one trained model (version v1), fitted once per module."""
+    from forgetmi_trainer.fit import fit_and_publish
+    from forgetmi_trainer.train import TrainConfig
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(storage.ENDPOINT_ENV, s3_server)
+        bucket = f"e2e-{uuid.uuid4().hex[:12]}"
+        s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+        s3.create_bucket(Bucket=bucket)
+        samples = synthetic.generate(synthetic.SynthParams(patients=30, seed=0))
+        manifest = synthetic.write_dataset(samples, f"s3://{bucket}/data")
+        subjects = synthetic.choose_forget_subjects(samples, 0.1, 0)
+        sha, _ = fit_and_publish(manifest, f"s3://{bucket}/registry/base/versions/v1", recipe=TrainConfig(epochs=3),
+                                 seed=0)
+        yield {"bucket": bucket, "s3": s3, "manifest": manifest, "subjects": subjects, "sha": sha,
+               "registry": f"s3://{bucket}/registry"}
+
+
+def _model(world: dict[str, Any], name: str) -> None:
+    """Copy the fitted v1 to model ``name`` and point its alias ``production`` at it."""
+    s3, bucket = world["s3"], world["bucket"]
+    listing = s3.list_objects_v2(Bucket=bucket, Prefix="registry/base/versions/v1/")
+    for item in listing["Contents"]:
+        target = item["Key"].replace("registry/base/", f"registry/{name}/", 1)
+        s3.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": item["Key"]})
+    registry.promote(world["registry"], name, "production", new_version="v1", new_sha256=world["sha"],
+                     expected_token=None, request=None)
+
+
+@pytest.fixture
+def cluster(world: dict[str, Any], s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            caplog: pytest.LogCaptureFixture) -> Iterator[dict[str, Any]]:
+    api = ApiServer()
+    url = api.start()
+    install_crd(api)
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", url)))
+    monkeypatch.setenv("FORGETMI_PROGRESS_INTERVAL_SECONDS", "0.5")
+    monkeypatch.setenv("FORGETMI_METRICS_PORT", str(free_port()))
+    monkeypatch.setenv("FORGETMI_HEALTH_PORT", str(free_port()))
+    monkeypatch.setenv("FORGETMI_REQUEST_TIMEOUT_SECONDS", "10")
+    monkeypatch.setenv("FORGETMI_WATCH_TIMEOUT_SECONDS", "60")
+    namespace = f"ns-{uuid.uuid4().hex[:6]}"
+    api.create(NAMESPACES, None, {"metadata": {"name": namespace}})
+    caplog.set_level(logging.DEBUG)
+    with JobRunner(api, tmp_path) as runner:
+        try:
+            yield {"api": api, "ns": namespace, "runner": runner, "world": world}
+        finally:
+            api.stop()
+    assert not runner.errors
+
+
+def _apply(cluster: dict[str, Any], name: str, *, gates: list[dict[str, Any]] | None = None,
+           mode: str = "Automatic", manifest: str | None = None) -> str:
+    world, api, ns = cluster["world"], cluster["api"], cluster["ns"]
+    model = f"m-{name}"
+    _model(world, model)
+    secret = f"{name}-subjects"
+    api.create(SECRETS, ns, {"metadata": {"name": secret}, "type": "Opaque", "data": {
+        "subjects": base64.b64encode("\n".join(world["subjects"]).encode()).decode()}})
+    body = {
+        "model": {"registryUri": world["registry"], "name": model, "alias": "production"},
+        "data": {"manifestUri": manifest or world["manifest"]},
+        "forget": {"subjectsSecretRef": {"name": secret, "key": "subjects"}},
+        "method": {"epochs": 2, "batchSize": 16},
+        "gates": gates or PASSING_GATES,
+        "rollout": {"mode": mode},
+        "resources": {"gpus": 1},
+    }
+    api.create(REQUESTS, ns, {"apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest",
+                              "metadata": {"name": name}, "spec": body})
+    return model
+
+
+def _request(cluster: dict[str, Any], name: str) -> dict[str, Any]:
+    found = cluster["api"].get(REQUESTS, cluster["ns"], name)
+    assert found is not None
+    return found
+
+
+def _phase_in(cluster: dict[str, Any], name: str, *phases: str) -> dict[str, Any] | None:
+    obj = _request(cluster, name)
+    return obj if (obj.get("status") or {}).get("phase") in phases else None
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+def _jobs(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    return cluster["api"].list(JOBS, cluster["ns"])
+
+
+def _alias(cluster: dict[str, Any], model: str) -> str:
+    world = cluster["world"]
+    return registry.resolve_alias(world["registry"], model, "production").version
+
+
+def _events_text(cluster: dict[str, Any]) -> str:
+    return json.dumps(cluster["api"].list(EVENTS, cluster["ns"]))
+
+
+def test_passing_gates_promote_once_with_receipt(cluster: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    with operator(cluster["ns"]):
+        model = _apply(cluster, "passes")
+        done = wait_for(lambda: _phase_in(cluster, "passes", "Promoted", "Failed", "Held"), RUN_TIMEOUT, "Promoted")
+    status = done["status"]
+    assert status["phase"] == "Promoted", status
+    jobs = _jobs(cluster)
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert [(k[0], k[2]) for k in cluster["api"].created if k[0] == JOBS] == [(JOBS, job["metadata"]["name"])]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == done["metadata"]["uid"]
+    assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "forgetmi-operator"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert job["spec"]["podFailurePolicy"]["rules"]
+    candidate = status["candidateModel"]["version"]
+    assert _alias(cluster, model) == candidate != "v1"
+    receipt_bytes = storage.read_bytes(status["receipt"]["uri"])
+    import hashlib
+
+    assert hashlib.sha256(receipt_bytes).hexdigest() == status["receipt"]["sha256"]
+    assert status["subjectCount"] == len(cluster["world"]["subjects"])
+    assert status["gates"] and all(g["result"] == "Passed" for g in status["gates"])
+    assert status["startTime"] and status["completionTime"]
+    assert _condition(done, "Promoted")["status"] == "True"
+    assert status["observedGeneration"] == 1
+    events = _events_text(cluster)
+    assert "Promoted" in events
+    visible = json.dumps(status) + events + caplog.text + receipt_bytes.decode()
+    for subject in cluster["world"]["subjects"]:
+        assert subject not in visible
+
+
+def test_failing_gates_hold_and_keep_alias(cluster: dict[str, Any]) -> None:
+    with operator(cluster["ns"]):
+        model = _apply(cluster, "fails", gates=FAILING_GATES)
+        done = wait_for(lambda: _phase_in(cluster, "fails", "Promoted", "Failed", "Held"), RUN_TIMEOUT, "Held")
+    assert done["status"]["phase"] == "Held", done["status"]
+    assert _condition(done, "GatesPassed")["status"] == "False"
+    assert _alias(cluster, model) == "v1"
+    assert done["status"]["receipt"]["sha256"]
+
+
+def test_dry_run_never_promotes(cluster: dict[str, Any]) -> None:
+    with operator(cluster["ns"]):
+        model = _apply(cluster, "dry", mode="DryRun")
+        done = wait_for(lambda: _phase_in(cluster, "dry", "Promoted", "Failed", "Held"), RUN_TIMEOUT, "DryRun done")
+    assert done["status"]["phase"] == "Held"
+    assert _condition(done, "Promoted")["reason"] == "DryRun"
+    assert _alias(cluster, model) == "v1"
+
+
+def test_trainer_storage_error_fails_with_termination_message(cluster: dict[str, Any]) -> None:
+    world = cluster["world"]
+    # A manifest whose images are missing: accepted (the manifest exists), the trainer exits 3.
+    text = storage.read_text(world["manifest"]).replace("/data/images/", "/gone/images/")
+    broken = f"s3://{world['bucket']}/broken/manifest.csv"
+    storage.write_text(broken, text)
+    with operator(cluster["ns"]):
+        _apply(cluster, "broken", manifest=broken)
+        done = wait_for(lambda: _phase_in(cluster, "broken", "Promoted", "Failed", "Held"), RUN_TIMEOUT, "Failed")
+    assert done["status"]["phase"] == "Failed"
+    unlearned = _condition(done, "Unlearned")
+    assert unlearned["status"] == "False"
+    assert cluster["runner"].exit_codes[done["status"]["jobName"]] == [3]
+    assert unlearned["reason"] == "StorageOrInputError"
+    assert "gone" in unlearned["message"]
+
+
+def test_invalid_spec_is_not_accepted_and_creates_no_job(cluster: dict[str, Any]) -> None:
+    world = cluster["world"]
+    spec = {
+        "model": {"registryUri": world["registry"], "name": "m-invalid"},
+        "data": {"manifestUri": world["manifest"]},
+        "forget": {"subjectsSecretRef": {"name": "x", "key": "subjects"}},
+        "gates": [{"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.02, "reference": "absolute"}],
+    }
+    with operator(cluster["ns"]):
+        cluster["api"].create(REQUESTS, cluster["ns"], {"metadata": {"name": "invalid"}, "spec": spec})
+        done = wait_for(lambda: _phase_in(cluster, "invalid", "Failed"), 30, "Failed")
+    accepted = _condition(done, "Accepted")
+    assert accepted["status"] == "False"
+    assert accepted["reason"] == "InvalidSpec"
+    assert "spec.gates.0" in accepted["message"]
+    assert not _jobs(cluster)
+
+
+def test_missing_model_or_secret_fails_acceptance_without_a_job(cluster: dict[str, Any]) -> None:
+    world, api, ns = cluster["world"], cluster["api"], cluster["ns"]
+    api.create(SECRETS, ns, {"metadata": {"name": "subjects"}, "data": {
+        "subjects": base64.b64encode("\n".join(world["subjects"]).encode()).decode()}})
+    base = {"data": {"manifestUri": world["manifest"]}, "method": {"epochs": 2}}
+    no_model = {**base, "model": {"registryUri": world["registry"], "name": "nowhere"},
+                "forget": {"subjectsSecretRef": {"name": "subjects", "key": "subjects"}}}
+    _model(world, "m-nosecret")
+    no_secret = {**base, "model": {"registryUri": world["registry"], "name": "m-nosecret"},
+                 "forget": {"subjectsSecretRef": {"name": "missing", "key": "subjects"}}}
+    with operator(ns):
+        api.create(REQUESTS, ns, {"metadata": {"name": "no-model"}, "spec": no_model})
+        api.create(REQUESTS, ns, {"metadata": {"name": "no-secret"}, "spec": no_secret})
+        model_failed = wait_for(lambda: _phase_in(cluster, "no-model", "Failed"), 30, "no-model Failed")
+        secret_failed = wait_for(lambda: _phase_in(cluster, "no-secret", "Failed"), 30, "no-secret Failed")
+    accepted = _condition(model_failed, "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "InputNotFound")
+    assert "spec.model" in accepted["message"] and "nowhere" in accepted["message"]
+    accepted = _condition(secret_failed, "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "SecretNotFound")
+    assert f"Secret {ns}/missing does not exist." == accepted["message"]
+    assert not _jobs(cluster)
+    assert "InputNotFound" in _events_text(cluster)
+
+
+def test_restart_mid_run_creates_no_second_job_and_manual_mode_waits_for_approval(
+        cluster: dict[str, Any]) -> None:
+    api, ns = cluster["api"], cluster["ns"]
+    with operator(ns):
+        model = _apply(cluster, "restart", mode="Manual")
+        wait_for(lambda: _jobs(cluster), 30, "the Job")
+    with operator(ns):
+        waiting = wait_for(lambda: _phase_in(cluster, "restart", "Evaluating", "Promoted", "Failed", "Held"),
+                           RUN_TIMEOUT, "Evaluating")
+        assert waiting["status"]["phase"] == "Evaluating", waiting["status"]
+        assert _condition(waiting, "Promoted")["reason"] == "AwaitingApproval"
+        assert _alias(cluster, model) == "v1"
+        api.patch(REQUESTS, ns, "restart", {"metadata": {"annotations": {APPROVAL_ANNOTATION: "true"}}})
+        done = wait_for(lambda: _phase_in(cluster, "restart", "Promoted", "Failed", "Held"), 30, "Promoted")
+    assert done["status"]["phase"] == "Promoted", done["status"]
+    assert len([k for k in api.created if k[0] == JOBS]) == 1
+    assert cluster["runner"].started == [done["status"]["jobName"]]
+    assert _alias(cluster, model) == done["status"]["candidateModel"]["version"]
+    assert done["status"]["receipt"]["sha256"]
+
+
+def test_deleting_a_running_request_removes_its_job_and_keeps_the_model(cluster: dict[str, Any]) -> None:
+    api, ns = cluster["api"], cluster["ns"]
+    with operator(ns):
+        model = _apply(cluster, "deleted")
+        job = wait_for(lambda: _jobs(cluster), 30, "the Job")[0]
+        wait_for(lambda: (_request(cluster, "deleted").get("status") or {}).get("jobName"), 30, "status.jobName")
+        api.delete(REQUESTS, ns, "deleted")
+        wait_for(lambda: api.get(REQUESTS, ns, "deleted") is None, 30, "the request to go (finalizer released)")
+        wait_for(lambda: not _jobs(cluster), 30, "the Job to go")
+    assert cluster["runner"].started == [job["metadata"]["name"]]
+    assert _alias(cluster, model) == "v1"
+    assert storage.exists(f"{cluster['world']['registry']}/{model}/versions/v1/model.safetensors")

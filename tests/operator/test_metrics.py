@@ -1,0 +1,73 @@
+"""The metrics endpoint: every metric ARCHITECTURE.md lists, with bounded labels only."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from harness.cluster import free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from forgetmi_operator import __version__
+from forgetmi_operator.metrics import Metrics, serve
+
+EXPECTED_LABELS = {
+    "forgetmi_requests": {"namespace", "outcome"},
+    "forgetmi_requests_in_phase": {"namespace", "phase"},
+    "forgetmi_request_duration_seconds": set(),
+    "forgetmi_oldest_open_request_age_seconds": set(),
+    "forgetmi_gate_evaluations": {"metric", "result"},
+    "forgetmi_last_mia": {"namespace", "model"},
+    "forgetmi_last_test_auc_drop": {"namespace", "model"},
+    "forgetmi_job_failures": {"reason"},
+    "forgetmi_reconcile_errors": {"handler"},
+    "forgetmi_build_info": {"version"},
+}
+FORBIDDEN_LABELS = {"name", "request", "uid", "subject", "patient", "job"}
+
+
+@pytest.fixture
+def scraped() -> Iterator[str]:
+    metrics = Metrics()
+    metrics.requests_total.labels(namespace="ns", outcome="Promoted").inc()
+    metrics.requests_in_phase.labels(namespace="ns", phase="Running").set(2)
+    metrics.request_duration_seconds.observe(42.0)
+    metrics.oldest_open_request_age_seconds.set(7.0)
+    metrics.gate_evaluations_total.labels(metric="miaAUC", result="Passed").inc()
+    metrics.last_mia.labels(namespace="ns", model="cxr").set(0.41)
+    metrics.last_test_auc_drop.labels(namespace="ns", model="cxr").set(0.01)
+    metrics.job_failures_total.labels(reason="BadConfig").inc()
+    metrics.reconcile_errors_total.labels(handler="track").inc()
+    port = free_port()
+    server = serve(port, addr="127.0.0.1", metrics=metrics)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            yield response.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_every_metric_is_served_with_its_labels(scraped: str) -> None:
+    families = {family.name: family for family in text_string_to_metric_families(scraped)}
+    assert set(EXPECTED_LABELS) <= set(families)
+    for name, labels in EXPECTED_LABELS.items():
+        for sample in families[name].samples:
+            assert set(sample.labels) - {"le"} == labels, (name, sample)
+    assert 'forgetmi_requests_total{namespace="ns",outcome="Promoted"} 1.0' in scraped
+    assert "forgetmi_request_duration_seconds_count 1.0" in scraped
+    assert f'forgetmi_build_info{{version="{__version__}"}} 1.0' in scraped
+
+
+def test_no_per_request_or_per_patient_labels(scraped: str) -> None:
+    for family in text_string_to_metric_families(scraped):
+        for sample in family.samples:
+            assert not set(sample.labels) & FORBIDDEN_LABELS, sample
+
+
+def test_registries_are_independent() -> None:
+    first, second = Metrics(), Metrics()
+    first.requests_total.labels(namespace="a", outcome="Held").inc()
+    assert second.registry.get_sample_value("forgetmi_requests_total", {"namespace": "a", "outcome": "Held"}) is None
+    assert first.registry.get_sample_value("forgetmi_requests_total", {"namespace": "a", "outcome": "Held"}) == 1.0
