@@ -15,7 +15,9 @@ field or object at fault:
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -78,8 +80,38 @@ def accept(spec: UnlearnRequestSpec, subjects_text: str, subjects_where: str) ->
     if not storage.exists(spec.data.manifest_uri):
         raise InputNotFound(f"spec.data.manifestUri {spec.data.manifest_uri} does not exist.")
     subjects = parse_subject_ids(subjects_text, subjects_where)
+    trained = training_subjects(spec.data.manifest_uri)
+    if trained is not None:
+        unknown = sum(1 for s in subjects if s not in trained)
+        if unknown:
+            raise SubjectsError(f"{unknown} of {len(subjects)} forget subjects in {subjects_where} have no training "
+                                f"samples in spec.data.manifestUri {spec.data.manifest_uri}.")
     base = ModelVersionStatus(version=resolved.version, uri=resolved.uri, sha256=resolved.sha256)
     return Accepted(base=base, subject_count=len(subjects))
+
+
+def training_subjects(manifest_uri: str) -> set[str] | None:
+    """The subject IDs of the manifest's training rows; None when the operator cannot read the format
+    (Parquet without pyarrow in the operator image: the trainer then checks, and exits 3)."""
+    data = storage.read_bytes(manifest_uri)
+    try:
+        if manifest_uri.endswith(".parquet"):
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                return None
+            table = pq.read_table(io.BytesIO(data), columns=["subject_id", "split"]).to_pydict()
+            rows = zip(table["subject_id"], table["split"], strict=True)
+        else:
+            reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
+            missing = {"subject_id", "split"} - set(reader.fieldnames or [])
+            if missing:
+                raise InputNotFound(f"spec.data.manifestUri {manifest_uri} lacks the column(s) "
+                                    f"{', '.join(sorted(missing))}.")
+            rows = ((row["subject_id"], row["split"]) for row in reader)
+        return {str(subject).strip() for subject, split in rows if str(split).strip() == "train"}
+    except (UnicodeDecodeError, csv.Error, ValueError, KeyError, OSError) as err:
+        raise InputNotFound(f"spec.data.manifestUri {manifest_uri} is not a readable manifest ({err}).") from err
 
 
 def load_report(uri: str, *, request: str | None = None) -> Report:

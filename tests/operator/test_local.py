@@ -121,14 +121,28 @@ def test_invalid_spec_names_the_field(prepared: dict[str, Any], tmp_path: Path) 
     assert "epochs" in accepted.message
 
 
-def test_trainer_input_error_fails_with_its_termination_message(prepared: dict[str, Any], fresh_alias: ModelRef,
-                                                                tmp_path: Path) -> None:
+def test_unknown_forget_patient_is_not_accepted_and_runs_nothing(prepared: dict[str, Any], fresh_alias: ModelRef,
+                                                                  tmp_path: Path) -> None:
     request, secrets = _request(prepared)
     secrets[local.DEMO_SECRET]["subjects"] = "P99999\n"  # a patient the manifest does not hold
     result = local.run_request(request, workdir=tmp_path, secrets=secrets)
+    accepted = next(c for c in result.status.conditions if c.type == "Accepted")
+    assert result.status.phase == "Failed" and accepted.reason == "InvalidSubjects"
+    assert "1 of 1 forget subjects" in accepted.message and "P99999" not in accepted.message
+    assert not (tmp_path / "unlearn-job.json").exists()
+
+
+def test_trainer_input_error_fails_with_its_termination_message(prepared: dict[str, Any], fresh_alias: ModelRef,
+                                                                tmp_path: Path) -> None:
+    manifest = Path(prepared["workdir"]) / "data" / "manifest.csv"
+    broken = tmp_path / "manifest-missing-images.csv"
+    broken.write_text(manifest.read_text().replace("shard-000.npz", "shard-404.npz"))
+    request, secrets = _request(prepared)
+    request["spec"]["data"]["manifestUri"] = broken.as_uri()
+    result = local.run_request(request, workdir=tmp_path / "run", secrets=secrets)
     unlearned = next(c for c in result.status.conditions if c.type == "Unlearned")
     assert result.status.phase == "Failed" and unlearned.reason == "StorageOrInputError"
-    assert "forget subjects have no training samples" in unlearned.message and "P99999" not in unlearned.message
+    assert "code 3" in unlearned.message and "shard-404.npz" in unlearned.message
     assert _alias(fresh_alias) == "v1"
 
 
