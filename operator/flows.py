@@ -154,7 +154,16 @@ async def track(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> tupl
         with_condition(body, step, "Unlearned", "False", state.reason, state.message)
         step.status["completionTime"] = now()
         step.events.append(("Warning", "JobFailed", f"Job {job_name} failed ({state.reason}): {state.message}"))
+        if job is not None and not _job_finished(job) and await kube.delete_job(meta["namespace"], job_name):
+            # A Pod that never started (unschedulable, image pull) would keep its queue slot or GPU.
+            step.events.append(("Normal", "JobDeleted", f"Deleted Job {job_name}, whose Pod never started."))
     return step, state
+
+
+def _job_finished(job: Mapping[str, Any]) -> bool:
+    """Whether Kubernetes itself marked the Job Complete or Failed."""
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
 
 
 @dataclass(frozen=True)

@@ -74,8 +74,6 @@ def _terminate(path: Path | None, message: str) -> None:
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from forgetmi_trainer.job import run_job
-
     config: JobConfig | None = None
     try:
         try:
@@ -84,6 +82,8 @@ def command_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"The job config {args.config} could not be read ({err.strerror}).") from err
         except ValidationError as err:
             raise ConfigError(describe_validation(err, f"job config {args.config}")) from err
+        from forgetmi_trainer.job import run_job  # torch and transformers load only for a valid config
+
         report = run_job(config)
     except ConfigError as err:
         return _fail(config, args, ExitCode.BAD_CONFIG, str(err))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))  # ``harness`` (the emulated cluster) for test_cluster_e2e.py
 CHART = ROOT / "charts" / "forgetmi-operator"
 RELEASE = "forgetmi"
 NAMESPACE = "forgetmi-system"

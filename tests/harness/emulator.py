@@ -29,23 +29,33 @@ import aiohttp.web
 import kmock
 from kmock._internal import enums, rendering
 
+from harness import tables
 from harness.selectors import SelectorError, parse_field_selector, parse_label_selector
 
 Key = tuple[str, str, str]  # group, version, plural
 ObjKey = tuple[Key, str | None, str]
 
 RESOURCES: dict[Key, dict[str, Any]] = {
-    ("unlearning.forgetmi.io", "v1alpha1", "unlearnrequests"): {"kind": "UnlearnRequest", "status": True},
-    ("", "v1", "configmaps"): {"kind": "ConfigMap"},
+    ("unlearning.forgetmi.io", "v1alpha1", "unlearnrequests"): {"kind": "UnlearnRequest", "status": True,
+                                                               "shortnames": {"ur", "unlearn"}},
+    ("", "v1", "configmaps"): {"kind": "ConfigMap", "shortnames": {"cm"}},
     ("", "v1", "secrets"): {"kind": "Secret"},
-    ("", "v1", "pods"): {"kind": "Pod", "status": True},
-    ("", "v1", "events"): {"kind": "Event"},
-    ("", "v1", "namespaces"): {"kind": "Namespace", "namespaced": False},
+    ("", "v1", "pods"): {"kind": "Pod", "status": True, "shortnames": {"po"}},
+    ("", "v1", "events"): {"kind": "Event", "shortnames": {"ev"}},
+    ("", "v1", "namespaces"): {"kind": "Namespace", "namespaced": False, "shortnames": {"ns"}},
+    ("", "v1", "serviceaccounts"): {"kind": "ServiceAccount", "shortnames": {"sa"}},
+    ("", "v1", "services"): {"kind": "Service", "status": True, "shortnames": {"svc"}},
     ("batch", "v1", "jobs"): {"kind": "Job", "status": True},
-    ("apps", "v1", "deployments"): {"kind": "Deployment", "status": True},
+    ("apps", "v1", "deployments"): {"kind": "Deployment", "status": True, "shortnames": {"deploy"}},
+    ("rbac.authorization.k8s.io", "v1", "roles"): {"kind": "Role"},
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"): {"kind": "RoleBinding"},
+    ("rbac.authorization.k8s.io", "v1", "clusterroles"): {"kind": "ClusterRole", "namespaced": False},
+    ("rbac.authorization.k8s.io", "v1", "clusterrolebindings"): {"kind": "ClusterRoleBinding", "namespaced": False},
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions"): {"kind": "CustomResourceDefinition",
-                                                                   "namespaced": False, "status": True},
+                                                                   "namespaced": False, "status": True,
+                                                                   "shortnames": {"crd", "crds"}},
 }
+CRDS: Key = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES_PATH = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?/?$")
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 
@@ -125,6 +135,7 @@ class ApiServer(kmock.KubernetesScaffold):
         for (group, version, plural), info in RESOURCES.items():
             self.resources[f"{group}/{version}/{plural}" if group else f"{version}/{plural}"] = kmock.ResourceInfo(
                 kind=info["kind"], namespaced=info.get("namespaced", True), verbs=VERBS,
+                singular=info["kind"].lower(), shortnames=info.get("shortnames", set()),
                 subresources={"status"} if info.get("status") else set())
 
     # ---- serving ---------------------------------------------------------------------------
@@ -262,6 +273,17 @@ class ApiServer(kmock.KubernetesScaffold):
 
     # ---- HTTP --------------------------------------------------------------------------------
 
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        """kmock's resource list, as kubectl needs it: the core group is ``v1`` (not ``/v1``) and
+        subresources carry no short names (kubectl warns of ambiguous names otherwise)."""
+        payload = await super()._serve_version(request)
+        if isinstance(payload, dict):
+            payload["groupVersion"] = str(payload.get("groupVersion", "")).lstrip("/")
+            for entry in payload.get("resources", []):
+                if "/" in entry["name"]:
+                    entry["shortNames"], entry["categories"] = [], []
+        return payload
+
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # kmock's path parser reads /api/v1/namespaces as a namespace prefix and fails on it.
         match = NAMESPACES_PATH.match(raw_request.path)
@@ -297,10 +319,13 @@ class ApiServer(kmock.KubernetesScaffold):
         ns, name, action = request.namespace, request.name, request.action
         if action == enums.action.CREATE:
             return aiohttp.web.json_response(self.create(key, ns, request.data or {}), status=201)
+        as_table = "as=Table" in request.headers.get("Accept", "")
         if action == enums.action.FETCH:
             found = self.get(key, ns, name)
             if found is None:
                 raise _ApiError(404, "NotFound", f"{key[2]} {name!r} not found")
+            if as_table and (columns := self._printer_columns(key)) is not None:
+                return aiohttp.web.json_response(tables.table(columns, [found], found["metadata"]["resourceVersion"]))
             return aiohttp.web.json_response(found)
         if action == enums.action.UPDATE:
             content_type = request.headers.get("Content-Type", "application/merge-patch+json")
@@ -314,11 +339,23 @@ class ApiServer(kmock.KubernetesScaffold):
             with self.lock:
                 items = [obj for obj in self.list(key, ns) if selected(obj)]
                 rv = self.last_rv
+            if as_table and (columns := self._printer_columns(key)) is not None:
+                return aiohttp.web.json_response(tables.table(columns, items, str(rv)))
             kind = RESOURCES[key]["kind"]
             return aiohttp.web.json_response({"apiVersion": f"{key[0]}/{key[1]}" if key[0] else key[1],
                                               "kind": f"{kind}List", "metadata": {"resourceVersion": str(rv)},
                                               "items": items})
         return await self._watch(key, request, selected)
+
+    def _printer_columns(self, key: Key) -> list[dict[str, Any]] | None:
+        """The stored CRD's ``additionalPrinterColumns`` for ``key``'s version (None: no such CRD,
+        and kubectl falls back to its own NAME/AGE printing of plain objects)."""
+        group, version, plural = key
+        crd = self.get(CRDS, None, f"{plural}.{group}") if group else None
+        if crd is None:
+            return None
+        served = next((v for v in crd["spec"].get("versions") or [] if v.get("name") == version), None)
+        return None if served is None else list(served.get("additionalPrinterColumns") or [])
 
     async def _watch(self, key: Key, request: rendering.Request, selected: Any) -> aiohttp.web.StreamResponse:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -331,6 +368,7 @@ class ApiServer(kmock.KubernetesScaffold):
                 backlog = [event for rv, k, event in self.history if k == key and rv > int(since)]
             else:
                 backlog = [{"type": "ADDED", "object": obj} for obj in self.list(key)]
+            snapshot_rv = self.last_rv
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request._raw_request)
         timeout = float(request.params.get("timeoutSeconds") or 300)
@@ -338,6 +376,8 @@ class ApiServer(kmock.KubernetesScaffold):
         try:
             for event in backlog:
                 await self._send(response, event, request.namespace, selected)
+            if request.params.get("sendInitialEvents") == "true":  # a "watch list" (kubectl wait)
+                await self._send_initial_events_end(response, key, snapshot_rv)
             while (left := deadline - loop.time()) > 0:
                 try:
                     event = await asyncio.wait_for(queue.get(), left)
@@ -356,6 +396,14 @@ class ApiServer(kmock.KubernetesScaffold):
         except (ConnectionResetError, RuntimeError):
             pass
         return response
+
+    async def _send_initial_events_end(self, response: aiohttp.web.StreamResponse, key: Key, rv: int) -> None:
+        """The BOOKMARK that ends a watch list's initial events (kubectl wait waits for it)."""
+        group, version, _ = key
+        bookmark = {"type": "BOOKMARK", "object": {
+            "apiVersion": f"{group}/{version}" if group else version, "kind": RESOURCES[key]["kind"],
+            "metadata": {"resourceVersion": str(rv), "annotations": {"k8s.io/initial-events-end": "true"}}}}
+        await response.write(json.dumps(bookmark).encode() + b"\n")
 
     @staticmethod
     async def _send(response: aiohttp.web.StreamResponse, event: dict[str, Any], namespace: str | None,

@@ -14,6 +14,12 @@ def test_chart_arguments_pass_through_to_kopf_run() -> None:
     assert kopf_args(["run", "--all-namespaces"]) == ["run", "--all-namespaces", "-m", HANDLERS_MODULE]
 
 
+def test_log_format_setting_becomes_kopf_log_format_unless_given() -> None:
+    assert kopf_args(["--standalone"], "json") == ["run", "--log-format=json", "--standalone", "-m", HANDLERS_MODULE]
+    assert kopf_args(["--standalone"], "text")[1] == "--log-format=plain"
+    assert kopf_args(["--log-format=full"], "json") == ["run", "--log-format=full", "-m", HANDLERS_MODULE]
+
+
 def test_help_is_kopf_run_help() -> None:
     result = subprocess.run([sys.executable, "-m", "forgetmi_operator", "--help"], capture_output=True, text=True,
                             timeout=60, check=False)

@@ -18,7 +18,7 @@ from forgetmi_trainer.fit import MAX_TOKENS, fit_and_publish
 from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.scoring import model_metrics
 from forgetmi_trainer.train import TrainConfig
-from forgetmi_trainer.unlearn import UnlearnInputs, forget_mi
+from forgetmi_trainer.unlearn import UnlearnInputs, forget_mi, frozen_embeddings
 
 CPU = torch.device("cpu")
 FAST = MethodConfig(preset="equal", epochs=3, learning_rate=3e-3, batch_size=16, push_bound=30.0)
@@ -179,3 +179,17 @@ def test_pull_sign_forgets_nothing_but_push_does(world: World) -> None:
     # the same recipe with the push sign does forget: the pull's null result is the sign's doing
     assert original[0] - pushed[0] >= 0.1, (original, pushed)
     assert original[1] - pushed[1] >= 0.2, (original, pushed)
+
+
+def test_cached_retain_embeddings_equal_a_fresh_forward_pass(world: World) -> None:
+    original = world.fresh_original()
+    retain = world.inputs.retain
+    units, joints = frozen_embeddings(original, retain, original.fusion, batch_size=7)
+    assert units.shape == (len(retain), 2 * original.config.embed_dim)
+    assert joints.shape == (len(retain), original.config.embed_dim)
+    idx = torch.tensor([0, 5, len(retain) - 1])
+    batch = retain.take(idx)
+    with torch.no_grad():
+        out = original(batch.pixels, batch.input_ids, batch.attention_mask)
+    torch.testing.assert_close(units[idx], torch.cat([out.image_embeds, out.text_embeds], dim=-1))
+    torch.testing.assert_close(joints[idx], out.joint_embeds)

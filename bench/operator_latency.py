@@ -1,0 +1,256 @@
+"""Operator latency: apply N UnlearnRequests and time apply → Job created (a benchmark, not a test).
+
+What runs:
+
+- the emulated Kubernetes API server of the tests (``tests/harness/emulator.py``, kmock over
+  HTTP) in this process, with the CRD installed and a namespace ``bench``;
+- the real operator as a subprocess, ``python -m forgetmi_operator run --standalone
+  --namespace=bench`` with ``KUBECONFIG`` pointing at the emulator, so its RSS is its own;
+- no Job runner: created Jobs stay pending, only the time until the Job object exists counts;
+- a minimal ``file://`` registry (model ``bench``, alias ``production`` → version ``v1`` whose
+  ``config.json`` and ``model.safetensors`` are a few dummy bytes; accept checks only that they
+  exist and resolves the alias record), a CSV manifest with ``subject_id``/``split`` columns and
+  one Secret with the forget subjects, shared by all requests.
+
+After one warm-up request (not counted: it pays for the operator's lazy imports), the N
+requests are POSTed back to back over HTTP (``--rate`` paces them instead), each timestamped just
+before its POST. The emulator records the time each Job is stored, so latency is measured on one
+clock without polling error. Printed: latency p50/p99/max, throughput (requests whose Job was
+created per second, from the first POST to the last Job), and the operator's RSS (current and
+peak, ``VmRSS``/``VmHWM`` from ``/proc/<pid>/status``, sampled every 0.2 s).
+
+Usage::
+
+    PYTHONSAFEPATH=1 .venv/bin/python bench/operator_latency.py --requests 100 [--rate 20] [--json]
+
+Targets (issue 3): p50 ≤ 100 ms, p99 ≤ 500 ms, RSS ≤ 200 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness.cluster import JOBS, NAMESPACES, SECRETS, free_port, install_crd, write_kubeconfig  # noqa: E402
+from harness.emulator import ApiServer, Key  # noqa: E402
+
+from forgetmi_operator import registry  # noqa: E402
+
+NAMESPACE = "bench"
+MODEL = "bench"
+SUBJECTS = ["P000", "P001", "P002"]
+TARGETS = {"p50_ms": 100.0, "p99_ms": 500.0, "rss_mb": 200.0}
+
+
+class TimedApiServer(ApiServer):
+    """The emulator, recording when each Job is stored (by the name of the request that owns it)."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.job_created: dict[str, float] = {}
+        self.job_event = threading.Condition()
+
+    def create(self, key: Key, namespace: str | None, body: Mapping[str, Any]) -> dict[str, Any]:
+        obj = super().create(key, namespace, body)
+        if key == JOBS:
+            stamp = time.perf_counter()
+            owners = obj["metadata"].get("ownerReferences") or [{}]
+            with self.job_event:
+                self.job_created.setdefault(str(owners[0].get("name")), stamp)
+                self.job_event.notify_all()
+        return obj
+
+
+def prepare_storage(root: Path) -> tuple[str, str]:
+    """A file:// registry with alias production → v1 (dummy bytes) and a manifest; (registry, manifest)."""
+    reg = f"file://{root / 'registry'}"
+    version = root / "registry" / MODEL / "versions" / "v1"
+    version.mkdir(parents=True)
+    (version / "config.json").write_text("{}\n")
+    weights = b"dummy weights for the latency benchmark\n"
+    (version / "model.safetensors").write_bytes(weights)
+    registry.promote(reg, MODEL, "production", new_version="v1", new_sha256=hashlib.sha256(weights).hexdigest(),
+                     expected_token=None, request=None)
+    manifest = root / "data" / "manifest.csv"
+    manifest.parent.mkdir(parents=True)
+    rows = ["sample_id,subject_id,split,image,label"]
+    rows += [f"s{i},P{i:03d},{'train' if i < 8 else 'test'},images/{i}.png,{i % 2}" for i in range(10)]
+    manifest.write_text("\n".join(rows) + "\n")
+    return reg, f"file://{manifest}"
+
+
+def request_body(name: str, reg: str, manifest: str) -> dict[str, Any]:
+    return {"apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest", "metadata": {"name": name},
+            "spec": {"model": {"registryUri": reg, "name": MODEL, "alias": "production"},
+                     "data": {"manifestUri": manifest},
+                     "forget": {"subjectsSecretRef": {"name": "subjects", "key": "subjects"}},
+                     "method": {"epochs": 2}, "resources": {"gpus": 1}}}
+
+
+def post(url: str, body: dict[str, Any]) -> None:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        if response.status != 201:
+            raise RuntimeError(f"create answered {response.status}")
+
+
+def rss_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of ``pid`` in kB; (0, 0) once it is gone."""
+    values = {"VmRSS": 0, "VmHWM": 0}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in values:
+                values[key] = int(rest.split()[0])
+    except OSError:
+        pass
+    return values["VmRSS"], values["VmHWM"]
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True, name="rss-sampler")
+        self.pid, self.peak_kb, self.last_kb = pid, 0, 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            rss, hwm = rss_kb(self.pid)
+            if rss:
+                self.last_kb, self.peak_kb = rss, max(self.peak_kb, hwm, rss)
+            self.stopped.wait(0.2)
+
+
+def wait_jobs(api: TimedApiServer, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with api.job_event:
+        while not all(name in api.job_created for name in names):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = [n for n in names if n not in api.job_created]
+                raise RuntimeError(f"{len(missing)} of {len(names)} requests got no Job in {timeout:g} s "
+                                   f"(first: {missing[0]}).")
+            api.job_event.wait(min(left, 1.0))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))  # nearest rank
+    return ordered[rank]
+
+
+def run(requests: int, rate: float, timeout: float, log_path: Path | None) -> dict[str, Any]:
+    api = TimedApiServer()
+    url = api.start()
+    install_crd(api)
+    api.create(NAMESPACES, None, {"metadata": {"name": NAMESPACE}})
+    api.create(SECRETS, NAMESPACE, {"metadata": {"name": "subjects"}, "type": "Opaque", "data": {
+        "subjects": base64.b64encode("\n".join(SUBJECTS).encode()).decode()}})
+    with tempfile.TemporaryDirectory(prefix="forgetmi-bench-") as tmp:
+        root = Path(tmp)
+        reg, manifest = prepare_storage(root)
+        env = {**os.environ, "KUBECONFIG": str(write_kubeconfig(root / "kubeconfig", url)),
+               "FORGETMI_METRICS_PORT": str(free_port()), "FORGETMI_HEALTH_PORT": str(free_port()),
+               "PYTHONSAFEPATH": "1"}
+        log = open(log_path or root / "operator.log", "wb")
+        started = time.perf_counter()
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "forgetmi_operator", "run", "--standalone", f"--namespace={NAMESPACE}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+        sampler = RssSampler(operator.pid)
+        sampler.start()
+        create_url = f"{url}/apis/unlearning.forgetmi.io/v1alpha1/namespaces/{NAMESPACE}/unlearnrequests"
+        try:
+            post(create_url, request_body("warmup", reg, manifest))
+            wait_jobs(api, ["warmup"], 120)
+            ready_s = time.perf_counter() - started
+            idle_rss_kb = rss_kb(operator.pid)[0]
+            applied: dict[str, float] = {}
+            names = [f"req-{i:04d}" for i in range(requests)]
+            first = time.perf_counter()
+            for i, name in enumerate(names):
+                if rate > 0:
+                    pause = first + i / rate - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                applied[name] = time.perf_counter()
+                post(create_url, request_body(name, reg, manifest))
+            applying_s = time.perf_counter() - first
+            wait_jobs(api, names, timeout)
+            time.sleep(1.0)  # one more RSS sample with every request's daemon running
+        finally:
+            sampler.stopped.set()
+            sampler.join()
+            operator.send_signal(signal.SIGINT)
+            try:
+                operator.wait(30)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+                operator.wait()
+            log.close()
+            api.stop()
+        if operator.returncode not in (0, -signal.SIGINT, 130):
+            print(f"note: the operator exited with {operator.returncode}", file=sys.stderr)
+    latencies = [(api.job_created[n] - applied[n]) * 1000 for n in names]
+    last = max(api.job_created[n] for n in names)
+    duplicates = len([k for k in api.created if k[0] == JOBS]) - requests - 1
+    return {
+        "requests": requests, "rate_per_s": rate or None,
+        "p50_ms": round(percentile(latencies, 50), 1), "p99_ms": round(percentile(latencies, 99), 1),
+        "max_ms": round(max(latencies), 1), "mean_ms": round(statistics.fmean(latencies), 1),
+        "min_ms": round(min(latencies), 1),
+        "throughput_per_s": round(requests / (last - first), 1), "applying_s": round(applying_s, 2),
+        "operator_ready_s": round(ready_s, 1), "rss_idle_mb": round(idle_rss_kb / 1024, 1),
+        "rss_end_mb": round(sampler.last_kb / 1024, 1), "rss_peak_mb": round(sampler.peak_kb / 1024, 1),
+        "duplicate_jobs": duplicates,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=100, help="how many requests to apply (default 100)")
+    parser.add_argument("--rate", type=float, default=0.0, help="requests per second (default 0: back to back)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for all Jobs")
+    parser.add_argument("--operator-log", type=Path, help="keep the operator's log here")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    result = run(args.requests, args.rate, args.timeout, args.operator_log)
+    met = {"p50": result["p50_ms"] <= TARGETS["p50_ms"], "p99": result["p99_ms"] <= TARGETS["p99_ms"],
+           "rss": result["rss_peak_mb"] <= TARGETS["rss_mb"]}
+    result["targets_met"] = met
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    pace = f"{args.rate:g}/s" if args.rate else "back to back"
+    print(f"{result['requests']} UnlearnRequests applied {pace} in {result['applying_s']} s "
+          f"(operator ready and warm after {result['operator_ready_s']} s)")
+    print(f"apply → Job created: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms "
+          f"(mean {result['mean_ms']}, min {result['min_ms']})")
+    print(f"throughput: {result['throughput_per_s']} requests/s; duplicate Jobs: {result['duplicate_jobs']}")
+    print(f"operator RSS: idle {result['rss_idle_mb']} MB, end {result['rss_end_mb']} MB, "
+          f"peak {result['rss_peak_mb']} MB")
+    print("targets (p50 ≤ 100 ms, p99 ≤ 500 ms, RSS ≤ 200 MB): "
+          + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in met.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

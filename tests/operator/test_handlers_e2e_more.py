@@ -1,0 +1,258 @@
+"""More of the real operator (Kopf, in a thread) against the emulated API server and moto S3:
+``onGateFailure: Retrain``, a trainer that exits 2, and a Pod that never gets scheduled.
+
+The Job runner of ``tests/harness/jobrunner.py`` runs every Job's trainer for real. Two cases
+need a Job to misbehave in a way a valid request cannot cause, so they use a subclass of it:
+
+- exit 2 (bad config): the operator only builds trainer configs that validate (a spec the
+  trainer would reject, such as ``selection.epoch > epochs``, is rejected by the CRD and the
+  pydantic model first), so :class:`BadConfigRunner` adds an unknown key to the Job's
+  ``job.json`` before the real trainer reads it, as a trainer older than the operator would
+  see it; the trainer then exits 2 with its own termination message;
+- a Pod that stays Pending: :class:`UnschedulableRunner` creates the Job's Pod as the scheduler
+  would leave it (``Pending``, ``PodScheduled=False``, reason ``Unschedulable``) and never runs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from harness.cluster import (
+    JOBS,
+    NAMESPACES,
+    REQUESTS,
+    SECRETS,
+    free_port,
+    install_crd,
+    operator,
+    wait_for,
+    write_kubeconfig,
+)
+from harness.emulator import ApiServer
+from harness.jobrunner import PODS, JobRunner
+
+from forgetmi_operator import naming, registry
+from forgetmi_trainer import storage, synthetic
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+FAILING_GATES = [{"metric": "testAUC", "comparator": "atMost", "threshold": 0.0, "reference": "absolute"}]
+TERMINAL = ("Promoted", "Failed", "Held")
+RUN_TIMEOUT = 120.0
+
+
+class BadConfigRunner(JobRunner):
+    """Runs the real trainer on a ``job.json`` with an unknown key: it exits 2 (bad config)."""
+
+    def _prepare(self, job: dict[str, Any], tmp: Path) -> tuple[Path, dict[str, str]]:
+        config_path, env = super()._prepare(job, tmp)
+        config = json.loads(config_path.read_text())
+        config["from_a_newer_operator"] = True
+        config_path.write_text(json.dumps(config))
+        return config_path, env
+
+
+class UnschedulableRunner(JobRunner):
+    """Gives each Job one Pod that the scheduler cannot place, and runs nothing."""
+
+    def _run_job(self, job: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        self.started.append(meta["name"])
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
+                 "controller": True}
+        labels = {**(job["spec"]["template"].get("metadata") or {}).get("labels", {}),
+                  "job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"]}
+        self.api.create(PODS, meta["namespace"], {
+            "metadata": {"name": f"{meta['name']}-{uuid.uuid4().hex[:5]}", "labels": labels,
+                         "ownerReferences": [owner]},
+            "spec": job["spec"]["template"]["spec"],
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "lastTransitionTime": stamp,
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]},
+        })
+        self.api.patch(JOBS, meta["namespace"], meta["name"], {"status": {"startTime": stamp, "active": 1}},
+                       subresource="status")
+
+
+@pytest.fixture(scope="module")
+def world(s3_server: str) -> Iterator[dict[str, Any]]:
+    """A bucket with a small dataset and one trained model (version v1), fitted once per module."""
+    from forgetmi_trainer.fit import fit_and_publish
+    from forgetmi_trainer.train import TrainConfig
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(storage.ENDPOINT_ENV, s3_server)
+        bucket = f"e2e-{uuid.uuid4().hex[:12]}"
+        s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+        s3.create_bucket(Bucket=bucket)
+        samples = synthetic.generate(synthetic.SynthParams(patients=30, seed=0))
+        manifest = synthetic.write_dataset(samples, f"s3://{bucket}/data")
+        subjects = synthetic.choose_forget_subjects(samples, 0.1, 0)
+        sha, _ = fit_and_publish(manifest, f"s3://{bucket}/registry/base/versions/v1", recipe=TrainConfig(epochs=3),
+                                 seed=0)
+        yield {"bucket": bucket, "s3": s3, "manifest": manifest, "subjects": subjects, "sha": sha,
+               "registry": f"s3://{bucket}/registry"}
+
+
+def _cluster(world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+             runner: type[JobRunner]) -> Iterator[dict[str, Any]]:
+    api = ApiServer()
+    url = api.start()
+    install_crd(api)
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", url)))
+    monkeypatch.setenv("FORGETMI_PROGRESS_INTERVAL_SECONDS", "0.5")
+    monkeypatch.setenv("FORGETMI_PENDING_POD_TIMEOUT_SECONDS", "2")
+    monkeypatch.setenv("FORGETMI_METRICS_PORT", str(free_port()))
+    monkeypatch.setenv("FORGETMI_HEALTH_PORT", str(free_port()))
+    monkeypatch.setenv("FORGETMI_REQUEST_TIMEOUT_SECONDS", "10")
+    monkeypatch.setenv("FORGETMI_WATCH_TIMEOUT_SECONDS", "60")
+    namespace = f"ns-{uuid.uuid4().hex[:6]}"
+    api.create(NAMESPACES, None, {"metadata": {"name": namespace}})
+    with runner(api, tmp_path) as jobs:
+        try:
+            yield {"api": api, "ns": namespace, "runner": jobs, "world": world}
+        finally:
+            api.stop()
+    assert not jobs.errors
+
+
+@pytest.fixture
+def runner_class() -> type[JobRunner]:
+    """The Job runner; a test parametrizes ``runner_class`` to use a subclass."""
+    return JobRunner
+
+
+@pytest.fixture
+def cluster(world: dict[str, Any], s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            runner_class: type[JobRunner]) -> Iterator[dict[str, Any]]:
+    """The emulator (its URL in ``$KUBECONFIG``) and a running Job runner."""
+    yield from _cluster(world, tmp_path, monkeypatch, runner_class)
+
+
+def _apply(cluster: dict[str, Any], name: str, **spec: Any) -> str:
+    """Copy v1 to model ``m-<name>`` (alias production → v1), a subjects Secret, and the request."""
+    world, api, ns = cluster["world"], cluster["api"], cluster["ns"]
+    s3, bucket, model = world["s3"], world["bucket"], f"m-{name}"
+    for item in s3.list_objects_v2(Bucket=bucket, Prefix="registry/base/versions/v1/")["Contents"]:
+        s3.copy_object(Bucket=bucket, Key=item["Key"].replace("registry/base/", f"registry/{model}/", 1),
+                       CopySource={"Bucket": bucket, "Key": item["Key"]})
+    registry.promote(world["registry"], model, "production", new_version="v1", new_sha256=world["sha"],
+                     expected_token=None, request=None)
+    api.create(SECRETS, ns, {"metadata": {"name": f"{name}-subjects"}, "type": "Opaque", "data": {
+        "subjects": base64.b64encode("\n".join(world["subjects"]).encode()).decode()}})
+    body = {
+        "model": {"registryUri": world["registry"], "name": model, "alias": "production"},
+        "data": {"manifestUri": world["manifest"]},
+        "forget": {"subjectsSecretRef": {"name": f"{name}-subjects", "key": "subjects"}},
+        "method": {"epochs": 2, "batchSize": 16},
+        "resources": {"gpus": 1},
+        **spec,
+    }
+    api.create(REQUESTS, ns, {"apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest",
+                              "metadata": {"name": name}, "spec": body})
+    return model
+
+
+def _request(cluster: dict[str, Any], name: str) -> dict[str, Any]:
+    found = cluster["api"].get(REQUESTS, cluster["ns"], name)
+    assert found is not None
+    return found
+
+
+def _finished(cluster: dict[str, Any], name: str) -> dict[str, Any] | None:
+    obj = _request(cluster, name)
+    return obj if (obj.get("status") or {}).get("phase") in TERMINAL else None
+
+
+def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in obj["status"]["conditions"] if c["type"] == type_)
+
+
+def _created_jobs(cluster: dict[str, Any]) -> list[str]:
+    return [name for key, _, name in cluster["api"].created if key == JOBS]
+
+
+def _alias(cluster: dict[str, Any], model: str) -> registry.ResolvedVersion:
+    return registry.resolve_alias(cluster["world"]["registry"], model, "production")
+
+
+def test_gate_failure_with_retrain_runs_a_retrain_job_then_holds(cluster: dict[str, Any]) -> None:
+    """Gates fail → a ``-retrain`` Job (method retrain) → its gates are evaluated; they fail again
+    and a retrain run is never retrained (decisions.py), so the request is Held and the alias stays."""
+    with operator(cluster["ns"]):
+        model = _apply(cluster, "retrains", gates=FAILING_GATES, method={"epochs": 1, "batchSize": 32},
+                       rollout={"mode": "Automatic", "onGateFailure": "Retrain"})
+        done = wait_for(lambda: _finished(cluster, "retrains"), 2 * RUN_TIMEOUT, "the retrain run to finish")
+    status, uid = done["status"], done["metadata"]["uid"]
+    unlearn_job = naming.job_name("retrains", uid)
+    retrain_job = naming.job_name("retrains", uid, kind="retrain")
+    assert retrain_job == f"{unlearn_job}-retrain"
+    assert _created_jobs(cluster) == [unlearn_job, retrain_job]
+    assert cluster["runner"].exit_codes == {unlearn_job: [0], retrain_job: [0]}
+    config = json.loads(cluster["api"].get(("", "v1", "configmaps"), cluster["ns"], retrain_job)["data"]["job.json"])
+    assert config["method"]["name"] == "retrain"
+    assert status["phase"] == "Held", status
+    assert status["jobName"] == retrain_job and status["attempts"] == 2
+    assert _condition(done, "GatesPassed")["status"] == "False"
+    assert _condition(done, "Promoted")["status"] == "False"
+    assert status["gates"] and all(g["result"] == "Failed" for g in status["gates"])
+    # The gates in status are the retrain run's, read from its own report.
+    assert status["report"]["uri"].endswith(f"/requests/{uid}/retrain/report.json")
+    assert status["candidateModel"]["version"] == naming.candidate_version("v1", uid, kind="retrain")
+    alias = _alias(cluster, model)
+    assert (alias.version, alias.sha256) == ("v1", cluster["world"]["sha"])
+    assert alias.record.request is None and alias.record.previous is None
+    receipt = json.loads(storage.read_bytes(status["receipt"]["uri"]))
+    assert receipt["decision"] == "Hold"
+
+
+@pytest.mark.parametrize("runner_class", [BadConfigRunner])
+def test_trainer_exit_2_fails_the_request_at_once(cluster: dict[str, Any]) -> None:
+    with operator(cluster["ns"]):
+        model = _apply(cluster, "badconfig")
+        done = wait_for(lambda: _finished(cluster, "badconfig"), RUN_TIMEOUT, "Failed")
+    status = done["status"]
+    assert status["phase"] == "Failed", status
+    job_name = status["jobName"]
+    assert cluster["runner"].exit_codes == {job_name: [2]}  # one Pod: no retry despite backoffLimit
+    job = cluster["api"].get(JOBS, cluster["ns"], job_name)
+    assert job is not None
+    rule = job["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob" and 2 in rule["onExitCodes"]["values"]
+    assert [c["reason"] for c in job["status"]["conditions"]] == ["PodFailurePolicy"]
+    unlearned = _condition(done, "Unlearned")
+    assert (unlearned["status"], unlearned["reason"]) == ("False", "BadConfig")
+    assert "from_a_newer_operator" in unlearned["message"]  # the trainer's termination message
+    assert status["completionTime"]
+    assert _alias(cluster, model).version == "v1"
+
+
+@pytest.mark.parametrize("runner_class", [UnschedulableRunner])
+def test_pod_pending_past_the_timeout_fails_with_the_scheduler_message(cluster: dict[str, Any]) -> None:
+    with operator(cluster["ns"]):
+        model = _apply(cluster, "pending")
+        job = wait_for(lambda: cluster["api"].list(JOBS, cluster["ns"]), 30, "the Job")[0]
+        started = time.monotonic()
+        done = wait_for(lambda: _finished(cluster, "pending"), 30, "Failed")
+        waited = time.monotonic() - started
+    status = done["status"]
+    assert status["phase"] == "Failed", status
+    assert waited >= 1.0  # not before the 2 s timeout (Kubernetes times are in whole seconds)
+    unlearned = _condition(done, "Unlearned")
+    assert (unlearned["status"], unlearned["reason"]) == ("False", "Unschedulable")
+    assert "could not be scheduled for more than 2 s" in unlearned["message"]
+    assert "Insufficient nvidia.com/gpu" in unlearned["message"]
+    assert status["completionTime"]
+    # A Job whose Pod never started is deleted so it stops holding a queue slot or a GPU; it is
+    # not recreated.
+    wait_for(lambda: cluster["api"].get(JOBS, cluster["ns"], job["metadata"]["name"]) is None, 30, "Job deleted")
+    assert _created_jobs(cluster) == [job["metadata"]["name"]]
+    assert _alias(cluster, model).version == "v1"
