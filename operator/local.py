@@ -31,7 +31,7 @@ from forgetmi_operator.errors import InvalidSpec, JobFailed, OperatorError, Secr
 from forgetmi_operator.jobs import build_job_config, request_paths
 from forgetmi_operator.schema import validate_request
 from forgetmi_operator.settings import Settings, load_settings
-from forgetmi_trainer.contract import JobConfig, ModelRef, Report
+from forgetmi_trainer.contract import JobConfig, ModelRef, Report, Row, comparison, format_comparison
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 DEMO_MARKER = ".forgetmi-demo"
@@ -391,35 +391,15 @@ def demo_command(args: argparse.Namespace) -> int:
     return EXIT_OK if result.status.phase in ("Promoted", "Held") else EXIT_FAILED
 
 
-METRIC_KEYS = ("forget_auc", "forget_f1", "test_auc", "test_f1", "mia", "mia_auc", "seconds")
-
-
-def _row(metrics: Any, seconds: float) -> dict[str, float | None]:
-    s, m = metrics.split, metrics.mia
-    return {"forget_auc": s.forget_auc, "forget_f1": s.forget_f1, "test_auc": s.test_auc, "test_f1": s.test_f1,
-            "mia": m.score, "mia_auc": m.attack_auc, "seconds": round(seconds, 2)}
-
-
-def demo_rows(result: LocalResult, prepared: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+def demo_rows(result: LocalResult, prepared: dict[str, Any]) -> dict[str, Row]:
     report = result.report
     if report is None or report.retrained is None:
         return {}
-    return {"original": _row(report.original, prepared["original_seconds"]),
-            "retrained": _row(report.retrained, prepared["retrained_seconds"]),
-            "forget_mi": _row(report.unlearned, report.timings.unlearn_seconds)}
+    return comparison(report, prepared["original_seconds"], prepared["retrained_seconds"])
 
 
-def format_rows(rows: dict[str, dict[str, float | None]]) -> str:
-    if not rows:
-        return "(no report: the trainer did not finish)"
-    header = ("model", "forget AUC", "forget F1", "test AUC", "test F1", "MIA", "miaAUC", "seconds")
-    fmt = "{:<10} {:>10} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8}"
-    lines = [fmt.format(*header)]
-    for key, label in (("original", "original"), ("retrained", "retrained"), ("forget_mi", "Forget-MI")):
-        cells = ["-" if rows[key][k] is None else (f"{rows[key][k]:.1f}" if k == "seconds" else f"{rows[key][k]:.3f}")
-                 for k in METRIC_KEYS]
-        lines.append(fmt.format(label, *cells))
-    return "\n".join(lines)
+def format_rows(rows: dict[str, Row]) -> str:
+    return format_comparison(rows) if rows else "(no report: the trainer did not finish)"
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - convenience for python -m

@@ -138,10 +138,11 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from forgetmi_trainer.demo import format_table, run_demo, to_json
+    from forgetmi_trainer.contract import format_comparison
+    from forgetmi_trainer.demo import run_demo, to_json
 
     rows = run_demo(Path(args.workdir), seed=args.seed, patients=args.patients)
-    print(to_json(rows) if args.json else format_table(rows))
+    print(to_json(rows) if args.json else format_comparison(rows))
     return 0
 
 

@@ -255,6 +255,37 @@ def summary_line(report: Report) -> str:
     )
 
 
+COMPARISON_KEYS = ("forget_auc", "forget_f1", "test_auc", "test_f1", "mia", "mia_auc", "seconds")
+Row = dict[str, float | None]
+
+
+def comparison(report: Report, original_seconds: float, retrained_seconds: float) -> dict[str, Row]:
+    """The demo's before/after rows ``{"original", "retrained", "forget_mi"}`` from a report with a
+    retrained reference; ``seconds`` is training time for the first two, unlearning time for the last."""
+    if report.retrained is None:
+        raise ValueError("the report has no retrained reference to compare with")
+
+    def row(metrics: ModelMetrics, seconds: float) -> Row:
+        s, m = metrics.split, metrics.mia
+        return {"forget_auc": s.forget_auc, "forget_f1": s.forget_f1, "test_auc": s.test_auc,
+                "test_f1": s.test_f1, "mia": m.score, "mia_auc": m.attack_auc, "seconds": round(seconds, 2)}
+
+    return {"original": row(report.original, original_seconds),
+            "retrained": row(report.retrained, retrained_seconds),
+            "forget_mi": row(report.unlearned, report.timings.unlearn_seconds)}
+
+
+def format_comparison(rows: dict[str, Row]) -> str:
+    """The rows of :func:`comparison` as a fixed-width table."""
+    line = "{:<10} {:>10} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8}"
+    lines = [line.format("model", "forget AUC", "forget F1", "test AUC", "test F1", "MIA", "miaAUC", "seconds")]
+    for key, label in (("original", "original"), ("retrained", "retrained"), ("forget_mi", "Forget-MI")):
+        cells = ["-" if rows[key][k] is None else f"{rows[key][k]:.1f}" if k == "seconds" else f"{rows[key][k]:.3f}"
+                 for k in COMPARISON_KEYS]
+        lines.append(line.format(label, *cells))
+    return "\n".join(lines)
+
+
 def parse_subjects(text: str) -> list[str]:
     """Subject IDs from a file's text: a JSON list of strings, or one ID per line
     (blank lines and ``#`` comments ignored). Duplicates are dropped, order kept."""

@@ -8,7 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from forgetmi_trainer import storage, synthetic
-from forgetmi_trainer.contract import ForgetSubjects, JobConfig, MethodConfig, ModelMetrics, ModelRef, Report
+from forgetmi_trainer.contract import (
+    ForgetSubjects,
+    JobConfig,
+    MethodConfig,
+    ModelRef,
+    comparison,
+)
 from forgetmi_trainer.fit import fit_and_publish
 from forgetmi_trainer.job import run_job
 
@@ -17,7 +23,6 @@ FORGET_FRACTION = 0.08
 # The recipe measured on the generated dataset (bench/RESULTS.md and the demo test): the equal
 # preset with the push terms bounded at 30, so forgetting cannot run away from the retain set.
 DEMO_METHOD = MethodConfig(preset="equal", epochs=30, learning_rate=3e-3, batch_size=16, push_bound=30.0)
-METRIC_KEYS = ("forget_auc", "forget_f1", "test_auc", "test_f1", "mia", "mia_auc", "seconds")
 
 
 def prepare(workdir: Path, seed: int, patients: int) -> dict[str, Any]:
@@ -64,43 +69,7 @@ def run_demo(workdir: Path, seed: int = 0, patients: int = 150) -> dict[str, dic
         progress_path=str(Path(workdir).resolve() / "progress.jsonl"),
     )
     report = run_job(config)
-    return summarise(report, prepared["original_seconds"], prepared["retrained_seconds"])
-
-
-def _row(metrics: ModelMetrics, seconds: float) -> dict[str, float | None]:
-    s, m = metrics.split, metrics.mia
-    return {
-        "forget_auc": s.forget_auc,
-        "forget_f1": s.forget_f1,
-        "test_auc": s.test_auc,
-        "test_f1": s.test_f1,
-        "mia": m.score,
-        "mia_auc": m.attack_auc,
-        "seconds": round(seconds, 2),
-    }
-
-
-def summarise(report: Report, original_seconds: float, retrained_seconds: float) -> dict[str, dict[str, float | None]]:
-    """``{"original": M, "retrained": M, "forget_mi": M}``; seconds are training or unlearning time."""
-    assert report.retrained is not None
-    return {
-        "original": _row(report.original, original_seconds),
-        "retrained": _row(report.retrained, retrained_seconds),
-        "forget_mi": _row(report.unlearned, report.timings.unlearn_seconds),
-    }
-
-
-def format_table(rows: dict[str, dict[str, float | None]]) -> str:
-    header = ("model", "forget AUC", "forget F1", "test AUC", "test F1", "MIA", "miaAUC", "seconds")
-    lines = ["{:<10} {:>10} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8}".format(*header)]
-    for name, label in (("original", "original"), ("retrained", "retrained"), ("forget_mi", "Forget-MI")):
-        values = [rows[name][k] for k in METRIC_KEYS]
-        cells = [
-            "-" if v is None else f"{v:.3f}" if k != "seconds" else f"{v:.1f}"
-            for k, v in zip(METRIC_KEYS, values, strict=True)
-        ]
-        lines.append("{:<10} {:>10} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8}".format(label, *cells))
-    return "\n".join(lines)
+    return comparison(report, prepared["original_seconds"], prepared["retrained_seconds"])
 
 
 def to_json(rows: dict[str, dict[str, float | None]]) -> str:

@@ -30,23 +30,22 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 from harness.cluster import JOBS, REQUESTS, free_port, wait_for, write_kubeconfig
 from harness.emulator import ApiServer
 from harness.jobrunner import JobRunner
+from harness.world import fitted_world, seed_model
 from kopf.testing import KopfRunner
 from test_dashboard import get_json, load_dashboard, metric_names, panel_queries, substitute
 
 from forgetmi_operator import registry
 from forgetmi_operator.__main__ import kopf_args
-from forgetmi_trainer import storage, synthetic
+from forgetmi_trainer import storage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -75,37 +74,14 @@ def kubectl() -> str:
 @pytest.fixture(scope="module")
 def world(s3_server: str) -> Iterator[dict[str, Any]]:
     """A bucket with a small dataset, one trained model (registry/base, v1) and a broken manifest."""
-    from forgetmi_trainer.fit import fit_and_publish
-    from forgetmi_trainer.train import TrainConfig
-
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(storage.ENDPOINT_ENV, s3_server)
-        bucket = f"chart-e2e-{uuid.uuid4().hex[:12]}"
-        s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-        s3.create_bucket(Bucket=bucket)
-        samples = synthetic.generate(synthetic.SynthParams(patients=30, seed=0))
-        manifest = synthetic.write_dataset(samples, f"s3://{bucket}/data")
-        subjects = synthetic.choose_forget_subjects(samples, 0.1, 0)
-        sha, _ = fit_and_publish(manifest, f"s3://{bucket}/registry/base/versions/v1",
-                                 recipe=TrainConfig(epochs=3), seed=0)
+    with fitted_world(s3_server, prefix="chart-e2e") as world:
         # Accepted (the manifest exists) but its images are missing: the trainer exits 3.
-        broken = f"s3://{bucket}/broken/manifest.csv"
-        storage.write_text(broken, storage.read_text(manifest).replace("/data/images/", "/gone/images/"))
-        world = {"bucket": bucket, "s3": s3, "manifest": manifest, "broken": broken, "subjects": subjects,
-                 "sha": sha, "registry": f"s3://{bucket}/registry"}
+        broken = f"s3://{world['bucket']}/broken/manifest.csv"
+        storage.write_text(broken, storage.read_text(world["manifest"]).replace("/data/images/", "/gone/images/"))
+        world["broken"] = broken
         for model in ("cxr-report-classifier", "cxr-held", "cxr-broken"):
-            _publish_model(world, model)
+            seed_model(world, model)
         yield world
-
-
-def _publish_model(world: dict[str, Any], name: str) -> None:
-    """Copy the fitted v1 to model ``name`` and point its alias ``production`` at it."""
-    s3, bucket = world["s3"], world["bucket"]
-    for item in s3.list_objects_v2(Bucket=bucket, Prefix="registry/base/versions/v1/")["Contents"]:
-        target = item["Key"].replace("registry/base/", f"registry/{name}/", 1)
-        s3.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": item["Key"]})
-    registry.promote(world["registry"], name, "production", new_version="v1", new_sha256=world["sha"],
-                     expected_token=None, request=None)
 
 
 class Kubectl:
@@ -350,9 +326,18 @@ def test_example_request_is_promoted_and_kubectl_shows_it(cluster: dict[str, Any
 
 def test_every_dashboard_panel_has_data_from_the_operator(prometheus: str, requests_done: dict[str, Any]) -> None:
     queries = [(title, substitute(expr)) for title, expr in panel_queries()]
-    exported = set(_metric_names(prometheus))
-    histograms = {name.removesuffix(suffix) for name in exported for suffix in ("_bucket", "_sum", "_count")}
-    missing = {title: sorted(metric_names(expr) - exported - histograms) for title, expr in panel_queries()}
+    def missing_metrics() -> tuple[set[str], dict[str, list[str]]]:
+        exported = set(_metric_names(prometheus))
+        histograms = {name.removesuffix(suffix) for name in exported for suffix in ("_bucket", "_sum", "_count")}
+        return exported, {title: sorted(metric_names(expr) - exported - histograms) for title, expr in panel_queries()}
+
+    # A labelled series appears with the operator's update after a request's last status patch, so
+    # the scrape that sees it can come a moment after the request looks finished: wait a few scrapes.
+    deadline = time.monotonic() + 20
+    exported, missing = missing_metrics()
+    while any(missing.values()) and time.monotonic() < deadline:
+        time.sleep(1)
+        exported, missing = missing_metrics()
     assert not any(missing.values()), f"panels name metrics the operator does not export: {missing}"
 
     def answers() -> dict[str, str]:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from harness.cluster import (
     EVENTS,
@@ -27,10 +26,11 @@ from harness.cluster import (
 )
 from harness.emulator import ApiServer
 from harness.jobrunner import JobRunner
+from harness.world import fitted_world, seed_model
 
 from forgetmi_operator import registry
 from forgetmi_operator.api import APPROVAL_ANNOTATION
-from forgetmi_trainer import storage, synthetic
+from forgetmi_trainer import storage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 PASSING_GATES = [{"metric": "testAUC", "comparator": "atLeast", "threshold": 0.0, "reference": "absolute"}]
@@ -39,34 +39,10 @@ RUN_TIMEOUT = 120.0
 
 
 @pytest.fixture(scope="module")
-def world(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def world(s3_server: str) -> Iterator[dict[str, Any]]:
     """A bucket with a small dataset and one trained model (version v1), fitted once per module."""
-    from forgetmi_trainer.fit import fit_and_publish
-    from forgetmi_trainer.train import TrainConfig
-
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(storage.ENDPOINT_ENV, s3_server)
-        bucket = f"e2e-{uuid.uuid4().hex[:12]}"
-        s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-        s3.create_bucket(Bucket=bucket)
-        samples = synthetic.generate(synthetic.SynthParams(patients=30, seed=0))
-        manifest = synthetic.write_dataset(samples, f"s3://{bucket}/data")
-        subjects = synthetic.choose_forget_subjects(samples, 0.1, 0)
-        sha, _ = fit_and_publish(manifest, f"s3://{bucket}/registry/base/versions/v1", recipe=TrainConfig(epochs=3),
-                                 seed=0)
-        yield {"bucket": bucket, "s3": s3, "manifest": manifest, "subjects": subjects, "sha": sha,
-               "registry": f"s3://{bucket}/registry"}
-
-
-def _model(world: dict[str, Any], name: str) -> None:
-    """Copy the fitted v1 to model ``name`` and point its alias ``production`` at it."""
-    s3, bucket = world["s3"], world["bucket"]
-    listing = s3.list_objects_v2(Bucket=bucket, Prefix="registry/base/versions/v1/")
-    for item in listing["Contents"]:
-        target = item["Key"].replace("registry/base/", f"registry/{name}/", 1)
-        s3.copy_object(Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": item["Key"]})
-    registry.promote(world["registry"], name, "production", new_version="v1", new_sha256=world["sha"],
-                     expected_token=None, request=None)
+    with fitted_world(s3_server) as fitted:
+        yield fitted
 
 
 @pytest.fixture
@@ -96,7 +72,7 @@ def _apply(cluster: dict[str, Any], name: str, *, gates: list[dict[str, Any]] | 
            mode: str = "Automatic", manifest: str | None = None) -> str:
     world, api, ns = cluster["world"], cluster["api"], cluster["ns"]
     model = f"m-{name}"
-    _model(world, model)
+    seed_model(world, model)
     secret = f"{name}-subjects"
     api.create(SECRETS, ns, {"metadata": {"name": secret}, "type": "Opaque", "data": {
         "subjects": base64.b64encode("\n".join(world["subjects"]).encode()).decode()}})
@@ -236,7 +212,7 @@ def test_missing_model_or_secret_fails_acceptance_without_a_job(cluster: dict[st
     base = {"data": {"manifestUri": world["manifest"]}, "method": {"epochs": 2}}
     no_model = {**base, "model": {"registryUri": world["registry"], "name": "nowhere"},
                 "forget": {"subjectsSecretRef": {"name": "subjects", "key": "subjects"}}}
-    _model(world, "m-nosecret")
+    seed_model(world, "m-nosecret")
     no_secret = {**base, "model": {"registryUri": world["registry"], "name": "m-nosecret"},
                  "forget": {"subjectsSecretRef": {"name": "missing", "key": "subjects"}}}
     with operator(ns):

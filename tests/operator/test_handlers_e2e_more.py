@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from harness.cluster import (
     JOBS,
@@ -38,9 +37,10 @@ from harness.cluster import (
 )
 from harness.emulator import ApiServer
 from harness.jobrunner import PODS, JobRunner
+from harness.world import fitted_world, seed_model
 
 from forgetmi_operator import naming, registry
-from forgetmi_trainer import storage, synthetic
+from forgetmi_trainer import storage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 FAILING_GATES = [{"metric": "testAUC", "comparator": "atMost", "threshold": 0.0, "reference": "absolute"}]
@@ -85,21 +85,8 @@ class UnschedulableRunner(JobRunner):
 @pytest.fixture(scope="module")
 def world(s3_server: str) -> Iterator[dict[str, Any]]:
     """A bucket with a small dataset and one trained model (version v1), fitted once per module."""
-    from forgetmi_trainer.fit import fit_and_publish
-    from forgetmi_trainer.train import TrainConfig
-
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(storage.ENDPOINT_ENV, s3_server)
-        bucket = f"e2e-{uuid.uuid4().hex[:12]}"
-        s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
-        s3.create_bucket(Bucket=bucket)
-        samples = synthetic.generate(synthetic.SynthParams(patients=30, seed=0))
-        manifest = synthetic.write_dataset(samples, f"s3://{bucket}/data")
-        subjects = synthetic.choose_forget_subjects(samples, 0.1, 0)
-        sha, _ = fit_and_publish(manifest, f"s3://{bucket}/registry/base/versions/v1", recipe=TrainConfig(epochs=3),
-                                 seed=0)
-        yield {"bucket": bucket, "s3": s3, "manifest": manifest, "subjects": subjects, "sha": sha,
-               "registry": f"s3://{bucket}/registry"}
+    with fitted_world(s3_server) as fitted:
+        yield fitted
 
 
 def _cluster(world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -140,12 +127,8 @@ def cluster(world: dict[str, Any], s3_env: str, tmp_path: Path, monkeypatch: pyt
 def _apply(cluster: dict[str, Any], name: str, **spec: Any) -> str:
     """Copy v1 to model ``m-<name>`` (alias production → v1), a subjects Secret, and the request."""
     world, api, ns = cluster["world"], cluster["api"], cluster["ns"]
-    s3, bucket, model = world["s3"], world["bucket"], f"m-{name}"
-    for item in s3.list_objects_v2(Bucket=bucket, Prefix="registry/base/versions/v1/")["Contents"]:
-        s3.copy_object(Bucket=bucket, Key=item["Key"].replace("registry/base/", f"registry/{model}/", 1),
-                       CopySource={"Bucket": bucket, "Key": item["Key"]})
-    registry.promote(world["registry"], model, "production", new_version="v1", new_sha256=world["sha"],
-                     expected_token=None, request=None)
+    model = f"m-{name}"
+    seed_model(world, model)
     api.create(SECRETS, ns, {"metadata": {"name": f"{name}-subjects"}, "type": "Opaque", "data": {
         "subjects": base64.b64encode("\n".join(world["subjects"]).encode()).decode()}})
     body = {

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from forgetmi_trainer.demo import METRIC_KEYS, run_demo
+from forgetmi_trainer.contract import COMPARISON_KEYS as METRIC_KEYS
+from forgetmi_trainer.demo import run_demo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 SEEDS = (0, 1, 2)

@@ -1,0 +1,86 @@
+"""The torch-free contract: JSON round trips, unknown fields rejected, subjects parsing, the demo's rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from forgetmi_trainer.contract import (
+    COMPARISON_KEYS,
+    JobConfig,
+    ModelMetrics,
+    Report,
+    comparison,
+    format_comparison,
+    parse_subjects,
+    summary_line,
+)
+
+CONFIG = {
+    "model": {"registry_uri": "s3://models/registry", "name": "cxr", "version": "v1"},
+    "manifest_uri": "s3://data/manifest.csv",
+    "forget": {"uri": "s3://privacy/request.txt"},
+    "output_uri": "s3://models/registry/cxr/versions/v2",
+    "candidate_version": "v2",
+}
+
+
+def _metrics(forget_auc: float | None, mia: float) -> dict[str, object]:
+    return {"split": {"forget_auc": forget_auc, "forget_f1": 0.5, "test_auc": 0.8, "test_f1": 0.6},
+            "mia": {"score": mia, "balanced_score": mia, "attack_auc": 0.5, "tpr_at_1pct_fpr": 0.0}}
+
+
+def _report(retrained: bool) -> Report:
+    sha = "a" * 64
+    return Report.model_validate({
+        "request": "ns/r", "method": "forget-mi", "base": {"uri": "s3://b/v1", "sha256": sha},
+        "candidate": {"uri": "s3://b/v2", "sha256": sha}, "candidate_version": "v2",
+        "original": _metrics(1.0, 1.0), "unlearned": _metrics(0.75, 0.4),
+        "retrained": _metrics(None, 0.5) if retrained else None,
+        "selection": {"rule": "FixedEpoch", "epoch": 30, "epochs_run": 30},
+        "counts": {"subjects": 3, "forget_samples": 12, "retain_samples": 100, "test_samples": 30},
+        "timings": {"load_seconds": 1, "unlearn_seconds": 4.256, "eval_seconds": 1, "total_seconds": 6},
+        "environment": {"device": "cpu", "precision": "fp32", "torch_version": "2", "transformers_version": "5",
+                        "trainer_version": "0.1.0"},
+        "started_at": "2026-11-28T00:00:00Z", "finished_at": "2026-11-28T00:00:06Z",
+    })
+
+
+def test_job_config_round_trips_and_rejects_unknown_fields() -> None:
+    config = JobConfig.model_validate(CONFIG)
+    assert JobConfig.model_validate_json(config.model_dump_json()) == config
+    assert config.resolved_report_uri == "s3://models/registry/cxr/versions/v2/report.json"
+    with pytest.raises(ValidationError, match=r"extra_forbidden|Extra inputs"):
+        JobConfig.model_validate({**CONFIG, "patients": ["P1"]})
+    with pytest.raises(ValidationError, match=r"exactly one of forget\.file or forget\.uri"):
+        JobConfig.model_validate({**CONFIG, "forget": {"uri": "s3://privacy/x", "file": "/x"}})
+
+
+def test_report_round_trips_and_summary_fits_a_termination_message() -> None:
+    report = _report(retrained=True)
+    assert Report.model_validate_json(report.to_json()) == report
+    line = summary_line(report)
+    assert len(line) < 4096 and json.loads(line)["mia"] == [1.0, 0.4]
+
+
+def test_subjects_parse_lines_or_json_and_reject_odd_characters() -> None:
+    assert parse_subjects("P1\n# comment\n\nP2  # trailing\nP1\n") == ["P1", "P2"]
+    assert parse_subjects('["P3", "P4"]') == ["P3", "P4"]
+    with pytest.raises(ValueError, match="outside"):
+        parse_subjects("P1; DROP TABLE")
+
+
+def test_comparison_rows_and_table() -> None:
+    rows = comparison(_report(retrained=True), 12.345, 10.0)
+    assert set(rows) == {"original", "retrained", "forget_mi"}
+    assert all(set(row) == set(COMPARISON_KEYS) for row in rows.values())
+    assert rows["forget_mi"]["seconds"] == 4.26 and rows["forget_mi"]["forget_auc"] == 0.75
+    table = format_comparison(rows).splitlines()
+    assert table[0].split()[:3] == ["model", "forget", "AUC"]
+    assert table[2].split()[:2] == ["retrained", "-"]  # an unmeasured metric prints as "-"
+    assert table[3].startswith("Forget-MI") and "0.750" in table[3] and "4.3" in table[3]
+    with pytest.raises(ValueError, match="no retrained reference"):
+        comparison(_report(retrained=False), 1.0, 1.0)
+    assert isinstance(_report(True).original, ModelMetrics)
