@@ -6,17 +6,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEV=0
-[[ "${1:-}" == "--dev" ]] && DEV=1
+STAMP=.venv/.installed
+if [[ "${1:-}" == "--dev" ]]; then
+  DEV=1
+  STAMP=.venv/.installed-dev
+fi
 PY=${PYTHON:-python3}
-STAMP=.venv/.installed$([[ $DEV == 1 ]] && echo -dev)
 
 if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
-if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" ]]; then
+# Installed and newer than pyproject.toml? (A dev install also covers a plain one.)
+current() { [[ -f "$1" && ! pyproject.toml -nt "$1" ]]; }
+if current "$STAMP" || { [[ $DEV == 0 ]] && current .venv/.installed-dev; }; then
+  :
+else
   .venv/bin/python -P -m pip install -q --upgrade pip setuptools wheel
   extras="trainer"
-  [[ $DEV == 1 ]] && extras="trainer,dev"
+  if [[ $DEV == 1 ]]; then extras="trainer,dev"; fi
   # torch==2.13.0 is named in the same command as transformers so pip takes the CPU wheel
   # instead of pulling several GB of CUDA packages.
   .venv/bin/python -P -m pip install -q "torch==2.13.0" -e ".[${extras}]"
