@@ -24,7 +24,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from forgetmi_operator import KIND, conditions, gates, pipeline, receipts, registry
-from forgetmi_operator.api import ModelVersionStatus, UnlearnRequestSpec, UnlearnRequestStatus
+from forgetmi_operator.api import (
+    ArtifactStatus,
+    Condition,
+    ModelVersionStatus,
+    UnlearnRequestSpec,
+    UnlearnRequestStatus,
+)
 from forgetmi_operator.cli import DocumentError, load_documents
 from forgetmi_operator.decisions import Decision, decide, is_approved
 from forgetmi_operator.errors import InvalidSpec, JobFailed, OperatorError, SecretNotFound
@@ -78,9 +84,10 @@ class _Run:
         return f"{self.namespace}/{self.name}"
 
     def condition(self, type_: str, status: str, reason: str, message: str) -> None:
-        self.status.conditions = [c for c in map(_cond, conditions.set_condition(
+        updated = conditions.set_condition(
             [c.model_dump(by_alias=True, exclude_none=True) for c in self.status.conditions],
-            type_, status, reason, message, self.generation, _now()))]  # type: ignore[arg-type]
+            type_, status, reason, message, self.generation, _now())  # type: ignore[arg-type]
+        self.status.conditions = [Condition.model_validate(c) for c in updated]
         self.status.phase = conditions.phase_for([c.model_dump(by_alias=True) for c in self.status.conditions])
         self.events.append(f"{type_}={status} ({reason}): {message}")
         print(f"  {type_:<12} {status:<7} {reason}: {message}", file=sys.stderr)
@@ -88,12 +95,6 @@ class _Run:
     def finish(self, message: str | None = None) -> None:
         self.status.completion_time = _now()
         self.status.message = message
-
-
-def _cond(item: dict[str, Any]) -> Any:
-    from forgetmi_operator.api import Condition
-
-    return Condition.model_validate(item)
 
 
 def _secret_value(secrets: dict[str, dict[str, str]], name: str, key: str) -> str:
@@ -203,16 +204,11 @@ def _train(run: _Run, spec: UnlearnRequestSpec, base_version: str, kind: str, su
     _run_trainer(config, run.workdir, kind)
     report = pipeline.load_report(config.resolved_report_uri, request=run.ref)
     run.status.candidate_model = pipeline.verify_candidate(report)
-    run.status.report = storage_artifact(config.resolved_report_uri)
+    run.status.report = ArtifactStatus(uri=config.resolved_report_uri,
+                                       sha256=pipeline.stream_sha256(config.resolved_report_uri))
     run.condition("Unlearned", "True", conditions.JOB_SUCCEEDED,
                   f"The trainer wrote candidate {report.candidate_version} in {report.timings.total_seconds:.1f}s.")
     return report
-
-
-def storage_artifact(uri: str) -> Any:
-    from forgetmi_operator.api import ArtifactStatus
-
-    return ArtifactStatus(uri=uri, sha256=pipeline.stream_sha256(uri))
 
 
 def _evaluate(run: _Run, spec: UnlearnRequestSpec, report: Report, *, retrained: bool) -> Decision:

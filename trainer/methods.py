@@ -8,6 +8,7 @@ every method's settings.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,8 +50,6 @@ def run_forget_mi(ctx: MethodContext) -> UnlearnResult:
 
 def run_retrain(ctx: MethodContext) -> UnlearnResult:
     """Train from scratch on the retain set with the method's epochs, learning rate and batch size."""
-    import time
-
     start = time.perf_counter()
     model = build_model(ctx.original.config, ctx.seed)
     recipe = TrainConfig(

@@ -41,7 +41,14 @@ from harness.emulator import ApiServer
 from harness.jobrunner import JobRunner
 from harness.world import fitted_world, seed_model
 from kopf.testing import KopfRunner
-from test_dashboard import get_json, load_dashboard, metric_names, panel_queries, substitute
+from test_dashboard import (
+    get_json,
+    load_dashboard,
+    metric_names,
+    panel_queries,
+    running_prometheus,
+    substitute,
+)
 
 from forgetmi_operator import registry
 from forgetmi_operator.__main__ import kopf_args
@@ -172,42 +179,10 @@ def _http_ok(url: str) -> bool:
 def prometheus(prometheus_bin: str, running_operator: dict[str, Any],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of a Prometheus on loopback scraping the operator every second."""
-    folder = tmp_path_factory.mktemp("prometheus")
-    config = folder / "prometheus.yml"
-    config.write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "scrape_configs:\n"
-        "  - job_name: forgetmi-operator\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{running_operator['metrics_port']}']}}]\n")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = folder / "prometheus.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT)
-        try:
-            def scraped() -> bool:
-                assert process.poll() is None, f"prometheus exited: {log_path.read_text()}"
-                return bool(_query(url, 'up{job="forgetmi-operator"} == 1'))
-            wait_for(scraped, 30, "Prometheus to scrape the operator", interval=0.3)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _query(prometheus: str, query: str) -> list[dict[str, Any]]:
-    try:
-        answer = get_json(f"{prometheus}/api/v1/query?query={urllib.parse.quote(query)}")
-    except OSError:
-        return []
-    return answer["data"]["result"] if answer.get("status") == "success" else []
+    with running_prometheus(prometheus_bin, tmp_path_factory.mktemp("prometheus"), "forgetmi-operator",
+                            f"127.0.0.1:{running_operator['metrics_port']}",
+                            ready='up{job="forgetmi-operator"} == 1') as url:
+        yield url
 
 
 # ---- the requests -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ is the e2e suite's job.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -173,46 +174,59 @@ def stand_in_exporter() -> Iterator[int]:
         thread.join(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def prometheus(prometheus_bin: str, stand_in_exporter: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of a Prometheus on loopback that has scraped the stand-in exporter at least twice."""
-    folder = tmp_path_factory.mktemp("prometheus")
+def query_result(prometheus: str, query: str) -> list[dict[str, Any]]:
+    """The result vector of an instant query; empty while Prometheus is not answering yet."""
+    try:
+        answer = get_json(f"{prometheus}/api/v1/query?query={urllib.parse.quote(query)}")
+    except OSError:
+        return []
+    return answer["data"]["result"] if answer.get("status") == "success" else []
+
+
+@contextlib.contextmanager
+def running_prometheus(binary: str, folder: Path, job: str, target: str, *, ready: str,
+                       honor_labels: bool = False) -> Iterator[str]:
+    """A Prometheus on loopback scraping ``target`` every second as ``job``; yields its base URL
+    once the instant query ``ready`` returns a series (the first seconds answer nothing)."""
     config = folder / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         "scrape_configs:\n"
-        "  - job_name: forgetmi\n"
-        f"    static_configs: [{{targets: ['127.0.0.1:{stand_in_exporter}']}}]\n"
-        "    honor_labels: true\n")
+        f"  - job_name: {job}\n"
+        f"    static_configs: [{{targets: ['{target}']}}]\n"
+        + ("    honor_labels: true\n" if honor_labels else ""))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = (folder / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [prometheus_bin, f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT)
-    try:
-        # The first seconds answer nothing: wait until the target is up and scraped twice (rates need two samples).
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, f"prometheus exited: {(folder / 'prometheus.log').read_text()}"
-            try:
-                query = urllib.parse.quote('count_over_time(up{job="forgetmi"}[1m]) >= 2')
-                if get_json(f"{url}/api/v1/query?query={query}")["data"]["result"]:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"prometheus never scraped: {(folder / 'prometheus.log').read_text()}"
-            time.sleep(0.3)
-        yield url
-    finally:
-        process.terminate()
+    log_path = folder / "prometheus.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+            deadline = time.monotonic() + 30
+            while not query_result(url, ready):
+                assert process.poll() is None, f"prometheus exited: {log_path.read_text()}"
+                assert time.monotonic() < deadline, f"prometheus never scraped: {log_path.read_text()}"
+                time.sleep(0.3)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def prometheus(prometheus_bin: str, stand_in_exporter: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a Prometheus on loopback that has scraped the stand-in exporter at least twice."""
+    # Rates need two samples: wait until the target has been scraped twice.
+    with running_prometheus(prometheus_bin, tmp_path_factory.mktemp("prometheus"), "forgetmi",
+                            f"127.0.0.1:{stand_in_exporter}", honor_labels=True,
+                            ready='count_over_time(up{job="forgetmi"}[1m]) >= 2') as url:
+        yield url
 
 
 def test_every_dashboard_query_runs_on_prometheus_and_returns_data(prometheus: str) -> None:

@@ -144,7 +144,12 @@ def test_passing_gates_promote_once_with_receipt(cluster: dict[str, Any], caplog
     assert status["startTime"] and status["completionTime"]
     assert _condition(done, "Promoted")["status"] == "True"
     assert status["observedGeneration"] == 1
-    events = _events_text(cluster)
+    # Kopf posts Events in the background, so the Promoted Event can land just after the status.
+    def promoted_event() -> str:
+        text = _events_text(cluster)
+        return text if "Promoted" in text else ""
+
+    events = wait_for(promoted_event, 15, "the Promoted Event")
     assert "Promoted" in events
     visible = json.dumps(status) + events + caplog.text + receipt_bytes.decode()
     for subject in cluster["world"]["subjects"]:
