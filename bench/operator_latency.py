@@ -112,6 +112,15 @@ def post(url: str, body: dict[str, Any]) -> None:
             raise RuntimeError(f"create answered {response.status}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of ``pid`` in kB; (0, 0) once it is gone."""
     values = {"VmRSS": 0, "VmHWM": 0}
@@ -183,6 +192,7 @@ def run(requests: int, rate: float, timeout: float, log_path: Path | None) -> di
             wait_jobs(api, ["warmup"], 120)
             ready_s = time.perf_counter() - started
             idle_rss_kb = rss_kb(operator.pid)[0]
+            cpu_before, own_before = cpu_seconds(operator.pid), time.process_time()
             applied: dict[str, float] = {}
             names = [f"req-{i:04d}" for i in range(requests)]
             first = time.perf_counter()
@@ -195,6 +205,7 @@ def run(requests: int, rate: float, timeout: float, log_path: Path | None) -> di
                 post(create_url, request_body(name, reg, manifest))
             applying_s = time.perf_counter() - first
             wait_jobs(api, names, timeout)
+            cpu_used, own_used = cpu_seconds(operator.pid) - cpu_before, time.process_time() - own_before
             time.sleep(1.0)  # one more RSS sample with every request's daemon running
         finally:
             sampler.stopped.set()
@@ -221,6 +232,8 @@ def run(requests: int, rate: float, timeout: float, log_path: Path | None) -> di
         "operator_ready_s": round(ready_s, 1), "rss_idle_mb": round(idle_rss_kb / 1024, 1),
         "rss_end_mb": round(sampler.last_kb / 1024, 1), "rss_peak_mb": round(sampler.peak_kb / 1024, 1),
         "duplicate_jobs": duplicates,
+        "operator_cpu_ms_per_request": round(cpu_used * 1000 / requests, 1),
+        "bench_cpu_ms_per_request": round(own_used * 1000 / requests, 1),
     }
 
 
@@ -245,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"apply → Job created: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, max {result['max_ms']} ms "
           f"(mean {result['mean_ms']}, min {result['min_ms']})")
     print(f"throughput: {result['throughput_per_s']} requests/s; duplicate Jobs: {result['duplicate_jobs']}")
+    print(f"CPU per request: operator {result['operator_cpu_ms_per_request']} ms, emulator and client "
+          f"{result['bench_cpu_ms_per_request']} ms")
     print(f"operator RSS: idle {result['rss_idle_mb']} MB, end {result['rss_end_mb']} MB, "
           f"peak {result['rss_peak_mb']} MB")
     print("targets (p50 ≤ 100 ms, p99 ≤ 500 ms, RSS ≤ 200 MB): "

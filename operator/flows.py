@@ -132,20 +132,25 @@ async def read_progress(uri: str) -> dict[str, Any] | None:
         return None
 
 
-async def track(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> tuple[Step, tracking.JobState]:
-    """Look at the Job and its Pods; copy progress; on a finished Job the caller evaluates or fails."""
+async def track(kube: Kube, settings: Settings, body: Mapping[str, Any],
+                job: Mapping[str, Any] | None = None) -> tuple[Step, tracking.JobState]:
+    """Look at the Job (``job`` as last seen by the watch, else read) and, when it has any, its Pods;
+    copy progress once it runs; on a finished Job the caller evaluates or fails."""
     meta, status = body["metadata"], body.get("status") or {}
     spec = parse_spec(body.get("spec") or {})
     job_name = status["jobName"]
-    job = await kube.get_job(meta["namespace"], job_name)
-    pods = await kube.list_pods_for_job(meta["namespace"], job_name) if job is not None else []
+    if job is None:
+        job = await kube.get_job(meta["namespace"], job_name)
+    pods = await kube.list_pods_for_job(meta["namespace"], job_name) if tracking.has_pods(job) else []
     state = tracking.job_state(job, pods, now=datetime.now(UTC),
                                pending_pod_timeout_seconds=settings.pending_pod_timeout_seconds)
     step = Step()
-    paths = jobs.request_paths(spec.model.registry_uri, spec.model.name, meta["uid"], kind=job_kind(body, job_name))
-    progress = await read_progress(paths.progress)
-    if progress is not None and progress != status.get("progress"):
-        step.status["progress"] = progress
+    if state.phase in ("running", "succeeded"):
+        paths = jobs.request_paths(spec.model.registry_uri, spec.model.name, meta["uid"],
+                                   kind=job_kind(body, job_name))
+        progress = await read_progress(paths.progress)
+        if progress is not None and progress != status.get("progress"):
+            step.status["progress"] = progress
     reason = cond.reason_of(status.get("conditions") or [], "Unlearned")
     if state.phase == "running" and reason != cond.JOB_RUNNING:
         with_condition(body, step, "Unlearned", "Unknown", cond.JOB_RUNNING, f"Job {job_name} is running.")

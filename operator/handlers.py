@@ -1,40 +1,65 @@
-"""Kopf handlers for UnlearnRequests: the only module that uses ``@kopf.*``.
+"""Kopf handlers for UnlearnRequests and their Jobs: the only module that uses ``@kopf.*``.
 
 Handlers are thin: the work is in :mod:`forgetmi_operator.flows`; here domain errors become Kopf
 errors (retryable → ``kopf.TemporaryError``, others → a False condition, a Warning Event and
 ``kopf.PermanentError``), steps become status patches and Events, and phases feed the metrics.
 
 - create/resume: accept and launch (idempotent: the Job's name is deterministic, a second
-  attempt finds it); ``spec.suspend`` and ``spec.rollout.mode`` changes re-run what they affect;
-- a daemon per request tracks its Job every ``FORGETMI_PROGRESS_INTERVAL_SECONDS``: progress,
-  stuck Pods, failure, and on success the evaluation (gates → promote / hold / retrain → receipt);
-  it also notices the approval annotation on a request awaiting approval;
-- delete: the Job goes (by ownerReference, and explicitly); a promoted model is never deleted.
+  attempt finds it); un-suspending a request that never launched launches it;
+- one :class:`~forgetmi_operator.tracker.Tracker` follows every open request's Job: it looks at a
+  request when its Job has news (a watch on trainer Jobs), when the request shows a new Job or
+  waits for approval (the approval annotation, a ``spec.rollout.mode`` change), and every
+  ``FORGETMI_PROGRESS_INTERVAL_SECONDS`` (progress, Pods that never start); a look copies
+  progress, fails a stuck or failed Job, and on success evaluates (gates → promote / hold /
+  retrain → receipt);
+- delete: the Job is deleted (its ownerReference would too); the registry, and a promoted model,
+  stay. No finalizer: nothing has to happen before a request goes, so deleting one never waits
+  for the operator.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Mapping
 from datetime import datetime
 from typing import Any
 
 import kopf
 
-from forgetmi_operator import GROUP, PLURAL, VERSION, flows
+from forgetmi_operator import GROUP, PLURAL, VERSION, flows, naming, tracking
 from forgetmi_operator import conditions as cond
 from forgetmi_operator.decisions import is_approved
 from forgetmi_operator.errors import OperatorError
 from forgetmi_operator.kube import Kube
 from forgetmi_operator.metrics import METRICS, serve
 from forgetmi_operator.settings import load_settings
+from forgetmi_operator.tracker import Entry, Tracker, key_of
 
 log = logging.getLogger(__name__)
 RETRY_DELAY_SECONDS = 10.0
 RESOURCE = (GROUP, VERSION, PLURAL)
+TRACKING_CONCURRENCY = 8
+"""Looks at requests (API reads, evaluations) that run at the same time."""
 _open: dict[tuple[str, str], tuple[str, float]] = {}
 """(namespace, name) → (phase, creation time as epoch seconds) of every request seen, for the gauges."""
+_in_phase: Counter[tuple[str, str]] = Counter()
+"""(namespace, phase) → how many requests of ``_open`` are in it."""
+
+
+class _QuietWatchHandlers(logging.Filter):
+    """Drops Kopf's "Handler 'request_event' succeeded." line, logged for every watch event
+    (one per event and Job event is noise at INFO and costs CPU under load); failures still log."""
+
+    NOISE = frozenset({"Handler 'request_event' succeeded.", "Handler 'job_event' succeeded."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in self.NOISE
+
+
+logging.getLogger("kopf.objects").addFilter(_QuietWatchHandlers())
 
 
 @kopf.on.login()
@@ -49,19 +74,29 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.finalizer = f"{GROUP}/finalizer"  # named here, though no handler needs one
     settings.watching.server_timeout = ours.watch_timeout_seconds
     settings.watching.client_timeout = ours.watch_timeout_seconds + 30
     settings.networking.request_timeout = ours.request_timeout_seconds
-    settings.posting.level = logging.INFO
+    settings.posting.level = logging.WARNING  # Kopf's own INFO lines are not worth an Event each
     memo.settings = ours
     memo.kube = Kube.from_settings(ours)
+    memo.tracker = Tracker(lambda entry: _look(memo, entry), is_open=_is_open, concurrency=TRACKING_CONCURRENCY)
+    memo.sweeper = asyncio.create_task(memo.tracker.sweep_forever(ours.progress_interval_seconds, _wants_tracking),
+                                       name="forgetmi tracker sweep")
     memo.metrics_server = serve(ours.metrics_port)
     log.info("Started the metrics server on port %d", ours.metrics_port)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    sweeper = memo.get("sweeper")
+    if sweeper is not None:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+    tracker = memo.get("tracker")
+    if tracker is not None:
+        await tracker.close()
     server = memo.get("metrics_server")
     if server is not None:
         server.shutdown()
@@ -88,27 +123,50 @@ def _observe(body: Mapping[str, Any], phase: str | None) -> None:
         METRICS.requests_total.labels(namespace=key[0], outcome=phase).inc()
         METRICS.request_duration_seconds.observe(max(0.0, time.time() - _created(body)))
     if phase:
-        _open[key] = (phase, _created(body))
-    _refresh_gauges()
+        _set_phase(key, phase, _created(body))
 
 
 def _forget(body: Mapping[str, Any]) -> None:
     meta = body.get("metadata") or {}
-    _open.pop((str(meta.get("namespace")), str(meta.get("name"))), None)
-    _refresh_gauges()
+    _set_phase((str(meta.get("namespace")), str(meta.get("name"))), None, 0.0)
 
 
-def _refresh_gauges() -> None:
-    METRICS.requests_in_phase.clear()
-    for (namespace, _), (phase, _) in _open.items():
-        METRICS.requests_in_phase.labels(namespace=namespace, phase=phase).inc()
-    ages = [time.time() - created for phase, created in _open.values() if not cond.is_terminal(phase)]
-    METRICS.oldest_open_request_age_seconds.set(max(ages, default=0.0))
+def _set_phase(key: tuple[str, str], phase: str | None, created: float) -> None:
+    """Move one request between the phase counts (None: it is gone); O(1) per call."""
+    old = _open.pop(key, None)
+    if old is not None:
+        _count(key[0], old[0], -1)
+    if phase is not None:
+        _open[key] = (phase, created)
+        _count(key[0], phase, +1)
+
+
+def _count(namespace: str, phase: str, delta: int) -> None:
+    left = _in_phase[(namespace, phase)] + delta
+    if left > 0:
+        _in_phase[(namespace, phase)] = left
+        METRICS.requests_in_phase.labels(namespace=namespace, phase=phase).set(left)
+        return
+    del _in_phase[(namespace, phase)]
+    try:
+        METRICS.requests_in_phase.remove(namespace, phase)
+    except KeyError:
+        pass
+
+
+def _oldest_open_age() -> float:
+    """Seconds since the oldest non-terminal request was created (computed when scraped)."""
+    now = time.time()
+    return max((now - created for phase, created in list(_open.values()) if not cond.is_terminal(phase)),
+               default=0.0)
+
+
+METRICS.oldest_open_request_age_seconds.set_function(_oldest_open_age)
 
 
 def _post(body: Mapping[str, Any], step: flows.Step) -> None:
-    for type, reason, message in step.events:
-        (kopf.warn if type == "Warning" else kopf.info)(body, reason=reason, message=message)
+    for type, reason, message in step.events:  # posted whatever settings.posting.level (Kopf's own lines)
+        kopf.event(body, type=type, reason=reason, message=message)
     _observe(body, step.status.get("phase"))
 
 
@@ -150,7 +208,7 @@ async def _launch(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.M
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """Accept the request and create its Job once (a resumed request that has one is left to the daemon)."""
+    """Accept the request and create its Job once (a resumed request that has one is left to the tracker)."""
     status = body.get("status") or {}
     if cond.is_terminal(status.get("phase")) or status.get("jobName"):
         _observe(body, status.get("phase"))
@@ -168,22 +226,6 @@ async def suspend_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, o
     await _launch("suspend", body, patch, memo)
 
 
-@kopf.on.field(*RESOURCE, field="spec.rollout.mode")
-async def reconsider(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    """A request awaiting approval is decided again when switched to another mode.
-
-    The approval annotation is watched by the daemon instead: it lives under the same prefix as
-    Kopf's progress annotations, which Kopf leaves out of the diffs that ``on.field`` sees."""
-    conditions = (body.get("status") or {}).get("conditions") or []
-    if cond.reason_of(conditions, "Promoted") != cond.AWAITING_APPROVAL:
-        return
-    try:
-        evaluation = await _run("approval", body, _evaluate(body, memo), accepting=False)
-    except _Stopped as stop:
-        evaluation = stop.step
-    _apply(body, patch, evaluation)
-
-
 async def _evaluate(body: Mapping[str, Any], memo: kopf.Memo) -> flows.Step:
     evaluation = await flows.evaluate(memo.kube, memo.settings, body)
     spec_model = (body.get("spec") or {}).get("model") or {}
@@ -197,21 +239,23 @@ async def _evaluate(body: Mapping[str, Any], memo: kopf.Memo) -> flows.Step:
     return evaluation.step
 
 
-async def _track_once(body: kopf.Body, memo: kopf.Memo, evaluated: set[str]) -> flows.Step | None:
+async def _track_once(body: Mapping[str, Any], memo: kopf.Memo, evaluated: set[str]) -> flows.Step | None:
     status = body.get("status") or {}
     conditions = status.get("conditions") or []
-    if (cond.is_terminal(status.get("phase")) or not status.get("jobName")
-            or cond.status_of(conditions, "Accepted") != "True"):
+    if not _wants_tracking(body):
         return None
     if cond.reason_of(conditions, "Promoted") == cond.AWAITING_APPROVAL:
         manual = ((body.get("spec") or {}).get("rollout") or {}).get("mode", "Manual") == "Manual"
         approved = is_approved((body.get("metadata") or {}).get("annotations"))
-        return await _evaluate(body, memo) if manual and approved else None
+        return await _evaluate(body, memo) if approved or not manual else None
     if status["jobName"] in evaluated:
         return None
-    step, state = await flows.track(memo.kube, memo.settings, body)
+    meta = body["metadata"]
+    job = memo.tracker.job(meta["namespace"], status["jobName"])
+    step, state = await flows.track(memo.kube, memo.settings, body, job=job)
     if state.phase == "failed":
         METRICS.job_failures_total.labels(reason=state.reason).inc()
+        evaluated.add(status["jobName"])
     elif state.phase == "succeeded":
         result = await _evaluate(body, memo)
         evaluated.add(status["jobName"])  # only once acted on: a retryable error tries again
@@ -220,39 +264,90 @@ async def _track_once(body: kopf.Body, memo: kopf.Memo, evaluated: set[str]) -> 
     return step
 
 
-@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
-async def track(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Follow the request's Job until the request is terminal (the body is live)."""
-    phase = (body.get("status") or {}).get("phase")
-    _observe(body, phase)
-    if cond.is_terminal(phase):
-        return
-    evaluated: set[str] = set()  # Jobs whose result this daemon already acted on
-    while not stopped:
+def _wants_tracking(body: Mapping[str, Any]) -> bool:
+    """An open, accepted request with a Job: the tracker looks at it every interval."""
+    status = body.get("status") or {}
+    return (not cond.is_terminal(status.get("phase")) and bool(status.get("jobName"))
+            and cond.status_of(status.get("conditions") or [], "Accepted") == "True")
+
+
+def _is_open(body: Mapping[str, Any]) -> bool:
+    return not cond.is_terminal((body.get("status") or {}).get("phase"))
+
+
+async def _look(memo: kopf.Memo, entry: Entry) -> None:
+    """One look at a request: save what an earlier look could not, else track its Job and save."""
+    meta = entry.body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    if entry.unsaved is None:
         try:
-            step = await _run("track", body, _track_once(body, memo, evaluated), accepting=False)
+            step = await _run("track", entry.body, _track_once(entry.body, memo, entry.evaluated), accepting=False)
         except kopf.TemporaryError as err:
-            log.warning("Tracking %s will be retried: %s", flows.describe(body), err)
-            step = None
+            log.warning("Tracking %s will be retried: %s", flows.describe(entry.body), err)
+            return
         except _Stopped as stop:
             step = stop.step
-        if step is not None and step.status:
-            meta = body["metadata"]
-            await memo.kube.patch_request_status(meta["namespace"], meta["name"], step.status)
-            _post(body, step)
-            if cond.is_terminal(step.status.get("phase")):
-                return
-        await stopped.wait(memo.settings.progress_interval_seconds)
+        if step is None or not step.status:
+            return
+        entry.unsaved = step
+    step = entry.unsaved
+    try:
+        patched = await memo.kube.patch_request_status(namespace, name, step.status)
+    except OperatorError as err:  # kept: the next look writes it before anything else
+        METRICS.reconcile_errors_total.labels(handler="track").inc()
+        log.warning("The status of %s will be written again: %s", flows.describe(entry.body), err.message)
+        return
+    entry.unsaved = None
+    _post(entry.body, step)
+    if patched is not None:
+        memo.tracker.observe(patched)
 
 
-@kopf.on.delete(*RESOURCE)
-async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Remove the Job (its ownerReference would too); the registry, and a promoted model, stay."""
+@kopf.on.event(*RESOURCE)
+async def request_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Every request event: the phase gauges, and the tracker's copy of the request.
+
+    A request is looked at now when it first shows a Job (new, retrained, or seen again after a
+    restart) and whenever it waits for approval (the annotation or ``spec.rollout.mode`` may have
+    changed; Kopf leaves annotations under its own prefix out of what ``on.field`` sees)."""
+    body = event["object"]
+    tracker: Tracker = memo.tracker
+    if event.get("type") == "DELETED":
+        _forget(body)
+        tracker.observe(body, deleted=True)
+        await _delete_job(memo, body)
+        return
+    status = body.get("status") or {}
+    _observe(body, status.get("phase"))
+    before = tracker.entries.get(key_of(body))
+    seen_job = ((before.body.get("status") or {}).get("jobName") if before is not None else None)
+    entry = tracker.observe(body)
+    if entry is None or not _wants_tracking(entry.body):
+        return
+    entry_status = entry.body.get("status") or {}
+    awaiting = cond.reason_of(entry_status.get("conditions") or [], "Promoted") == cond.AWAITING_APPROVAL
+    if awaiting or entry_status.get("jobName") != seen_job:
+        tracker.poke(key_of(body))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={naming.LABEL_MANAGED_BY: naming.MANAGER})
+async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Every trainer Job event: keep the Job, and look at its request when the Job has news."""
+    job = event["object"]
+    deleted = event.get("type") == "DELETED"
+    owner = memo.tracker.job_changed(job, deleted=deleted)
+    if owner is not None and (deleted or tracking.has_news(job)):
+        memo.tracker.poke(owner)
+
+
+async def _delete_job(memo: kopf.Memo, body: Mapping[str, Any]) -> None:
+    """A deleted request's Job goes with it (ownerReference); deleting it here too stops it at once."""
     job_name = (body.get("status") or {}).get("jobName")
-    _forget(body)
-    if job_name:
-        try:
-            if await memo.kube.delete_job(body["metadata"]["namespace"], job_name):
-                log.info("Deleted Job %s", job_name)
-        except OperatorError as err:
-            raise kopf.TemporaryError(err.message, delay=RETRY_DELAY_SECONDS) from err
+    if not job_name:
+        return
+    try:
+        if await memo.kube.delete_job(body["metadata"]["namespace"], job_name):
+            log.info("Deleted Job %s of deleted %s", job_name, flows.describe(body))
+    except OperatorError as err:
+        log.warning("Job %s of deleted %s is left to garbage collection: %s", job_name, flows.describe(body),
+                    err.message)

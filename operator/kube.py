@@ -32,6 +32,8 @@ KSERVE = ("serving.kserve.io", "v1beta1", "inferenceservices")
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+POOL_SIZE = 32
+"""Kept-alive connections to the API server: calls run in worker threads, one connection each."""
 
 
 def load_api_client() -> client.ApiClient:
@@ -43,6 +45,7 @@ def load_api_client() -> client.ApiClient:
     except config.ConfigException:
         config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
                                 client_configuration=configuration, persist_config=False)
+    configuration.connection_pool_maxsize = POOL_SIZE
     return client.ApiClient(configuration)
 
 

@@ -93,6 +93,21 @@ def job_state(
     return JobState("pending", "Pending", f"Job {name} is waiting for its Pod to start.")
 
 
+def has_pods(job: Mapping[str, Any] | None) -> bool:
+    """Whether the Job controller counts any Pod of ``job`` (active, ready, succeeded or failed) or
+    has finished it; a Job with none (just created, or suspended by a queue) needs no Pod listing."""
+    if job is None:
+        return False
+    status = job.get("status") or {}
+    return any(int(status.get(count) or 0) > 0 for count in ("active", "ready", "succeeded", "failed")) or any(
+        c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def has_news(job: Mapping[str, Any]) -> bool:
+    """Whether a watch event of ``job`` may change its request: it has Pods, or it finished."""
+    return has_pods(job)
+
+
 def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", "?"))
 

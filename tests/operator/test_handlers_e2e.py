@@ -210,27 +210,41 @@ def test_invalid_spec_is_not_accepted_and_creates_no_job(cluster: dict[str, Any]
     assert not _jobs(cluster)
 
 
-def test_missing_model_or_secret_fails_acceptance_without_a_job(cluster: dict[str, Any]) -> None:
+def test_missing_model_secret_or_patient_fails_acceptance_without_a_job(cluster: dict[str, Any]) -> None:
     world, api, ns = cluster["world"], cluster["api"], cluster["ns"]
     api.create(SECRETS, ns, {"metadata": {"name": "subjects"}, "data": {
         "subjects": base64.b64encode("\n".join(world["subjects"]).encode()).decode()}})
+    unknown_patient = "NOT-A-PATIENT-4711"
+    api.create(SECRETS, ns, {"metadata": {"name": "unknown"}, "data": {
+        "subjects": base64.b64encode("\n".join([*world["subjects"], unknown_patient]).encode()).decode()}})
     base = {"data": {"manifestUri": world["manifest"]}, "method": {"epochs": 2}}
     no_model = {**base, "model": {"registryUri": world["registry"], "name": "nowhere"},
                 "forget": {"subjectsSecretRef": {"name": "subjects", "key": "subjects"}}}
     seed_model(world, "m-nosecret")
     no_secret = {**base, "model": {"registryUri": world["registry"], "name": "m-nosecret"},
                  "forget": {"subjectsSecretRef": {"name": "missing", "key": "subjects"}}}
+    unknown = {**no_secret, "forget": {"subjectsSecretRef": {"name": "unknown", "key": "subjects"}}}
     with operator(ns):
         api.create(REQUESTS, ns, {"metadata": {"name": "no-model"}, "spec": no_model})
         api.create(REQUESTS, ns, {"metadata": {"name": "no-secret"}, "spec": no_secret})
+        api.create(REQUESTS, ns, {"metadata": {"name": "unknown-patient"}, "spec": unknown})
         model_failed = wait_for(lambda: _phase_in(cluster, "no-model", "Failed"), 30, "no-model Failed")
         secret_failed = wait_for(lambda: _phase_in(cluster, "no-secret", "Failed"), 30, "no-secret Failed")
+        patient_failed = wait_for(lambda: _phase_in(cluster, "unknown-patient", "Failed"), 30,
+                                  "unknown-patient Failed")
     accepted = _condition(model_failed, "Accepted")
     assert (accepted["status"], accepted["reason"]) == ("False", "InputNotFound")
     assert "spec.model" in accepted["message"] and "nowhere" in accepted["message"]
     accepted = _condition(secret_failed, "Accepted")
     assert (accepted["status"], accepted["reason"]) == ("False", "SecretNotFound")
     assert f"Secret {ns}/missing does not exist." == accepted["message"]
+    accepted = _condition(patient_failed, "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "InvalidSubjects")
+    total = len(world["subjects"]) + 1
+    assert accepted["message"] == (f"1 of {total} forget subjects in Secret {ns}/unknown key 'subjects' have no "
+                                   f"training samples in spec.data.manifestUri {world['manifest']}.")
+    assert unknown_patient not in json.dumps(patient_failed)  # counted, never echoed
+    assert "subjectCount" not in patient_failed["status"]
     assert not _jobs(cluster)
     assert "InputNotFound" in _events_text(cluster)
 
@@ -262,8 +276,9 @@ def test_deleting_a_running_request_removes_its_job_and_keeps_the_model(cluster:
         model = _apply(cluster, "deleted")
         job = wait_for(lambda: _jobs(cluster), 30, "the Job")[0]
         wait_for(lambda: (_request(cluster, "deleted").get("status") or {}).get("jobName"), 30, "status.jobName")
+        assert not _request(cluster, "deleted")["metadata"].get("finalizers")  # nothing blocks a deletion
         api.delete(REQUESTS, ns, "deleted")
-        wait_for(lambda: api.get(REQUESTS, ns, "deleted") is None, 30, "the request to go (finalizer released)")
+        assert api.get(REQUESTS, ns, "deleted") is None  # gone at once, operator or not
         wait_for(lambda: not _jobs(cluster), 30, "the Job to go")
     assert cluster["runner"].started == [job["metadata"]["name"]]
     assert _alias(cluster, model) == "v1"

@@ -197,11 +197,38 @@ def test_gate_failure_with_retrain_runs_a_retrain_job_then_holds(cluster: dict[s
     assert receipt["decision"] == "Hold"
 
 
+def test_gate_failure_with_retrain_promotes_when_the_retrain_passes(cluster: dict[str, Any]) -> None:
+    """The unlearning run barely moves the model (finetune at lr 1e-9: forget AUC does not drop, so
+    ``forgetAUC minDrop 0`` fails); the retrain from scratch without the patients does drop it, so
+    its gates pass and the retrained version is promoted, with a receipt saying so."""
+    gates = [{"metric": "forgetAUC", "comparator": "minDrop", "threshold": 0.0, "reference": "original"}]
+    with operator(cluster["ns"]):
+        model = _apply(cluster, "retrain-ok", gates=gates,
+                       method={"name": "finetune", "epochs": 1, "batchSize": 32, "learningRate": 1e-9},
+                       rollout={"mode": "Automatic", "onGateFailure": "Retrain"})
+        done = wait_for(lambda: _finished(cluster, "retrain-ok"), 2 * RUN_TIMEOUT, "the retrain run to finish")
+    status, uid = done["status"], done["metadata"]["uid"]
+    retrain_job = naming.job_name("retrain-ok", uid, kind="retrain")
+    assert _created_jobs(cluster) == [naming.job_name("retrain-ok", uid), retrain_job]
+    assert status["phase"] == "Promoted", status
+    assert status["jobName"] == retrain_job and status["attempts"] == 2
+    assert [g["result"] for g in status["gates"]] == ["Passed"]
+    candidate = naming.candidate_version("v1", uid, kind="retrain")
+    assert status["candidateModel"]["version"] == candidate
+    alias = _alias(cluster, model)
+    assert alias.version == candidate and alias.record.previous == "v1"
+    receipt = json.loads(storage.read_bytes(status["receipt"]["uri"]))
+    assert receipt["decision"] == "Promote"
+
+
 @pytest.mark.parametrize("runner_class", [BadConfigRunner])
-def test_trainer_exit_2_fails_the_request_at_once(cluster: dict[str, Any]) -> None:
+def test_trainer_exit_2_fails_the_request_at_once(cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also: the operator reacts to the Job's own status (the watch on trainer Jobs), not to its
+    periodic look, which is made far longer than the wait here."""
+    monkeypatch.setenv("FORGETMI_PROGRESS_INTERVAL_SECONDS", "600")
     with operator(cluster["ns"]):
         model = _apply(cluster, "badconfig")
-        done = wait_for(lambda: _finished(cluster, "badconfig"), RUN_TIMEOUT, "Failed")
+        done = wait_for(lambda: _finished(cluster, "badconfig"), 60, "Failed")
     status = done["status"]
     assert status["phase"] == "Failed", status
     job_name = status["jobName"]

@@ -172,3 +172,23 @@ def test_an_out_of_memory_kill_is_named_when_there_is_no_message() -> None:
     state = _state(_job({"failed": 3}, backoff_limit=2), [_pod("Failed", state=oom)])
     assert state == JobState("failed", "BackoffLimitExceeded",
                              "The trainer in Pod forgetmi-cxr-abcdef12-x1 exited with code 137 (OOMKilled).")
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    ({}, False),
+    ({"startTime": "2026-01-01T00:00:00Z"}, False),
+    ({"active": 1}, True),
+    ({"ready": 1, "active": 1}, True),
+    ({"failed": 1}, True),
+    ({"succeeded": 1}, True),
+    ({"conditions": [{"type": "Suspended", "status": "True"}]}, True),
+    ({"conditions": [{"type": "Failed", "status": "False"}]}, False),
+])
+def test_has_pods_and_has_news_follow_the_job_status(status: dict[str, Any], expected: bool) -> None:
+    job = {"metadata": {"name": "j"}, "status": status}
+    assert tracking.has_pods(job) is expected
+    assert tracking.has_news(job) is expected
+
+
+def test_has_pods_of_a_missing_job_is_false() -> None:
+    assert not tracking.has_pods(None)

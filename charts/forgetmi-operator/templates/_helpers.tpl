@@ -61,14 +61,14 @@ RBAC rules on namespaced resources the operator works with; used by the ClusterR
 namespaces) or by one Role per watched namespace. Only the verbs the operator uses.
 */}}
 {{- define "forgetmi-operator.namespacedRules" -}}
-# UnlearnRequests: Kopf watches them and patches finalizers/annotations; the operator writes status.
+# UnlearnRequests: Kopf watches them and patches its annotations; the operator writes status.
 - apiGroups: ["unlearning.forgetmi.io"]
   resources: ["unlearnrequests"]
   verbs: ["get", "list", "watch", "patch", "update"]
 - apiGroups: ["unlearning.forgetmi.io"]
   resources: ["unlearnrequests/status"]
   verbs: ["get", "patch", "update"]
-# Trainer Jobs (one per request, owned by it) and their config ConfigMaps.
+# Trainer Jobs (one per request, owned by it; watched for their status) and their config ConfigMaps.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "delete"]

@@ -1,0 +1,223 @@
+"""The tracker that follows every open request's Job (operator/tracker.py), without Kopf."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+import pytest
+
+from forgetmi_operator.tracker import Entry, Tracker, is_newer, key_of, owner_of
+
+
+def run_async(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test in a fresh event loop (no pytest asyncio plugin in this project)."""
+
+    @functools.wraps(test)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return wrapper
+
+
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="none")
+
+
+def _request(name: str, rv: str, phase: str | None = "Running", job: str | None = "job-a") -> dict[str, Any]:
+    status = {"phase": phase, "jobName": job} if phase else {}
+    return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": rv}, "status": status}
+
+
+def _job(name: str, rv: str, owner: str | None = "r1", **status: Any) -> dict[str, Any]:
+    refs = [{"kind": "UnlearnRequest", "name": owner, "uid": "u"}] if owner else []
+    return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": rv, "ownerReferences": refs},
+            "status": status}
+
+
+def _open(body: Mapping[str, Any]) -> bool:
+    return (body.get("status") or {}).get("phase") not in ("Promoted", "Held", "Failed")
+
+
+class Looks:
+    """A look that records what it saw, can be held open, and tracks how many run at once."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+        self.running = 0
+        self.most = 0
+        self.release = asyncio.Event()
+        self.release.set()
+        self.fail_next = False
+
+    async def __call__(self, entry: Entry) -> None:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            self.seen.append((entry.body["metadata"]["name"], entry.body["metadata"]["resourceVersion"], CALLER.get()))
+            await self.release.wait()
+            if self.fail_next:
+                self.fail_next = False
+                raise RuntimeError("a look failed")
+        finally:
+            self.running -= 1
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_is_newer_compares_integer_resource_versions_and_else_prefers_the_arrival() -> None:
+    assert is_newer(_request("r", "10"), _request("r", "9"))
+    assert not is_newer(_request("r", "9"), _request("r", "10"))
+    assert is_newer(_request("r", "10"), _request("r", "10"))
+    assert is_newer(_request("r", "b"), _request("r", "a"))
+
+
+def test_owner_of_reads_the_unlearnrequest_owner_reference() -> None:
+    assert owner_of(_job("j", "1", owner="r7")) == ("ns", "r7")
+    assert owner_of(_job("j", "1", owner=None)) is None
+    other = _job("j", "1")
+    other["metadata"]["ownerReferences"][0]["kind"] = "CronJob"
+    assert owner_of(other) is None
+
+
+@run_async
+async def test_observe_keeps_the_newest_body_and_drops_closed_requests() -> None:
+    tracker = Tracker(Looks(), is_open=_open)
+    tracker.observe(_request("r1", "5"))
+    tracker.observe(_request("r1", "4"))  # an older event after a newer patch result: ignored
+    assert tracker.entries[("ns", "r1")].body["metadata"]["resourceVersion"] == "5"
+    tracker.observe(_request("r1", "6"))
+    assert tracker.entries[("ns", "r1")].body["metadata"]["resourceVersion"] == "6"
+    assert tracker.observe(_request("r1", "7", phase="Promoted")) is None
+    assert ("ns", "r1") not in tracker.entries  # memory follows the open requests only
+    tracker.observe(_request("r2", "3"))
+    assert tracker.observe(_request("r2", "3"), deleted=True) is None
+    assert not tracker.entries
+
+
+@run_async
+async def test_observe_copies_the_body() -> None:
+    tracker = Tracker(Looks(), is_open=_open)
+    body = _request("r1", "5")
+    tracker.observe(body)
+    body["status"]["phase"] = "Mutated"
+    assert tracker.entries[("ns", "r1")].body["status"]["phase"] == "Running"
+
+
+@run_async
+async def test_job_changed_keeps_the_latest_job_and_names_its_owner() -> None:
+    tracker = Tracker(Looks(), is_open=_open)
+    assert tracker.job_changed(_job("j", "2", active=1)) == ("ns", "r1")
+    tracker.job_changed(_job("j", "1"))  # older: ignored
+    assert tracker.job("ns", "j")["status"] == {"active": 1}
+    assert tracker.job_changed(_job("j", "3", succeeded=1), deleted=True) == ("ns", "r1")
+    assert tracker.job("ns", "j") is None
+
+
+@run_async
+async def test_a_poke_during_a_look_runs_one_more_look_after_it_never_two_at_once() -> None:
+    looks = Looks()
+    tracker = Tracker(looks, is_open=_open)
+    tracker.observe(_request("r1", "1"))
+    looks.release.clear()
+    assert tracker.poke(("ns", "r1"))
+    await _settle()
+    tracker.observe(_request("r1", "2"))
+    for _ in range(3):  # pokes while the first look runs coalesce into one more look
+        tracker.poke(("ns", "r1"))
+    looks.release.set()
+    await _settle()
+    assert [rv for _, rv, _ in looks.seen] == ["1", "2"]
+    assert looks.most == 1
+
+
+@run_async
+async def test_poking_an_unknown_or_closed_request_does_nothing() -> None:
+    looks = Looks()
+    tracker = Tracker(looks, is_open=_open)
+    assert not tracker.poke(("ns", "nobody"))
+    tracker.observe(_request("done", "1", phase="Held"))
+    assert not tracker.poke(("ns", "done"))
+    await _settle()
+    assert looks.seen == []
+
+
+@run_async
+async def test_at_most_concurrency_looks_run_together() -> None:
+    looks = Looks()
+    tracker = Tracker(looks, is_open=_open, concurrency=3)
+    looks.release.clear()
+    for i in range(10):
+        tracker.observe(_request(f"r{i}", "1"))
+        tracker.poke(("ns", f"r{i}"))
+    await _settle()
+    assert looks.running == 3
+    looks.release.set()
+    await _settle()
+    assert len(looks.seen) == 10 and looks.most == 3
+
+
+@run_async
+async def test_a_failing_look_is_logged_and_the_next_poke_looks_again(caplog: pytest.LogCaptureFixture) -> None:
+    looks = Looks()
+    tracker = Tracker(looks, is_open=_open)
+    tracker.observe(_request("r1", "1"))
+    looks.fail_next = True
+    tracker.poke(("ns", "r1"))
+    await _settle()
+    assert "Looking at UnlearnRequest ns/r1 failed" in caplog.text
+    tracker.poke(("ns", "r1"))
+    await _settle()
+    assert len(looks.seen) == 2
+
+
+@run_async
+async def test_a_look_runs_in_the_context_of_the_handler_that_last_saw_the_request() -> None:
+    looks = Looks()
+    tracker = Tracker(looks, is_open=_open)
+
+    def seen_by(caller: str, rv: str) -> None:
+        CALLER.set(caller)
+        tracker.observe(_request("r1", rv))
+
+    contextvars.copy_context().run(seen_by, "first handler", "1")
+    contextvars.copy_context().run(seen_by, "second handler", "2")
+    tracker.poke(("ns", "r1"))  # poked from here (no caller set), looks as the second handler
+    await _settle()
+    assert looks.seen == [("r1", "2", "second handler")]
+
+
+@run_async
+async def test_the_sweep_pokes_the_wanted_open_requests_every_interval() -> None:
+    looks = Looks()
+    tracker = Tracker(looks, is_open=_open)
+    tracker.observe(_request("with-job", "1"))
+    tracker.observe(_request("no-job", "1", job=None))
+    sweep = asyncio.create_task(tracker.sweep_forever(0.01, lambda body: bool(body["status"].get("jobName"))))
+    await asyncio.sleep(0.08)
+    sweep.cancel()
+    await asyncio.gather(sweep, return_exceptions=True)
+    names = {name for name, _, _ in looks.seen}
+    assert names == {"with-job"} and len(looks.seen) >= 3
+
+
+@run_async
+async def test_close_cancels_the_looks_in_flight() -> None:
+    looks = Looks()
+    tracker = Tracker(looks, is_open=_open)
+    looks.release.clear()
+    tracker.observe(_request("r1", "1"))
+    tracker.poke(("ns", "r1"))
+    await _settle()
+    task = tracker.entries[("ns", "r1")].task
+    await tracker.close()
+    assert task is not None and task.cancelled()
+
+
+def test_key_of() -> None:
+    assert key_of(_request("r9", "1")) == ("ns", "r9")
