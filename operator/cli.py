@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
@@ -25,6 +26,7 @@ EXIT_OK = 0
 EXIT_UNAVAILABLE = 1
 EXIT_INVALID = 2
 LOCAL_MODULE = "forgetmi_operator.local"
+HMAC_KEY_FILE_ENV = "FORGETMI_RECEIPT_HMAC_KEY_FILE"
 
 
 class _Loader(yaml.SafeLoader):
@@ -197,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", metavar="DIR", help="folder for the run's files (job config, logs, progress)")
     run.add_argument("--secrets", metavar="FILE",
                      help="YAML file with the Secrets the request references (may be the request file itself)")
+    run.add_argument("--hmac-key-file", metavar="PATH", default=os.environ.get(HMAC_KEY_FILE_ENV) or None,
+                     help="file whose bytes, exactly (a trailing newline counts), are the key of the receipt's "
+                     f"HMAC-SHA256 of the subject IDs, as in a cluster (default: ${HMAC_KEY_FILE_ENV}; "
+                     "without a key the receipt has no digest)")
     run.set_defaults(handler=_delegate("run_command"))
 
     demo = commands.add_parser(

@@ -4,6 +4,11 @@ The same steps as in a cluster — accept, launch the trainer, read and verify t
 evaluate the gates, decide, promote with a conditional alias write, write the receipt — with a
 local ``python -m forgetmi_trainer run`` process in place of the Job. No torch is imported
 here: the trainer always runs in its own process. A serving target is not patched locally.
+
+``forgetmi run --hmac-key-file PATH`` (default ``$FORGETMI_RECEIPT_HMAC_KEY_FILE``) signs the
+receipt's subject list like the operator's ``FORGETMI_RECEIPT_HMAC_SECRET_NAME`` Secret does: the
+key is the file's bytes exactly, a trailing newline included, as ``kubectl create secret generic
+--from-file`` stores them, so the same file gives the same digest on one machine and in a cluster.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 DEMO_MARKER = ".forgetmi-demo"
 DEMO_MODEL = "demo-model"
 DEMO_SECRET = "demo-forget-subjects"
+HMAC_KEY_OPTION = "--hmac-key-file"
 
 
 def _now() -> str:
@@ -73,6 +79,7 @@ class _Run:
         self.generation = int(meta.get("generation") or 1)
         self.annotations = meta.get("annotations") or {}
         self.body, self.workdir, self.settings = body, workdir, settings
+        self.subjects_digest: str | None = None
         now = _now()
         self.status = UnlearnRequestStatus(observed_generation=self.generation, start_time=now,
                                            conditions=conditions.initial_conditions(self.generation, now,
@@ -134,14 +141,28 @@ def _run_trainer(config: JobConfig, workdir: Path, label: str) -> None:
                                                                                              "TrainerFailed"))
 
 
+def read_hmac_key(path: str) -> bytes:
+    """The receipt HMAC key: the bytes of ``path`` exactly (no newline stripped, as in a Secret);
+    InvalidSpec naming :data:`HMAC_KEY_OPTION` and the path when it cannot be read or is empty."""
+    try:
+        key = Path(path).read_bytes()
+    except OSError as err:
+        raise InvalidSpec(f"{HMAC_KEY_OPTION} {path} cannot be read: {err.strerror or err}.") from err
+    if not key:
+        raise InvalidSpec(f"{HMAC_KEY_OPTION} {path} is empty; the receipt HMAC needs a non-empty key.")
+    return key
+
+
 def run_request(body: dict[str, Any], *, workdir: Path, secrets: dict[str, dict[str, str]] | None = None,
-                settings: Settings | None = None, retrained: ModelRef | None = None) -> LocalResult:
-    """Run one UnlearnRequest (a parsed YAML body) to a terminal phase."""
+                settings: Settings | None = None, retrained: ModelRef | None = None,
+                hmac_key: bytes | None = None) -> LocalResult:
+    """Run one UnlearnRequest (a parsed YAML body) to a terminal phase. With ``hmac_key`` the
+    receipt carries :func:`receipts.subjects_hmac` of the subjects, as in a cluster; without, none."""
     workdir.mkdir(parents=True, exist_ok=True)
     run = _Run(body, workdir, settings or load_settings())
     result = LocalResult(run.name, run.namespace, run.status)
     try:
-        _lifecycle(run, result, secrets or {}, retrained)
+        _lifecycle(run, result, secrets or {}, retrained, hmac_key)
     except OperatorError as err:
         current = [c.model_dump(by_alias=True) for c in run.status.conditions]
         if conditions.status_of(current, "Accepted") != "True":
@@ -156,7 +177,7 @@ def run_request(body: dict[str, Any], *, workdir: Path, secrets: dict[str, dict[
 
 
 def _lifecycle(run: _Run, result: LocalResult, secrets: dict[str, dict[str, str]],
-               retrained: ModelRef | None) -> None:
+               retrained: ModelRef | None, hmac_key: bytes | None) -> None:
     problems = validate_request(run.body)
     if problems:
         raise InvalidSpec("; ".join(str(p) for p in problems))
@@ -172,6 +193,7 @@ def _lifecycle(run: _Run, result: LocalResult, secrets: dict[str, dict[str, str]
         text, where = pipeline.read_subjects_uri(spec), str(spec.forget.subjects_uri)
     accepted = pipeline.accept(spec, text, where)
     run.status.base_model, run.status.subject_count = accepted.base, accepted.subject_count
+    run.subjects_digest = receipts.subjects_hmac(pipeline.parse_subject_ids(text, where), hmac_key)
     run.condition("Accepted", "True", conditions.ACCEPTED,
                   f"Resolved {spec.model.name}:{spec.model.alias} to version {accepted.base.version}; "
                   f"{accepted.subject_count} subjects to forget.")
@@ -249,9 +271,9 @@ def _decide(run: _Run, spec: UnlearnRequestSpec, report: Report, decision: Decis
     paths = request_paths(spec.model.registry_uri, spec.model.name, run.uid)
     receipt = receipts.build_receipt(
         uid=run.uid, name=run.name, namespace=run.namespace, subject_count=run.status.subject_count or 0,
-        subjects_digest=None, method=report.method, mode=spec.rollout.mode, base=base, candidate=candidate,
-        report=run.status.report, metrics=run.status.metrics, gates=run.status.gates, decision=decision,
-        created=run.status.start_time or _now(), completed=_now(), promotion=promotion)
+        subjects_digest=run.subjects_digest, method=report.method, mode=spec.rollout.mode, base=base,
+        candidate=candidate, report=run.status.report, metrics=run.status.metrics, gates=run.status.gates,
+        decision=decision, created=run.status.start_time or _now(), completed=_now(), promotion=promotion)
     run.status.receipt = pipeline.write_receipt(paths.receipt, receipt)
     run.finish()
 
@@ -298,11 +320,12 @@ def run_command(args: argparse.Namespace) -> int:
         if len(requests) != 1:
             raise InvalidSpec(f"{args.filename} must hold exactly one {KIND}; found {len(requests)}.")
         settings = load_settings()
+        hmac_key = read_hmac_key(args.hmac_key_file) if args.hmac_key_file else None
     except OperatorError as err:
         print(f"forgetmi run: {err}", file=sys.stderr)
         return EXIT_INVALID
     workdir = Path(args.workdir or f".forgetmi/{requests[0].get('metadata', {}).get('name', 'local')}")
-    result = run_request(requests[0], workdir=workdir, secrets=secrets, settings=settings)
+    result = run_request(requests[0], workdir=workdir, secrets=secrets, settings=settings, hmac_key=hmac_key)
     print(format_result(result))
     return EXIT_FAILED if result.status.phase == "Failed" else EXIT_OK
 

@@ -8,6 +8,8 @@ through :func:`forgetmi_operator.local.run_request` and checks the registry afte
 from __future__ import annotations
 
 import copy
+import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -17,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from forgetmi_operator import local, registry
+from forgetmi_operator import cli, local, registry
 from forgetmi_trainer import storage
 from forgetmi_trainer.contract import COMPARISON_KEYS, ModelRef
 
@@ -70,16 +73,42 @@ def test_passing_gates_promote_and_write_a_receipt(prepared: dict[str, Any], fre
     assert status.subject_count == len(Path(prepared["subjects_file"]).read_text().split())
     assert [c.status for c in status.conditions] == ["True"] * 4
     receipt = storage.read_bytes(status.receipt.uri)
-    import hashlib
-
     assert hashlib.sha256(receipt).hexdigest() == status.receipt.sha256
     body = json.loads(receipt)
     assert body["decision"] == "Promote" and body["subjects"]["count"] == status.subject_count
+    assert body["subjects"].get("hmac") is None and body["subjects"].get("algorithm") is None  # no key given
     subjects = Path(prepared["subjects_file"]).read_text().split()
     dumped = status.model_dump_json() + receipt.decode() + "\n".join(result.events)
     assert not any(s in dumped for s in subjects), "a patient ID leaked into status, receipt or events"
     record = registry.resolve_alias(fresh_alias.registry_uri, fresh_alias.name, "production").record
     assert record.previous == "v1" and record.request is not None and record.request.name == request["metadata"]["name"]
+
+
+def test_run_command_signs_the_receipt_with_the_hmac_key_file(prepared: dict[str, Any], fresh_alias: ModelRef,
+                                                              tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(cli.HMAC_KEY_FILE_ENV, raising=False)
+    request, _ = _request(prepared, rollout={"mode": "DryRun"}, gates=[
+        {"metric": "mia", "comparator": "atMost", "threshold": 1.0, "reference": "absolute"}])
+    _, secret = local.demo_request(prepared)
+    (tmp_path / "request.yaml").write_text(yaml.safe_dump(request))
+    (tmp_path / "secrets.yaml").write_text(yaml.safe_dump(secret))
+    key = b"not-a-real-key\n"  # the trailing newline is part of the key, as in a Secret made --from-file
+    (tmp_path / "hmac.key").write_bytes(key)
+    code = cli.main(["run", "-f", str(tmp_path / "request.yaml"), "--secrets", str(tmp_path / "secrets.yaml"),
+                     "--workdir", str(tmp_path / "run"), "--hmac-key-file", str(tmp_path / "hmac.key")])
+    out = capsys.readouterr().out
+    assert code == local.EXIT_OK, out
+    uri = next(line.split()[1] for line in out.splitlines() if line.startswith("receipt: "))
+    receipt = storage.read_bytes(uri)
+    subjects = Path(prepared["subjects_file"]).read_text().split()
+    message = "\n".join(sorted(set(subjects))).encode("utf-8")
+    expected = hmac.new(key, message, hashlib.sha256).hexdigest()
+    assert expected != hmac.new(key.strip(), message, hashlib.sha256).hexdigest()
+    body = json.loads(receipt)
+    assert body["subjects"] == {"count": len(set(subjects)), "hmac": expected, "algorithm": "HMAC-SHA256"}
+    assert body["decision"] == "DryRunDone"
+    assert not any(s in receipt.decode() for s in subjects), "a patient ID leaked into the receipt"
 
 
 def test_failing_gate_holds_and_leaves_the_alias(prepared: dict[str, Any], fresh_alias: ModelRef,

@@ -226,14 +226,50 @@ def fake_local(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, Any]
     yield calls
 
 
-def test_run_and_demo_dispatch_to_the_local_module(fake_local: list[tuple[str, Any]]) -> None:
+def test_run_and_demo_dispatch_to_the_local_module(fake_local: list[tuple[str, Any]],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(cli.HMAC_KEY_FILE_ENV, raising=False)
     assert _run("run", "-f", "r.yaml", "--workdir", "w", "--secrets", "s.yaml")[0] == 0
     assert _run("demo", "--seed", "3", "--patients", "2", "--json")[0] == 3
     assert _run("demo")[0] == 3
     (_, run), (_, demo), (_, default) = fake_local
-    assert (run.filename, run.workdir, run.secrets) == ("r.yaml", "w", "s.yaml")
+    assert (run.filename, run.workdir, run.secrets, run.hmac_key_file) == ("r.yaml", "w", "s.yaml", None)
     assert (demo.workdir, demo.seed, demo.patients, demo.json) == (".demo", 3, 2, True)
     assert (default.seed, default.patients, default.json) == (0, None, False)
+
+
+def test_run_hmac_key_file_defaults_to_the_environment(fake_local: list[tuple[str, Any]],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cli.HMAC_KEY_FILE_ENV, "/keys/from-env")
+    _run("run", "-f", "r.yaml")
+    _run("run", "-f", "r.yaml", "--hmac-key-file", "/keys/given")
+    monkeypatch.setenv(cli.HMAC_KEY_FILE_ENV, "")
+    _run("run", "-f", "r.yaml")
+    assert [args.hmac_key_file for _, args in fake_local] == ["/keys/from-env", "/keys/given", None]
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda path: None, "cannot be read: No such file or directory."),
+    (lambda path: path.write_bytes(b""), "is empty; the receipt HMAC needs a non-empty key."),
+    (lambda path: path.mkdir(), "cannot be read: Is a directory."),
+], ids=["missing", "empty", "directory"])
+def test_run_with_a_bad_hmac_key_file_exits_2_and_runs_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               make: Callable[[Path], object],
+                                                               problem: str) -> None:
+    from forgetmi_operator import local
+
+    def must_not_run(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("run_request was called despite a bad --hmac-key-file")
+
+    monkeypatch.setattr(local, "run_request", must_not_run)
+    key = tmp_path / "hmac.key"
+    make(key)
+    workdir = tmp_path / "work"
+    request = ROOT / "examples" / "unlearnrequest-minimal.yaml"
+    code, output = _run("run", "-f", str(request), "--workdir", str(workdir), "--hmac-key-file", str(key))
+    assert code == cli.EXIT_INVALID
+    assert output == f"forgetmi run: --hmac-key-file {key} {problem}\n"
+    assert not workdir.exists()
 
 
 def test_run_without_the_local_module_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
