@@ -15,7 +15,7 @@ miaAUC, seconds, cost ratio (seconds ÷ retrain seconds of the same seed) and av
 |x − x_retrained| over forget AUC, forget F1, test AUC and MIA, against the same seed's retrained
 model). ``--json`` prints one JSON object on stdout instead of the tables; ``--out DIR`` writes
 ``results.json`` and ``gap_vs_cost.png`` there. ``--quick`` = 150 patients, fraction 0.10, 3 seeds
-(about 160 s of CPU on one thread). Results and conclusions: bench/RESULTS.md.
+(127 s on 2 idle cores, 282 s without ``--quick``). Results and conclusions: bench/RESULTS.md.
 
     PYTHONSAFEPATH=1 .venv/bin/python bench/unlearn_vs_retrain.py --quick --out /tmp/bench
 """

@@ -4,7 +4,9 @@ Kopf's ``on.event`` handlers feed it and it decides when a request is looked at:
 
 - :meth:`Tracker.observe` keeps the latest body of each open request (from its watch events and
   from the operator's own status patches, whichever is newer); a terminal or deleted request is
-  dropped, so memory follows the open requests only;
+  dropped, so memory follows the open requests only. Bodies are kept as given, not copied:
+  each watch event and each patch result is a fresh dict that nobody changes afterwards (Kopf
+  replaces, never mutates, the raw bodies it hands out; the looks only read them);
 - :meth:`Tracker.job_changed` keeps the latest trainer Job (so a look needs no GET of it) and says
   which request owns it;
 - :meth:`Tracker.poke` asks for one request to be looked at now (a Job with news, a new Job
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import copy
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -101,9 +102,9 @@ class Tracker:
             self.entries.pop(key, None)
             return None
         if entry is None:
-            entry = self.entries[key] = Entry(copy.deepcopy(dict(body)), contextvars.copy_context())
+            entry = self.entries[key] = Entry(dict(body), contextvars.copy_context())
         else:
-            entry.body, entry.context = copy.deepcopy(dict(body)), contextvars.copy_context()
+            entry.body, entry.context = dict(body), contextvars.copy_context()
         return entry
 
     def job_changed(self, job: Mapping[str, Any], *, deleted: bool = False) -> Key | None:
@@ -113,7 +114,7 @@ class Tracker:
         if deleted:
             self.jobs.pop(job_key, None)
         elif job_key not in self.jobs or is_newer(job, self.jobs[job_key]):
-            self.jobs[job_key] = copy.deepcopy(dict(job))
+            self.jobs[job_key] = dict(job)
         return owner_of(job)
 
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:

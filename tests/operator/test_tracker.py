@@ -101,15 +101,6 @@ async def test_observe_keeps_the_newest_body_and_drops_closed_requests() -> None
 
 
 @run_async
-async def test_observe_copies_the_body() -> None:
-    tracker = Tracker(Looks(), is_open=_open)
-    body = _request("r1", "5")
-    tracker.observe(body)
-    body["status"]["phase"] = "Mutated"
-    assert tracker.entries[("ns", "r1")].body["status"]["phase"] == "Running"
-
-
-@run_async
 async def test_job_changed_keeps_the_latest_job_and_names_its_owner() -> None:
     tracker = Tracker(Looks(), is_open=_open)
     assert tracker.job_changed(_job("j", "2", active=1)) == ("ns", "r1")
