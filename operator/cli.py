@@ -1,4 +1,5 @@
-"""The ``forgetmi`` command: ``validate`` (here), ``run`` and ``demo`` (in :mod:`forgetmi_operator.local`).
+"""The ``forgetmi`` command: ``validate`` (here), ``run`` (:mod:`forgetmi_operator.local`) and ``demo``
+(:mod:`forgetmi_operator.demo`).
 
 ``forgetmi validate -f request.yaml`` checks every UnlearnRequest in a (multi-document) YAML file
 against the CRD schema, its CEL rules and the pydantic model, and prints each problem with its field
@@ -26,6 +27,7 @@ EXIT_OK = 0
 EXIT_UNAVAILABLE = 1
 EXIT_INVALID = 2
 LOCAL_MODULE = "forgetmi_operator.local"
+DEMO_MODULE = "forgetmi_operator.demo"
 HMAC_KEY_FILE_ENV = "FORGETMI_RECEIPT_HMAC_KEY_FILE"
 
 
@@ -148,22 +150,25 @@ def validate_command(args: argparse.Namespace) -> int:
     return status
 
 
-def _local(name: str) -> Callable[[argparse.Namespace], int] | None:
+def _local(module_name: str, name: str) -> Callable[[argparse.Namespace], int] | None:
     try:
-        module = importlib.import_module(LOCAL_MODULE)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name != LOCAL_MODULE:
+        if err.name != module_name:
             raise
         return None
     return getattr(module, name, None)
 
 
-def _delegate(name: str) -> Callable[[argparse.Namespace], int]:
+def _delegate(name: str, module: Callable[[], str] = lambda: LOCAL_MODULE) -> Callable[[argparse.Namespace], int]:
+    """A handler that imports ``module()`` (read when called) only when its command runs."""
+
     def handler(args: argparse.Namespace) -> int:
-        command = _local(name)
+        module_name = module()
+        command = _local(module_name, name)
         if command is None:
             print(f"forgetmi {args.command}: not available in this installation "
-                  f"({LOCAL_MODULE}.{name} is missing).", file=sys.stderr)
+                  f"({module_name}.{name} is missing).", file=sys.stderr)
             return EXIT_UNAVAILABLE
         return command(args)
 
@@ -215,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--patients", type=_positive, metavar="N",
                       help="patients in the generated dataset (default: 150)")
     demo.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
-    demo.set_defaults(handler=_delegate("demo_command"))
+    demo.set_defaults(handler=_delegate("demo_command", lambda: DEMO_MODULE))
     return parser
 
 

@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import Counter
 from collections.abc import Awaitable, Mapping
-from datetime import datetime
 from typing import Any
 
 import kopf
@@ -35,6 +32,7 @@ from forgetmi_operator.decisions import is_approved
 from forgetmi_operator.errors import OperatorError
 from forgetmi_operator.kube import Kube
 from forgetmi_operator.metrics import METRICS, serve
+from forgetmi_operator.phases import PhaseBook
 from forgetmi_operator.settings import load_settings
 from forgetmi_operator.tracker import Entry, Tracker, key_of
 
@@ -43,10 +41,8 @@ RETRY_DELAY_SECONDS = 10.0
 RESOURCE = (GROUP, VERSION, PLURAL)
 TRACKING_CONCURRENCY = 8
 """Looks at requests (API reads, evaluations) that run at the same time."""
-_open: dict[tuple[str, str], tuple[str, float]] = {}
-"""(namespace, name) → (phase, creation time as epoch seconds) of every request seen, for the gauges."""
-_in_phase: Counter[tuple[str, str]] = Counter()
-"""(namespace, phase) → how many requests of ``_open`` are in it."""
+PHASES = PhaseBook(METRICS)
+"""Every request's phase, for the request gauges and counters."""
 
 
 class _QuietWatchHandlers(logging.Filter):
@@ -106,68 +102,10 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         kube.close()
 
 
-def _created(body: Mapping[str, Any]) -> float:
-    stamp = (body.get("metadata") or {}).get("creationTimestamp")
-    try:
-        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return time.time()
-
-
-def _observe(body: Mapping[str, Any], phase: str | None) -> None:
-    """Record a request's phase; count it and its duration once when it first turns terminal."""
-    meta = body.get("metadata") or {}
-    key = (str(meta.get("namespace")), str(meta.get("name")))
-    before = (body.get("status") or {}).get("phase")
-    if phase and cond.is_terminal(phase) and not cond.is_terminal(before):
-        METRICS.requests_total.labels(namespace=key[0], outcome=phase).inc()
-        METRICS.request_duration_seconds.observe(max(0.0, time.time() - _created(body)))
-    if phase:
-        _set_phase(key, phase, _created(body))
-
-
-def _forget(body: Mapping[str, Any]) -> None:
-    meta = body.get("metadata") or {}
-    _set_phase((str(meta.get("namespace")), str(meta.get("name"))), None, 0.0)
-
-
-def _set_phase(key: tuple[str, str], phase: str | None, created: float) -> None:
-    """Move one request between the phase counts (None: it is gone); O(1) per call."""
-    old = _open.pop(key, None)
-    if old is not None:
-        _count(key[0], old[0], -1)
-    if phase is not None:
-        _open[key] = (phase, created)
-        _count(key[0], phase, +1)
-
-
-def _count(namespace: str, phase: str, delta: int) -> None:
-    left = _in_phase[(namespace, phase)] + delta
-    if left > 0:
-        _in_phase[(namespace, phase)] = left
-        METRICS.requests_in_phase.labels(namespace=namespace, phase=phase).set(left)
-        return
-    del _in_phase[(namespace, phase)]
-    try:
-        METRICS.requests_in_phase.remove(namespace, phase)
-    except KeyError:
-        pass
-
-
-def _oldest_open_age() -> float:
-    """Seconds since the oldest non-terminal request was created (computed when scraped)."""
-    now = time.time()
-    return max((now - created for phase, created in list(_open.values()) if not cond.is_terminal(phase)),
-               default=0.0)
-
-
-METRICS.oldest_open_request_age_seconds.set_function(_oldest_open_age)
-
-
 def _post(body: Mapping[str, Any], step: flows.Step) -> None:
     for type, reason, message in step.events:  # posted whatever settings.posting.level (Kopf's own lines)
         kopf.event(body, type=type, reason=reason, message=message)
-    _observe(body, step.status.get("phase"))
+    PHASES.observe(body, step.status.get("phase"))
 
 
 def _apply(body: Mapping[str, Any], patch: kopf.Patch, step: flows.Step) -> None:
@@ -211,7 +149,7 @@ async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -
     """Accept the request and create its Job once (a resumed request that has one is left to the tracker)."""
     status = body.get("status") or {}
     if cond.is_terminal(status.get("phase")) or status.get("jobName"):
-        _observe(body, status.get("phase"))
+        PHASES.observe(body, status.get("phase"))
         return
     await _launch("start", body, patch, memo)
 
@@ -313,12 +251,12 @@ async def request_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
     body = event["object"]
     tracker: Tracker = memo.tracker
     if event.get("type") == "DELETED":
-        _forget(body)
+        PHASES.forget(body)
         tracker.observe(body, deleted=True)
         await _delete_job(memo, body)
         return
     status = body.get("status") or {}
-    _observe(body, status.get("phase"))
+    PHASES.observe(body, status.get("phase"))
     before = tracker.entries.get(key_of(body))
     seen_job = ((before.body.get("status") or {}).get("jobName") if before is not None else None)
     entry = tracker.observe(body)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from forgetmi_operator import cli, local, registry
+from forgetmi_operator import cli, demo, local, registry
 from forgetmi_trainer import storage
 from forgetmi_trainer.contract import COMPARISON_KEYS, ModelRef
 
@@ -49,7 +49,7 @@ def fresh_alias(prepared: dict[str, Any]) -> ModelRef:
 
 
 def _request(prepared: dict[str, Any], **spec_changes: Any) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
-    request, secret = local.demo_request(prepared)
+    request, secret = demo.demo_request(prepared)
     request = copy.deepcopy(request)
     request["spec"]["method"]["epochs"] = 10
     request["spec"].update(spec_changes)
@@ -90,7 +90,7 @@ def test_run_command_signs_the_receipt_with_the_hmac_key_file(prepared: dict[str
     monkeypatch.delenv(cli.HMAC_KEY_FILE_ENV, raising=False)
     request, _ = _request(prepared, rollout={"mode": "DryRun"}, gates=[
         {"metric": "mia", "comparator": "atMost", "threshold": 1.0, "reference": "absolute"}])
-    _, secret = local.demo_request(prepared)
+    _, secret = demo.demo_request(prepared)
     (tmp_path / "request.yaml").write_text(yaml.safe_dump(request))
     (tmp_path / "secrets.yaml").write_text(yaml.safe_dump(secret))
     key = b"not-a-real-key\n"  # the trailing newline is part of the key, as in a Secret made --from-file
@@ -153,7 +153,7 @@ def test_invalid_spec_names_the_field(prepared: dict[str, Any], tmp_path: Path) 
 def test_unknown_forget_patient_is_not_accepted_and_runs_nothing(prepared: dict[str, Any], fresh_alias: ModelRef,
                                                                   tmp_path: Path) -> None:
     request, secrets = _request(prepared)
-    secrets[local.DEMO_SECRET]["subjects"] = "P99999\n"  # a patient the manifest does not hold
+    secrets[demo.DEMO_SECRET]["subjects"] = "P99999\n"  # a patient the manifest does not hold
     result = local.run_request(request, workdir=tmp_path, secrets=secrets)
     accepted = next(c for c in result.status.conditions if c.type == "Accepted")
     assert result.status.phase == "Failed" and accepted.reason == "InvalidSubjects"

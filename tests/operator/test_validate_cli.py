@@ -223,10 +223,11 @@ def fake_local(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, Any]
     module.demo_command = lambda args: calls.append(("demo", args)) or 3  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "fake_local", module)
     monkeypatch.setattr(cli, "LOCAL_MODULE", "fake_local")
+    monkeypatch.setattr(cli, "DEMO_MODULE", "fake_local")
     yield calls
 
 
-def test_run_and_demo_dispatch_to_the_local_module(fake_local: list[tuple[str, Any]],
+def test_run_and_demo_dispatch_to_their_modules(fake_local: list[tuple[str, Any]],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(cli.HMAC_KEY_FILE_ENV, raising=False)
     assert _run("run", "-f", "r.yaml", "--workdir", "w", "--secrets", "s.yaml")[0] == 0
@@ -344,3 +345,10 @@ def test_junk_anywhere_in_a_request_never_crashes(where: tuple[Any, ...], junk: 
                                                                        "kind": "UnlearnRequest", "spec": j})))
 def test_arbitrary_text_never_crashes(text: str) -> None:
     _check_file(text)
+
+
+def test_run_and_demo_name_modules_that_have_their_commands() -> None:
+    from forgetmi_operator import demo, local
+
+    assert cli._local(cli.LOCAL_MODULE, "run_command") is local.run_command
+    assert cli._local(cli.DEMO_MODULE, "demo_command") is demo.demo_command
