@@ -188,6 +188,10 @@ def test_env_names_are_operator_settings_and_parse(render, monkeypatch: pytest.M
             assert settings.default_gates == Settings.model_fields["default_gates"].get_default(
                 call_default_factory=True)
             assert (settings.metrics_port, settings.health_port, settings.log_format) == (8080, 8081, "json")
+            defaults = {name: Settings.model_fields[name].default
+                        for name in ("progress_interval_seconds", "pending_pod_timeout_seconds")}
+            assert (settings.progress_interval_seconds, settings.pending_pod_timeout_seconds) == (
+                defaults["progress_interval_seconds"], defaults["pending_pod_timeout_seconds"])
         else:
             assert settings.trainer_gpus == 2
             assert settings.trainer_tolerations[0].key == "nvidia.com/gpu"
@@ -195,6 +199,7 @@ def test_env_names_are_operator_settings_and_parse(render, monkeypatch: pytest.M
             assert [g.metric for g in settings.default_gates] == ["miaAUC", "testAUC"]
             assert settings.serving_targets_enabled is True
             assert settings.receipt_hmac_secret_key == "hmac"
+            assert settings.progress_interval_seconds == 5
 
 
 # ---- RBAC ---------------------------------------------------------------------------------------
