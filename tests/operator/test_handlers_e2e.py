@@ -175,6 +175,24 @@ def test_dry_run_never_promotes(cluster: dict[str, Any]) -> None:
     assert _alias(cluster, model) == "v1"
 
 
+def test_switching_a_request_awaiting_approval_to_automatic_promotes_it(cluster: dict[str, Any]) -> None:
+    """A Manual request that passed its gates waits; changing ``spec.rollout.mode`` (the one spec
+    field that may change) to Automatic promotes it without an approval annotation."""
+    api, ns = cluster["api"], cluster["ns"]
+    with operator(ns):
+        model = _apply(cluster, "switch", mode="Manual")
+        waiting = wait_for(lambda: _phase_in(cluster, "switch", "Evaluating", "Promoted", "Failed", "Held"),
+                           RUN_TIMEOUT, "Evaluating")
+        assert _condition(waiting, "Promoted")["reason"] == "AwaitingApproval", waiting["status"]
+        assert _alias(cluster, model) == "v1"
+        api.patch(REQUESTS, ns, "switch", {"spec": {"rollout": {"mode": "Automatic"}}})
+        done = wait_for(lambda: _phase_in(cluster, "switch", "Promoted", "Failed", "Held"), 30, "Promoted")
+    assert done["status"]["phase"] == "Promoted", done["status"]
+    assert _alias(cluster, model) == done["status"]["candidateModel"]["version"] != "v1"
+    assert APPROVAL_ANNOTATION not in (done["metadata"].get("annotations") or {})
+    assert len(_jobs(cluster)) == 1
+
+
 def test_trainer_storage_error_fails_with_termination_message(cluster: dict[str, Any]) -> None:
     world = cluster["world"]
     # A manifest whose images are missing: accepted (the manifest exists), the trainer exits 3.
