@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,7 +70,7 @@ def cluster(world: dict[str, Any], s3_env: str, tmp_path: Path, monkeypatch: pyt
 
 
 def _apply(cluster: dict[str, Any], name: str, *, gates: list[dict[str, Any]] | None = None,
-           mode: str = "Automatic", manifest: str | None = None) -> str:
+           mode: str = "Automatic", manifest: str | None = None, suspend: bool = False) -> str:
     world, api, ns = cluster["world"], cluster["api"], cluster["ns"]
     model = f"m-{name}"
     seed_model(world, model)
@@ -84,6 +85,7 @@ def _apply(cluster: dict[str, Any], name: str, *, gates: list[dict[str, Any]] | 
         "gates": gates or PASSING_GATES,
         "rollout": {"mode": mode},
         "resources": {"gpus": 1},
+        **({"suspend": True} if suspend else {}),
     }
     api.create(REQUESTS, ns, {"apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest",
                               "metadata": {"name": name}, "spec": body})
@@ -191,6 +193,22 @@ def test_switching_a_request_awaiting_approval_to_automatic_promotes_it(cluster:
     assert _alias(cluster, model) == done["status"]["candidateModel"]["version"] != "v1"
     assert APPROVAL_ANNOTATION not in (done["metadata"].get("annotations") or {})
     assert len(_jobs(cluster)) == 1
+
+
+def test_a_suspended_request_launches_only_when_unsuspended(cluster: dict[str, Any]) -> None:
+    api, ns = cluster["api"], cluster["ns"]
+    with operator(ns):
+        model = _apply(cluster, "paused", suspend=True)
+        waiting = wait_for(lambda: _condition(_request(cluster, "paused"), "Unlearned")
+                           if (_request(cluster, "paused").get("status") or {}).get("conditions") else None,
+                           30, "the suspended request's conditions")
+        assert waiting["reason"] == "NotStarted" and "suspended" in waiting["message"]
+        time.sleep(2.0)  # a few sweeps: still no Job
+        assert not _jobs(cluster) and not _request(cluster, "paused")["status"].get("jobName")
+        api.patch(REQUESTS, ns, "paused", {"spec": {"suspend": False}})
+        done = wait_for(lambda: _phase_in(cluster, "paused", "Promoted", "Failed", "Held"), RUN_TIMEOUT, "Promoted")
+    assert done["status"]["phase"] == "Promoted", done["status"]
+    assert len(_jobs(cluster)) == 1 and _alias(cluster, model) != "v1"
 
 
 def test_trainer_storage_error_fails_with_termination_message(cluster: dict[str, Any]) -> None:
