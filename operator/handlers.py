@@ -46,8 +46,9 @@ PHASES = PhaseBook(METRICS)
 
 
 class _QuietWatchHandlers(logging.Filter):
-    """Drops Kopf's "Handler 'request_event' succeeded." line, logged for every watch event
-    (one per event and Job event is noise at INFO and costs CPU under load); failures still log."""
+    """Drops Kopf's "Handler 'request_event' succeeded." (and 'job_event') line: logged once per watch
+    event of every request and trainer Job, it is noise at INFO and costs CPU under load; failures
+    of those handlers are still logged."""
 
     NOISE = frozenset({"Handler 'request_event' succeeded.", "Handler 'job_event' succeeded."})
 
