@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
-from forgetmi_operator import handlers
+import kopf
+import pytest
+
+from forgetmi_operator import flows, handlers
+from forgetmi_operator.errors import ClusterUnavailable
+from forgetmi_operator.tracker import Tracker
 
 
 def test_the_watch_handlers_success_lines_are_filtered_and_failures_are_not() -> None:
@@ -24,3 +31,55 @@ def test_tracked_requests_are_open_accepted_and_have_a_job() -> None:
     assert not handlers._wants_tracking({"status": {"phase": "Held", "jobName": "j", "conditions": accepted}})
     assert not handlers._wants_tracking({"status": {"phase": "Pending", "jobName": "j", "conditions": []}})
     assert handlers._is_open({"status": {}}) and not handlers._is_open({"status": {"phase": "Failed"}})
+
+
+class _FlakyKube:
+    """A status patch that fails (API server unavailable) the first ``failures`` times."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.patches: list[dict[str, object]] = []
+
+    async def patch_request_status(self, namespace: str, name: str, status: dict[str, object]) -> dict[str, object]:
+        if self.failures:
+            self.failures -= 1
+            raise ClusterUnavailable("The API server could not be reached to update the status.")
+        self.patches.append(status)
+        return {"metadata": {"namespace": namespace, "name": name, "resourceVersion": "9"},
+                "status": {**status}}
+
+
+def test_a_status_a_look_could_not_write_is_written_by_the_next_look_not_decided_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A look that promoted but could not write the status must not promote (or decide) twice:
+    the next look writes the kept status first and posts its Events once."""
+    decided: list[str] = []
+    posted: list[str] = []
+    promoted = flows.Step(status={"phase": "Promoted"}, events=[("Normal", "Promoted", "Alias moved.")])
+
+    async def track_once(body: Any, memo: Any, evaluated: set[str]) -> flows.Step:
+        decided.append(body["metadata"]["name"])
+        return promoted
+
+    monkeypatch.setattr(handlers, "_track_once", track_once)
+    monkeypatch.setattr(handlers, "_post", lambda body, step: posted.extend(r for _, r, _ in step.events))
+    body = {"metadata": {"namespace": "ns", "name": "r1", "resourceVersion": "5"},
+            "status": {"phase": "Evaluating", "jobName": "j"}}
+
+    async def scenario() -> tuple[_FlakyKube, Tracker]:
+        kube = _FlakyKube(failures=1)
+        memo = kopf.Memo(kube=kube)
+        memo.tracker = Tracker(lambda entry: handlers._look(memo, entry), is_open=handlers._is_open)
+        entry = memo.tracker.observe(body)
+        assert entry is not None
+        await handlers._look(memo, entry)  # decided, the write failed: kept
+        assert entry.unsaved is promoted and not posted
+        await handlers._look(memo, entry)  # written now, without deciding again
+        assert entry.unsaved is None
+        return kube, memo.tracker
+
+    kube, tracker = asyncio.run(scenario())
+    assert decided == ["r1"]
+    assert kube.patches == [{"phase": "Promoted"}]
+    assert posted == ["Promoted"]
+    assert ("ns", "r1") not in tracker.entries  # the written status is terminal: no longer tracked
