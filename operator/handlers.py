@@ -71,7 +71,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{GROUP}/finalizer"  # named here, though no handler needs one
+    # No handler needs a finalizer; naming the one older versions used makes Kopf remove it.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.watching.server_timeout = ours.watch_timeout_seconds
     settings.watching.client_timeout = ours.watch_timeout_seconds + 30
     settings.networking.request_timeout = ours.request_timeout_seconds

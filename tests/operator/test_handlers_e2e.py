@@ -306,6 +306,22 @@ def test_restart_mid_run_creates_no_second_job_and_manual_mode_waits_for_approva
     assert done["status"]["receipt"]["sha256"]
 
 
+def test_the_finalizer_an_older_operator_left_is_removed(cluster: dict[str, Any]) -> None:
+    """Requests made under an operator version that used a finalizer lose it on upgrade, so their
+    deletion no longer needs an operator."""
+    api, ns = cluster["api"], cluster["ns"]
+    api.create(REQUESTS, ns, {"apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest",
+                              "metadata": {"name": "legacy", "finalizers": ["unlearning.forgetmi.io/finalizer"]},
+                              "spec": {"model": {"registryUri": "s3://nowhere/registry", "name": "m"},
+                                       "data": {"manifestUri": "s3://nowhere/manifest.csv"},
+                                       "forget": {"subjectsSecretRef": {"name": "s", "key": "subjects"}}}})
+    api.patch(REQUESTS, ns, "legacy", {"status": {"phase": "Held"}}, subresource="status")
+    with operator(ns):
+        wait_for(lambda: not _request(cluster, "legacy")["metadata"].get("finalizers"), 30, "the finalizer to go")
+    api.delete(REQUESTS, ns, "legacy")
+    assert api.get(REQUESTS, ns, "legacy") is None
+
+
 def test_deleting_a_running_request_removes_its_job_and_keeps_the_model(cluster: dict[str, Any]) -> None:
     api, ns = cluster["api"], cluster["ns"]
     with operator(ns):
