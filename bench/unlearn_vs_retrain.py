@@ -14,10 +14,29 @@ Per fraction it prints, averaged over seeds: forget AUC, forget F1, test AUC, te
 miaAUC, seconds, cost ratio (seconds ÷ retrain seconds of the same seed) and avg gap (mean
 |x − x_retrained| over forget AUC, forget F1, test AUC and MIA, against the same seed's retrained
 model). ``--json`` prints one JSON object on stdout instead of the tables; ``--out DIR`` writes
-``results.json`` and ``gap_vs_cost.png`` there. ``--quick`` = 150 patients, fraction 0.10, 3 seeds
+``results.json`` and ``gap_vs_cost.png`` there (and ``partial.json`` after every method, so a run
+cut short still leaves its finished rows). ``--quick`` = 150 patients, fraction 0.10, 3 seeds
 (127 s on 2 idle cores, 282 s without ``--quick``). Results and conclusions: bench/RESULTS.md.
 
+``--scale small`` (the default) is the CPU benchmark above: 16 px images, the small CNN and a
+one-layer 32-d BERT. ``--scale paper`` is the paper-like preset for a GPU: a ResNet-18-shaped
+image encoder (``transformers`` ``ResNetConfig``, depths 2-2-2-2, widths 64-128-256-512, one input
+channel, random init), a BERT-base-sized text encoder (768 hidden, 12 layers, 12 heads, 3072
+intermediate, random init, the bench's own vocabulary), 256 px images and 1,100 patients
+(3-8 samples each, mean 5.5: ≈ 6,050 samples, ≈ 4,840 of them training). ``--image-size``,
+``--patients``, ``--image-encoder``, ``--text-encoder`` and ``--text-layers`` override single
+parts, so a CPU smoke run can use the paper's model classes on tiny data. ``--device`` and
+``--precision`` resolve as the trainer's Job does (``runtime.resolve_device`` /
+``resolve_precision``: auto = CUDA with bf16 autocast when a GPU is visible, else CPU fp32).
+``--epochs`` shortens the recipe of the original *and* of ``retrain`` (FORGET_MI.md §9: the
+same recipe for both); ``--time-budget`` picks that number itself from a timed calibration run
+(see ``bench_scales.budget_epochs``). Any shortening is printed and recorded in ``results.json``
+(``config.recipe`` and ``config.recipe_epochs_reduced_from``). bench/gpu_paper_run.sh is the
+prepared one-command GPU run; bench/RESULTS.md holds its time estimate.
+
     PYTHONSAFEPATH=1 .venv/bin/python bench/unlearn_vs_retrain.py --quick --out /tmp/bench
+    PYTHONSAFEPATH=1 .venv/bin/python bench/unlearn_vs_retrain.py --scale paper --device cpu \
+        --image-size 64 --patients 12 --text-layers 1 --epochs 2 --seeds 1 --fractions 0.10 --out /tmp/smoke
 """
 
 from __future__ import annotations
@@ -42,12 +61,16 @@ from forgetmi_trainer.errors import DivergedError
 from forgetmi_trainer.fit import MAX_TOKENS
 from forgetmi_trainer.job import NOISY_TEXT_COPIES
 from forgetmi_trainer.methods import MethodContext, get_method
-from forgetmi_trainer.model import MultimodalConfig, build_model, tiny_bert_config
-from forgetmi_trainer.runtime import seed_everything
+from forgetmi_trainer.model import build_model
+from forgetmi_trainer.runtime import resolve_device, resolve_precision, seed_everything
 from forgetmi_trainer.scoring import model_metrics
 from forgetmi_trainer.tokenizer import build_tokenizer, build_vocabulary
 from forgetmi_trainer.train import TrainConfig, train_model
 from forgetmi_trainer.unlearn import UnlearnInputs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's own modules (run with -P)
+from bench_output import METRICS, format_tables, json_safe, plot
+from bench_scales import SCALES, budget_epochs, environment, model_config
 
 RECIPE = TrainConfig()  # the original's training recipe; retraining uses the same one
 BASELINES = {
@@ -65,14 +88,24 @@ METHODS = {
         name="retrain", epochs=RECIPE.epochs, learning_rate=RECIPE.learning_rate, batch_size=RECIPE.batch_size
     ),
 }
-METRICS = ("forget_auc", "forget_f1", "test_auc", "test_f1", "mia", "mia_auc", "seconds")
 GAP_KEYS = ("forget_auc", "forget_f1", "test_auc", "mia")
 QUICK = {"patients": 150, "fractions": "0.10", "seeds": 3}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--patients", type=int, default=150)
+    p.add_argument(
+        "--scale",
+        choices=tuple(SCALES),
+        default="small",
+        help="small: the CPU benchmark (16 px, small CNN, 1-layer BERT); paper: ResNet-18-shaped image "
+        "encoder, BERT-base-sized text encoder, 256 px, 1,100 patients (≈ 6,050 samples)",
+    )
+    p.add_argument("--patients", type=int, default=None, help="default: the scale's (150 small, 1100 paper)")
+    p.add_argument("--image-size", type=int, default=None, help="default: the scale's (16 small, 256 paper)")
+    p.add_argument("--image-encoder", choices=("cnn", "resnet"), default=None, help="default: the scale's")
+    p.add_argument("--text-encoder", choices=("tiny", "bert-base"), default=None, help="default: the scale's")
+    p.add_argument(
+        "--text-layers", type=int, default=None, help="layers of the bert-base encoder (default 12)"
+    )
     p.add_argument("--fractions", default="0.03,0.06,0.10", help="forget fractions of the training samples")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1; every number is averaged over them")
     p.add_argument(
@@ -80,6 +113,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help=f"small run for 2 CPU cores: {QUICK['patients']} patients, fractions {QUICK['fractions']}, "
         f"{QUICK['seeds']} seeds (overrides the three options above)",
+    )
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when available")
+    p.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 autocast on CUDA, fp32 on CPU"
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs of the original's recipe and of retrain (default {RECIPE.epochs}); a shortening is recorded",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="seconds for the whole run: time two calibration epochs, then shorten the recipe (original and "
+        "retrain alike) so that the estimate fits; never lengthens it",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the tables")
     p.add_argument("--out", type=Path, default=None, help="directory for results.json and gap_vs_cost.png")
@@ -91,8 +141,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "2 threads ran 12x slower than 1)",
     )
     args = p.parse_args(argv)
+    for key, value in SCALES[args.scale].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.quick:
         args.patients, args.fractions, args.seeds = QUICK["patients"], QUICK["fractions"], QUICK["seeds"]
+    if args.epochs is not None and args.epochs < 1:
+        p.error("--epochs must be at least 1")
+    if args.image_encoder == "resnet" and args.image_size < 64:
+        # ResNet downsamples 32x: below 64 px its last stage is 1x1, and BatchNorm in training mode
+        # refuses a final batch of one sample (SCRUB's and finetune's retain batches can end so).
+        p.error("--image-size must be at least 64 with the resnet image encoder")
     args.fraction_list = [float(f) for f in str(args.fractions).split(",") if f.strip()]
     return args
 
@@ -102,11 +161,15 @@ def log(msg: str) -> None:
 
 
 class World:
-    """One seed's dataset, encoded once, and its original model."""
+    """One seed's dataset, encoded once, on which :meth:`train_original` trains the original."""
 
-    def __init__(self, patients: int, seed: int, workdir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, seed: int, workdir: Path) -> None:
         self.seed = seed
-        self.samples = synthetic.generate(synthetic.SynthParams(patients=patients, seed=seed))
+        self.device = resolve_device(args.device)
+        self.precision = resolve_precision(args.precision, self.device)
+        self.samples = synthetic.generate(
+            synthetic.SynthParams(patients=args.patients, image_size=args.image_size, seed=seed)
+        )
         manifest_uri = synthetic.write_dataset(self.samples, (workdir / f"data-{seed}").as_uri())
         self.manifest = data.read_manifest(manifest_uri)
         self.tokenizer = build_tokenizer(
@@ -114,28 +177,44 @@ class World:
         )
         images = data.load_images(self.manifest.image_uris)
         self.encoded = data.encode(images, self.manifest.texts, self.manifest.labels, self.tokenizer, MAX_TOKENS)
-        self.config = MultimodalConfig(
-            num_labels=int(self.manifest.labels.max()) + 1,
-            image_size=int(images.shape[-1]),
-            image_channels=int(images.shape[1]),
-            text_encoder_config=tiny_bert_config(len(self.tokenizer)),
+        self.config = model_config(
+            args, int(self.manifest.labels.max()) + 1, int(images.shape[-1]), int(images.shape[1]), len(self.tokenizer)
         )
         train = np.asarray([i for i, s in enumerate(self.manifest.splits) if s == "train"])
-        self.original = build_model(self.config, seed)
+        self.train = self.encoded.take(train)
+
+    def epoch_seconds(self) -> float:
+        """Seconds of one recipe epoch over the training samples: the second of two on a throwaway
+        model (the first pays for warm-up)."""
+        stamps: list[float] = []
+        train_model(
+            build_model(self.config, self.seed),
+            self.train,
+            RECIPE.model_copy(update={"epochs": 2}),
+            generator=seed_everything(self.seed),
+            device=self.device,
+            precision=self.precision,
+            on_epoch=lambda epoch, loss: stamps.append(time.perf_counter()),
+        )
+        return stamps[1] - stamps[0]
+
+    def train_original(self, recipe: TrainConfig) -> None:
+        self.original = build_model(self.config, self.seed)
         start = time.perf_counter()
         train_model(
             self.original,
-            self.encoded.take(train),
-            RECIPE,
-            generator=seed_everything(seed),
-            device=torch.device("cpu"),
+            self.train,
+            recipe,
+            generator=seed_everything(self.seed),
+            device=self.device,
+            precision=self.precision,
         )
         self.original_seconds = time.perf_counter() - start
 
     def inputs(self, fraction: float, noise_level: float) -> UnlearnInputs:
         subjects = synthetic.choose_forget_subjects(self.samples, fraction, self.seed)
         sets = data.split(self.manifest, subjects)
-        forget, retain, test = (self.encoded.take(ix) for ix in (sets.forget, sets.retain, sets.test))
+        forget, retain, test = (self.encoded.take(ix).to(self.device) for ix in (sets.forget, sets.retain, sets.test))
         pool = data.noisy_text_pool(
             [self.manifest.texts[i] for i in sets.forget],
             noise_level,
@@ -143,12 +222,19 @@ class World:
             self.seed,
             str(self.tokenizer.mask_token),
         )
-        noisy = [data.tokenize(self.tokenizer, p, MAX_TOKENS) for p in pool]
+        noisy = [tuple(t.to(self.device) for t in data.tokenize(self.tokenizer, p, MAX_TOKENS)) for p in pool]
         return UnlearnInputs(forget, retain, test, noisy)  # type: ignore[arg-type]
 
 
-def score(model: torch.nn.Module, inputs: UnlearnInputs, seed: int, seconds: float) -> dict[str, float]:
-    metrics, _ = model_metrics(model, inputs.forget, inputs.retain, inputs.test, seed=seed)  # type: ignore[arg-type]
+def score(model: torch.nn.Module, inputs: UnlearnInputs, world: World, seconds: float) -> dict[str, float]:
+    metrics, _ = model_metrics(
+        model,  # type: ignore[arg-type]
+        inputs.forget,
+        inputs.retain,
+        inputs.test,
+        seed=world.seed,
+        precision=world.precision,
+    )
     s, m = metrics.split, metrics.mia
     values = {
         "forget_auc": s.forget_auc,
@@ -162,15 +248,17 @@ def score(model: torch.nn.Module, inputs: UnlearnInputs, seed: int, seconds: flo
     return {k: math.nan if v is None else float(v) for k, v in values.items()}
 
 
-def run_method(world: World, name: str, inputs: UnlearnInputs) -> dict[str, float]:
+def run_method(world: World, name: str, inputs: UnlearnInputs, recipe: TrainConfig) -> dict[str, float]:
     method = METHODS[name]
+    if name == "retrain":  # the original's recipe, shortened with it (FORGET_MI.md §9)
+        method = method.model_copy(update={"epochs": recipe.epochs})
     ctx = MethodContext(
         original=copy.deepcopy(world.original),
         inputs=inputs,
         method=method,
         generator=seed_everything(world.seed),
-        device=torch.device("cpu"),
-        precision="fp32",
+        device=world.device,
+        precision=world.precision,
         seed=world.seed,
     )
     try:
@@ -178,7 +266,7 @@ def run_method(world: World, name: str, inputs: UnlearnInputs) -> dict[str, floa
     except DivergedError as err:
         log(f"  {name}: diverged ({err})")
         return {k: math.nan for k in METRICS}
-    return score(result.model, inputs, world.seed, result.seconds)
+    return score(result.model, inputs, world, result.seconds)
 
 
 def add_derived(rows: dict[str, dict[str, float]]) -> None:
@@ -194,22 +282,58 @@ def mean_rows(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str
     return {n: {k: float(np.nanmean([r[n][k] for r in per_seed])) for k in per_seed[0][n]} for n in names}
 
 
+def choose_recipe(args: argparse.Namespace, world: World, elapsed: float) -> tuple[TrainConfig, dict[str, Any]]:
+    """The recipe of the original and of retrain: ``RECIPE``, shortened by --epochs or --time-budget."""
+    notes: dict[str, Any] = {}
+    epochs = args.epochs if args.epochs is not None else RECIPE.epochs
+    if args.time_budget is not None:
+        start = time.perf_counter()
+        seconds = world.epoch_seconds()
+        remaining = args.time_budget - elapsed - (time.perf_counter() - start)
+        fitting = budget_epochs(remaining, seconds, args.seeds, len(args.fraction_list), RECIPE.epochs)
+        notes = {"calibration_epoch_seconds": seconds, "budget_remaining_seconds": remaining}
+        log(f"calibration: {seconds:.2f}s per training epoch; {remaining:.0f}s of the budget left fit {fitting} epochs")
+        epochs = min(epochs, fitting)
+    if epochs != RECIPE.epochs:
+        notes["recipe_epochs_reduced_from"] = RECIPE.epochs
+        log(
+            f"RECIPE SHORTENED: original and retrain train {epochs} epochs instead of {RECIPE.epochs} "
+            "(recorded in results.json config.recipe)"
+        )
+    return RECIPE.model_copy(update={"epochs": epochs}), notes
+
+
+def write_partial(out: Path | None, done: list[dict[str, Any]]) -> None:
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "partial.json").write_text(json.dumps(json_safe(done), indent=1))
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     per_fraction: dict[float, list[dict[str, dict[str, float]]]] = {f: [] for f in args.fraction_list}
     original_seconds = []
+    done: list[dict[str, Any]] = []
+    recipe, notes = RECIPE, {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="forgetmi-bench-") as tmp:
         for seed in range(args.seeds):
-            world = World(args.patients, seed, Path(tmp))
+            world = World(args, seed, Path(tmp))
+            log(f"seed {seed}: {len(world.samples)} samples ({len(world.train)} training) ready after "
+                f"{time.perf_counter() - t0:.1f}s on {world.device} ({world.precision})")
+            if seed == 0:
+                recipe, notes = choose_recipe(args, world, time.perf_counter() - t0)
+            world.train_original(recipe)
             original_seconds.append(world.original_seconds)
             log(f"seed {seed}: original trained in {world.original_seconds:.1f}s")
             for fraction in args.fraction_list:
                 inputs = world.inputs(fraction, DEMO_METHOD.noise.text_level)
-                rows = {"original": score(world.original, inputs, seed, world.original_seconds)}
+                rows = {"original": score(world.original, inputs, world, world.original_seconds)}
                 for name in METHODS:
-                    rows[name] = run_method(world, name, inputs)
+                    rows[name] = run_method(world, name, inputs, recipe)
                     log(f"  fraction {fraction:.2f} {name}: {rows[name]['seconds']:.1f}s")
+                    done.append({"seed": seed, "fraction": fraction, "method": name, **rows[name]})
+                    write_partial(args.out, done)
                 add_derived(rows)
                 per_fraction[fraction].append(rows)
     result: dict[str, Any] = {
@@ -218,10 +342,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": args.seeds,
             "fractions": args.fraction_list,
             "threads": args.threads,
-            "methods": {n: m.model_dump(mode="json") for n, m in METHODS.items()},
-            "recipe": RECIPE.model_dump(mode="json"),
+            "methods": {
+                n: (m.model_copy(update={"epochs": recipe.epochs}) if n == "retrain" else m).model_dump(mode="json")
+                for n, m in METHODS.items()
+            },
+            "recipe": recipe.model_dump(mode="json"),
+            **notes,
             "original_seconds": float(np.mean(original_seconds)),
             "wall_seconds": time.perf_counter() - t0,
+            **environment(args, world),
         },
         "fractions": {},
     }
@@ -233,75 +362,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "original": rows["original"],
         }
     return result
-
-
-def format_tables(result: dict[str, Any]) -> str:
-    cols = ("forget AUC", "forget F1", "test AUC", "test F1", "MIA", "miaAUC", "seconds", "cost", "avg gap")
-    keys = (*METRICS, "cost_ratio", "avg_gap")
-    out = []
-    for fraction, block in result["fractions"].items():
-        out.append(f"\nforget fraction {fraction} (mean of {result['config']['seeds']} seeds)")
-        out.append("| method | " + " | ".join(cols) + " |")
-        out.append("|---" * (len(cols) + 1) + "|")
-        rows = {"original": block["original"], **block["methods"]}
-        for name, row in rows.items():
-            cells = []
-            for k in keys:
-                v = row[k]
-                if math.isnan(v):
-                    cells.append("-")
-                elif k == "seconds":
-                    cells.append(f"{v:.2f}")
-                elif k == "cost_ratio":
-                    cells.append(f"{100 * v:.1f} %")
-                else:
-                    cells.append(f"{v:.3f}")
-            out.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
-
-
-def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    markers = dict(zip(result["fractions"], "os^Dv", strict=False))
-    colours = dict(zip(METHODS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    for fraction, block in result["fractions"].items():
-        for name, row in block["methods"].items():
-            if name == "retrain":
-                continue
-            ax.scatter(
-                100 * row["cost_ratio"],
-                row["avg_gap"],
-                marker=markers[fraction],
-                color=colours[name],
-                label=f"{name} ({float(fraction):.0%})",
-            )
-    ax.axvline(5, color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
-    ax.set_xlabel("cost: seconds ÷ retrain seconds (%, log)")
-    ax.set_ylabel("avg gap to the retrained model (lower is better)")
-    ax.set_title(f"Unlearning vs retraining ({result['config']['patients']} patients, CPU)")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def json_safe(value: Any) -> Any:
-    """NaN (a diverged method, an unmeasurable metric) becomes null, so the output is strict JSON."""
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -207,8 +207,11 @@ def encode(
 
 
 def noisy_images(pixels: Tensor, mean: float, std: float, generator: torch.Generator) -> Tensor:
-    """i.i.d. Gaussian noise per pixel, then clip to [0, 1]; a new draw on every call."""
-    noise = torch.randn(pixels.shape, generator=generator, device=pixels.device) * std + mean
+    """i.i.d. Gaussian noise per pixel, then clip to [0, 1]; a new draw on every call.
+
+    The noise is drawn on the generator's device and then moved to the pixels' (torch refuses a
+    CPU generator for a CUDA draw), so a seed gives the same noise on CPU and GPU."""
+    noise = torch.randn(pixels.shape, generator=generator, device=generator.device).to(pixels.device) * std + mean
     return (pixels + noise).clamp(0.0, 1.0)
 
 

@@ -147,6 +147,14 @@ def test_noisy_images_clip_and_redraw() -> None:
     assert abs(float(small.std()) - 0.1) < 0.02 and abs(float(small.mean()) - 0.5) < 0.02
 
 
+def test_noisy_images_draw_from_the_generators_stream() -> None:
+    # The noise is the generator's own draw (on its device), moved to the pixels afterwards: what
+    # lets a CPU generator feed CUDA pixels (tests/trainer/test_gpu.py checks that on a GPU).
+    pixels = torch.full((2, 1, 8, 8), 0.5)
+    expected = (pixels + torch.randn(pixels.shape, generator=torch.Generator().manual_seed(3)) * 0.1).clamp(0.0, 1.0)
+    assert torch.equal(data.noisy_images(pixels, 0.0, 0.1, torch.Generator().manual_seed(3)), expected)
+
+
 TEXT = "mild edema in both lungs with pleural effusion and atelectasis near heart size stable"
 
 

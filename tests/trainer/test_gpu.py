@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from forgetmi_trainer import storage
+from forgetmi_trainer import data, storage
 from forgetmi_trainer.cli import main
 from forgetmi_trainer.contract import Report
 
@@ -32,3 +33,12 @@ def test_run_on_cuda_with_bf16(s3_world: Any, s3_env: str, tmp_path: Path) -> No
     for metrics in (report.original, report.unlearned):
         assert metrics.split.test_auc is not None and 0.0 <= metrics.split.test_auc <= 1.0
     assert term.read_text().startswith('{"ok":true')
+
+
+def test_noisy_images_on_cuda_with_a_cpu_generator() -> None:
+    # Forget-MI seeds one CPU generator and perturbs forget images that live on the GPU.
+    pixels = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    on_cpu = data.noisy_images(pixels, 0.0, 0.3, torch.Generator().manual_seed(5))
+    on_gpu = data.noisy_images(pixels.cuda(), 0.0, 0.3, torch.Generator().manual_seed(5))
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=1e-6)
