@@ -159,7 +159,8 @@ async def track(kube: Kube, settings: Settings, body: Mapping[str, Any],
         with_condition(body, step, "Unlearned", "False", state.reason, state.message)
         step.status["completionTime"] = now()
         step.events.append(("Warning", "JobFailed", f"Job {job_name} failed ({state.reason}): {state.message}"))
-        if job is not None and not _job_finished(job) and await kube.delete_job(meta["namespace"], job_name):
+        if (job is not None and state.never_started and not _job_finished(job)
+                and await kube.delete_job(meta["namespace"], job_name)):
             # A Pod that never started (unschedulable, image pull) would keep its queue slot or GPU.
             step.events.append(("Normal", "JobDeleted", f"Deleted Job {job_name}, whose Pod never started."))
     return step, state

@@ -1,4 +1,4 @@
-"""Kopf handlers for UnlearnRequests and their Jobs: the only module that uses ``@kopf.*``.
+"""Kopf handlers for UnlearnRequests and their trainer Jobs and Pods: the only module that uses ``@kopf.*``.
 
 Handlers are thin: the work is in :mod:`forgetmi_operator.flows`; here domain errors become Kopf
 errors (retryable → ``kopf.TemporaryError``, others → a False condition, a Warning Event and
@@ -7,8 +7,9 @@ errors (retryable → ``kopf.TemporaryError``, others → a False condition, a W
 - create/resume: accept and launch (idempotent: the Job's name is deterministic, a second
   attempt finds it); un-suspending a request that never launched launches it;
 - one :class:`~forgetmi_operator.tracker.Tracker` follows every open request's Job: it looks at a
-  request when its Job has news (a watch on trainer Jobs), when the request shows a new Job or
-  waits for approval (the approval annotation, a ``spec.rollout.mode`` change), and every
+  request when its Job or Pod has news (watches on the trainer's Jobs and Pods, filtered by label
+  on the API server), when the request shows a new Job or waits for approval (the approval
+  annotation, a ``spec.rollout.mode`` change), and every
   ``FORGETMI_PROGRESS_INTERVAL_SECONDS`` (progress, Pods that never start); a look copies
   progress, fails a stuck or failed Job, and on success evaluates (gates → promote / hold /
   retrain → receipt);
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 RETRY_DELAY_SECONDS = 10.0
 RESOURCE = (GROUP, VERSION, PLURAL)
 TRACKING_CONCURRENCY = 8
+TRAINER_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGER}"
+"""The label selector of the trainer Jobs and Pods the operator watches."""
 """Looks at requests (API reads, evaluations) that run at the same time."""
 PHASES = PhaseBook(METRICS)
 """Every request's phase, for the request gauges and counters."""
@@ -50,7 +53,7 @@ class _QuietWatchHandlers(logging.Filter):
     event of every request and trainer Job, it is noise at INFO and costs CPU under load; failures
     of those handlers are still logged."""
 
-    NOISE = frozenset({"Handler 'request_event' succeeded.", "Handler 'job_event' succeeded."})
+    NOISE = frozenset({f"Handler '{name}' succeeded." for name in ("request_event", "job_event", "pod_event")})
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.msg not in self.NOISE
@@ -77,6 +80,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = ours.watch_timeout_seconds + 30
     settings.networking.request_timeout = ours.request_timeout_seconds
     settings.posting.level = logging.WARNING  # Kopf's own INFO lines are not worth an Event each
+    for resource in (("batch", "jobs"), ("", "pods")):  # only the trainer's, filtered by the API server
+        settings.watching.label_selectors[resource] = TRAINER_SELECTOR
     memo.settings = ours
     memo.kube = Kube.from_settings(ours)
     memo.tracker = Tracker(lambda entry: _look(memo, entry), is_open=_is_open, concurrency=TRACKING_CONCURRENCY)
@@ -277,6 +282,19 @@ async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     deleted = event.get("type") == "DELETED"
     owner = memo.tracker.job_changed(job, deleted=deleted)
     if owner is not None and (deleted or tracking.has_news(job)):
+        memo.tracker.poke(owner)
+
+
+@kopf.on.event("", "v1", "pods", labels={naming.LABEL_MANAGED_BY: naming.MANAGER})
+async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """Every trainer Pod event (a Pod scheduled, running, stuck pulling its image, terminated):
+    look at its request now rather than at the next sweep."""
+    pod = event["object"]
+    job_name = tracking.job_name_of_pod(pod)
+    if job_name is None:
+        return
+    owner = memo.tracker.request_of_job(str((pod.get("metadata") or {}).get("namespace")), job_name)
+    if owner is not None:
         memo.tracker.poke(owner)
 
 

@@ -8,9 +8,9 @@ Kopf's ``on.event`` handlers feed it and it decides when a request is looked at:
   each watch event and each patch result is a fresh dict that nobody changes afterwards (Kopf
   replaces, never mutates, the raw bodies it hands out; the looks only read them);
 - :meth:`Tracker.job_changed` keeps the latest trainer Job (so a look needs no GET of it) and says
-  which request owns it;
-- :meth:`Tracker.poke` asks for one request to be looked at now (a Job with news, a new Job
-  name, an approval); :meth:`Tracker.sweep_forever` pokes every open request every interval
+  which request owns it; :meth:`Tracker.request_of_job` finds the request of a trainer Pod's Job;
+- :meth:`Tracker.poke` asks for one request to be looked at now (a Job or Pod with news, a new
+  Job name, an approval); :meth:`Tracker.sweep_forever` pokes every open request every interval
   (progress, Pods that never start, retries after an error).
 
 A request is never looked at twice at once: a poke while it is being looked at runs the look
@@ -116,6 +116,17 @@ class Tracker:
         elif job_key not in self.jobs or is_newer(job, self.jobs[job_key]):
             self.jobs[job_key] = dict(job)
         return owner_of(job)
+
+    def request_of_job(self, namespace: str, job_name: str) -> Key | None:
+        """The open request whose Job is ``job_name``: by the Job's owner when the Job was seen,
+        else by the requests' ``status.jobName``."""
+        job = self.jobs.get((namespace, job_name))
+        if job is not None:
+            return owner_of(job)
+        for key, entry in self.entries.items():
+            if key[0] == namespace and (entry.body.get("status") or {}).get("jobName") == job_name:
+                return key
+        return None
 
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The latest Job seen by the watch, or None when none was (then read it from the API)."""

@@ -34,6 +34,7 @@ JobPhase = Literal["pending", "running", "succeeded", "failed"]
 STUCK_WAITING_REASONS = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"}
 )
+NEVER_STARTED_REASONS = STUCK_WAITING_REASONS | {"Unschedulable"}
 EXIT_CODE_REASONS = {
     ExitCode.BAD_CONFIG: "BadConfig",
     ExitCode.STORAGE_OR_INPUT: "StorageOrInputError",
@@ -57,6 +58,11 @@ class JobState:
     @property
     def finished(self) -> bool:
         return self.phase in ("succeeded", "failed")
+
+    @property
+    def never_started(self) -> bool:
+        """A failure of a Pod that never ran the trainer (image pull, config error, unschedulable)."""
+        return self.phase == "failed" and self.reason in NEVER_STARTED_REASONS
 
 
 def job_state(
@@ -106,6 +112,19 @@ def has_pods(job: Mapping[str, Any] | None) -> bool:
 def has_news(job: Mapping[str, Any]) -> bool:
     """Whether a watch event of ``job`` may change its request: it has Pods, or it finished."""
     return has_pods(job)
+
+
+def job_name_of_pod(pod: Mapping[str, Any]) -> str | None:
+    """The Job a Pod belongs to: its ``job-name`` label, else its Job ownerReference."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    for label in ("batch.kubernetes.io/job-name", "job-name"):
+        if labels.get(label):
+            return str(labels[label])
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == "Job" and ref.get("name"):
+            return str(ref["name"])
+    return None
 
 
 def _name(obj: Mapping[str, Any]) -> str:

@@ -82,6 +82,31 @@ class UnschedulableRunner(JobRunner):
                        subresource="status")
 
 
+class ImagePullRunner(JobRunner):
+    """Gives each Job one Pod whose trainer image cannot be pulled, and runs nothing."""
+
+    def _run_job(self, job: dict[str, Any]) -> None:
+        meta = job["metadata"]
+        self.started.append(meta["name"])
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
+                 "controller": True}
+        labels = {**(job["spec"]["template"].get("metadata") or {}).get("labels", {}),
+                  "job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"]}
+        self.api.patch(JOBS, meta["namespace"], meta["name"], {"status": {"startTime": stamp, "active": 1}},
+                       subresource="status")
+        time.sleep(0.5)  # the Pod appears after the Job counts it, as the Job controller does
+        self.api.create(PODS, meta["namespace"], {
+            "metadata": {"name": f"{meta['name']}-{uuid.uuid4().hex[:5]}", "labels": labels,
+                         "ownerReferences": [owner]},
+            "spec": job["spec"]["template"]["spec"],
+            "status": {"phase": "Pending", "containerStatuses": [{
+                "name": "trainer", "ready": False, "restartCount": 0, "image": "ghcr.io/forgetmi/missing:0",
+                "state": {"waiting": {"reason": "ImagePullBackOff",
+                                      "message": 'Back-off pulling image "ghcr.io/forgetmi/missing:0"'}}}]},
+        })
+
+
 @pytest.fixture(scope="module")
 def world(s3_server: str) -> Iterator[dict[str, Any]]:
     """A bucket with a small dataset and one trained model (version v1), fitted once per module."""
@@ -243,6 +268,20 @@ def test_trainer_exit_2_fails_the_request_at_once(cluster: dict[str, Any], monke
     assert "from_a_newer_operator" in unlearned["message"]  # the trainer's termination message
     assert status["completionTime"]
     assert _alias(cluster, model).version == "v1"
+
+
+@pytest.mark.parametrize("runner_class", [ImagePullRunner])
+def test_an_image_that_cannot_be_pulled_fails_the_request_when_the_pod_says_so(
+        cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Pod watch: with the periodic look 600 s apart, only the Pod's own event can fail it in time."""
+    monkeypatch.setenv("FORGETMI_PROGRESS_INTERVAL_SECONDS", "600")
+    with operator(cluster["ns"]):
+        _apply(cluster, "nopull")
+        done = wait_for(lambda: _finished(cluster, "nopull"), 30, "Failed")
+    unlearned = _condition(done, "Unlearned")
+    assert (unlearned["status"], unlearned["reason"]) == ("False", "ImagePullBackOff"), done["status"]
+    assert "ghcr.io/forgetmi/missing:0" in unlearned["message"]
+    assert cluster["api"].get(JOBS, cluster["ns"], done["status"]["jobName"]) is None  # deleted: never started
 
 
 @pytest.mark.parametrize("runner_class", [UnschedulableRunner])

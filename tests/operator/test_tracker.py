@@ -210,5 +210,16 @@ async def test_close_cancels_the_looks_in_flight() -> None:
     assert task is not None and task.cancelled()
 
 
+@run_async
+async def test_request_of_job_uses_the_jobs_owner_then_the_requests_job_names() -> None:
+    tracker = Tracker(Looks(), is_open=_open)
+    tracker.observe(_request("r2", "1", job="job-b"))
+    assert tracker.request_of_job("ns", "job-b") == ("ns", "r2")  # not seen yet: by status.jobName
+    tracker.job_changed(_job("job-b", "3", owner="r2"))
+    assert tracker.request_of_job("ns", "job-b") == ("ns", "r2")
+    assert tracker.request_of_job("other", "job-b") is None
+    assert tracker.request_of_job("ns", "job-z") is None
+
+
 def test_key_of() -> None:
     assert key_of(_request("r9", "1")) == ("ns", "r9")

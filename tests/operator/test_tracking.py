@@ -192,3 +192,23 @@ def test_has_pods_and_has_news_follow_the_job_status(status: dict[str, Any], exp
 
 def test_has_pods_of_a_missing_job_is_false() -> None:
     assert not tracking.has_pods(None)
+
+
+def test_job_name_of_pod_reads_the_job_labels_then_the_owner() -> None:
+    assert tracking.job_name_of_pod({"metadata": {"labels": {"batch.kubernetes.io/job-name": "j1"}}}) == "j1"
+    assert tracking.job_name_of_pod({"metadata": {"labels": {"job-name": "j2"}}}) == "j2"
+    owned = {"metadata": {"ownerReferences": [{"kind": "ReplicaSet", "name": "r"}, {"kind": "Job", "name": "j3"}]}}
+    assert tracking.job_name_of_pod(owned) == "j3"
+    assert tracking.job_name_of_pod({"metadata": {}}) is None
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    (JobState("failed", "ImagePullBackOff", "m"), True),
+    (JobState("failed", "Unschedulable", "m"), True),
+    (JobState("failed", "CreateContainerConfigError", "m"), True),
+    (JobState("failed", "BadConfig", "m"), False),  # the trainer ran and exited 2: keep its Job and logs
+    (JobState("failed", "BackoffLimitExceeded", "m"), False),
+    (JobState("pending", "Pending", "m"), False),
+])
+def test_never_started_names_the_failures_of_pods_that_never_ran(state: JobState, expected: bool) -> None:
+    assert state.never_started is expected
