@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from harness.cluster import (
@@ -59,31 +59,12 @@ class BadConfigRunner(JobRunner):
         return config_path, env
 
 
-class UnschedulableRunner(JobRunner):
-    """Gives each Job one Pod that the scheduler cannot place, and runs nothing."""
+class PodThatNeverRuns(JobRunner):
+    """Gives each Job one Pod with :attr:`POD_STATUS` and runs nothing; the Job counts it active
+    first (the Pod appears ``DELAY`` seconds later, as the Job controller does it)."""
 
-    def _run_job(self, job: dict[str, Any]) -> None:
-        meta = job["metadata"]
-        self.started.append(meta["name"])
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
-                 "controller": True}
-        labels = {**(job["spec"]["template"].get("metadata") or {}).get("labels", {}),
-                  "job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"]}
-        self.api.create(PODS, meta["namespace"], {
-            "metadata": {"name": f"{meta['name']}-{uuid.uuid4().hex[:5]}", "labels": labels,
-                         "ownerReferences": [owner]},
-            "spec": job["spec"]["template"]["spec"],
-            "status": {"phase": "Pending", "conditions": [{
-                "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "lastTransitionTime": stamp,
-                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]},
-        })
-        self.api.patch(JOBS, meta["namespace"], meta["name"], {"status": {"startTime": stamp, "active": 1}},
-                       subresource="status")
-
-
-class ImagePullRunner(JobRunner):
-    """Gives each Job one Pod whose trainer image cannot be pulled, and runs nothing."""
+    POD_STATUS: ClassVar[dict[str, Any]] = {}
+    DELAY = 0.0
 
     def _run_job(self, job: dict[str, Any]) -> None:
         meta = job["metadata"]
@@ -95,16 +76,33 @@ class ImagePullRunner(JobRunner):
                   "job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"]}
         self.api.patch(JOBS, meta["namespace"], meta["name"], {"status": {"startTime": stamp, "active": 1}},
                        subresource="status")
-        time.sleep(0.5)  # the Pod appears after the Job counts it, as the Job controller does
+        time.sleep(self.DELAY)
+        status = json.loads(json.dumps(self.POD_STATUS).replace("$NOW", stamp))
         self.api.create(PODS, meta["namespace"], {
             "metadata": {"name": f"{meta['name']}-{uuid.uuid4().hex[:5]}", "labels": labels,
                          "ownerReferences": [owner]},
             "spec": job["spec"]["template"]["spec"],
-            "status": {"phase": "Pending", "containerStatuses": [{
-                "name": "trainer", "ready": False, "restartCount": 0, "image": "ghcr.io/forgetmi/missing:0",
-                "state": {"waiting": {"reason": "ImagePullBackOff",
-                                      "message": 'Back-off pulling image "ghcr.io/forgetmi/missing:0"'}}}]},
+            "status": status,
         })
+
+
+class UnschedulableRunner(PodThatNeverRuns):
+    """A Pod that the scheduler cannot place."""
+
+    POD_STATUS: ClassVar[dict[str, Any]] = {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "lastTransitionTime": "$NOW",
+        "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}
+
+
+class ImagePullRunner(PodThatNeverRuns):
+    """A Pod whose trainer image cannot be pulled; it appears after the Job counts it, so only the
+    Pod's own event tells the operator."""
+
+    DELAY = 0.5
+    POD_STATUS: ClassVar[dict[str, Any]] = {"phase": "Pending", "containerStatuses": [{
+        "name": "trainer", "ready": False, "restartCount": 0, "image": "ghcr.io/forgetmi/missing:0",
+        "state": {"waiting": {"reason": "ImagePullBackOff",
+                              "message": 'Back-off pulling image "ghcr.io/forgetmi/missing:0"'}}}]}
 
 
 @pytest.fixture(scope="module")
