@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,23 @@ def write_kubeconfig(path: Path, url: str) -> Path:
 
 def install_crd(api: ApiServer) -> None:
     api.create(CRDS, None, yaml.safe_load(CRD_FILE.read_text()))
+
+
+def start_cluster(tmp_path: Path, setenv: Callable[[str, str], None]) -> tuple[ApiServer, str]:
+    """A started emulator with the CRD and a fresh namespace, and the operator's environment for it
+    (``$KUBECONFIG``, free ports, short intervals and timeouts) set with ``setenv``; (api, namespace)."""
+    api = ApiServer()
+    url = api.start()
+    install_crd(api)
+    setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", url)))
+    setenv("FORGETMI_PROGRESS_INTERVAL_SECONDS", "0.5")
+    setenv("FORGETMI_METRICS_PORT", str(free_port()))
+    setenv("FORGETMI_HEALTH_PORT", str(free_port()))
+    setenv("FORGETMI_REQUEST_TIMEOUT_SECONDS", "10")
+    setenv("FORGETMI_WATCH_TIMEOUT_SECONDS", "60")
+    namespace = f"ns-{uuid.uuid4().hex[:6]}"
+    api.create(NAMESPACES, None, {"metadata": {"name": namespace}})
+    return api, namespace
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ import base64
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,16 +15,12 @@ import pytest
 from harness.cluster import (
     EVENTS,
     JOBS,
-    NAMESPACES,
     REQUESTS,
     SECRETS,
-    free_port,
-    install_crd,
     operator,
+    start_cluster,
     wait_for,
-    write_kubeconfig,
 )
-from harness.emulator import ApiServer
 from harness.jobrunner import JobRunner
 from harness.world import fitted_world, seed_model
 
@@ -49,17 +44,7 @@ def world(s3_server: str) -> Iterator[dict[str, Any]]:
 @pytest.fixture
 def cluster(world: dict[str, Any], s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             caplog: pytest.LogCaptureFixture) -> Iterator[dict[str, Any]]:
-    api = ApiServer()
-    url = api.start()
-    install_crd(api)
-    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", url)))
-    monkeypatch.setenv("FORGETMI_PROGRESS_INTERVAL_SECONDS", "0.5")
-    monkeypatch.setenv("FORGETMI_METRICS_PORT", str(free_port()))
-    monkeypatch.setenv("FORGETMI_HEALTH_PORT", str(free_port()))
-    monkeypatch.setenv("FORGETMI_REQUEST_TIMEOUT_SECONDS", "10")
-    monkeypatch.setenv("FORGETMI_WATCH_TIMEOUT_SECONDS", "60")
-    namespace = f"ns-{uuid.uuid4().hex[:6]}"
-    api.create(NAMESPACES, None, {"metadata": {"name": namespace}})
+    api, namespace = start_cluster(tmp_path, monkeypatch.setenv)
     caplog.set_level(logging.DEBUG)
     with JobRunner(api, tmp_path) as runner:
         try:

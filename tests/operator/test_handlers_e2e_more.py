@@ -26,16 +26,12 @@ from typing import Any, ClassVar
 import pytest
 from harness.cluster import (
     JOBS,
-    NAMESPACES,
     REQUESTS,
     SECRETS,
-    free_port,
-    install_crd,
     operator,
+    start_cluster,
     wait_for,
-    write_kubeconfig,
 )
-from harness.emulator import ApiServer
 from harness.jobrunner import PODS, JobRunner
 from harness.world import fitted_world, seed_model
 
@@ -114,18 +110,8 @@ def world(s3_server: str) -> Iterator[dict[str, Any]]:
 
 def _cluster(world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
              runner: type[JobRunner]) -> Iterator[dict[str, Any]]:
-    api = ApiServer()
-    url = api.start()
-    install_crd(api)
-    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", url)))
-    monkeypatch.setenv("FORGETMI_PROGRESS_INTERVAL_SECONDS", "0.5")
+    api, namespace = start_cluster(tmp_path, monkeypatch.setenv)
     monkeypatch.setenv("FORGETMI_PENDING_POD_TIMEOUT_SECONDS", "2")
-    monkeypatch.setenv("FORGETMI_METRICS_PORT", str(free_port()))
-    monkeypatch.setenv("FORGETMI_HEALTH_PORT", str(free_port()))
-    monkeypatch.setenv("FORGETMI_REQUEST_TIMEOUT_SECONDS", "10")
-    monkeypatch.setenv("FORGETMI_WATCH_TIMEOUT_SECONDS", "60")
-    namespace = f"ns-{uuid.uuid4().hex[:6]}"
-    api.create(NAMESPACES, None, {"metadata": {"name": namespace}})
     with runner(api, tmp_path) as jobs:
         try:
             yield {"api": api, "ns": namespace, "runner": jobs, "world": world}
