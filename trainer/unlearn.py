@@ -6,6 +6,13 @@ the original's. One step takes a forget batch x, its aligned noisy copy x̃ (sam
 order) and a random retain batch r of the same size, and minimises the weighted four terms;
 gradients are clipped to norm 1 and AdamW steps once per batch. One epoch is one pass over D_f.
 The heads are never trained. A declared rule selects the checkpoint that is returned.
+
+Where the time goes (FORGET_MI.md §9). ``F_og`` never changes, so its embeddings are computed in
+large batches outside the steps: of the retain set once per run, and of the epoch's noisy forget
+copy x̃ once per epoch (each forget sample is in exactly one step of an epoch, so drawing its
+noise at the start of the epoch is the same draw as drawing it in its step). ``F_ul`` runs in
+eval mode, where no layer mixes samples, so x and r go through it as one batch: one forward and
+one backward per step instead of two each, with the same result.
 """
 
 from __future__ import annotations
@@ -66,9 +73,8 @@ def frozen_embeddings(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``F_og``'s unimodal (N, 2d) and joint (N, d) embeddings of every sample of ``data``, in float32.
 
-    ``F_og`` is frozen and in eval mode and retain inputs are never perturbed, so its retain
-    embeddings are the same at every step: computing them once saves a quarter of the step's
-    forward passes (FORGET_MI.md §9)."""
+    ``F_og`` is frozen and in eval mode, so these are the embeddings every step would compute:
+    the retain set's once per run, the noisy forget copy's once per epoch (FORGET_MI.md §9)."""
     device = data.labels.device
     units, joints = [], []
     for start in range(0, len(data), batch_size):
@@ -82,35 +88,40 @@ def frozen_embeddings(
 
 def step_terms(
     f_ul: MultimodalClassifier,
-    f_og: MultimodalClassifier,
     x: Encoded,
-    x_noisy: Encoded,
     r: Encoded,
+    og_f: tuple[torch.Tensor, torch.Tensor],
     og_r: tuple[torch.Tensor, torch.Tensor],
     gate: torch.nn.Module,
     bound: float | None,
 ) -> losses.LossTerms:
-    """The four terms of one step (each a scalar). ``F_og`` runs without grad on x̃; its retain
-    embeddings ``og_r`` (unimodal (B, 2d), joint (B, d)) come from :func:`frozen_embeddings`."""
-    with torch.no_grad():
-        og_f = f_og(x_noisy.pixels, x_noisy.input_ids, x_noisy.attention_mask, fusion=gate)
-    ul_f = f_ul(x.pixels, x.input_ids, x.attention_mask, fusion=gate)
-    ul_r = f_ul(r.pixels, r.input_ids, r.attention_mask, fusion=gate)
+    """The four terms of one step (each a scalar). ``F_og``'s embeddings (unimodal (B, 2d),
+    joint (B, d)) of the noisy forget batch x̃ (``og_f``) and of the retain batch (``og_r``) come
+    from :func:`frozen_embeddings`; ``F_ul`` (in eval mode) runs once on x and r together."""
+    both = Encoded(
+        torch.cat([x.pixels, r.pixels]),
+        torch.cat([x.input_ids, r.input_ids]),
+        torch.cat([x.attention_mask, r.attention_mask]),
+        torch.cat([x.labels, r.labels]),
+    )
+    out = f_ul(both.pixels, both.input_ids, both.attention_mask, fusion=gate)
+    units, joints, n = _unimodal(out), out.joint_embeds, len(x)
     return losses.LossTerms(
-        uu=losses.unimodal_unlearning(_unimodal(ul_f), _unimodal(og_f), bound),
-        mu=losses.multimodal_unlearning(ul_f.joint_embeds, og_f.joint_embeds, bound),
-        ur=losses.unimodal_retention(_unimodal(ul_r), og_r[0]),
-        mr=losses.multimodal_retention(ul_r.joint_embeds, og_r[1]),
+        uu=losses.unimodal_unlearning(units[:n], og_f[0], bound),
+        mu=losses.multimodal_unlearning(joints[:n], og_f[1], bound),
+        ur=losses.unimodal_retention(units[n:], og_r[0]),
+        mr=losses.multimodal_retention(joints[n:], og_r[1]),
     )
 
 
 @torch.no_grad()
 def mean_image_loss(model: MultimodalClassifier, data: Encoded, batch_size: int = 512) -> float:
-    """Mean image-head cross-entropy over ``data``."""
+    """Mean image-head cross-entropy over ``data``. The image head reads only the image
+    embedding, so the text encoder is not run."""
     total = 0.0
     for start in range(0, len(data), batch_size):
         b = data.take(torch.arange(start, min(start + batch_size, len(data)), device=data.labels.device))
-        logits = model(b.pixels, b.input_ids, b.attention_mask).image_logits.float()
+        logits = model.image_head(model.encode_image(b.pixels)).float()
         total += float(F.cross_entropy(logits, b.labels, reduction="sum"))
     return total / max(len(data), 1)
 
@@ -126,6 +137,7 @@ def forget_mi(
     on_epoch: EpochCallback | None = None,
 ) -> UnlearnResult:
     """Unlearn ``inputs.forget`` from ``original`` (left unchanged) and return the selected model."""
+    start = time.perf_counter()
     rule, fixed = method.selection.rule, method.selection.epoch
     if rule == "FixedEpoch" and fixed is not None and fixed > method.epochs:
         raise ConfigError(f"method.selection.epoch ({fixed}) exceeds method.epochs ({method.epochs}).")
@@ -145,25 +157,30 @@ def forget_mi(
     forget, retain = inputs.forget, inputs.retain
     n, bs = len(forget), method.batch_size
     noise = method.noise
-    start = time.perf_counter()
     history: list[dict[str, float]] = []
     selected = epochs
     og_retain_u, og_retain_j = frozen_embeddings(f_og, retain, gate, precision)
     for epoch in range(1, epochs + 1):
         order = torch.randperm(n, generator=generator)
         ids, mask = inputs.noisy_texts[(epoch - 1) % len(inputs.noisy_texts)]
+        noisy = Encoded(
+            noisy_images(forget.pixels, noise.image_mean, noise.image_std, generator), ids, mask, forget.labels
+        )
+        og_noisy_u, og_noisy_j = frozen_embeddings(f_og, noisy, gate, precision)
         epoch_loss = 0.0
         for s in range(math.ceil(n / bs)):
             idx = order[s * bs : (s + 1) * bs].to(device)
-            x = forget.take(idx)
-            x_noisy = Encoded(
-                noisy_images(x.pixels, noise.image_mean, noise.image_std, generator), ids[idx], mask[idx], x.labels
-            )
             ridx = torch.randint(len(retain), (len(idx),), generator=generator).to(device)
-            r = retain.take(ridx)
             with autocast(device, precision):
-                terms = step_terms(f_ul, f_og, x, x_noisy, r, (og_retain_u[ridx], og_retain_j[ridx]), gate,
-                                   method.push_bound)
+                terms = step_terms(
+                    f_ul,
+                    forget.take(idx),
+                    retain.take(ridx),
+                    (og_noisy_u[idx], og_noisy_j[idx]),
+                    (og_retain_u[ridx], og_retain_j[ridx]),
+                    gate,
+                    method.push_bound,
+                )
                 loss = losses.combine(terms, weights, method.sign)
             if not torch.isfinite(loss):
                 raise DivergedError(f"The unlearning loss became {float(loss.detach())} at epoch {epoch}.")

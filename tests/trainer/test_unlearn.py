@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from forgetmi_trainer import data, synthetic
+from forgetmi_trainer import data, losses, synthetic
 from forgetmi_trainer.checkpoint import fetch_model, load_model
 from forgetmi_trainer.contract import MethodConfig, NoiseConfig, SelectionRule
 from forgetmi_trainer.demo import DEMO_METHOD
@@ -18,7 +18,7 @@ from forgetmi_trainer.fit import MAX_TOKENS, fit_and_publish
 from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.scoring import model_metrics
 from forgetmi_trainer.train import TrainConfig
-from forgetmi_trainer.unlearn import UnlearnInputs, forget_mi, frozen_embeddings
+from forgetmi_trainer.unlearn import UnlearnInputs, forget_mi, frozen_embeddings, mean_image_loss, step_terms
 
 CPU = torch.device("cpu")
 FAST = MethodConfig(preset="equal", epochs=3, learning_rate=3e-3, batch_size=16, push_bound=30.0)
@@ -193,3 +193,51 @@ def test_cached_retain_embeddings_equal_a_fresh_forward_pass(world: World) -> No
         out = original(batch.pixels, batch.input_ids, batch.attention_mask)
     torch.testing.assert_close(units[idx], torch.cat([out.image_embeds, out.text_embeds], dim=-1))
     torch.testing.assert_close(joints[idx], out.joint_embeds)
+
+
+def test_one_forward_over_forget_and_retain_gives_the_separate_passes_terms_and_gradients(world: World) -> None:
+    """``step_terms`` runs ``F_ul`` once on x and r together; in eval mode that must equal two passes."""
+    original = world.fresh_original().eval()
+    gate = original.fusion
+    x, r = world.inputs.forget.take(torch.arange(6)), world.inputs.retain.take(torch.tensor([3, 1, 4, 1, 5, 9]))
+    og_f = frozen_embeddings(original, x, gate)  # any fixed targets will do for the comparison
+    og_r = frozen_embeddings(original, r, gate)
+    moved = world.fresh_original().eval()
+    with torch.no_grad():  # move F_ul off F_og so that every term is non-zero
+        for p in moved.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=_gen(3)))
+
+    def grads(terms: losses.LossTerms) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        moved.zero_grad(set_to_none=True)
+        total = terms.uu + terms.mu + terms.ur + terms.mr
+        total.backward()
+        return total.detach(), [p.grad.clone() for p in moved.parameters() if p.grad is not None]
+
+    fused_terms = step_terms(moved, x, r, og_f, og_r, gate, 30.0)
+    fused_total, fused_grads = grads(fused_terms)
+    ul_f = moved(x.pixels, x.input_ids, x.attention_mask, fusion=gate)
+    ul_r = moved(r.pixels, r.input_ids, r.attention_mask, fusion=gate)
+    unit = lambda out: torch.cat([out.image_embeds, out.text_embeds], dim=-1)  # noqa: E731
+    separate = losses.LossTerms(
+        uu=losses.unimodal_unlearning(unit(ul_f), og_f[0], 30.0),
+        mu=losses.multimodal_unlearning(ul_f.joint_embeds, og_f[1], 30.0),
+        ur=losses.unimodal_retention(unit(ul_r), og_r[0]),
+        mr=losses.multimodal_retention(ul_r.joint_embeds, og_r[1]),
+    )
+    for name in ("uu", "mu", "ur", "mr"):
+        assert float(getattr(separate, name).detach()) != 0, name
+        torch.testing.assert_close(getattr(fused_terms, name), getattr(separate, name))
+    separate_total, separate_grads = grads(separate)
+    torch.testing.assert_close(fused_total, separate_total)
+    assert len(fused_grads) == len(separate_grads) > 0
+    for a, b in zip(fused_grads, separate_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_mean_image_loss_is_the_image_heads_cross_entropy_of_a_full_forward_pass(world: World) -> None:
+    model = world.fresh_original().eval()
+    test = world.inputs.test
+    with torch.no_grad():
+        logits = model(test.pixels, test.input_ids, test.attention_mask).image_logits
+    expected = float(torch.nn.functional.cross_entropy(logits, test.labels))
+    assert mean_image_loss(model, test, batch_size=5) == pytest.approx(expected, rel=1e-5)
