@@ -11,8 +11,8 @@ METRICS = ("forget_auc", "forget_f1", "test_auc", "test_f1", "mia", "mia_auc", "
 
 
 def format_tables(result: dict[str, Any]) -> str:
-    cols = ("forget AUC", "forget F1", "test AUC", "test F1", "MIA", "miaAUC", "seconds", "cost", "avg gap")
-    keys = (*METRICS, "cost_ratio", "avg_gap")
+    cols = ("forget AUC", "forget F1", "test AUC", "test F1", "MIA", "miaAUC", "seconds", "epochs", "cost", "avg gap")
+    keys = (*METRICS, "epochs_run", "cost_ratio", "avg_gap")
     out = []
     for fraction, block in result["fractions"].items():
         out.append(f"\nforget fraction {fraction} (mean of {result['config']['seeds']} seeds)")
@@ -22,11 +22,13 @@ def format_tables(result: dict[str, Any]) -> str:
         for name, row in rows.items():
             cells = []
             for k in keys:
-                v = row[k]
+                v = row.get(k, math.nan)
                 if math.isnan(v):
                     cells.append("-")
                 elif k == "seconds":
                     cells.append(f"{v:.2f}")
+                elif k == "epochs_run":
+                    cells.append(f"{v:.1f}")
                 elif k == "cost_ratio":
                     cells.append(f"{100 * v:.1f} %")
                 else:

@@ -9,9 +9,13 @@ forget-vs-test attack AUC).
 * ``retrain`` trains from scratch on the retain set with the original's recipe (``TrainConfig()``).
 * ``forget-mi`` runs ``demo.DEMO_METHOD``, the recipe measured on this dataset.
 * The baselines run the settings in :data:`BASELINES`, fixed before the first run (not tuned).
+* ``--selection`` (every method but ``retrain`` alike): ``ForgetReachesTest`` (the default) stops a
+  method after the first epoch whose mean forget-set loss reaches the mean test-set loss (its
+  planned epochs are the cap), the selection rule FORGET_MI.md §9 counts into the cost floor;
+  ``FixedEpoch`` runs every planned epoch.
 
 Per fraction it prints, averaged over seeds: forget AUC, forget F1, test AUC, test F1, MIA,
-miaAUC, seconds, cost ratio (seconds ÷ retrain seconds of the same seed) and avg gap (mean
+miaAUC, seconds, epochs run, cost ratio (seconds ÷ retrain seconds of the same seed) and avg gap (mean
 |x − x_retrained| over forget AUC, forget F1, test AUC and MIA, against the same seed's retrained
 model). ``--json`` prints one JSON object on stdout instead of the tables; ``--out DIR`` writes
 ``results.json`` and ``gap_vs_cost.png`` there (and ``partial.json`` after every method, so a run
@@ -55,7 +59,7 @@ import numpy as np
 import torch
 
 from forgetmi_trainer import data, synthetic
-from forgetmi_trainer.contract import MethodConfig
+from forgetmi_trainer.contract import MethodConfig, SelectionRule
 from forgetmi_trainer.demo import DEMO_METHOD
 from forgetmi_trainer.errors import DivergedError
 from forgetmi_trainer.fit import MAX_TOKENS
@@ -130,6 +134,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="seconds for the whole run: time two calibration epochs, then shorten the recipe (original and "
         "retrain alike) so that the estimate fits; never lengthens it",
+    )
+    p.add_argument(
+        "--selection",
+        choices=("ForgetReachesTest", "FixedEpoch"),
+        default="ForgetReachesTest",
+        help="checkpoint rule of every method but retrain: stop once the forget-set loss reaches the test-set "
+        "loss (default), or run every planned epoch",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the tables")
     p.add_argument("--out", type=Path, default=None, help="directory for results.json and gap_vs_cost.png")
@@ -248,10 +259,18 @@ def score(model: torch.nn.Module, inputs: UnlearnInputs, world: World, seconds: 
     return {k: math.nan if v is None else float(v) for k, v in values.items()}
 
 
-def run_method(world: World, name: str, inputs: UnlearnInputs, recipe: TrainConfig) -> dict[str, float]:
-    method = METHODS[name]
-    if name == "retrain":  # the original's recipe, shortened with it (FORGET_MI.md §9)
-        method = method.model_copy(update={"epochs": recipe.epochs})
+def method_config(name: str, recipe: TrainConfig, selection: str) -> MethodConfig:
+    """The settings ``name`` runs with: retrain follows the (possibly shortened) recipe of the
+    original (FORGET_MI.md §9); every other method gets the ``--selection`` rule."""
+    if name == "retrain":
+        return METHODS[name].model_copy(update={"epochs": recipe.epochs})
+    return METHODS[name].model_copy(update={"selection": SelectionRule(rule=selection)})
+
+
+def run_method(
+    world: World, name: str, inputs: UnlearnInputs, recipe: TrainConfig, selection: str
+) -> dict[str, float]:
+    method = method_config(name, recipe, selection)
     ctx = MethodContext(
         original=copy.deepcopy(world.original),
         inputs=inputs,
@@ -265,8 +284,10 @@ def run_method(world: World, name: str, inputs: UnlearnInputs, recipe: TrainConf
         result = get_method(method.name)(ctx)
     except DivergedError as err:
         log(f"  {name}: diverged ({err})")
-        return {k: math.nan for k in METRICS}
-    return score(result.model, inputs, world, result.seconds)
+        return {k: math.nan for k in (*METRICS, "epochs_run")}
+    row = score(result.model, inputs, world, result.seconds)
+    row["epochs_run"] = float(result.selection.epochs_run)
+    return row
 
 
 def add_derived(rows: dict[str, dict[str, float]]) -> None:
@@ -329,9 +350,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for fraction in args.fraction_list:
                 inputs = world.inputs(fraction, DEMO_METHOD.noise.text_level)
                 rows = {"original": score(world.original, inputs, world, world.original_seconds)}
+                rows["original"]["epochs_run"] = float(recipe.epochs)
                 for name in METHODS:
-                    rows[name] = run_method(world, name, inputs, recipe)
-                    log(f"  fraction {fraction:.2f} {name}: {rows[name]['seconds']:.1f}s")
+                    rows[name] = run_method(world, name, inputs, recipe, args.selection)
+                    log(
+                        f"  fraction {fraction:.2f} {name}: {rows[name]['seconds']:.2f}s, "
+                        f"{rows[name]['epochs_run']:.0f} epochs"
+                    )
                     done.append({"seed": seed, "fraction": fraction, "method": name, **rows[name]})
                     write_partial(args.out, done)
                 add_derived(rows)
@@ -342,10 +367,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seeds": args.seeds,
             "fractions": args.fraction_list,
             "threads": args.threads,
-            "methods": {
-                n: (m.model_copy(update={"epochs": recipe.epochs}) if n == "retrain" else m).model_dump(mode="json")
-                for n, m in METHODS.items()
-            },
+            "selection": args.selection,
+            "methods": {n: method_config(n, recipe, args.selection).model_dump(mode="json") for n in METHODS},
             "recipe": recipe.model_dump(mode="json"),
             **notes,
             "original_seconds": float(np.mean(original_seconds)),
