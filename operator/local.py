@@ -281,7 +281,7 @@ def format_result(result: LocalResult) -> str:
     """What ``kubectl get unlearnrequests -o wide`` and ``kubectl describe`` would show."""
     s = result.status
     mia = "-" if s.mia is None else f"{s.mia:.3f}"
-    drop = "-" if s.test_auc_drop is None else f"{s.test_auc_drop:+.3f}"
+    drop = "-" if s.test_auc_drop is None else f"{s.test_auc_drop:.3f}"
     model = s.base_model.version if s.base_model else "-"
     lines = [f"{'NAME':<22} {'BASE':<14} {'PHASE':<10} {'MIA':<6} {'TEST AUC Δ':<10} VERSION",
              f"{result.name:<22} {model:<14} {s.phase or '-':<10} {mia:<6} {drop:<10} "
