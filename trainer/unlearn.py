@@ -8,9 +8,11 @@ gradients are clipped to norm 1 and AdamW steps once per batch. One epoch is one
 The heads are never trained. A declared rule selects the checkpoint that is returned.
 
 Where the time goes (FORGET_MI.md §9). ``F_og`` never changes, so its embeddings are computed in
-large batches outside the steps: of the retain set once per run, and of the epoch's noisy forget
-copy x̃ once per epoch (each forget sample is in exactly one step of an epoch, so drawing its
-noise at the start of the epoch is the same draw as drawing it in its step). ``F_ul`` runs in
+large batches outside the steps, once per epoch: of the epoch's noisy forget copy x̃ (each
+forget sample is in exactly one step of an epoch, so drawing its noise at the start of the epoch
+is the same draw as drawing it in its step), and of the retain samples the epoch's batches draw
+that no earlier epoch drew (the batches are drawn at the start of the epoch; the embeddings are
+kept for the rest of the run). ``F_ul`` runs in
 eval mode, where no layer mixes samples, so x and r go through it as one batch: one forward and
 one backward per step instead of two each, with the same result.
 """
@@ -73,8 +75,8 @@ def frozen_embeddings(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``F_og``'s unimodal (N, 2d) and joint (N, d) embeddings of every sample of ``data``, in float32.
 
-    ``F_og`` is frozen and in eval mode, so these are the embeddings every step would compute:
-    the retain set's once per run, the noisy forget copy's once per epoch (FORGET_MI.md §9)."""
+    ``F_og`` is frozen and in eval mode, so these are the embeddings the steps would compute,
+    in a few large batches instead of one small one per step (FORGET_MI.md §9)."""
     device = data.labels.device
     units, joints = [], []
     for start in range(0, len(data), batch_size):
@@ -84,6 +86,41 @@ def frozen_embeddings(
         units.append(_unimodal(out).float())
         joints.append(out.joint_embeds.float())
     return torch.cat(units), torch.cat(joints)
+
+
+class RetainEmbeddings:
+    """``F_og``'s embeddings of the retain samples, computed the first time an epoch needs them
+    and kept for the rest of the run.
+
+    A run that stops after a few epochs touches only a few times |D_f| retain samples, far fewer
+    than |D_r| when few patients are forgotten, so nothing is computed for samples no step uses;
+    each epoch computes its new ones in one batched pass."""
+
+    def __init__(self, f_og: MultimodalClassifier, retain: Encoded, gate: torch.nn.Module, precision: str) -> None:
+        self.f_og, self.retain, self.gate, self.precision = f_og, retain, gate, precision
+        device = retain.labels.device
+        self.known = torch.zeros(len(retain), dtype=torch.bool, device=device)
+        self.units: torch.Tensor | None = None
+        self.joints: torch.Tensor | None = None
+
+    def need(self, idx: torch.Tensor) -> None:
+        """Make sure the embeddings of the retain samples ``idx`` are known."""
+        missing = torch.unique(idx)
+        missing = missing[~self.known[missing]]
+        if len(missing) == 0:
+            return
+        units, joints = frozen_embeddings(self.f_og, self.retain.take(missing), self.gate, self.precision)
+        if self.units is None or self.joints is None:
+            self.units = units.new_zeros((len(self.retain), units.shape[1]))
+            self.joints = joints.new_zeros((len(self.retain), joints.shape[1]))
+        self.units[missing], self.joints[missing] = units, joints
+        self.known[missing] = True
+
+    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unimodal (B, 2d) and joint (B, d) embeddings of retain samples already asked for by :meth:`need`."""
+        if self.units is None or self.joints is None or not bool(self.known[idx].all()):
+            raise RuntimeError("RetainEmbeddings.take() before need() for these samples")
+        return self.units[idx], self.joints[idx]
 
 
 def step_terms(
@@ -159,7 +196,7 @@ def forget_mi(
     noise = method.noise
     history: list[dict[str, float]] = []
     selected = epochs
-    og_retain_u, og_retain_j = frozen_embeddings(f_og, retain, gate, precision)
+    og_retain = RetainEmbeddings(f_og, retain, gate, precision)
     for epoch in range(1, epochs + 1):
         order = torch.randperm(n, generator=generator)
         ids, mask = inputs.noisy_texts[(epoch - 1) % len(inputs.noisy_texts)]
@@ -167,17 +204,20 @@ def forget_mi(
             noisy_images(forget.pixels, noise.image_mean, noise.image_std, generator), ids, mask, forget.labels
         )
         og_noisy_u, og_noisy_j = frozen_embeddings(f_og, noisy, gate, precision)
+        # the epoch's retain batches, drawn up front (the same i.i.d. draws as one per step)
+        retain_ids = torch.randint(len(retain), (n,), generator=generator).to(device)
+        og_retain.need(retain_ids)
         epoch_loss = 0.0
         for s in range(math.ceil(n / bs)):
             idx = order[s * bs : (s + 1) * bs].to(device)
-            ridx = torch.randint(len(retain), (len(idx),), generator=generator).to(device)
+            ridx = retain_ids[s * bs : (s + 1) * bs]
             with autocast(device, precision):
                 terms = step_terms(
                     f_ul,
                     forget.take(idx),
                     retain.take(ridx),
                     (og_noisy_u[idx], og_noisy_j[idx]),
-                    (og_retain_u[ridx], og_retain_j[ridx]),
+                    og_retain.take(ridx),
                     gate,
                     method.push_bound,
                 )

@@ -9,16 +9,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from forgetmi_trainer import data, losses, synthetic
+from forgetmi_trainer import data, losses, synthetic, unlearn
 from forgetmi_trainer.checkpoint import fetch_model, load_model
 from forgetmi_trainer.contract import MethodConfig, NoiseConfig, SelectionRule
+from forgetmi_trainer.data import Encoded
 from forgetmi_trainer.demo import DEMO_METHOD
 from forgetmi_trainer.errors import ConfigError, DivergedError
 from forgetmi_trainer.fit import MAX_TOKENS, fit_and_publish
 from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.scoring import model_metrics
 from forgetmi_trainer.train import TrainConfig
-from forgetmi_trainer.unlearn import UnlearnInputs, forget_mi, frozen_embeddings, mean_image_loss, step_terms
+from forgetmi_trainer.unlearn import (
+    RetainEmbeddings,
+    UnlearnInputs,
+    forget_mi,
+    freeze,
+    frozen_embeddings,
+    mean_image_loss,
+    step_terms,
+)
 
 CPU = torch.device("cpu")
 FAST = MethodConfig(preset="equal", epochs=3, learning_rate=3e-3, batch_size=16, push_bound=30.0)
@@ -241,3 +250,35 @@ def test_mean_image_loss_is_the_image_heads_cross_entropy_of_a_full_forward_pass
         logits = model(test.pixels, test.input_ids, test.attention_mask).image_logits
     expected = float(torch.nn.functional.cross_entropy(logits, test.labels))
     assert mean_image_loss(model, test, batch_size=5) == pytest.approx(expected, rel=1e-5)
+
+
+def test_retain_embeddings_are_computed_once_and_only_for_samples_asked_for(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = freeze(world.fresh_original())
+    retain = world.inputs.retain
+    full_units, full_joints = frozen_embeddings(original, retain, original.fusion)
+    computed: list[int] = []
+    real = unlearn.frozen_embeddings
+
+    def counting(f_og: MultimodalClassifier, data: Encoded, *args: object, **kwargs: object) -> tuple:
+        computed.append(len(data))
+        return real(f_og, data, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(unlearn, "frozen_embeddings", counting)
+    cache = RetainEmbeddings(original, retain, original.fusion, "fp32")
+    with pytest.raises(RuntimeError, match="before need"):
+        cache.take(torch.tensor([0]))
+    cache.need(torch.tensor([4, 2, 4, 7]))
+    assert computed == [3]  # the repeat is computed once
+    cache.need(torch.tensor([2, 7, 9]))
+    assert computed == [3, 1]  # only the new sample
+    cache.need(torch.tensor([9, 4]))
+    assert computed == [3, 1]  # nothing new: no pass at all
+    idx = torch.tensor([9, 2, 4, 7, 2])
+    units, joints = cache.take(idx)
+    torch.testing.assert_close(units, full_units[idx])
+    torch.testing.assert_close(joints, full_joints[idx])
+    with pytest.raises(RuntimeError, match="before need"):
+        cache.take(torch.tensor([1]))
+    assert int(cache.known.sum()) == 4 < len(retain)
