@@ -5,7 +5,9 @@ that raises a domain error from :mod:`forgetmi_operator.errors` with one sentenc
 field or object at fault:
 
 - :func:`accept`: resolve the alias to a version (pinned from then on), check the manifest and
-  the subjects object exist, count the subjects (never logged, never stored — only the count);
+  the subjects object exist and every subject has training rows in the manifest (whose subject
+  set :mod:`forgetmi_operator.manifests` keeps per version of the object), count the subjects
+  (never logged, never stored — only the count);
 - :func:`load_report` and :func:`verify_candidate`: read ``report.json`` and re-hash the
   candidate's weights, so a truncated or swapped upload is never promoted;
 - :func:`promote_candidate`: move the alias with a conditional write, only while it still names
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from forgetmi_operator import registry
+from forgetmi_operator import manifests, registry
 from forgetmi_operator.api import ArtifactStatus, ModelVersionStatus, UnlearnRequestSpec
 from forgetmi_operator.errors import DigestMismatch, InputNotFound, PromotionConflict, ReportInvalid, SubjectsError
 from forgetmi_operator.receipts import Receipt, receipt_json, receipt_sha256
@@ -77,10 +79,11 @@ def accept(spec: UnlearnRequestSpec, subjects_text: str, subjects_where: str) ->
         raise InputNotFound(f"spec.model: {err}") from err
     except registry.RegistryError as err:
         raise InputNotFound(f"spec.model: {err}") from err
-    if not storage.exists(spec.data.manifest_uri):
-        raise InputNotFound(f"spec.data.manifestUri {spec.data.manifest_uri} does not exist.")
+    try:
+        trained = TRAINING_SUBJECTS.get(spec.data.manifest_uri)
+    except manifests.ManifestMissing as err:
+        raise InputNotFound(f"spec.data.manifestUri {spec.data.manifest_uri} does not exist.") from err
     subjects = parse_subject_ids(subjects_text, subjects_where)
-    trained = training_subjects(spec.data.manifest_uri)
     if trained is not None:
         unknown = sum(1 for s in subjects if s not in trained)
         if unknown:
@@ -112,6 +115,9 @@ def training_subjects(manifest_uri: str) -> set[str] | None:
         return {str(subject).strip() for subject, split in rows if str(split).strip() == "train"}
     except (UnicodeDecodeError, csv.Error, ValueError, KeyError, OSError) as err:
         raise InputNotFound(f"spec.data.manifestUri {manifest_uri} is not a readable manifest ({err}).") from err
+
+
+TRAINING_SUBJECTS = manifests.TrainingSubjects(training_subjects)
 
 
 def load_report(uri: str, *, request: str | None = None) -> Report:

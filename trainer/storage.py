@@ -122,6 +122,10 @@ def delete(uri: str, *, endpoint_url: str | None = None) -> None:
     open_storage(uri, endpoint_url=endpoint_url).delete(uri)
 
 
+def change_token(uri: str, *, endpoint_url: str | None = None) -> str | None:
+    return open_storage(uri, endpoint_url=endpoint_url).change_token(uri)
+
+
 def read_versioned(uri: str, *, endpoint_url: str | None = None) -> tuple[bytes, str]:
     return open_storage(uri, endpoint_url=endpoint_url).read_versioned(uri)
 

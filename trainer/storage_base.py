@@ -120,6 +120,10 @@ class Storage(ABC):
     @abstractmethod
     def read_versioned(self, uri: str) -> tuple[bytes, str]: ...
     @abstractmethod
+    def change_token(self, uri: str) -> str | None:
+        """A string that changes whenever the object changes, read without reading the object
+        (S3: its ETag; file: size, mtime and inode); None when the object does not exist."""
+    @abstractmethod
     def write_if(self, uri: str, data: bytes, *, expected_token: str | None) -> str:
         """Write only if the object still has ``expected_token`` (None: must not exist)."""
 

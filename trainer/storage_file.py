@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -110,6 +111,18 @@ class FileStorage(Storage):
         except FileNotFoundError:
             return None
         return data, f"{hashlib.sha256(data).hexdigest()}:{mtime_ns}"
+
+    def change_token(self, uri: str) -> str | None:
+        path = _file_path(uri)
+        with _file_errors(uri):
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        # a rewrite through _atomic_write replaces the inode; an in-place edit changes mtime or size
+        return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
     def read_versioned(self, uri: str) -> tuple[bytes, str]:
         with _file_errors(uri):

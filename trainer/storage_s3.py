@@ -216,6 +216,12 @@ class S3Storage(Storage):
         with self._errors(uri):
             self.client.delete_object(Bucket=bucket, Key=key)
 
+    def change_token(self, uri: str) -> str | None:
+        bucket, key = _split_s3(uri, need_key=True)
+        with self._errors(uri):
+            head = self._head(bucket, key)
+        return None if head is None else str(head["ETag"])
+
     def read_versioned(self, uri: str) -> tuple[bytes, str]:
         bucket, key = _split_s3(uri, need_key=True)
         with self._errors(uri):

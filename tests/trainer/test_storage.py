@@ -288,3 +288,25 @@ def test_unreachable_endpoint_is_storage_unavailable_quickly(s3_server: str) -> 
     assert str(info.value) == (f"S3 endpoint {endpoint} for bucket 'models' could not be reached after "
                                "2 attempts.")
     assert "testing" not in str(info.value)  # never the credentials
+
+
+def test_change_token_changes_with_the_object_and_is_none_when_missing(root: str) -> None:
+    uri = join(root, "manifest.csv")
+    assert storage.change_token(uri) is None
+    storage.write_text(uri, "subject_id,split\nP1,train\n")
+    first = storage.change_token(uri)
+    assert first is not None and storage.change_token(uri) == first  # reading it changes nothing
+    storage.write_text(uri, "subject_id,split\nP2,train\n")  # same size, new content
+    assert storage.change_token(uri) not in (None, first)
+    storage.delete(uri)
+    assert storage.change_token(uri) is None
+
+
+def test_file_change_token_sees_an_in_place_append(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_text("subject_id,split\nP1,train\n")
+    before = storage.change_token(path.as_uri())
+    with open(path, "a") as fh:
+        fh.write("P2,train\n")
+    assert storage.change_token(path.as_uri()) != before
+    assert storage.change_token(tmp_path.as_uri()) is None  # a directory is not an object
