@@ -16,10 +16,12 @@ SCALES = {
     "paper": {"patients": 1100, "image_size": 256, "image_encoder": "resnet", "text_encoder": "bert-base"},
 }
 # --time-budget: the cost of everything but the original and retrain, per seed and fraction, in
-# units of one training epoch over all training samples. An estimate, not a measurement: the CPU
-# runs of RESULTS.md give ≈ 53 at 3 % (forget-mi 8, finetune 6, neggrad-plus 7, scrub 32), where
-# every step costs about the same whatever its batch; on a GPU SCRUB's batch-16 steps weigh less
-# against the batch-64 training steps. Scoring (six per fraction) is inside the margin.
+# units of one training epoch over all training samples. An estimate, not a measurement: the
+# 2026-11-28 CPU runs (every method ran all its epochs) gave ≈ 53 at 3 % (forget-mi 8, finetune
+# 6, neggrad-plus 7, scrub 32), where every step costs about the same whatever its batch; on a GPU
+# SCRUB's batch-16 steps weigh less against the batch-64 training steps, and the default
+# --selection ForgetReachesTest stops Forget-MI after a few epochs. Scoring (six per fraction) is
+# inside the margin.
 OTHER_EPOCHS = 50
 
 
