@@ -20,7 +20,8 @@ miaAUC, seconds, epochs run, cost ratio (seconds ÷ retrain seconds of the same 
 model). ``--json`` prints one JSON object on stdout instead of the tables; ``--out DIR`` writes
 ``results.json`` and ``gap_vs_cost.png`` there (and ``partial.json`` after every method, so a run
 cut short still leaves its finished rows). ``--quick`` = 150 patients, fraction 0.10, 3 seeds
-(127 s on 2 idle cores, 282 s without ``--quick``). Results and conclusions: bench/RESULTS.md.
+(37 s on 2 idle Intel Xeon cores, 87 s without ``--quick``; 127 s and 282 s on the slower
+machine of 2026-11-28). Results and conclusions: bench/RESULTS.md.
 
 ``--scale small`` (the default) is the CPU benchmark above: 16 px images, the small CNN and a
 one-layer 32-d BERT. ``--scale paper`` is the paper-like preset for a GPU: a ResNet-18-shaped

@@ -73,15 +73,12 @@ class TrainingSubjects:
             except ObjectNotFound as err:  # deleted since its token was read
                 raise ManifestMissing(uri) from err
             subjects = None if parsed is None else frozenset(parsed)
-            self.reads += 1
-            if storage.change_token(uri) == token:
-                with self._guard:
+            unchanged = storage.change_token(uri) == token
+            with self._guard:
+                self.reads += 1
+                if unchanged:
                     self._entries[uri] = _Entry(token, subjects)
                     self._entries.move_to_end(uri)
                     while len(self._entries) > self._size:
                         self._entries.popitem(last=False)
             return subjects
-
-    def clear(self) -> None:
-        with self._guard:
-            self._entries.clear()

@@ -12,9 +12,9 @@ large batches outside the steps, once per epoch: of the epoch's noisy forget cop
 forget sample is in exactly one step of an epoch, so drawing its noise at the start of the epoch
 is the same draw as drawing it in its step), and of the retain samples the epoch's batches draw
 that no earlier epoch drew (the batches are drawn at the start of the epoch; the embeddings are
-kept for the rest of the run). ``F_ul`` runs in
-eval mode, where no layer mixes samples, so x and r go through it as one batch: one forward and
-one backward per step instead of two each, with the same result.
+kept for the rest of the run). ``F_ul`` runs in eval mode, where no layer mixes samples, so x and
+r go through it as one batch: one forward and one backward per step instead of two each, with
+the same result.
 """
 
 from __future__ import annotations
@@ -135,13 +135,12 @@ def step_terms(
     """The four terms of one step (each a scalar). ``F_og``'s embeddings (unimodal (B, 2d),
     joint (B, d)) of the noisy forget batch x̃ (``og_f``) and of the retain batch (``og_r``) come
     from :func:`frozen_embeddings`; ``F_ul`` (in eval mode) runs once on x and r together."""
-    both = Encoded(
+    out = f_ul(
         torch.cat([x.pixels, r.pixels]),
         torch.cat([x.input_ids, r.input_ids]),
         torch.cat([x.attention_mask, r.attention_mask]),
-        torch.cat([x.labels, r.labels]),
+        fusion=gate,
     )
-    out = f_ul(both.pixels, both.input_ids, both.attention_mask, fusion=gate)
     units, joints, n = _unimodal(out), out.joint_embeds, len(x)
     return losses.LossTerms(
         uu=losses.unimodal_unlearning(units[:n], og_f[0], bound),
