@@ -8,13 +8,13 @@ gradients are clipped to norm 1 and AdamW steps once per batch. One epoch is one
 The heads are never trained. A declared rule selects the checkpoint that is returned.
 
 Where the time goes (FORGET_MI.md §9). ``F_og`` never changes, so its embeddings are computed in
-large batches outside the steps, once per epoch: of the epoch's noisy forget copy x̃ (each
-forget sample is in exactly one step of an epoch, so drawing its noise at the start of the epoch
-is the same draw as drawing it in its step), and of the retain samples the epoch's batches draw
-that no earlier epoch drew (the batches are drawn at the start of the epoch; the embeddings are
-kept for the rest of the run). ``F_ul`` runs in eval mode, where no layer mixes samples, so x and
-r go through it as one batch: one forward and one backward per step instead of two each, with
-the same result.
+large batches outside the steps, once per epoch: of the epoch's noisy forget copy x̃, and of the
+retain samples the epoch's batches draw that no earlier epoch drew (kept for the rest of the
+run). For that, :func:`draw_epoch` makes the epoch's random draws (each step's image noise, then
+its retain batch) at the start of the epoch, in the order a step-by-step loop makes them, so the
+draws and the result are those of drawing in each step. ``F_ul`` runs in eval mode, where no
+layer mixes samples, so x and r go through it as one batch: one forward and one backward per
+step instead of two each, with the same result.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from forgetmi_trainer import losses
-from forgetmi_trainer.contract import MethodConfig, Selection
+from forgetmi_trainer.contract import MethodConfig, NoiseConfig, Selection
 from forgetmi_trainer.data import Encoded, noisy_images
 from forgetmi_trainer.errors import ConfigError, DivergedError
 from forgetmi_trainer.model import MultimodalClassifier
@@ -123,6 +123,27 @@ class RetainEmbeddings:
         return self.units[idx], self.joints[idx]
 
 
+def draw_epoch(
+    pixels: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    retain_size: int,
+    noise: NoiseConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An epoch's random draws, made up front in the order the steps use them: for each step the
+    noisy copy of its forget batch (``order`` cut into batches), then the indices of its retain
+    batch. Returns the noisy pixels (N, C, H, W) and retain indices (N,), both in step order.
+    These are the draws a step-by-step loop would make from ``generator``, so ``F_og`` can embed
+    the whole epoch's noisy copy in one pass without changing the result."""
+    noisy, retain_ids = [], []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size].to(pixels.device)
+        noisy.append(noisy_images(pixels[idx], noise.image_mean, noise.image_std, generator))
+        retain_ids.append(torch.randint(retain_size, (len(idx),), generator=generator))
+    return torch.cat(noisy), torch.cat(retain_ids)
+
+
 def step_terms(
     f_ul: MultimodalClassifier,
     x: Encoded,
@@ -197,25 +218,23 @@ def forget_mi(
     selected = epochs
     og_retain = RetainEmbeddings(f_og, retain, gate, precision)
     for epoch in range(1, epochs + 1):
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator).to(device)
         ids, mask = inputs.noisy_texts[(epoch - 1) % len(inputs.noisy_texts)]
-        noisy = Encoded(
-            noisy_images(forget.pixels, noise.image_mean, noise.image_std, generator), ids, mask, forget.labels
-        )
+        noisy_pixels, retain_ids = draw_epoch(forget.pixels, order, bs, len(retain), noise, generator)
+        retain_ids = retain_ids.to(device)
+        noisy = Encoded(noisy_pixels, ids[order], mask[order], forget.labels[order])  # in step order
         og_noisy_u, og_noisy_j = frozen_embeddings(f_og, noisy, gate, precision)
-        # the epoch's retain batches, drawn up front (the same i.i.d. draws as one per step)
-        retain_ids = torch.randint(len(retain), (n,), generator=generator).to(device)
         og_retain.need(retain_ids)
         epoch_loss = 0.0
         for s in range(math.ceil(n / bs)):
-            idx = order[s * bs : (s + 1) * bs].to(device)
-            ridx = retain_ids[s * bs : (s + 1) * bs]
+            rows = slice(s * bs, (s + 1) * bs)
+            idx, ridx = order[rows], retain_ids[rows]
             with autocast(device, precision):
                 terms = step_terms(
                     f_ul,
                     forget.take(idx),
                     retain.take(ridx),
-                    (og_noisy_u[idx], og_noisy_j[idx]),
+                    (og_noisy_u[rows], og_noisy_j[rows]),
                     og_retain.take(ridx),
                     gate,
                     method.push_bound,

@@ -282,3 +282,19 @@ def test_retain_embeddings_are_computed_once_and_only_for_samples_asked_for(
     with pytest.raises(RuntimeError, match="before need"):
         cache.take(torch.tensor([1]))
     assert int(cache.known.sum()) == 4 < len(retain)
+
+
+def test_draw_epoch_makes_the_draws_of_a_step_by_step_loop() -> None:
+    pixels = torch.rand(11, 1, 4, 4)
+    order = torch.randperm(11, generator=_gen(7))
+    noise = NoiseConfig(image_mean=0.0, image_std=0.3)
+    noisy, retain_ids = unlearn.draw_epoch(pixels, order, 4, 50, noise, _gen(1))
+    reference = _gen(1)
+    expected_noisy, expected_ids = [], []
+    for start in range(0, 11, 4):  # what each step drew before the epoch's draws were made up front
+        idx = order[start : start + 4]
+        expected_noisy.append(data.noisy_images(pixels[idx], 0.0, 0.3, reference))
+        expected_ids.append(torch.randint(50, (len(idx),), generator=reference))
+    assert torch.equal(noisy, torch.cat(expected_noisy))
+    assert torch.equal(retain_ids, torch.cat(expected_ids))
+    assert noisy.shape == pixels.shape and retain_ids.shape == (11,)
