@@ -20,9 +20,15 @@ clock without polling error. Printed: latency p50/p99/max, throughput (requests 
 created per second, from the first POST to the last Job), and the operator's RSS (current and
 peak, ``VmRSS``/``VmHWM`` from ``/proc/<pid>/status``, sampled every 0.2 s).
 
+``--capacity LO:HI`` finds the highest steady arrival rate at which the targets hold: it runs the
+bench (a fresh emulator and operator each time) at paced rates chosen by bisection between LO
+and HI requests per second, down to ``--capacity-step``, and prints every probe and the highest
+rate that met all three targets, the way Kubernetes states its own latency SLOs at a given load.
+
 Usage::
 
     PYTHONSAFEPATH=1 .venv/bin/python bench/operator_latency.py --requests 100 [--rate 20] [--json]
+    PYTHONSAFEPATH=1 .venv/bin/python bench/operator_latency.py --requests 500 --capacity 25:200
 
 Targets (issue 3): p50 ≤ 100 ms, p99 ≤ 500 ms, RSS ≤ 200 MB.
 """
@@ -42,7 +48,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +251,48 @@ def run(
     }
 
 
+def targets_met(result: Mapping[str, Any]) -> dict[str, bool]:
+    return {"p50": result["p50_ms"] <= TARGETS["p50_ms"], "p99": result["p99_ms"] <= TARGETS["p99_ms"],
+            "rss": result["rss_peak_mb"] <= TARGETS["rss_mb"]}
+
+
+def find_capacity(probe: Callable[[float], Mapping[str, Any]], low: float, high: float,
+                  step: float) -> tuple[float | None, list[Mapping[str, Any]]]:
+    """Bisect [low, high] (req/s) for the highest rate whose probe meets every target, to ``step``.
+
+    Returns that rate (None when even ``low`` misses a target, ``high`` when it meets them) and the
+    probes in the order they ran. Latency grows with the rate, so one bisection suffices; near the
+    edge, run-to-run noise decides, which is why every probe is printed."""
+    if not 0 < low < high or step <= 0:
+        raise ValueError(f"--capacity needs 0 < LO < HI and a positive step, not {low}:{high} step {step}")
+    probes: list[Mapping[str, Any]] = []
+
+    def meets(rate: float) -> bool:
+        result = probe(rate)
+        probes.append(result)
+        return all(targets_met(result).values())
+
+    if not meets(low):
+        return None, probes
+    if meets(high):
+        return high, probes
+    while high - low > step:
+        middle = low + round((high - low) / 2 / step) * step
+        if meets(middle):
+            low = middle
+        else:
+            high = middle
+    return low, probes
+
+
+def describe(result: Mapping[str, Any]) -> str:
+    pace = f"{result['rate_per_s']:g}/s" if result["rate_per_s"] else "back to back"
+    return (f"{result['requests']} at {pace}: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+            f"throughput {result['throughput_per_s']}/s, operator CPU {result['operator_cpu_ms_per_request']} "
+            f"ms/request, RSS peak {result['rss_peak_mb']} MB; targets "
+            + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in targets_met(result).items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=100, help="how many requests to apply (default 100)")
@@ -253,11 +301,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operator-log", type=Path, help="keep the operator's log here")
     parser.add_argument("--manifest-rows", type=int, default=10,
                         help="samples in the shared manifest (default 10; MIMIC-CXR has 377,110)")
+    parser.add_argument("--capacity", metavar="LO:HI",
+                        help="find the highest paced rate (req/s) in LO..HI at which every target holds")
+    parser.add_argument("--capacity-step", type=float, default=5.0, help="resolution of --capacity (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    if args.capacity:
+        try:
+            low, high = (float(part) for part in args.capacity.split(":"))
+        except ValueError:
+            parser.error(f"--capacity takes LO:HI in requests per second, not {args.capacity!r}")
+
+        def probe(rate: float) -> Mapping[str, Any]:
+            result = run(args.requests, rate, args.timeout, args.operator_log, args.manifest_rows)
+            if not args.json:
+                print(describe(result), flush=True)
+            return result
+
+        try:
+            best, probes = find_capacity(probe, low, high, args.capacity_step)
+        except ValueError as err:
+            parser.error(str(err))
+        if args.json:
+            print(json.dumps({"capacity_per_s": best, "requests": args.requests, "targets": TARGETS,
+                              "probes": [{**p, "targets_met": targets_met(p)} for p in probes]}))
+        elif best is None:
+            print(f"capacity: the targets do not hold even at {low:g} requests/s")
+        else:
+            print(f"capacity: every target holds up to {best:g} requests/s arriving steadily "
+                  f"({args.requests} requests per probe, resolution {args.capacity_step:g}/s"
+                  f"{'' if best < high else ', the top of the range'})")
+        return 0
     result = run(args.requests, args.rate, args.timeout, args.operator_log, args.manifest_rows)
-    met = {"p50": result["p50_ms"] <= TARGETS["p50_ms"], "p99": result["p99_ms"] <= TARGETS["p99_ms"],
-           "rss": result["rss_peak_mb"] <= TARGETS["rss_mb"]}
+    met = targets_met(result)
     result["targets_met"] = met
     if args.json:
         print(json.dumps(result))
