@@ -307,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     if args.capacity:
+        if args.rate:
+            parser.error("--capacity chooses the rates itself; leave out --rate")
         try:
             low, high = (float(part) for part in args.capacity.split(":"))
         except ValueError:

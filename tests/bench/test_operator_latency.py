@@ -56,8 +56,15 @@ def test_a_range_that_cannot_be_searched_is_refused(low: float, high: float, ste
         latency.find_capacity(fake_run(saturation=100.0), low, high, step)
 
 
-def test_the_command_line_rejects_a_malformed_range(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--capacity", "fast"], "--capacity takes LO:HI"),
+    (["--capacity", "25:200:5"], "--capacity takes LO:HI"),
+    (["--capacity", "200:25"], "--capacity needs 0 < LO < HI"),
+    (["--capacity", "25:200", "--rate", "10"], "leave out --rate"),
+])
+def test_the_command_line_rejects_what_it_cannot_search(argv: list[str], message: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        latency.main(["--capacity", "fast"])
+        latency.main(argv)
     assert exited.value.code == 2
-    assert "--capacity takes LO:HI" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
