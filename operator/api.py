@@ -8,11 +8,22 @@ validators below reject what the CRD's CEL rules reject, with the same message.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from forgetmi_trainer.contract import SHA256_PATTERN, URI_PATTERN
 
@@ -39,6 +50,38 @@ GPU_RESOURCE = "nvidia.com/gpu"
 DROP_COMPARATORS = ("maxDrop", "minDrop")
 APPROVAL_ANNOTATION = "unlearning.forgetmi.io/approved"
 INT64_MAX = 2**63 - 1
+OBJECT_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+|file:///.*)$"
+"""An object (not a bucket root): the contract's URI pattern with a key required after an s3 bucket."""
+OBJECT_URI_MESSAGE = "must be an s3://bucket/key or file:///... URI: an object, with a key after the bucket"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_KEY_CHARS = (r"([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                   r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+LABEL_KEY_LENGTHS = r"([^/]{1,253}/)?[^/]{1,63}"
+"""A label key (Kubernetes qualified name) is both: the characters, and a prefix ≤ 253 and a name ≤ 63."""
+LABEL_KEY_MESSAGE = ("must be a label key: an optional DNS subdomain prefix and '/', then a name of at most 63 "
+                     "letters, digits, '-', '_' and '.' that starts and ends with a letter or digit")
+IMAGE_PATTERN = r"^[!-~]*$"
+"""An image reference is printable ASCII without whitespace (the kubelet cannot pull anything else)."""
+
+
+def is_label_key(key: str) -> bool:
+    """A valid label (or taint) key, as the CRD's rule and the API server check it."""
+    return bool(re.fullmatch(LABEL_KEY_CHARS, key) and re.fullmatch(LABEL_KEY_LENGTHS, key))
+
+
+def _label_key(key: str) -> str:
+    if key and not is_label_key(key):
+        raise ValueError(LABEL_KEY_MESSAGE)
+    return key
+
+
+def _raise_at(model: BaseModel, problems: Sequence[tuple[tuple[str, ...], Any, str]]) -> None:
+    """Raise ``(loc, value, message)`` problems at fields below ``model``, as a CRD rule's ``fieldPath`` does."""
+    if problems:
+        raise ValidationError.from_exception_data(type(model).__name__, [
+            InitErrorDetails(type=PydanticCustomError("value_error", "Value error, {error}", {"error": message}),
+                             loc=loc, input=value)
+            for loc, value, message in problems])
 
 
 def _int_to_str(value: Any) -> Any:
@@ -51,6 +94,7 @@ def _int_to_str(value: Any) -> Any:
 
 
 Uri = Annotated[str, Field(pattern=URI_PATTERN, max_length=URI_MAX_LENGTH)]
+ObjectUri = Annotated[str, Field(pattern=OBJECT_URI_PATTERN, max_length=URI_MAX_LENGTH)]
 Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64), BeforeValidator(_int_to_str)]
 
 
@@ -78,7 +122,7 @@ class ModelSpec(_Spec):
 
 
 class DataSpec(_Spec):
-    manifest_uri: Uri = Field(description="Dataset manifest (CSV or Parquet).")
+    manifest_uri: ObjectUri = Field(description="Dataset manifest (CSV or Parquet).")
 
 
 class SecretKeyRef(_Spec):
@@ -89,7 +133,7 @@ class SecretKeyRef(_Spec):
 class ForgetSpec(_Spec):
     subjects_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the patient IDs (one per line or a JSON list).")
-    subjects_uri: Uri | None = Field(default=None, description="Storage object holding the patient IDs.")
+    subjects_uri: ObjectUri | None = Field(default=None, description="Storage object holding the patient IDs.")
     sha256: str | None = Field(default=None, pattern=SHA256_PATTERN, max_length=64,
                                description="Expected sha256 of the subjectsUri object.")
 
@@ -151,7 +195,7 @@ class MethodSpec(_Spec):
     @model_validator(mode="after")
     def _epoch_within_epochs(self) -> MethodSpec:
         if self.selection.epoch is not None and self.selection.epoch > self.epochs:
-            raise ValueError("selection.epoch must not exceed epochs")
+            _raise_at(self, [(("selection", "epoch"), self.selection.epoch, "selection.epoch must not exceed epochs")])
         return self
 
 
@@ -167,12 +211,16 @@ class GateSpec(_Spec):
 
     @model_validator(mode="after")
     def _well_formed(self) -> GateSpec:
+        problems: list[tuple[tuple[str, ...], Any, str]] = []
         if self.comparator in DROP_COMPARATORS and self.reference != "original":
-            raise ValueError("maxDrop and minDrop measure a drop from the original model: set reference: original")
+            problems.append((("reference",), self.reference,
+                             "maxDrop and minDrop measure a drop from the original model: set reference: original"))
         if self.comparator not in DROP_COMPARATORS and self.reference != "absolute":
-            raise ValueError("atMost and atLeast compare with an absolute value: set reference: absolute")
+            problems.append((("reference",), self.reference,
+                             "atMost and atLeast compare with an absolute value: set reference: absolute"))
         if self.reference == "absolute" and self.threshold < 0:
-            raise ValueError("an absolute threshold must be between 0 and 1")
+            problems.append((("threshold",), self.threshold, "an absolute threshold must be between 0 and 1"))
+        _raise_at(self, problems)
         return self
 
 
@@ -211,9 +259,11 @@ class ResourcesSpec(_Spec):
 
 
 class Toleration(_Spec):
-    key: str | None = Field(default=None, max_length=317, description="Taint key.")
+    key: Annotated[str, AfterValidator(_label_key)] | None = Field(default=None, max_length=317,
+                                                                    description="Taint key (a label key).")
     operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal.")
-    value: str | None = Field(default=None, max_length=63, description="Taint value.")
+    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE_PATTERN,
+                              description="Taint value (a label value).")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(default=None,
                                                                                     description="Taint effect.")
     toleration_seconds: int | None = Field(default=None, ge=0, le=INT64_MAX, description="For NoExecute.")
@@ -222,7 +272,7 @@ class Toleration(_Spec):
     def _well_formed(self) -> Toleration:
         if self.operator == "Exists" and self.value is not None:
             raise ValueError("value must be empty when operator is Exists")
-        if self.key is None and self.operator != "Exists":
+        if not self.key and self.operator != "Exists":
             raise ValueError("a toleration without key must use operator: Exists")
         return self
 
@@ -240,14 +290,14 @@ class UnlearnRequestSpec(_Spec):
                                   description="Promotion gates; defaults apply when empty.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How the result is rolled out.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Trainer resources.")
-    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
-        default_factory=dict, max_length=32, description="Trainer pod nodeSelector.")
+    node_selector: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(
+        default_factory=dict, max_length=32, description="Trainer pod nodeSelector (label keys and values).")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Trainer pod tolerations.")
     priority_class_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253,
                                             description="PriorityClass.")
     queue_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=63,
                                    description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name).")
-    image: str | None = Field(default=None, min_length=1, max_length=512,
+    image: str | None = Field(default=None, min_length=1, max_length=512, pattern=IMAGE_PATTERN,
                               description="Trainer image (default from operator).")
     service_account_name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253,
                                              description="Trainer pod service account.")
@@ -256,6 +306,13 @@ class UnlearnRequestSpec(_Spec):
     active_deadline_seconds: int = Field(default=21600, ge=60, le=604800, description="Job deadline.")
     backoff_limit: int = Field(default=2, ge=0, le=10, description="Job retries.")
     suspend: bool = Field(default=False, description="Pause: no new Job while true.")
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        if not all(is_label_key(key) for key in value):
+            raise ValueError(f"every key {LABEL_KEY_MESSAGE}")
+        return value
 
 
 # ---- status -------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ Values are converted with the schema's types (a ``number`` is a CEL double even 
 says ``1``); a rule that mentions ``oldSelf`` is a transition rule, evaluated only when an old
 object is given and the node exists in both (object properties and map keys correlate; list
 items correlate only in ``x-kubernetes-list-type: map`` lists, by their keys). A node whose
-value does not have the schema's type is skipped: schema validation reports it.
+value does not have the schema's type is skipped: schema validation reports it; so is an integer
+outside int64, which JSON (and so the API server) cannot carry. A failed rule is reported at its
+``fieldPath`` when it has one; a rule that cannot be evaluated (a field it reads is missing) is
+reported at its own node, where the schema problem that caused it is reported too.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ RuleProblem = tuple[Parts, str]
 UNEVALUABLE = "could not evaluate the rule"
 _MISSING: Any = object()
 _OLD_SELF = re.compile(r"\boldSelf\b")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class _TypeMismatch(Exception):
@@ -49,8 +53,16 @@ def is_transition_rule(rule: str) -> bool:
     return bool(_OLD_SELF.search(rule))
 
 
+def _is_int64(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX
+
+
 def to_cel(value: Any, schema: Mapping[str, Any]) -> Any:
-    """Convert a JSON value to a CEL value using its schema's types; raises ``_TypeMismatch``."""
+    """Convert a JSON value to a CEL value using its schema's types; raises ``_TypeMismatch``.
+
+    An integer outside int64 is a mismatch for ``integer`` and ``number`` alike: CEL cannot hold it
+    and the API server's JSON decoder refuses it before any rule runs.
+    """
     if schema.get("x-kubernetes-int-or-string"):
         # The server types these as dyn and compares int with string as unequal; cel-python raises on
         # such comparisons, so both become strings here (only ``4`` vs ``"4"`` is judged differently).
@@ -62,9 +74,9 @@ def to_cel(value: Any, schema: Mapping[str, Any]) -> Any:
         return celtypes.StringType(value)
     if kind == "boolean" and isinstance(value, bool):
         return celtypes.BoolType(value)
-    if kind == "integer" and isinstance(value, int) and not isinstance(value, bool):
+    if kind == "integer" and _is_int64(value):
         return celtypes.IntType(value)
-    if kind == "number" and isinstance(value, int | float) and not isinstance(value, bool):
+    if kind == "number" and (isinstance(value, float) or _is_int64(value)):
         return celtypes.DoubleType(float(value))
     if kind == "array" and isinstance(value, list):
         items = schema.get("items", {})
@@ -127,13 +139,13 @@ def rule_problems(
         transition = is_transition_rule(rule)
         if transition and old is _MISSING:
             continue
-        where = parts + _field_path(entry.get("fieldPath"))
         try:
             passed = evaluate_rule(rule, value, schema, old if transition else _MISSING)
         except celpy.CELEvalError:
-            problems.append((where, f"{UNEVALUABLE} {rule!r}"))
+            problems.append((parts, f"{UNEVALUABLE} {rule!r}"))
             continue
         if passed is False:
+            where = parts + _field_path(entry.get("fieldPath"))
             problems.append((where, entry.get("message") or f"failed rule: {rule}"))
     kind = schema.get("type")
     if kind == "object" and isinstance(value, Mapping):

@@ -3,8 +3,10 @@
 
 ``forgetmi validate -f request.yaml`` checks every UnlearnRequest in a (multi-document) YAML file
 against the CRD schema, its CEL rules and the pydantic model, and prints each problem with its field
-path; other kinds (a Secret holding the patient IDs, say) are skipped. Exit 0 when all are valid, 2
-otherwise. ``run`` and ``demo`` are imported only when used, so this module stays light.
+path. The items of a ``v1 List`` (what ``kubectl get -o yaml`` prints) are checked one by one; other
+kinds (a Secret holding the patient IDs, say) are skipped, but a misspelt kind of this API group is a
+problem, as kubectl would refuse it. Exit 0 when all are valid, 2 otherwise. ``run`` and ``demo`` are
+imported only when used, so this module stays light.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from forgetmi_operator import KIND, __version__
+from forgetmi_operator import GROUP, KIND, VERSION, __version__
 from forgetmi_operator.schema import Problem, validate_request
 
 EXIT_OK = 0
@@ -31,8 +33,38 @@ DEMO_MODULE = "forgetmi_operator.demo"
 HMAC_KEY_FILE_ENV = "FORGETMI_RECEIPT_HMAC_KEY_FILE"
 
 
+LIST_KINDS = (("v1", "List"), (f"{GROUP}/{VERSION}", f"{KIND}List"))
+"""(apiVersion, kind) of the lists whose items kubectl applies one by one."""
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_KEY_SHOWN = 60
+
+
+def _shown_key(key: Any) -> str:
+    text = str(key)
+    return f'"{text}"' if len(text) <= _KEY_SHOWN else f'"{text[:_KEY_SHOWN]}..."'
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML as Kubernetes reads it: timestamps stay strings."""
+    """YAML as Kubernetes reads it: timestamps stay strings, and a key repeated in a mapping is an error
+    (``mapping key "x" already defined``) instead of the last one winning. Keys merged in with ``<<``
+    may be overridden, as in Go's YAML."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[type, Any], int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, Hashable):
+                    continue  # PyYAML refuses it below
+                marker = (type(key), key)
+                if marker in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"mapping key {_shown_key(key)} already defined at line {seen[marker]}",
+                        key_node.start_mark)
+                seen[marker] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -95,11 +127,54 @@ def load_documents(text: str) -> list[Any]:
         raise DocumentError("the YAML is recursive, nested too deeply or too large") from err
 
 
-def _describe(doc: Any, index: int) -> str:
-    metadata = doc.get("metadata") if isinstance(doc, dict) else None
+def _is_list(doc: Any) -> bool:
+    return isinstance(doc, dict) and (doc.get("apiVersion"), doc.get("kind")) in LIST_KINDS
+
+
+def objects(docs: list[Any]) -> list[tuple[str, Any]]:
+    """Each document as ``("document N", object)``; the items of a list, as kubectl applies them, each on
+    its own as ``("document N item M", object)``. A list whose items are not a list stays whole."""
+    found: list[tuple[str, Any]] = []
+    pending = [(f"document {index}", doc) for index, doc in enumerate(docs, start=1)]
+    while pending:
+        where, doc = pending.pop(0)
+        if _is_list(doc) and isinstance(doc.get("items"), list):
+            pending[:0] = [(f"{where} item {index}", item) for index, item in enumerate(doc["items"], start=1)]
+        else:
+            found.append((where, doc))
+    return found
+
+
+def _group(api_version: Any) -> str | None:
+    if not isinstance(api_version, str):
+        return None
+    return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+
+
+def object_problems(doc: Any) -> list[Problem] | None:
+    """The problems of one object; None for an object of another API group, which is not ours to check."""
+    if isinstance(doc, list):
+        return [Problem("(document)", "is a YAML list, not a Kubernetes object: separate the requests with --- "
+                        "or put them under items: of an apiVersion: v1, kind: List")]
+    if _is_list(doc):
+        return [Problem("items", "must be a list of Kubernetes objects")]
+    if isinstance(doc, dict) and isinstance(doc.get("kind"), str) and doc["kind"] != KIND:
+        if _group(doc.get("apiVersion")) != GROUP:
+            return None
+        return [Problem("kind", f"{GROUP} has no kind {_shown_key(doc['kind'])} (kubectl: no matches for kind); "
+                        f"must be {KIND}")]
+    return validate_request(doc)
+
+
+def _describe(doc: Any, where: str) -> str:
+    if not isinstance(doc, dict):
+        return where
+    metadata = doc.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
     named = f" {name!r}" if isinstance(name, str) and name else ""
-    return f"{KIND}{named} (document {index})"
+    kind = doc.get("kind")
+    shown = kind if isinstance(kind, str) and kind and len(kind) <= _KEY_SHOWN else KIND
+    return f"{shown}{named} ({where})"
 
 
 def validate_text(text: str, source: str) -> tuple[list[str], list[tuple[str, list[Problem]]]]:
@@ -110,12 +185,12 @@ def validate_text(text: str, source: str) -> tuple[list[str], list[tuple[str, li
         return [], [(source, [Problem("(document)", str(err))])]
     valid: list[str] = []
     invalid: list[tuple[str, list[Problem]]] = []
-    for index, doc in enumerate(docs, start=1):
-        if isinstance(doc, dict) and isinstance(doc.get("kind"), str) and doc["kind"] != KIND:
+    for where, doc in objects(docs):
+        problems = object_problems(doc)
+        if problems is None:
             continue
-        problems = validate_request(doc)
         if problems:
-            invalid.append((_describe(doc, index), problems))
+            invalid.append((_describe(doc, where), problems))
         else:
             valid.append(doc["metadata"].get("name") or doc["metadata"].get("generateName", ""))
     if not valid and not invalid:

@@ -30,7 +30,11 @@ from forgetmi_operator.api import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
     ENV_NAME_PATTERN,
+    IMAGE_PATTERN,
     INT64_MAX,
+    LABEL_VALUE_PATTERN,
+    OBJECT_URI_MESSAGE,
+    OBJECT_URI_PATTERN,
     QUANTITY_PATTERN,
     SECRET_KEY_PATTERN,
     UnlearnRequestSpec,
@@ -54,6 +58,10 @@ _PATTERN_HINTS = {
     ENV_NAME_PATTERN: "must be an environment variable name",
     QUANTITY_PATTERN: "must be a resource quantity, such as 500m, 4 or 16Gi",
     URI_PATTERN: URI_MESSAGE,
+    OBJECT_URI_PATTERN: OBJECT_URI_MESSAGE,
+    LABEL_VALUE_PATTERN: "must be a label value: empty, or at most 63 letters, digits, '-', '_' and '.' that starts "
+    "and ends with a letter or digit",
+    IMAGE_PATTERN: "must be an image reference: printable ASCII without whitespace",
 }
 _TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean",
                "object": "a mapping", "array": "a list"}

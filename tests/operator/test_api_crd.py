@@ -355,6 +355,12 @@ def test_every_status_field_the_operator_can_write_is_declared() -> None:
 
 # ---- the same verdict at every bound -----------------------------------------------------------
 
+def _label_key(n: int) -> str:
+    """A label key of n characters: a DNS-subdomain prefix, '/', and a 63-character name."""
+    prefix = "".join("." if i % 32 == 31 else "a" for i in range(n - 64))
+    return f"{prefix}/{'n' * 63}"
+
+
 _FILLERS = {
     api.DNS_LABEL: lambda n: "a" * n,
     api.DNS_SUBDOMAIN: lambda n: "a" * n,
@@ -362,9 +368,20 @@ _FILLERS = {
     api.ENV_NAME_PATTERN: lambda n: "E" * n,
     api.QUANTITY_PATTERN: lambda n: "1" * n,
     r"^[0-9a-f]{64}$": lambda n: "a" * n,
+    api.LABEL_VALUE_PATTERN: lambda n: "v" * n,
+    api.IMAGE_PATTERN: lambda n: "i" * n,
     "uri": lambda n: "s3://bucket/" + "k" * (n - len("s3://bucket/")),
+    "label-key": _label_key,
     None: lambda n: "x" * n,
 }
+
+
+def _filler(node: Mapping[str, Any]) -> Any:
+    if _rule_regex(node):
+        return _FILLERS["uri"]
+    if any(e["message"] == api.LABEL_KEY_MESSAGE for e in node.get("x-kubernetes-validations", [])):
+        return _FILLERS["label-key"]
+    return _FILLERS[node.get("pattern")]
 
 
 def _leaves(node: Mapping[str, Any], parts: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], Mapping]]:
@@ -396,7 +413,7 @@ def _cases(node: Mapping[str, Any]) -> Iterator[tuple[Any, bool]]:
     if "enum" in node:
         yield "NotAnEnumValue", False
     if "maxLength" in node and "enum" not in node and node.get("pattern") != r"^[0-9a-f]{64}$":
-        fill = _FILLERS["uri" if _rule_regex(node) else node.get("pattern")]
+        fill = _filler(node)
         yield fill(node["maxLength"]), True
         yield fill(node["maxLength"] + 1), False
 
@@ -422,6 +439,8 @@ def test_crd_and_pydantic_agree_at_every_bound(full_request: dict[str, Any], par
     request["spec"]["method"]["weights"] = {"uu": 0.25, "mu": 0.25, "ur": 0.25, "mr": 0.25}
     if parts[:2] == ("forget", "subjectsUri") or parts[:2] == ("forget", "sha256"):
         request["spec"]["forget"] = {"subjectsUri": "s3://bucket/ids.txt", "sha256": "0" * 64}
+    if parts == ("gates", 0, "reference") and value == "absolute":
+        request["spec"]["gates"][0]["comparator"] = "atMost"  # an absolute reference needs atMost or atLeast
     _set(request["spec"], parts, value)
     path = format_path(("spec", *parts))
     crd_ok = not [p for p in schema.schema_problems(schema.defaulted(request)) if p.path == path]
@@ -439,3 +458,30 @@ def test_bound_cases_cover_the_spec() -> None:
                      "spec.tolerations[0].value", "spec.model.name", "spec.rollout.mode", "spec.image",
                      "spec.resources.requests.cpu", "spec.nodeSelector[example.com/key]", "spec.queueName"):
         assert expected in ids
+
+
+def test_every_rule_field_path_names_a_field_of_its_node() -> None:
+    """A fieldPath to a field that does not exist is refused by the API server when the CRD is applied."""
+    from forgetmi_operator import cel
+
+    checked = 0
+    for parts, entry in cel.all_rules(openapi_schema()):
+        if "fieldPath" not in entry:
+            continue
+        node: Mapping[str, Any] = openapi_schema()
+        for part in parts:
+            node = node["items"] if part == "*" and "items" in node else (
+                node["additionalProperties"] if part == "*" else node["properties"][part])
+        for name in entry["fieldPath"].removeprefix(".").split("."):
+            node = node["properties"][name]
+        checked += 1
+    assert checked >= 20
+
+
+@pytest.mark.parametrize(("path", "field"), [
+    (("gates", "items"), ".reference"), (("gates", "items"), ".threshold"), (("method",), ".selection.epoch")])
+def test_cross_field_rules_point_at_the_field_to_fix(path: tuple[str, ...], field: str) -> None:
+    node = openapi_schema()["properties"]["spec"]
+    for part in path:
+        node = node[part] if part == "items" else node["properties"][part]
+    assert field in [entry.get("fieldPath") for entry in node["x-kubernetes-validations"]]

@@ -156,36 +156,44 @@ def test_transition_rules_correlate_map_list_items_by_key() -> None:
 
 # ---- URI schemes ----------------------------------------------------------------------------------
 
-URIS = [
-    ("s3://hospital-models/registry", True),
-    ("s3://my.bucket-01", True),
-    ("s3://bucket/a key with spaces/x.csv", True),
-    ("file:///var/lib/forgetmi/registry", True),
-    ("http://hospital-models/registry", False),
-    ("https://s3.amazonaws.com/bucket/key", False),
-    ("S3://bucket/key", False),
-    ("s3:/bucket/key", False),
-    ("s3://b/key", False),
-    ("s3://-bucket/key", False),
-    ("s3://Bucket/key", False),
-    ("file://relative/path", False),
-    ("/var/lib/registry", False),
-    ("", False),
+URIS = [  # (uri, valid as a registry root, valid as an object)
+    ("s3://hospital-models/registry", True, True),
+    ("s3://my.bucket-01", True, False),
+    ("s3://my.bucket-01/", True, False),
+    ("s3://my.bucket-01/k", True, True),
+    ("s3://bucket/a key with spaces/x.csv", True, True),
+    ("file:///var/lib/forgetmi/registry", True, True),
+    ("http://hospital-models/registry", False, False),
+    ("https://s3.amazonaws.com/bucket/key", False, False),
+    ("S3://bucket/key", False, False),
+    ("s3:/bucket/key", False, False),
+    ("s3://b/key", False, False),
+    ("s3://-bucket/key", False, False),
+    ("s3://Bucket/key", False, False),
+    ("file://relative/path", False, False),
+    ("/var/lib/registry", False, False),
+    ("", False, False),
 ]
 URI_FIELDS = ["model.registryUri", "data.manifestUri", "forget.subjectsUri"]
+REGISTRY_URI_MESSAGE = "must be an s3://bucket/... or file:///... URI"
 
 
 @pytest.mark.parametrize("field", URI_FIELDS)
-@pytest.mark.parametrize(("uri", "valid"), URIS)
-def test_uri_rule_accepts_only_s3_and_file(request_full: dict[str, Any], field: str, uri: str, valid: bool) -> None:
+@pytest.mark.parametrize(("uri", "registry_valid", "object_valid"), URIS)
+def test_uri_rule_accepts_only_s3_and_file(request_full: dict[str, Any], field: str, uri: str, registry_valid: bool,
+                                           object_valid: bool) -> None:
     request = copy.deepcopy(request_full)
     if field.startswith("forget."):
         request["spec"]["forget"] = {}
     _set(field, uri)(request["spec"])
-    expected = [] if valid else [Problem(f"spec.{field}", "must be an s3://bucket/... or file:///... URI")]
+    registry = field == "model.registryUri"
+    valid, message = (registry_valid, REGISTRY_URI_MESSAGE) if registry else (object_valid, api.OBJECT_URI_MESSAGE)
+    expected = [] if valid else [Problem(f"spec.{field}", message)]
     assert _rule_problems(request) == expected
-    pydantic_paths = [p.path for p in _pydantic_problems(request["spec"])]
-    assert pydantic_paths == [p.path for p in expected]
+    pattern = api.URI_PATTERN if registry else api.OBJECT_URI_PATTERN
+    assert _pydantic_problems(request["spec"]) == [Problem(p.path, f"String should match pattern '{pattern}'")
+                                                   for p in expected]
+    assert validate_request(request) == expected
 
 
 def test_uri_rule_is_the_contracts_pattern() -> None:
@@ -197,6 +205,27 @@ def test_uri_rule_is_the_contracts_pattern() -> None:
     assert str(literal.evaluate({})) == URI_PATTERN
 
 
+@pytest.mark.parametrize("field", ["data.manifestUri", "forget.subjectsUri"])
+def test_object_uri_rules_are_the_models_pattern(field: str) -> None:
+    node = openapi_schema()["properties"]["spec"]
+    for part in field.split("."):
+        node = node["properties"][part]
+    (entry,) = node["x-kubernetes-validations"]
+    literal = cel.compile_rule(entry["rule"].split("(", 1)[1][:-1])
+    assert str(literal.evaluate({})) == api.OBJECT_URI_PATTERN
+    assert entry["message"] == api.OBJECT_URI_MESSAGE
+
+
+def test_label_key_rules_are_the_models_patterns() -> None:
+    spec = openapi_schema()["properties"]["spec"]["properties"]
+    key_rule = f"self.matches('^{api.LABEL_KEY_CHARS}$') && self.matches('^{api.LABEL_KEY_LENGTHS}$')"
+    (toleration_key,) = spec["tolerations"]["items"]["properties"]["key"]["x-kubernetes-validations"]
+    assert toleration_key == {"rule": f"self == '' || ({key_rule})", "message": api.LABEL_KEY_MESSAGE}
+    (selector,) = spec["nodeSelector"]["x-kubernetes-validations"]
+    assert selector == {"rule": f"self.all(k, {key_rule.replace('self.', 'k.')})",
+                        "message": f"every key {api.LABEL_KEY_MESSAGE}"}
+
+
 # ---- every other rule and its pydantic twin -------------------------------------------------------
 
 
@@ -204,20 +233,26 @@ def _gate(**gate: Any) -> Mutation:
     return _set("gates", [gate])
 
 
+GOOD_LABEL_KEYS = ["gpu", "nvidia.com/gpu.product", "a", "A_b.c-D", "x" * 63, f"{'p' * 253}/{'n' * 63}",
+                   "kubernetes.io/hostname", "9/x"]
+BAD_LABEL_KEYS = ["", "gpu product", "-gpu", "gpu-", "_gpu", "x" * 64, f"{'p' * 254}/n", "/gpu", "nvidia.com/",
+                  "Nvidia.com/gpu", "a/b/c", "nvidia_com/gpu", "gpu\n", "gpü"]
 DROP = "maxDrop and minDrop measure a drop from the original model: set reference: original"
 ABSOLUTE = "atMost and atLeast compare with an absolute value: set reference: absolute"
 RANGE = "an absolute threshold must be between 0 and 1"
 RULES: list[tuple[str, Mutation, str | None, str | None]] = [
-    ("maxDrop without reference", _gate(metric="testAUC", comparator="maxDrop", threshold=0.02), "spec.gates[0]", DROP),
+    ("maxDrop without reference", _gate(metric="testAUC", comparator="maxDrop", threshold=0.02),
+     "spec.gates[0].reference", DROP),
     ("minDrop absolute", _gate(metric="forgetAUC", comparator="minDrop", threshold=0.0, reference="absolute"),
-     "spec.gates[0]", DROP),
+     "spec.gates[0].reference", DROP),
     ("minDrop original", _gate(metric="forgetAUC", comparator="minDrop", threshold=0.0, reference="original"),
      None, None),
     ("negative drop allowed", _gate(metric="testAUC", comparator="maxDrop", threshold=-0.5, reference="original"),
      None, None),
     ("atMost original", _gate(metric="miaAUC", comparator="atMost", threshold=0.6, reference="original"),
-     "spec.gates[0]", ABSOLUTE),
-    ("atLeast negative", _gate(metric="testAUC", comparator="atLeast", threshold=-0.1), "spec.gates[0]", RANGE),
+     "spec.gates[0].reference", ABSOLUTE),
+    ("atLeast negative", _gate(metric="testAUC", comparator="atLeast", threshold=-0.1), "spec.gates[0].threshold",
+     RANGE),
     ("atMost integer threshold", _gate(metric="mia", comparator="atMost", threshold=1), None, None),
     ("atLeast zero", _gate(metric="testF1", comparator="atLeast", threshold=0), None, None),
     ("both forget sources", _set("forget.subjectsUri", "s3://bucket/ids.txt"), "spec.forget",
@@ -227,8 +262,8 @@ RULES: list[tuple[str, Mutation, str | None, str | None]] = [
     ("zero weights", _set("method.weights", {"uu": 0, "mu": 0, "ur": 0, "mr": 0}), "spec.method.weights",
      "at least one weight must be greater than 0"),
     ("integer weights", _set("method.weights", {"uu": 1, "mu": 0, "ur": 0, "mr": 0}), None, None),
-    ("epoch past epochs", _set("method.selection", {"rule": "FixedEpoch", "epoch": 31}), "spec.method",
-     "selection.epoch must not exceed epochs"),
+    ("epoch past epochs", _set("method.selection", {"rule": "FixedEpoch", "epoch": 31}),
+     "spec.method.selection.epoch", "selection.epoch must not exceed epochs"),
     ("epoch equal to epochs", _set("method.selection", {"rule": "FixedEpoch", "epoch": 30}), None, None),
     ("epoch with ForgetReachesTest", _set("method.selection.epoch", 3), "spec.method.selection",
      "epoch applies only to rule FixedEpoch"),
@@ -244,7 +279,17 @@ RULES: list[tuple[str, Mutation, str | None, str | None]] = [
      "a toleration without key must use operator: Exists"),
     ("no key, no operator", _set("tolerations", [{"effect": "NoSchedule"}]), "spec.tolerations[0]",
      "a toleration without key must use operator: Exists"),
+    ("empty key with Equal", _set("tolerations", [{"key": "", "operator": "Equal", "value": "v"}]),
+     "spec.tolerations[0]", "a toleration without key must use operator: Exists"),
     ("tolerate everything", _set("tolerations", [{"operator": "Exists"}]), None, None),
+    ("tolerate everything, empty key", _set("tolerations", [{"key": "", "operator": "Exists"}]), None, None),
+    *[(f"toleration key {key!r}", _set("tolerations", [{"key": key, "operator": "Exists"}]),
+       "spec.tolerations[0].key", api.LABEL_KEY_MESSAGE) for key in BAD_LABEL_KEYS if key],
+    *[(f"toleration key {key!r} is fine", _set("tolerations", [{"key": key, "operator": "Exists"}]), None, None)
+      for key in GOOD_LABEL_KEYS],
+    *[(f"nodeSelector key {key!r}", _set("nodeSelector", {"pool": "gpu", key: "x"}), "spec.nodeSelector",
+       f"every key {api.LABEL_KEY_MESSAGE}") for key in BAD_LABEL_KEYS],
+    *[(f"nodeSelector key {key!r} is fine", _set("nodeSelector", {key: ""}), None, None) for key in GOOD_LABEL_KEYS],
 ]
 
 
@@ -272,3 +317,53 @@ def test_a_missing_required_field_is_reported_once(request_full: dict[str, Any])
     unevaluable = [p for p in _rule_problems(request) if p.message.startswith(cel.UNEVALUABLE)]
     assert [p.path for p in unevaluable] == ["spec.gates[0]"]
     assert validate_request(request) == [Problem("spec.gates[0].comparator", "required field is missing")]
+
+
+def test_gate_rules_report_every_failure_at_its_field_once(request_full: dict[str, Any]) -> None:
+    request = copy.deepcopy(request_full)
+    _gate(metric="testAUC", comparator="maxDrop", threshold=-0.5, reference="absolute")(request["spec"])
+    expected = [Problem("spec.gates[0].reference", DROP), Problem("spec.gates[0].threshold", RANGE)]
+    assert _rule_problems(request) == expected
+    assert _pydantic_problems(request["spec"]) == expected
+    assert validate_request(request) == expected
+
+
+# ---- fieldPath and values CEL cannot hold ----------------------------------------------------------
+
+_AT_FIELD = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+             "x-kubernetes-validations": [{"rule": "self.a <= self.b", "message": "a must not exceed b",
+                                           "fieldPath": ".a"}]}
+
+
+def test_a_failed_rule_is_reported_at_its_field_path() -> None:
+    failed = cel.rule_problems({"a": 2, "b": 1}, _AT_FIELD, parts=("spec", 0))
+    assert failed == [(("spec", 0, "a"), "a must not exceed b")]
+    assert cel.rule_problems({"a": 1, "b": 1}, _AT_FIELD) == []
+
+
+def test_a_rule_that_cannot_be_evaluated_is_reported_at_its_node() -> None:
+    """The schema reports the missing field there (or below), so the two are merged, not shown twice."""
+    assert cel.rule_problems({"b": 1}, _AT_FIELD, parts=("spec",)) == [
+        (("spec",), f"{cel.UNEVALUABLE} 'self.a <= self.b'")]
+
+
+@pytest.mark.parametrize(("value", "kind", "converted"), [
+    (2**63 - 1, "integer", True), (-(2**63), "integer", True), (2**63, "integer", False),
+    (-(2**63) - 1, "integer", False), (10**400, "integer", False),
+    (2**63 - 1, "number", True), (2**63, "number", False), (10**400, "number", False), (1e308, "number", True),
+])
+def test_an_integer_beyond_int64_does_not_have_the_schemas_type(value: int, kind: str, converted: bool) -> None:
+    rule = "self >= 0 || self < 0" if kind == "integer" else "self >= 0.0 || self < 0.0"
+    assert cel.evaluate_rule(rule, value, {"type": kind}) is (True if converted else None)
+
+
+def test_rules_skip_integers_beyond_int64_in_a_request(request_full: dict[str, Any]) -> None:
+    request = copy.deepcopy(request_full)
+    request["spec"]["method"].update(epochs=10**20, selection={"rule": "FixedEpoch", "epoch": 2**63})
+    request["spec"]["resources"]["gpus"] = -(10**20)
+    request["spec"]["tolerations"] = [{"key": "gpu", "operator": "Exists", "tolerationSeconds": 2**64}]
+    request["spec"]["gates"] = [{"metric": "mia", "comparator": "atMost", "threshold": 10**400}]
+    assert _rule_problems(request) == []
+    assert {p.path for p in validate_request(request) if p.message == "must fit in a 64-bit integer"} == {
+        "spec.method.epochs", "spec.method.selection.epoch", "spec.resources.gpus",
+        "spec.tolerations[0].tolerationSeconds", "spec.gates[0].threshold"}

@@ -137,7 +137,29 @@ MALFORMED_CASES = [
     ("spec.gates", [{"metric": "testAUC", "comparator": "maxDrop", "threshold": -3, "reference": "original"}],
      "spec.gates[0].threshold: must be ≥ -1"),
     ("spec.gates", [{"metric": "mia", "comparator": "atMost", "threshold": -0.2}],
-     "spec.gates[0]: an absolute threshold must be between 0 and 1"),
+     "spec.gates[0].threshold: an absolute threshold must be between 0 and 1"),
+    ("spec.gates", [{"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.02}],
+     "spec.gates[0].reference: maxDrop and minDrop measure a drop from the original model: set reference: original"),
+    ("spec.method", {"epochs": 5, "selection": {"epoch": 6}},
+     "spec.method.selection.epoch: selection.epoch must not exceed epochs"),
+    ("spec.nodeSelector", {"gpu product": "h100"}, "spec.nodeSelector: every key must be a label key"),
+    ("spec.nodeSelector", {"example.com/": "h100"}, "spec.nodeSelector: every key must be a label key"),
+    ("spec.nodeSelector", {"pool": "gpu nodes"}, "spec.nodeSelector.pool: must be a label value"),
+    ("spec.nodeSelector", {"pool": "-gpu"}, "spec.nodeSelector.pool: must be a label value"),
+    ("spec.tolerations", [{"key": "nvidia.com/gpu product", "operator": "Exists"}],
+     "spec.tolerations[0].key: must be a label key"),
+    ("spec.tolerations", [{"key": "gpu", "operator": "Equal", "value": "a b"}],
+     "spec.tolerations[0].value: must be a label value"),
+    ("spec.tolerations", [{"key": "", "operator": "Equal", "value": "x"}],
+     "spec.tolerations[0]: a toleration without key must use operator: Exists"),
+    ("spec.image", "ghcr.io/forgetmi/trainer:0.1.0 ", "spec.image: must be an image reference"),
+    ("spec.image", "ghcr.io/forgetmi/trainer :0.1.0", "spec.image: must be an image reference"),
+    ("spec.image", "ghcr.io/forgetmi/trainer:0.1.0\n", "spec.image: must be an image reference"),
+    ("spec.data.manifestUri", "s3://hospital-datasets", "spec.data.manifestUri: must be an s3://bucket/key or "
+     "file:///... URI: an object, with a key after the bucket"),
+    ("spec.data.manifestUri", "s3://hospital-datasets/", "spec.data.manifestUri: must be an s3://bucket/key"),
+    ("spec.forget.subjectsUri", "s3://privacy-requests", "spec.forget.subjectsUri: must be an s3://bucket/key"),
+    ("spec.forget.subjectsUri", "s3://privacy-requests/", "spec.forget.subjectsUri: must be an s3://bucket/key"),
     ("spec.gates", [{"metric": "accuracy", "comparator": "atMost", "threshold": 0.5}],
      "spec.gates[0].metric: must be one of: mia, miaAUC, forgetAUC, forgetF1, testAUC, testF1"),
     ("spec.forget.subjects", [FAKE_ID, "FAKE-PATIENT-9002"], "spec.forget.subjects: unknown field; patient IDs"),
@@ -184,13 +206,138 @@ def test_other_kinds_are_skipped_and_every_request_is_checked(tmp_path: Path, mi
     assert "UnlearnRequest 'second' (document 3) is invalid:\n  spec.backoffLimit: must be ≤ 10\n" in output
 
 
+BEYOND_INT64 = [
+    ("spec.method.epochs", 10**20, "spec.method.epochs"),
+    ("spec.method.epochs", -(10**20), "spec.method.epochs"),
+    ("spec.method.selection", {"epoch": 2**63}, "spec.method.selection.epoch"),
+    ("spec.resources.gpus", 99999999999999999999, "spec.resources.gpus"),
+    ("spec.resources.limits", {"cpu": 10**20}, "spec.resources.limits.cpu"),
+    ("spec.tolerations", [{"key": "gpu", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2**63}],
+     "spec.tolerations[0].tolerationSeconds"),
+    ("spec.gates", [{"metric": "mia", "comparator": "atMost", "threshold": 10**400}], "spec.gates[0].threshold"),
+    ("spec.method.weights", {"uu": 10**20, "mu": 0, "ur": 0, "mr": 0}, "spec.method.weights.uu"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "where"), BEYOND_INT64, ids=[w for _, _, w in BEYOND_INT64])
+def test_an_integer_beyond_int64_is_a_problem_not_a_crash(tmp_path: Path, minimal: dict[str, Any], path: str,
+                                                          value: Any, where: str) -> None:
+    _mutate(path, value)(minimal)
+    code, output = _validate_doc(tmp_path, minimal)
+    assert code == 2
+    assert f"  {where}: must fit in a 64-bit integer\n" in output
+    assert "could not evaluate" not in output
+
+
+def test_run_refuses_an_integer_beyond_int64_cleanly(tmp_path: Path, minimal: dict[str, Any],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(cli.HMAC_KEY_FILE_ENV, raising=False)
+    minimal["spec"]["method"] = {"epochs": 99999999999999999999}
+    path = tmp_path / "request.yaml"
+    path.write_text(yaml.safe_dump(minimal))
+    code, output = _run("run", "-f", str(path), "--workdir", str(tmp_path / "work"))
+    assert code == 1
+    assert "InvalidSpec: spec.method.epochs: must fit in a 64-bit integer" in output
+
+
+@pytest.mark.parametrize("kind", ["UnlearnReqest", "unlearnrequest", "UnlearnRequests", "Unlearnrequest"])
+def test_a_misspelt_kind_of_this_group_is_a_problem(tmp_path: Path, minimal: dict[str, Any], kind: str) -> None:
+    typo = copy.deepcopy(minimal)
+    typo["kind"], typo["metadata"]["name"] = kind, "typo"
+    code, output = _validate_doc(tmp_path, minimal, typo)
+    assert code == 2
+    assert output == (f"{tmp_path / 'request.yaml'}: {kind} 'typo' (document 2) is invalid:\n"
+                      f'  kind: unlearning.forgetmi.io has no kind "{kind}" (kubectl: no matches for kind); '
+                      "must be UnlearnRequest\n")
+
+
+def test_kinds_of_other_groups_stay_skipped(tmp_path: Path, minimal: dict[str, Any]) -> None:
+    others = [{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}},
+              {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}},
+              {"apiVersion": "example.com/v1", "kind": "UnlearnReqest", "metadata": {"name": "e"}},
+              {"kind": "Thing"}]
+    assert _validate_doc(tmp_path, *others, minimal)[0] == 0
+
+
+def _as_list(*items: Any, api_version: str = "v1", kind: str = "List") -> dict[str, Any]:
+    return {"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": ""}, "items": list(items)}
+
+
+def test_the_items_of_a_list_are_each_checked(tmp_path: Path, minimal: dict[str, Any]) -> None:
+    second = copy.deepcopy(minimal)
+    second["metadata"]["name"] = "second"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "ids"}}
+    ok = f"OK: {tmp_path / 'request.yaml'}: 2 UnlearnRequests valid (forget-request-0042, second)\n"
+    assert _validate_doc(tmp_path, _as_list(minimal, secret, second)) == (0, ok)
+    assert _validate_doc(tmp_path, _as_list(minimal, api_version="unlearning.forgetmi.io/v1alpha1",
+                                            kind="UnlearnRequestList"), second) == (0, ok)
+    second["spec"]["backoffLimit"] = 11
+    code, output = _validate_doc(tmp_path, secret, _as_list(minimal, _as_list(secret, second)))
+    assert code == 2
+    assert output == (f"{tmp_path / 'request.yaml'}: UnlearnRequest 'second' (document 2 item 2 item 2) is invalid:\n"
+                      "  spec.backoffLimit: must be ≤ 10\n")
+
+
+@pytest.mark.parametrize(("items", "expected"), [
+    ([], "no UnlearnRequest found"),
+    (None, "List (document 1) is invalid:\n  items: must be a list of Kubernetes objects"),
+    ({"a": {}}, "List (document 1) is invalid:\n  items: must be a list of Kubernetes objects"),
+    (["text"], "document 1 item 1 is invalid:\n  (document): must be a Kubernetes object"),
+])
+def test_a_list_without_objects_is_a_problem(tmp_path: Path, items: Any, expected: str) -> None:
+    listed = _as_list()
+    listed["items"] = items
+    code, output = _validate_doc(tmp_path, listed)
+    assert code == 2
+    assert expected in output
+
+
+DUPLICATES = [
+    ("apiVersion: v1\nkind: Secret\nkind: UnlearnRequest\n", 'at line 3, column 1: mapping key "kind" already '
+     "defined at line 2"),
+    ("metadata:\n  name: a\n  labels: {x: '1'}\n  name: b\n", 'at line 4, column 3: mapping key "name" already '
+     "defined at line 2"),
+    ("spec: {gates: [], gates: []}\n", 'at line 1, column 19: mapping key "gates" already defined at line 1'),
+    ("a: 1\n---\nb: {c: 1, c: 1}\n", 'at line 3, column 11: mapping key "c" already defined at line 3'),
+    ("1: a\n0x1: b\n", 'at line 2, column 1: mapping key "1" already defined at line 1'),
+    (f"{'k' * 100}: 1\n{'k' * 100}: 2\n", f'mapping key "{"k" * 60}..." already defined at line 1'),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), DUPLICATES)
+def test_a_repeated_mapping_key_is_refused(text: str, expected: str) -> None:
+    with pytest.raises(cli.DocumentError, match=r"^not valid YAML ") as err:
+        cli.load_documents(text)
+    assert str(err.value).endswith(expected)
+    code, output = _run("validate", "-f", "-", stdin=text)
+    assert (code, output) == (2, f"stdin: stdin is invalid:\n  (document): {err.value}\n")
+
+
+def test_a_merged_key_may_be_overridden_and_other_keys_may_repeat_elsewhere() -> None:
+    text = "base: &b {x: 1, y: 2}\nm: {<<: *b, x: 3}\nn: {x: 1}\nl: [{x: 1}, {x: 2}]\n"
+    assert cli.load_documents(text) == [{"base": {"x": 1, "y": 2}, "m": {"x": 3, "y": 2}, "n": {"x": 1},
+                                         "l": [{"x": 1}, {"x": 2}]}]
+
+
+def test_a_repeated_key_in_a_request_fails_validation(tmp_path: Path, minimal: dict[str, Any]) -> None:
+    text = yaml.safe_dump(minimal, sort_keys=False).replace("  name: forget-request-0042\n",
+                                                            "  name: forget-request-0042\n  name: other\n")
+    path = tmp_path / "request.yaml"
+    path.write_text(text)
+    code, output = _run("validate", "-f", str(path))
+    assert code == 2
+    assert 'mapping key "name" already defined at line' in output
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("", "no UnlearnRequest found"),
     ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "no UnlearnRequest found"),
     ("spec: [unclosed\n", "not valid YAML at line 2, column 1"),
     ("a: !!int abc\n", "not valid YAML: a tagged value does not match its tag"),
     ("a: &x [*x]\n", "recursive"),
-    ("- just\n- a list\n", "(document): must be a Kubernetes object"),
+    ("- just\n- a list\n", "document 1 is invalid:\n  (document): is a YAML list, not a Kubernetes object: "
+     "separate the requests with --- or put them under items: of an apiVersion: v1, kind: List"),
+    ("just text\n", "document 1 is invalid:\n  (document): must be a Kubernetes object (a mapping)"),
     ("spec: {}\n", "kind: must be UnlearnRequest"),
 ])
 def test_unusable_files_fail_with_a_sentence(text: str, expected: str) -> None:
