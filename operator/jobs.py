@@ -210,7 +210,7 @@ def _container(spec: UnlearnRequestSpec, settings: Settings, image: str,
         "resources": container_resources(spec, settings),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "terminationMessagePolicy": "File",  # never the log tail: a traceback may name a patient
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_ID,
@@ -234,7 +234,9 @@ def build_job(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namesp
     With ``spec.queueName`` the Job carries Kueue's queue label; Kueue's admission webhook suspends
     it until the queue admits it (the Job is not created suspended, so a cluster without Kueue still
     runs it). Exit codes 2 (bad config) and 3 (storage/input) fail the Job at once; pod disruptions
-    (preemption, node drain) do not count against ``backoffLimit``."""
+    (preemption, node drain) do not count against ``backoffLimit``. The termination message is only
+    what the trainer writes to ``/dev/termination-log`` (policy ``File``, never the log tail, which
+    may hold a traceback naming a patient); without one the operator says which exit code it was."""
     ref = owner_reference(owner if owner is not None else {"name": name, "uid": uid})
     job = naming.job_name(name, uid, kind=kind)
     volumes, mounts = _volumes(spec, configmap_name or naming.configmap_name(name, uid, kind=kind))

@@ -3,16 +3,21 @@
 Labels are bounded sets only — namespace, model, phase, outcome, metric, result, failure reason,
 handler name, version — never a request name or uid, and never anything about a patient.
 :class:`Metrics` owns its own :class:`~prometheus_client.CollectorRegistry`, so tests can create
-fresh ones; the operator keeps one module-level instance (:data:`METRICS`).
+fresh ones; the operator keeps one module-level instance (:data:`METRICS`). prometheus_client's
+``*_created`` series are disabled, so ``/metrics`` serves exactly the documented families.
 """
 
 from __future__ import annotations
 
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 from forgetmi_operator import __version__
+
+# Only the documented families: no ``*_created`` series beside counters and histograms. The switch is
+# process-wide in prometheus_client and read at scrape time, so it holds for the /metrics endpoint.
+disable_created_metrics()
 
 DURATION_BUCKETS_SECONDS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 

@@ -4,9 +4,14 @@
 server returns them) into a :class:`JobState`. It fails fast where a Job would otherwise hang
 or retry pointlessly:
 
-- a container waiting with ``ImagePullBackOff``, ``ErrImagePull``, ``InvalidImageName`` or
-  ``CreateContainerConfigError`` never starts: failed at once, the waiting reason is the reason;
+- a container waiting with ``ImagePullBackOff``, ``ErrImagePull``, ``InvalidImageName``,
+  ``CreateContainerConfigError``, ``CreateContainerError`` or ``RunContainerError`` never starts:
+  failed at once, the waiting reason is the reason;
 - a Pod ``Unschedulable`` for longer than the pending-pod timeout: failed (``Unschedulable``);
+- a Pod still ``Pending`` with a container waiting for any other reason (``ContainerCreating``
+  because a Secret or ConfigMap volume cannot be mounted, ``PodInitializing``…) for longer than
+  the pending-pod timeout, counted from the Pod's scheduling (else its creation): failed
+  (``ContainerStartTimeout``), the message names the waiting reason and its message;
 - a trainer that exited 2 (bad config) or 3 (storage/input error) is failed at once, as the
   Job's ``podFailurePolicy`` does, even before the Job controller marks the Job Failed;
 - a Job condition ``Failed`` (``PodFailurePolicy``, ``BackoffLimitExceeded``,
@@ -27,14 +32,17 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 from forgetmi_operator.api import ProgressStatus
+from forgetmi_operator.jobs import CONTAINER_NAME
 from forgetmi_trainer.contract import ExitCode, Progress
 
 JobPhase = Literal["pending", "running", "succeeded", "failed"]
 
-STUCK_WAITING_REASONS = frozenset(
-    {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"}
-)
-NEVER_STARTED_REASONS = STUCK_WAITING_REASONS | {"Unschedulable"}
+STUCK_WAITING_REASONS = frozenset({
+    "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
+    "RunContainerError",
+})
+START_TIMEOUT_REASON = "ContainerStartTimeout"
+NEVER_STARTED_REASONS = STUCK_WAITING_REASONS | {"Unschedulable", START_TIMEOUT_REASON}
 EXIT_CODE_REASONS = {
     ExitCode.BAD_CONFIG: "BadConfig",
     ExitCode.STORAGE_OR_INPUT: "StorageOrInputError",
@@ -188,17 +196,47 @@ def _failed_job(name: str, condition: Mapping[str, Any], terminated: list[_Exit]
     return JobState("failed", reason, _clip(k8s_message) or f"Job {name} failed ({reason}).")
 
 
+def _container_label(cs: Mapping[str, Any]) -> str:
+    name = str(cs.get("name") or "")
+    return "The trainer container" if name in ("", CONTAINER_NAME) else f"Container {name}"
+
+
+def _pending_since(pod: Mapping[str, Any]) -> tuple[datetime | None, str]:
+    """When the Pod's wait for its containers began: its scheduling, else its creation."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "True":
+            scheduled = _parse_time(cond.get("lastTransitionTime"))
+            if scheduled is not None:
+                return scheduled, "scheduled"
+    return _parse_time((pod.get("metadata") or {}).get("creationTimestamp")), "created"
+
+
 def _stuck_pod(pods: list[Mapping[str, Any]], *, now: datetime, pending_pod_timeout_seconds: float) -> JobState | None:
     for pod in pods:
         if _pod_phase(pod) in ("Succeeded", "Failed"):
             continue
+        waiting_containers: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
         for cs in _container_statuses(pod):
-            waiting = (cs.get("state") or {}).get("waiting") or {}
+            state = cs.get("state") or {}
+            if "waiting" not in state:
+                continue
+            waiting = state.get("waiting") or {}
+            waiting_containers.append((cs, waiting))
             reason = waiting.get("reason")
             if reason in STUCK_WAITING_REASONS:
                 detail = str(waiting.get("message") or "").strip()
-                message = f"The trainer container of Pod {_name(pod)} cannot start: {reason}"
+                message = f"{_container_label(cs)} of Pod {_name(pod)} cannot start: {reason}"
                 return JobState("failed", str(reason), _clip(f"{message}: {detail}" if detail else f"{message}."))
+        if waiting_containers and _pod_phase(pod) == "Pending":
+            since, event = _pending_since(pod)
+            if since is not None and (now - since).total_seconds() > pending_pod_timeout_seconds:
+                cs, waiting = waiting_containers[0]
+                reason = str(waiting.get("reason") or "").strip() or "Waiting"
+                detail = str(waiting.get("message") or "").strip()
+                message = (f"{_container_label(cs)} of Pod {_name(pod)} has been waiting ({reason}) for more than "
+                           f"{pending_pod_timeout_seconds:g} s since the Pod was {event}")
+                return JobState("failed", START_TIMEOUT_REASON,
+                                _clip(f"{message}: {detail}" if detail else f"{message}."))
         for cond in (pod.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and (
                 cond.get("reason") == "Unschedulable"

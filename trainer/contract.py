@@ -154,24 +154,30 @@ class Artifact(_Model):
 
 
 class SplitMetrics(_Model):
-    """Macro one-vs-rest AUC and macro F1 of the image head; None when unmeasurable."""
+    """Macro one-vs-rest AUC and macro F1 of the image head; None when unmeasurable or missing
+    (a gate on a None metric is Inconclusive, so it never promotes)."""
 
-    forget_auc: float | None
-    forget_f1: float | None
-    test_auc: float | None
-    test_f1: float | None
+    forget_auc: float | None = None
+    forget_f1: float | None = None
+    test_auc: float | None = None
+    test_f1: float | None = None
 
 
 class MiaResult(_Model):
-    score: float | None = Field(description="Paper MIA: fraction of forget samples labelled member.")
-    balanced_score: float | None = Field(description="Same, with a class-balanced attacker.")
-    attack_auc: float | None = Field(description="AUC of forget (positive) vs test by loss; 0.5 = no signal.")
-    tpr_at_1pct_fpr: float | None
+    """Membership-inference results; None when unmeasurable or missing."""
+
+    score: float | None = Field(default=None, description="Paper MIA: fraction of forget samples labelled member.")
+    balanced_score: float | None = Field(default=None, description="Same, with a class-balanced attacker.")
+    attack_auc: float | None = Field(
+        default=None, description="AUC of forget (positive) vs test by loss; 0.5 = no signal.")
+    tpr_at_1pct_fpr: float | None = None
 
 
 class ModelMetrics(_Model):
-    split: SplitMetrics
-    mia: MiaResult
+    """One model's metrics; a missing group or key reads as None (unmeasured), an unknown key is rejected."""
+
+    split: SplitMetrics = Field(default_factory=SplitMetrics)
+    mia: MiaResult = Field(default_factory=MiaResult)
 
 
 class Selection(_Model):

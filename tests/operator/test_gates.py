@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -10,7 +11,9 @@ from report_factory import make_report
 
 from forgetmi_operator import gates
 from forgetmi_operator.api import GateSpec, GateStatus
+from forgetmi_operator.decisions import Decision, decide
 from forgetmi_operator.settings import default_gates
+from forgetmi_trainer.contract import Report
 
 
 def _gate(metric: str, comparator: str, threshold: float, reference: str | None = None) -> GateSpec:
@@ -162,3 +165,29 @@ def test_metric_drop() -> None:
                                              (0.123456, "0.1235")])
 def test_fmt(value: float, text: str) -> None:
     assert gates.fmt(value) == text
+
+
+@pytest.mark.parametrize(("metric", "group", "key"), [
+    ("miaAUC", "mia", "attack_auc"), ("forgetAUC", "split", "forget_auc"), ("testAUC", "split", "test_auc")])
+def test_a_metric_missing_from_report_json_is_inconclusive_and_never_promotes(metric: str, group: str,
+                                                                              key: str) -> None:
+    raw = make_report().model_dump(mode="json")
+    del raw["unlearned"][group][key]
+    report = Report.model_validate_json(json.dumps(raw))  # not ReportInvalid
+    statuses = gates.evaluate_gates(default_gates(), report)
+    (status,) = [s for s in statuses if s.metric == metric]
+    assert (status.result, status.value) == ("Inconclusive", None)
+    assert status.message == f"{metric} of the unlearned model was not measured, so the gate is inconclusive."
+    assert not gates.all_passed(statuses)
+    for mode in ("Automatic", "Manual"):
+        assert decide(mode, statuses, approved=True, on_gate_failure="Hold") is Decision.HOLD
+    assert gates.all_passed(gates.evaluate_gates(default_gates(), make_report()))  # the same report, complete
+
+
+def test_a_missing_metric_group_makes_its_gates_inconclusive() -> None:
+    raw = make_report().model_dump(mode="json")
+    del raw["original"]["split"]
+    statuses = gates.evaluate_gates(default_gates(), Report.model_validate(raw))
+    assert [s.result for s in statuses] == ["Inconclusive", "Inconclusive", "Passed"]
+    assert "original model" in statuses[0].message
+    assert decide("Automatic", statuses, approved=False, on_gate_failure="Retrain") is Decision.RETRAIN

@@ -180,6 +180,13 @@ def test_job_runs_the_trainer_with_its_config() -> None:
     assert container["image"] == "ghcr.io/forgetmi/forgetmi-trainer:0.1.0"
 
 
+@pytest.mark.parametrize("kind", ["unlearn", "retrain"])
+def test_the_termination_message_is_never_the_log_tail(kind: str) -> None:
+    # FallbackToLogsOnError would copy a crash's traceback (which may name a patient) into the
+    # request's condition and an Event; File keeps only what the trainer writes itself.
+    assert _container(_job(_full(), kind=kind))["terminationMessagePolicy"] == "File"
+
+
 def test_job_scheduling_fields_come_from_the_spec() -> None:
     pod = _pod(_job(_full()))
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}

@@ -12,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from forgetmi_operator import __version__
 from forgetmi_operator.metrics import Metrics, serve
 
+# ARCHITECTURE.md, "Metrics": the families the operator exports, exactly (the text parser names a
+# counter's family without its ``_total`` suffix; a histogram's family has _bucket/_sum/_count samples).
 EXPECTED_LABELS = {
     "forgetmi_requests": {"namespace", "outcome"},
     "forgetmi_requests_in_phase": {"namespace", "phase"},
@@ -49,15 +51,28 @@ def scraped() -> Iterator[str]:
         server.server_close()
 
 
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
 def test_every_metric_is_served_with_its_labels(scraped: str) -> None:
     families = {family.name: family for family in text_string_to_metric_families(scraped)}
-    assert set(EXPECTED_LABELS) <= set(families)
+    assert set(families) == set(EXPECTED_LABELS)  # exactly the documented families: no *_created series
     for name, labels in EXPECTED_LABELS.items():
         for sample in families[name].samples:
             assert set(sample.labels) - {"le"} == labels, (name, sample)
     assert 'forgetmi_requests_total{namespace="ns",outcome="Promoted"} 1.0' in scraped
     assert "forgetmi_request_duration_seconds_count 1.0" in scraped
     assert f'forgetmi_build_info{{version="{__version__}"}} 1.0' in scraped
+
+
+def test_only_documented_sample_names_are_served(scraped: str) -> None:
+    documented = {"forgetmi_requests_total", "forgetmi_requests_in_phase", "forgetmi_oldest_open_request_age_seconds",
+                  "forgetmi_gate_evaluations_total", "forgetmi_last_mia", "forgetmi_last_test_auc_drop",
+                  "forgetmi_job_failures_total", "forgetmi_reconcile_errors_total", "forgetmi_build_info",
+                  *(f"forgetmi_request_duration_seconds{suffix}" for suffix in HISTOGRAM_SUFFIXES)}
+    served = {sample.name for family in text_string_to_metric_families(scraped) for sample in family.samples}
+    assert served == documented
+    assert "_created" not in scraped
 
 
 def test_no_per_request_or_per_patient_labels(scraped: str) -> None:

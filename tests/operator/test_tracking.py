@@ -23,12 +23,17 @@ def _job(status: dict[str, Any] | None = None, *, backoff_limit: int = 2) -> dic
 
 
 def _pod(phase: str = "Pending", *, state: dict[str, Any] | None = None, last_state: dict[str, Any] | None = None,
-         conditions: list[dict[str, Any]] | None = None, name: str = "forgetmi-cxr-abcdef12-x1") -> dict[str, Any]:
+         conditions: list[dict[str, Any]] | None = None, name: str = "forgetmi-cxr-abcdef12-x1",
+         created: str = "2025-01-01T11:00:00Z") -> dict[str, Any]:
     cs: dict[str, Any] = {"name": "trainer", "state": state or {}}
     if last_state is not None:
         cs["lastState"] = last_state
-    return {"metadata": {"name": name, "creationTimestamp": "2025-01-01T11:00:00Z"},
+    return {"metadata": {"name": name, "creationTimestamp": created},
             "status": {"phase": phase, "containerStatuses": [cs], "conditions": conditions or []}}
+
+
+def _ago(seconds: float) -> str:
+    return (NOW - timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
 
 
 def _state(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> JobState:
@@ -108,26 +113,74 @@ def test_unknown_job_failure_reason_is_bounded() -> None:
 
 
 @pytest.mark.parametrize(
-    "reason", ["ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError"])
+    "reason", ["ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CreateContainerConfigError",
+               "CreateContainerError", "RunContainerError"])
 def test_a_container_that_cannot_start_fails_at_once(reason: str) -> None:
-    pod = _pod(state={"waiting": {"reason": reason, "message": "Back-off pulling image \"nope:1\""}})
+    pod = _pod(state={"waiting": {"reason": reason, "message": "Back-off pulling image \"nope:1\""}},
+               created=_ago(1))
     state = _state(_job({"active": 1}), [pod])
     assert state.phase == "failed"
     assert state.reason == reason
+    assert state.never_started
     assert state.message.startswith(f"The trainer container of Pod forgetmi-cxr-abcdef12-x1 cannot start: {reason}")
     assert "nope:1" in state.message
 
 
-def test_container_creating_is_not_stuck() -> None:
-    pod = _pod(state={"waiting": {"reason": "ContainerCreating"}})
+def test_container_creating_within_the_timeout_is_not_stuck() -> None:
+    pod = _pod(state={"waiting": {"reason": "ContainerCreating"}}, created=_ago(TIMEOUT - 1))
     assert _state(_job({"active": 1}), [pod]).phase == "pending"
 
 
+def _scheduled(seconds_ago: float) -> list[dict[str, Any]]:
+    return [{"type": "PodScheduled", "status": "True", "lastTransitionTime": _ago(seconds_ago)}]
+
+
+def test_a_container_waiting_past_the_timeout_never_started() -> None:
+    waiting = {"waiting": {"reason": "ContainerCreating",
+                           "message": 'MountVolume.SetUp failed for volume "subjects": secret "ids" not found'}}
+    pod = _pod(state=waiting, conditions=_scheduled(TIMEOUT + 1), created=_ago(TIMEOUT + 5))
+    state = _state(_job({"active": 1}), [pod])
+    assert state == JobState(
+        "failed", "ContainerStartTimeout",
+        "The trainer container of Pod forgetmi-cxr-abcdef12-x1 has been waiting (ContainerCreating) for more than "
+        '600 s since the Pod was scheduled: MountVolume.SetUp failed for volume "subjects": secret "ids" not found')
+    assert state.never_started
+
+
+def test_the_wait_is_counted_from_scheduling_not_creation() -> None:
+    # Unschedulable for a while (its own timeout), then scheduled: the container wait starts afresh.
+    pod = _pod(state={"waiting": {"reason": "ContainerCreating"}}, conditions=_scheduled(TIMEOUT - 1),
+               created=_ago(3 * TIMEOUT))
+    assert _state(_job({"active": 1}), [pod]).phase == "pending"
+
+
+def test_without_a_scheduling_time_the_wait_is_counted_from_creation() -> None:
+    pod = _pod(state={"waiting": {}}, created=_ago(TIMEOUT + 1))
+    state = _state(_job({"active": 1}), [pod])
+    assert state.reason == "ContainerStartTimeout"
+    assert state.message == ("The trainer container of Pod forgetmi-cxr-abcdef12-x1 has been waiting (Waiting) for "
+                             "more than 600 s since the Pod was created.")
+
+
+def test_a_waiting_init_container_is_named() -> None:
+    pod = _pod(state={"waiting": {"reason": "PodInitializing"}}, created=_ago(TIMEOUT + 1))
+    pod["status"]["initContainerStatuses"] = [{"name": "istio-init", "state": {"waiting": {"reason": "Stalled"}}}]
+    state = _state(_job({"active": 1}), [pod])
+    assert state.reason == "ContainerStartTimeout"
+    assert state.message.startswith("Container istio-init of Pod forgetmi-cxr-abcdef12-x1 has been waiting (Stalled)")
+
+
+def test_a_running_pod_with_a_waiting_sidecar_is_not_stuck() -> None:
+    pod = _pod("Running", state={"running": {"startedAt": _ago(TIMEOUT + 1)}}, created=_ago(2 * TIMEOUT))
+    pod["status"]["initContainerStatuses"] = [
+        {"name": "proxy", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]
+    assert _state(_job({"active": 1}), [pod]).phase == "running"
+
+
 def _unschedulable(seconds_ago: float) -> dict[str, Any]:
-    since = (NOW - timedelta(seconds=seconds_ago)).isoformat().replace("+00:00", "Z")
     return _pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                              "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                             "lastTransitionTime": since}])
+                             "lastTransitionTime": _ago(seconds_ago)}])
 
 
 def test_unschedulable_within_the_timeout_is_still_pending() -> None:
@@ -162,9 +215,27 @@ def test_fail_fast_exit_codes_agree_with_the_job_builder() -> None:
 
 
 def test_every_failure_reason_is_a_valid_condition_reason() -> None:
-    reasons = {*tracking.STUCK_WAITING_REASONS, *tracking.EXIT_CODE_REASONS.values(), *tracking.JOB_FAILURE_REASONS,
-               "Unschedulable", "JobMissing", "JobFailed"}
+    reasons = {*tracking.NEVER_STARTED_REASONS, *tracking.EXIT_CODE_REASONS.values(), *tracking.JOB_FAILURE_REASONS,
+               "JobMissing", "JobFailed"}
+    assert {"Unschedulable", "ContainerStartTimeout"} <= reasons
     assert all(re.fullmatch(CONDITION_REASON_PATTERN, reason) for reason in reasons)
+
+
+@pytest.mark.parametrize("message", [None, "", "  \n"])
+def test_a_crash_without_a_termination_message_says_only_its_exit_code(message: str | None) -> None:
+    # With terminationMessagePolicy File an unhandled crash leaves no message (never the log tail).
+    crashed = {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": "2025-01-01T11:59:00Z"}}
+    if message is not None:
+        crashed["terminated"]["message"] = message
+    expected = "The trainer in Pod forgetmi-cxr-abcdef12-x1 exited with code 1."
+    exhausted = _job({"failed": 3, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                                   "message": "Job has reached the specified backoff limit"}]})
+    assert _state(exhausted, [_pod("Failed", state=crashed)]) == JobState("failed", "BackoffLimitExceeded", expected)
+    by_policy = _job({"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                                   "message": "Container trainer for pod x failed with exit code 3"}]})
+    exit_3 = {"terminated": {**crashed["terminated"], "exitCode": 3}}
+    assert _state(by_policy, [_pod("Failed", state=exit_3)]) == JobState(
+        "failed", "StorageOrInputError", "The trainer in Pod forgetmi-cxr-abcdef12-x1 exited with code 3.")
 
 
 def test_an_out_of_memory_kill_is_named_when_there_is_no_message() -> None:
@@ -206,6 +277,9 @@ def test_job_name_of_pod_reads_the_job_labels_then_the_owner() -> None:
     (JobState("failed", "ImagePullBackOff", "m"), True),
     (JobState("failed", "Unschedulable", "m"), True),
     (JobState("failed", "CreateContainerConfigError", "m"), True),
+    (JobState("failed", "CreateContainerError", "m"), True),
+    (JobState("failed", "RunContainerError", "m"), True),
+    (JobState("failed", "ContainerStartTimeout", "m"), True),
     (JobState("failed", "BadConfig", "m"), False),  # the trainer ran and exited 2: keep its Job and logs
     (JobState("failed", "BackoffLimitExceeded", "m"), False),
     (JobState("pending", "Pending", "m"), False),

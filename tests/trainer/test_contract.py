@@ -84,3 +84,26 @@ def test_comparison_rows_and_table() -> None:
     with pytest.raises(ValueError, match="no retrained reference"):
         comparison(_report(retrained=False), 1.0, 1.0)
     assert isinstance(_report(True).original, ModelMetrics)
+
+
+def test_a_report_missing_a_metric_parses_with_none() -> None:
+    raw = json.loads(_report(retrained=False).to_json())
+    del raw["unlearned"]["mia"]["attack_auc"]
+    del raw["unlearned"]["split"]["test_f1"]
+    del raw["original"]["mia"]
+    report = Report.model_validate_json(json.dumps(raw))
+    assert report.unlearned.mia.attack_auc is None and report.unlearned.split.test_f1 is None
+    assert report.unlearned.mia.score == 0.4 and report.unlearned.split.forget_auc == 0.75
+    assert report.original.mia.model_dump() == {"score": None, "balanced_score": None, "attack_auc": None,
+                                                 "tpr_at_1pct_fpr": None}
+    assert ModelMetrics.model_validate({}).split.forget_auc is None
+    assert json.loads(summary_line(report))["mia"] == [None, 0.4]
+
+
+def test_metric_fields_still_reject_unknown_keys() -> None:
+    raw = json.loads(_report(retrained=False).to_json())
+    raw["unlearned"]["mia"]["patient_id"] = "P1"
+    with pytest.raises(ValidationError, match=r"extra_forbidden|Extra inputs"):
+        Report.model_validate(raw)
+    with pytest.raises(ValidationError, match=r"extra_forbidden|Extra inputs"):
+        ModelMetrics.model_validate({"split": {"forget_acc": 0.5}})
