@@ -93,6 +93,20 @@ class ClusterUnavailable(OperatorError):
     retryable = True
 
 
+class ObjectRejected(OperatorError):
+    """The API server refused an object or patch the operator sent as invalid (HTTP 400 or 422), e.g. a
+    Job whose nodeSelector key is not a label key; sending it again cannot help."""
+
+    reason = "RejectedByApiServer"
+
+
+class RegistryUnavailable(OperatorError):
+    """The registry's storage did not answer (a transient S3 or network error); trying later can help."""
+
+    reason = "RegistryUnavailable"
+    retryable = True
+
+
 class ServingTargetError(OperatorError):
     """The serving target (Deployment or InferenceService) is missing or has no such container."""
 

@@ -10,10 +10,10 @@ they are never logged, stored in status or put in a message.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -22,12 +22,24 @@ from forgetmi_operator import gates as gating
 from forgetmi_operator import jobs, naming, pipeline, receipts, registry, tracking
 from forgetmi_operator.api import ConditionStatus, ConditionType, ModelVersionStatus, UnlearnRequestSpec
 from forgetmi_operator.decisions import Decision, decide, is_approved
-from forgetmi_operator.errors import InvalidSpec, OperatorError
+from forgetmi_operator.errors import (
+    InvalidSpec,
+    OperatorError,
+    RegistryUnavailable,
+    ServingTargetError,
+    SubjectsError,
+)
 from forgetmi_operator.kube import Kube
 from forgetmi_operator.settings import Settings
 from forgetmi_trainer import storage
-from forgetmi_trainer.contract import Progress
-from forgetmi_trainer.errors import StorageError
+from forgetmi_trainer.contract import Progress, Report
+from forgetmi_trainer.errors import StorageError, StorageUnavailable
+
+T = TypeVar("T")
+TARGET_ATTEMPTS = 3
+"""Tries of a serving-target patch that fails with a retryable error, after the alias moved."""
+TARGET_RETRY_SECONDS = 1.0
+"""Wait before the second try; doubled before each further one."""
 
 
 @dataclass
@@ -81,7 +93,7 @@ async def read_subjects(kube: Kube, spec: UnlearnRequestSpec, namespace: str) ->
         text = raw.decode("utf-8", errors="replace")
     else:
         where = f"spec.forget.subjectsUri {spec.forget.subjects_uri}"
-        text = await asyncio.to_thread(pipeline.read_subjects_uri, spec)
+        text = await in_thread(pipeline.read_subjects_uri, spec)
     return pipeline.parse_subject_ids(text, where), where
 
 
@@ -92,11 +104,12 @@ async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> Ste
     spec = parse_spec(body.get("spec") or {})
     step = Step()
     if spec.suspend:
-        with_condition(body, step, "Unlearned", "Unknown", cond.NOT_STARTED,
-                       f"{describe(body)} is suspended; no Job is created while spec.suspend is true.")
+        message = f"{describe(body)} is suspended; no Job is created while spec.suspend is true."
+        with_condition(body, step, "Unlearned", "Unknown", cond.NOT_STARTED, message)
+        step.events.append(("Normal", "Suspended", message))
         return step
     subjects, where = await read_subjects(kube, spec, namespace)
-    accepted = await asyncio.to_thread(pipeline.accept, spec, "\n".join(subjects), where)
+    accepted = await in_thread(pipeline.accept, spec, "\n".join(subjects), where)
     built = jobs.build_launch(spec, settings, name=name, namespace=namespace, uid=uid,
                               base_version=accepted.base.version, owner=body)
     await kube.create_or_get_configmap(namespace, built.configmap)
@@ -181,17 +194,33 @@ class Evaluation:
     test_auc_drop: float | None
 
 
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a storage step in a worker thread; a transient storage error (``StorageUnavailable``)
+    becomes ``RegistryUnavailable``, which is retried."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except StorageUnavailable as err:
+        raise RegistryUnavailable(f"The registry's storage did not answer ({err}); trying again later.") from err
+
+
 async def evaluate(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> Evaluation:
     """Read and verify the report, evaluate the gates, decide, then promote/hold/retrain and write
-    the receipt (terminal decisions only)."""
+    the receipt (terminal decisions only).
+
+    Nothing is changed until every check that can fail has passed: the report's lineage, the
+    subjects and the HMAC key the receipt needs, and the serving target. A rollout that still
+    fails after the alias moved moves the alias back. A non-retryable error after the gates keeps
+    the evaluation in status (gates, metrics, candidate) and ends the request not promoted."""
     meta, status = body["metadata"], body.get("status") or {}
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     spec = parse_spec(body.get("spec") or {})
     kind = job_kind(body, status["jobName"])
     paths = jobs.request_paths(spec.model.registry_uri, spec.model.name, uid, kind=kind)
-    report = await asyncio.to_thread(pipeline.load_report, paths.report, request=f"{namespace}/{name}")
-    candidate = await asyncio.to_thread(pipeline.verify_candidate, report)
-    report_sha = await asyncio.to_thread(pipeline.stream_sha256, paths.report)
+    base = ModelVersionStatus.model_validate(status["baseModel"])
+    report = await in_thread(pipeline.load_report, paths.report, request=f"{namespace}/{name}")
+    pipeline.check_lineage(report, base, naming.candidate_version(base.version, uid, kind=kind))
+    candidate = await in_thread(pipeline.verify_candidate, report)
+    report_sha = await in_thread(pipeline.stream_sha256, paths.report)
     statuses = gating.evaluate_gates(gating.effective_gates(spec.gates, settings.default_gates), report)
     decision = decide(spec.rollout.mode, statuses, is_approved(meta.get("annotations")), spec.rollout.on_gate_failure,
                       retrained=kind == "retrain")
@@ -201,34 +230,73 @@ async def evaluate(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> E
     drop = gating.metric_drop(report, "testAUC")
     step.status.update(
         candidateModel=candidate.model_dump(by_alias=True, exclude_none=True),
-        metrics=metrics.model_dump(by_alias=True, exclude_none=True),
+        # Unmeasured metrics are written as null, which a merge patch removes: a retrain's status
+        # never keeps a value from the first attempt's report.
+        metrics=metrics.model_dump(by_alias=True),
         gates=[gate.model_dump(by_alias=True, exclude_none=True) for gate in statuses],
         report={"uri": paths.report, "sha256": report_sha}, mia=mia, testAucDrop=drop,
     )
     with_condition(body, step, "Unlearned", "True", cond.JOB_SUCCEEDED, f"Job {status['jobName']} completed.")
+    step.events.append(("Normal", cond.JOB_SUCCEEDED, f"Job {status['jobName']} completed."))
     passed = gating.all_passed(statuses)
     inconclusive = any(gate.result == "Inconclusive" for gate in statuses)
     gate_reason = cond.GATES_PASSED if passed else cond.GATES_INCONCLUSIVE if inconclusive else cond.GATES_FAILED
     with_condition(body, step, "GatesPassed", "True" if passed else "False", gate_reason, gating.summary(statuses))
     step.events.append(("Normal" if passed else "Warning", gate_reason, gating.summary(statuses)))
-    base = ModelVersionStatus.model_validate(status["baseModel"])
+    try:
+        await _decide(kube, settings, body, spec, step, decision, statuses, report, base, candidate, report_sha,
+                      metrics, paths)
+    except OperatorError as err:
+        if err.retryable:
+            raise
+        with_condition(body, step, "Promoted", "False", err.reason, err.message)
+        step.status["completionTime"] = now()
+        step.events.append(("Warning", err.reason, err.message))
+    return Evaluation(step, decision, statuses, mia, drop)
+
+
+async def _decide(kube: Kube, settings: Settings, body: Mapping[str, Any], spec: UnlearnRequestSpec, step: Step,
+                  decision: Decision, statuses: list[Any], report: Report, base: ModelVersionStatus,
+                  candidate: ModelVersionStatus, report_sha: str, metrics: Any, paths: jobs.RequestPaths) -> None:
+    """Act on ``decision`` into ``step``; raises OperatorError before any change when a check fails."""
+    meta, status = body["metadata"], body.get("status") or {}
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    subjects: list[str] = []
+    key: bytes | None = None
+    if decision.terminal:  # what the receipt needs, read before anything changes
+        subjects, where = await read_subjects(kube, spec, namespace)
+        if len(subjects) != report.counts.subjects:
+            raise SubjectsError(f"{where} now holds {len(subjects)} subjects, but the Job forgot "
+                                f"{report.counts.subjects}: the list changed after the Job started, so nothing was "
+                                "promoted. Create a new request for the current list.")
+        key = await kube.read_hmac_key(settings)
     promotion: receipts.Promotion | None = None
     if decision == Decision.PROMOTE:
+        skipped = await check_target(kube, settings, spec, namespace)
         ref = registry.RequestRef(namespace=namespace, name=name, uid=uid)
-        record = await asyncio.to_thread(pipeline.promote_candidate, spec, base, candidate, ref)
+        record = await in_thread(pipeline.promote_candidate, spec, base, candidate, ref)
+        try:
+            await patch_target(kube, settings, spec, namespace, candidate.uri)
+        except OperatorError as err:
+            undone = await asyncio.to_thread(pipeline.rollback_promotion, spec, base, candidate, ref)
+            raise ServingTargetError(f"{err.message} The rollout was undone: {undone}") from err
         promotion = receipts.Promotion(alias=spec.model.alias, version=record.version, previous=record.previous)
-        await patch_target(kube, settings, spec, namespace, candidate.uri)
         message = (f"Alias '{spec.model.alias}' of model {spec.model.name} now names version {candidate.version} "
                    f"(was {base.version}).")
+        if skipped:
+            message += f" {skipped}"
+            step.events.append(("Warning", "ServingTargetSkipped", skipped))
         with_condition(body, step, "Promoted", "True", cond.PROMOTED, message)
         step.events.append(("Normal", cond.PROMOTED, message))
     elif decision == Decision.AWAIT_APPROVAL:
-        with_condition(body, step, "Promoted", "Unknown", cond.AWAITING_APPROVAL,
-                       f"{describe(body)} passed its gates and waits for the annotation "
-                       f"unlearning.forgetmi.io/approved=true.")
+        message = (f"{describe(body)} passed its gates and waits for the annotation "
+                   f"unlearning.forgetmi.io/approved=true.")
+        with_condition(body, step, "Promoted", "Unknown", cond.AWAITING_APPROVAL, message)
+        step.events.append(("Normal", cond.AWAITING_APPROVAL, message))
     elif decision == Decision.DRY_RUN_DONE:
-        with_condition(body, step, "Promoted", "False", cond.DRY_RUN,
-                       f"{describe(body)} is a dry run; version {candidate.version} was not promoted.")
+        message = f"{describe(body)} is a dry run; version {candidate.version} was not promoted."
+        with_condition(body, step, "Promoted", "False", cond.DRY_RUN, message)
+        step.events.append(("Normal", cond.DRY_RUN, message))
     elif decision == Decision.HOLD:
         with_condition(body, step, "Promoted", "False", cond.GATES_NOT_PASSED,
                        f"{describe(body)} is held: {gating.summary(statuses)} Nothing was promoted.")
@@ -247,40 +315,63 @@ async def evaluate(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> E
     if decision.terminal:
         completed = now()
         step.status["completionTime"] = completed
-        step.status["receipt"] = await write_receipt(kube, settings, body, spec, base, candidate, report_sha,
-                                                     metrics, statuses, decision, completed, promotion, paths)
-    return Evaluation(step, decision, statuses, mia, drop)
+        receipt = receipts.build_receipt(
+            uid=uid, name=name, namespace=namespace, subject_count=len(subjects),
+            subjects_digest=receipts.subjects_hmac(subjects, key), method=spec.method.name, mode=spec.rollout.mode,
+            base=base, candidate=candidate, report={"uri": paths.report, "sha256": report_sha}, metrics=metrics,
+            gates=statuses, decision=decision, created=meta.get("creationTimestamp") or completed,
+            completed=completed, promotion=promotion)
+        try:
+            written = await in_thread(pipeline.write_receipt, paths.receipt, receipt)
+        except OperatorError as err:
+            if err.retryable or promotion is None:
+                raise
+            # The alias already moved and the rollout is done: the promotion stands, said plainly.
+            promoted = cond.get_condition(step.status["conditions"], "Promoted") or {}
+            with_condition(body, step, "Promoted", "True", cond.PROMOTED,
+                           f"{promoted.get('message', '')} No receipt: {err.message}".strip())
+            step.events.append(("Warning", err.reason, err.message))
+            return
+        step.status["receipt"] = written.model_dump(by_alias=True)
 
 
-async def write_receipt(kube: Kube, settings: Settings, body: Mapping[str, Any], spec: UnlearnRequestSpec,
-                        base: ModelVersionStatus, candidate: ModelVersionStatus, report_sha: str, metrics: Any,
-                        statuses: list[Any], decision: Decision, completed: str,
-                        promotion: receipts.Promotion | None, paths: jobs.RequestPaths) -> dict[str, str]:
-    meta = body["metadata"]
-    subjects, _ = await read_subjects(kube, spec, meta["namespace"])
-    key = await kube.read_hmac_key(settings)
-    receipt = receipts.build_receipt(
-        uid=meta["uid"], name=meta["name"], namespace=meta["namespace"], subject_count=len(subjects),
-        subjects_digest=receipts.subjects_hmac(subjects, key), method=spec.method.name, mode=spec.rollout.mode,
-        base=base, candidate=candidate, report={"uri": paths.report, "sha256": report_sha}, metrics=metrics,
-        gates=statuses, decision=decision, created=meta.get("creationTimestamp") or completed,
-        completed=completed, promotion=promotion)
-    written = await asyncio.to_thread(pipeline.write_receipt, paths.receipt, receipt)
-    return written.model_dump(by_alias=True)
+async def check_target(kube: Kube, settings: Settings, spec: UnlearnRequestSpec, namespace: str) -> str | None:
+    """Check the serving target before the alias moves (``ServingTargetError`` if it cannot be patched);
+    a sentence when a target is set but serving targets are disabled, else None."""
+    target = spec.rollout.target
+    if target is None:
+        return None
+    if not settings.serving_targets_enabled:
+        return (f"Serving target {target.kind} {namespace}/{target.name} was not patched: serving targets are "
+                "disabled in this operator (chart value servingTargets.enabled).")
+    if target.kind == "Deployment":
+        await kube.check_deployment(namespace, target.name, target.container)
+    else:
+        await kube.check_inferenceservice(namespace, target.name)
+    return None
 
 
 async def patch_target(kube: Kube, settings: Settings, spec: UnlearnRequestSpec, namespace: str, uri: str) -> None:
+    """Point the serving target at ``uri``; a retryable error is tried again, up to TARGET_ATTEMPTS."""
     target = spec.rollout.target
     if target is None or not settings.serving_targets_enabled:
         return
-    if target.kind == "Deployment":
-        await kube.patch_deployment_env(namespace, target.name, target.container, target.env, uri)
-    else:
-        await kube.patch_inferenceservice_storage_uri(namespace, target.name, uri)
+    for attempt in range(TARGET_ATTEMPTS):
+        try:
+            if target.kind == "Deployment":
+                await kube.patch_deployment_env(namespace, target.name, target.container, target.env, uri)
+            else:
+                await kube.patch_inferenceservice_storage_uri(namespace, target.name, uri)
+            return
+        except OperatorError as err:
+            if not err.retryable or attempt == TARGET_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(TARGET_RETRY_SECONDS * 2**attempt)
 
 
 def failure(body: Mapping[str, Any], err: OperatorError, *, accepting: bool) -> Step:
-    """The status of a request that a non-retryable error stopped."""
+    """The status of a request that a non-retryable error stopped (before its gates were evaluated:
+    :func:`evaluate` records later errors itself)."""
     step = Step()
     type: ConditionType = "Accepted" if accepting else "Unlearned"
     if not accepting and err.reason in ("PromotionConflict", "DigestMismatch", "ServingTargetError"):

@@ -29,7 +29,7 @@ import kopf
 
 from forgetmi_operator import GROUP, PLURAL, VERSION, flows, naming, tracking
 from forgetmi_operator import conditions as cond
-from forgetmi_operator.decisions import is_approved
+from forgetmi_operator.decisions import Decision, is_approved
 from forgetmi_operator.errors import OperatorError
 from forgetmi_operator.kube import Kube
 from forgetmi_operator.metrics import METRICS, serve
@@ -131,6 +131,9 @@ async def _run(handler: str, body: Mapping[str, Any], work: Awaitable[flows.Step
         if err.retryable:
             raise kopf.TemporaryError(err.message, delay=RETRY_DELAY_SECONDS) from err
         raise _Stopped(flows.failure(body, err, accepting=accepting), err) from err
+    except Exception:  # a bug or an unexpected library error: counted, then retried by Kopf or the tracker
+        METRICS.reconcile_errors_total.labels(handler=handler).inc()
+        raise
 
 
 class _Stopped(Exception):
@@ -175,8 +178,9 @@ async def _evaluate(body: Mapping[str, Any], memo: kopf.Memo) -> flows.Step:
     evaluation = await flows.evaluate(memo.kube, memo.settings, body)
     spec_model = (body.get("spec") or {}).get("model") or {}
     labels = {"namespace": str(body["metadata"]["namespace"]), "model": str(spec_model.get("name"))}
-    for gate in evaluation.gates:
-        METRICS.gate_evaluations_total.labels(metric=gate.metric, result=gate.result).inc()
+    if evaluation.decision != Decision.AWAIT_APPROVAL:  # counted once, when acted on (not again on approval)
+        for gate in evaluation.gates:
+            METRICS.gate_evaluations_total.labels(metric=gate.metric, result=gate.result).inc()
     if evaluation.mia is not None:
         METRICS.last_mia.labels(**labels).set(evaluation.mia)
     if evaluation.test_auc_drop is not None:

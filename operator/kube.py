@@ -6,9 +6,11 @@ the API server sends them (no generated model classes), so the pure modules (``t
 ``jobs``) can work on the same shapes Kopf hands to handlers.
 
 Errors: a missing Secret (or key) is :class:`~forgetmi_operator.errors.SecretNotFound`, a missing
-serving target :class:`~forgetmi_operator.errors.ServingTargetError`; anything the API server or
-the network answers unexpectedly is :class:`~forgetmi_operator.errors.ClusterUnavailable`
-(retryable). Secret values are never logged nor put in messages.
+serving target :class:`~forgetmi_operator.errors.ServingTargetError`; an object or patch the API
+server refuses as invalid (HTTP 400/422) is :class:`~forgetmi_operator.errors.ObjectRejected`
+(not retried, with the server's message); anything else the API server or the network answers
+unexpectedly is :class:`~forgetmi_operator.errors.ClusterUnavailable` (retryable). Secret values
+are never logged nor put in messages.
 """
 
 from __future__ import annotations
@@ -25,15 +27,44 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from forgetmi_operator import GROUP, PLURAL, VERSION
-from forgetmi_operator.errors import ClusterUnavailable, SecretNotFound, ServingTargetError
+from forgetmi_operator.errors import (
+    ClusterUnavailable,
+    ObjectRejected,
+    OperatorError,
+    SecretNotFound,
+    ServingTargetError,
+)
 from forgetmi_operator.settings import Settings
 
 KSERVE = ("serving.kserve.io", "v1beta1", "inferenceservices")
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+INVALID_STATUSES = frozenset({400, 422})
+"""What the API server answers for an object or patch it will never accept as sent."""
+SERVER_MESSAGE_LIMIT = 400
 POOL_SIZE = 32
 """Kept-alive connections to the API server: calls run in worker threads, one connection each."""
+
+
+def _server_message(err: ApiException) -> str:
+    """The API server's ``Status.message`` of a refusal, shortened; empty when the body has none."""
+    try:
+        body = json.loads(err.body) if err.body else {}
+    except (TypeError, ValueError):
+        return ""
+    message = str(body.get("message") or "").strip().rstrip(".") if isinstance(body, dict) else ""
+    if len(message) > SERVER_MESSAGE_LIMIT:
+        message = message[: SERVER_MESSAGE_LIMIT - 1] + "…"
+    return f": {message}" if message else ""
+
+
+def refusal(what: str, err: ApiException) -> OperatorError:
+    """The error for an API call the server refused (not 404): invalid (400/422) or retryable."""
+    detail = _server_message(err)
+    if err.status in INVALID_STATUSES:
+        return ObjectRejected(f"The API server refused to {what} as invalid (HTTP {err.status}){detail}.")
+    return ClusterUnavailable(f"The API server refused to {what} (HTTP {err.status} {err.reason}){detail}.")
 
 
 def load_api_client() -> client.ApiClient:
@@ -68,15 +99,15 @@ class Kube:
         self.api_client.close()
 
     async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn`` in a thread and decode its JSON body; ``None`` for 404. Other API errors and
-        network failures become ``ClusterUnavailable`` naming ``what``."""
+        """Run ``fn`` in a thread and decode its JSON body; ``None`` for 404. Other refusals become
+        :func:`refusal`'s error and network failures ``ClusterUnavailable``, each naming ``what``."""
         kwargs.update(_preload_content=False, _request_timeout=self.timeout)
         try:
             response = await asyncio.to_thread(fn, *args, **kwargs)
         except ApiException as err:
             if err.status == 404:
                 return None
-            raise ClusterUnavailable(f"The API server refused to {what} (HTTP {err.status} {err.reason}).") from err
+            raise refusal(what, err) from err
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise ClusterUnavailable(f"The API server could not be reached to {what}: {type(err).__name__}.") from err
         data = response.data
@@ -91,9 +122,7 @@ class Kube:
             return json.loads(created.data), True
         except ApiException as err:
             if err.status != 409:
-                raise ClusterUnavailable(
-                    f"The API server refused to create {what} {namespace}/{name} (HTTP {err.status} {err.reason})."
-                ) from err
+                raise refusal(f"create {what} {namespace}/{name}", err) from err
         except (urllib3.exceptions.HTTPError, OSError) as err:
             raise ClusterUnavailable(
                 f"The API server could not be reached to create {what} {namespace}/{name}.") from err
@@ -172,12 +201,9 @@ class Kube:
 
     # ---- serving targets -----------------------------------------------------------------------
 
-    async def patch_deployment_env(self, namespace: str, name: str, container: str | None, env: str,
-                                   value: str) -> None:
-        """Set env var ``env`` of ``container`` (default: the first) in Deployment ``namespace/name``.
-
-        A JSON patch that first tests the container's name, so a concurrent reorder is refused
-        rather than patching the wrong container."""
+    async def _deployment_container(self, namespace: str, name: str,
+                                    container: str | None) -> tuple[int, Mapping[str, Any]]:
+        """The index and spec of ``container`` (default: the first) in Deployment ``namespace/name``."""
         what = f"Deployment {namespace}/{name}"
         deployment = await self._call(f"read {what}", self.apps.read_namespaced_deployment, name, namespace)
         if deployment is None:
@@ -187,14 +213,41 @@ class Kube:
         if not containers or (container is not None and container not in names):
             raise ServingTargetError(f"Serving target {what} has no container {container or '(none)'}.")
         index = names.index(container) if container is not None else 0
-        current = [dict(e) for e in containers[index].get("env") or [] if e.get("name") != env]
+        return index, containers[index]
+
+    async def check_deployment(self, namespace: str, name: str, container: str | None) -> None:
+        """Raise ``ServingTargetError`` unless Deployment ``namespace/name`` exists with ``container``."""
+        await self._deployment_container(namespace, name, container)
+
+    async def patch_deployment_env(self, namespace: str, name: str, container: str | None, env: str,
+                                   value: str) -> None:
+        """Set env var ``env`` of ``container`` (default: the first) in Deployment ``namespace/name``.
+
+        A JSON patch that first tests the container's name, so a concurrent reorder is refused
+        rather than patching the wrong container."""
+        what = f"Deployment {namespace}/{name}"
+        index, spec = await self._deployment_container(namespace, name, container)
+        current = [dict(e) for e in spec.get("env") or [] if e.get("name") != env]
         base = f"/spec/template/spec/containers/{index}"
-        ops = [{"op": "test", "path": f"{base}/name", "value": names[index]},
+        ops = [{"op": "test", "path": f"{base}/name", "value": spec.get("name")},
                {"op": "add", "path": f"{base}/env", "value": [*current, {"name": env, "value": value}]}]
         result = await self._call(f"patch {what}", self.apps.patch_namespaced_deployment, name, namespace, ops,
                                   _content_type=JSON_PATCH)
         if result is None:
             raise ServingTargetError(f"Serving target {what} does not exist.")
+
+    async def check_inferenceservice(self, namespace: str, name: str) -> None:
+        """Raise ``ServingTargetError`` unless KServe InferenceService ``namespace/name`` exists and
+        serves through ``spec.predictor.model`` (the field whose ``storageUri`` is set)."""
+        what = f"InferenceService {namespace}/{name}"
+        found = await self._call(f"read {what}", self.custom.get_namespaced_custom_object, *KSERVE[:2], namespace,
+                                 KSERVE[2], name)
+        if found is None:
+            raise ServingTargetError(f"Serving target {what} does not exist.")
+        predictor = (found.get("spec") or {}).get("predictor") or {}
+        if not isinstance(predictor.get("model"), Mapping):
+            raise ServingTargetError(f"Serving target {what} has no spec.predictor.model, whose storageUri the "
+                                     "operator sets.")
 
     async def patch_inferenceservice_storage_uri(self, namespace: str, name: str, uri: str) -> None:
         """Set ``spec.predictor.model.storageUri`` of KServe InferenceService ``namespace/name``."""

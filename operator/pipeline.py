@@ -30,7 +30,7 @@ from forgetmi_operator.errors import DigestMismatch, InputNotFound, PromotionCon
 from forgetmi_operator.receipts import Receipt, receipt_json, receipt_sha256
 from forgetmi_trainer import storage
 from forgetmi_trainer.contract import Report, parse_subjects
-from forgetmi_trainer.errors import ObjectNotFound, StorageError
+from forgetmi_trainer.errors import ObjectNotFound, StorageError, StorageUnavailable
 
 CHUNK = 1024 * 1024
 
@@ -186,10 +186,43 @@ def promote_candidate(spec: UnlearnRequestSpec, base: ModelVersionStatus, candid
         raise DigestMismatch(str(err)) from err
 
 
+def check_lineage(report: Report, base: ModelVersionStatus, candidate_version: str) -> None:
+    """The report must come from the Job this request launched: trained from the base version pinned
+    in status and named as that Job's candidate. Raises ReportInvalid otherwise, so a model built
+    from another base (e.g. a Job created before an operator restart re-resolved the alias) is
+    never promoted."""
+    if report.base.sha256 != base.sha256:
+        raise ReportInvalid(f"The trainer's report says its base model has sha256 {report.base.sha256}, but the "
+                            f"request pinned version {base.version} with sha256 {base.sha256}; nothing was promoted.")
+    if report.candidate_version != candidate_version:
+        raise ReportInvalid(f"The trainer's report names candidate version {report.candidate_version}, but this "
+                            f"request's Job builds {candidate_version}; nothing was promoted.")
+
+
+def rollback_promotion(spec: UnlearnRequestSpec, base: ModelVersionStatus, candidate: ModelVersionStatus,
+                       request: registry.RequestRef) -> str:
+    """Move the alias back from ``candidate`` to ``base`` after ``request`` promoted it and the rollout
+    failed; never raises. Returns a sentence saying what the alias names now."""
+    model = spec.model
+    where = f"Alias '{model.alias}' of model '{model.name}'"
+    try:
+        current = registry.resolve_alias(model.registry_uri, model.name, model.alias)
+        if current.version != candidate.version or current.record.request != request:
+            return f"{where} names version '{current.version}', set by someone else; it was left as it is."
+        registry.promote(model.registry_uri, model.name, model.alias, new_version=base.version,
+                         new_sha256=base.sha256, expected_token=current.token, request=request)
+    except (registry.RegistryError, StorageError) as err:
+        return f"{where} could not be moved back to version '{base.version}' ({err}); it names '{candidate.version}'."
+    return f"{where} was moved back to version '{base.version}'."
+
+
 def write_receipt(uri: str, receipt: Receipt) -> ArtifactStatus:
-    """Write the canonical receipt bytes to ``uri``; returns its URI and sha256."""
+    """Write the canonical receipt bytes to ``uri``; returns its URI and sha256. A transient storage
+    error (``StorageUnavailable``) passes through to be retried; others are ReportInvalid."""
     try:
         storage.write_bytes(uri, receipt_json(receipt))
+    except StorageUnavailable:
+        raise
     except StorageError as err:
         raise ReportInvalid(f"The receipt {uri} could not be written: {err}") from err
     return ArtifactStatus(uri=uri, sha256=receipt_sha256(receipt))

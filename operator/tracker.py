@@ -155,8 +155,8 @@ class Tracker:
                     raise
                 except Exception:  # the next poke or sweep tries again; never kill the tracker
                     log.exception("Looking at UnlearnRequest %s/%s failed", *key_of(entry.body))
-            if not entry.again:
-                return
+            if not entry.again or self.entries.get(key_of(entry.body)) is not entry:
+                return  # nothing new, or the request closed meanwhile (its last look acted on it)
 
     async def sweep_forever(self, interval_seconds: float, wants: Callable[[Mapping[str, Any]], bool]) -> None:
         """Every ``interval_seconds``, poke each open request for which ``wants(body)`` is true."""

@@ -46,6 +46,7 @@ def test_a_reason_that_is_not_camel_case_is_refused() -> None:
         errors.JobFailed("x", reason="image pull back-off")
 
 
-def test_only_cluster_unavailability_is_retryable() -> None:
-    assert [cls.__name__ for cls in ERROR_CLASSES if cls.retryable] == ["ClusterUnavailable"]
+def test_only_an_unreachable_cluster_or_registry_is_retryable() -> None:
+    assert sorted(cls.__name__ for cls in ERROR_CLASSES if cls.retryable) == ["ClusterUnavailable",
+                                                                                 "RegistryUnavailable"]
 

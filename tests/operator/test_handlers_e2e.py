@@ -166,6 +166,7 @@ def test_switching_a_request_awaiting_approval_to_automatic_promotes_it(cluster:
     """A Manual request that passed its gates waits; changing ``spec.rollout.mode`` (the one spec
     field that may change) to Automatic promotes it without an approval annotation."""
     api, ns = cluster["api"], cluster["ns"]
+    counted = _gate_evaluations()
     with operator(ns):
         model = _apply(cluster, "switch", mode="Manual")
         waiting = wait_for(lambda: _phase_in(cluster, "switch", "Evaluating", "Promoted", "Failed", "Held"),
@@ -178,6 +179,15 @@ def test_switching_a_request_awaiting_approval_to_automatic_promotes_it(cluster:
     assert _alias(cluster, model) == done["status"]["candidateModel"]["version"] != "v1"
     assert APPROVAL_ANNOTATION not in (done["metadata"].get("annotations") or {})
     assert len(_jobs(cluster)) == 1
+    # each gate is counted once, when acted on: not at AwaitingApproval and again at promotion
+    assert _gate_evaluations() - counted == len(done["status"]["gates"])
+
+
+def _gate_evaluations() -> float:
+    from forgetmi_operator.metrics import METRICS
+
+    return sum(sample.value for family in METRICS.registry.collect() if family.name == "forgetmi_gate_evaluations"
+               for sample in family.samples if sample.name == "forgetmi_gate_evaluations_total")
 
 
 def test_a_suspended_request_launches_only_when_unsuspended(cluster: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from forgetmi_operator.errors import ClusterUnavailable, SecretNotFound, ServingTargetError
+from forgetmi_operator.errors import ClusterUnavailable, ObjectRejected, SecretNotFound, ServingTargetError
 from forgetmi_operator.kube import Kube
 from forgetmi_operator.settings import Settings
 
@@ -105,6 +105,37 @@ def test_create_failures_other_than_conflict_are_cluster_errors(kube: Kube) -> N
         _run(kube.create_or_get_configmap("ns", {"metadata": {"name": "cm"}}))
 
 
+@pytest.mark.parametrize("status", [400, 422])
+def test_an_object_the_server_refuses_as_invalid_is_rejected_with_its_message_not_retried(
+        kube: Kube, status: int) -> None:
+    message = ('Job.batch "forgetmi-r-0b3f9c2e" is invalid: spec.template.spec.nodeSelector: Invalid value: '
+               '"bad key!": name part must consist of alphanumeric characters.')
+    err = ApiException(status=status, reason="Unprocessable Entity")
+    err.body = json.dumps({"kind": "Status", "status": "Failure", "message": message, "code": status})
+    kube.batch = _Fake(create_namespaced_job=_raises(err))  # type: ignore[assignment]
+    with pytest.raises(ObjectRejected) as caught:
+        _run(kube.create_or_get_job("ns", {"metadata": {"name": "forgetmi-r-0b3f9c2e"}}))
+    assert not caught.value.retryable
+    assert caught.value.reason == "RejectedByApiServer"
+    assert caught.value.message == (f"The API server refused to create Job ns/forgetmi-r-0b3f9c2e as invalid "
+                                    f"(HTTP {status}): {message.rstrip('.')}.")
+
+
+def test_a_refusal_message_is_shortened_and_a_body_without_one_is_left_out(kube: Kube) -> None:
+    err = ApiException(status=422, reason="Unprocessable Entity")
+    err.body = json.dumps({"message": "x" * 1000})
+    kube.batch = _Fake(read_namespaced_job=_raises(err))  # type: ignore[assignment]
+    with pytest.raises(ObjectRejected) as caught:
+        _run(kube.get_job("ns", "j"))
+    assert len(caught.value.message) < 500 and caught.value.message.endswith("….")
+    err = ApiException(status=500, reason="Internal Error")
+    err.body = "<html>not json</html>"
+    kube.batch = _Fake(read_namespaced_job=_raises(err))  # type: ignore[assignment]
+    with pytest.raises(ClusterUnavailable) as unavailable:
+        _run(kube.get_job("ns", "j"))
+    assert unavailable.value.message == "The API server refused to read Job ns/j (HTTP 500 Internal Error)."
+
+
 def test_read_secret_key_decodes_and_never_leaks_values(kube: Kube) -> None:
     secret = {"data": {"subjects": base64.b64encode(b"P-1\nP-2").decode()}}
     kube.core = _Fake(read_namespaced_secret=_returns(secret))  # type: ignore[assignment]
@@ -166,6 +197,28 @@ def test_a_missing_serving_target_is_reported(kube: Kube) -> None:
     kube.custom = _Fake(patch_namespaced_custom_object=_raises(_api_error(404)))  # type: ignore[assignment]
     with pytest.raises(ServingTargetError, match="InferenceService ns/isvc does not exist"):
         _run(kube.patch_inferenceservice_storage_uri("ns", "isvc", "s3://new"))
+
+
+def test_serving_targets_are_checked_without_changing_them(kube: Kube) -> None:
+    deployment = {"spec": {"template": {"spec": {"containers": [{"name": "server"}]}}}}
+    kube.apps = _Fake(read_namespaced_deployment=_returns(deployment))  # type: ignore[assignment]
+    _run(kube.check_deployment("ns", "d", "server"))
+    _run(kube.check_deployment("ns", "d", None))
+    with pytest.raises(ServingTargetError, match="has no container other"):
+        _run(kube.check_deployment("ns", "d", "other"))
+    assert {name for name, _, _ in kube.apps.calls} == {"read_namespaced_deployment"}  # type: ignore[attr-defined]
+    isvc = {"spec": {"predictor": {"model": {"modelFormat": {"name": "pytorch"}, "storageUri": "s3://old"}}}}
+    kube.custom = _Fake(get_namespaced_custom_object=_returns(isvc))  # type: ignore[assignment]
+    _run(kube.check_inferenceservice("ns", "isvc"))
+    _, args, _ = kube.custom.calls[0]  # type: ignore[attr-defined]
+    assert args == ("serving.kserve.io", "v1beta1", "ns", "inferenceservices", "isvc")
+    framework = {"spec": {"predictor": {"pytorch": {"storageUri": "s3://old"}}}}
+    kube.custom = _Fake(get_namespaced_custom_object=_returns(framework))  # type: ignore[assignment]
+    with pytest.raises(ServingTargetError, match=r"has no spec\.predictor\.model"):
+        _run(kube.check_inferenceservice("ns", "isvc"))
+    kube.custom = _Fake(get_namespaced_custom_object=_raises(_api_error(404)))  # type: ignore[assignment]
+    with pytest.raises(ServingTargetError, match="InferenceService ns/isvc does not exist"):
+        _run(kube.check_inferenceservice("ns", "isvc"))
 
 
 def test_status_patch_is_a_merge_patch_of_the_status(kube: Kube) -> None:

@@ -128,6 +128,23 @@ async def test_a_poke_during_a_look_runs_one_more_look_after_it_never_two_at_onc
 
 
 @run_async
+async def test_a_request_that_closes_during_its_look_is_not_looked_at_again() -> None:
+    """The look that promoted a request must not run again on the pre-promotion body because a
+    poke (the spec change that triggered it, a sweep) arrived meanwhile."""
+    looks = Looks()
+    tracker = Tracker(looks, is_open=_open)
+    tracker.observe(_request("r1", "1"))
+    looks.release.clear()
+    assert tracker.poke(("ns", "r1"))
+    await _settle()
+    tracker.poke(("ns", "r1"))
+    tracker.observe(_request("r1", "2", phase="Promoted"))  # what the look wrote
+    looks.release.set()
+    await _settle()
+    assert [rv for _, rv, _ in looks.seen] == ["1"]
+
+
+@run_async
 async def test_poking_an_unknown_or_closed_request_does_nothing() -> None:
     looks = Looks()
     tracker = Tracker(looks, is_open=_open)

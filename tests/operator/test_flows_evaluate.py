@@ -1,0 +1,244 @@
+"""flows.evaluate: nothing changes until every check passed, and a rollout that fails is undone.
+
+A real ``file://`` registry (base version, alias, the trainer's candidate and report) and a fake
+``Kube`` that records what was patched and fails where a test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from report_factory import make_report
+
+from forgetmi_operator import conditions as cond
+from forgetmi_operator import flows, jobs, naming, registry
+from forgetmi_operator.errors import (
+    ClusterUnavailable,
+    ObjectRejected,
+    RegistryUnavailable,
+    ReportInvalid,
+    SecretNotFound,
+    ServingTargetError,
+)
+from forgetmi_operator.settings import Settings
+from forgetmi_trainer import storage
+from forgetmi_trainer.contract import Report
+from forgetmi_trainer.errors import StorageUnavailable
+
+MODEL, ALIAS, NAMESPACE, NAME = "cxr", "production", "radiology", "forget-0042"
+UID = "0b3f9c2e-1111-2222-3333-444455556666"
+SUBJECTS = b"P001\nP002\nP003\n"
+
+
+class FakeKube:
+    """The calls ``evaluate`` makes; ``fail`` maps a method name to the errors it raises, in turn."""
+
+    def __init__(self) -> None:
+        self.fail: dict[str, list[Exception]] = {}
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.subjects = SUBJECTS
+
+    def _call(self, name: str, *args: Any) -> None:
+        self.calls.append((name, args))
+        queue = self.fail.get(name)
+        if queue:
+            raise queue.pop(0)
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes:
+        self._call("read_secret_key", namespace, name, key)
+        return self.subjects
+
+    async def read_hmac_key(self, settings: Settings) -> bytes | None:
+        self._call("read_hmac_key")
+        return None
+
+    async def check_deployment(self, namespace: str, name: str, container: str | None) -> None:
+        self._call("check_deployment", namespace, name, container)
+
+    async def patch_deployment_env(self, namespace: str, name: str, container: str | None, env: str,
+                                   value: str) -> None:
+        self._call("patch_deployment_env", namespace, name, container, env, value)
+
+    def patched(self) -> list[tuple[Any, ...]]:
+        return [args for name, args in self.calls if name == "patch_deployment_env"]
+
+
+def _version(root: Path, version: str, weights: bytes) -> str:
+    directory = root / MODEL / "versions" / version
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text("{}\n")
+    (directory / "model.safetensors").write_bytes(weights)
+    return hashlib.sha256(weights).hexdigest()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Any]:
+    """A registry with alias production → v7, and the trainer's candidate and report for the request."""
+    root = tmp_path / "registry"
+    reg = f"file://{root}"
+    base_sha = _version(root, "v7", b"base weights")
+    registry.promote(reg, MODEL, ALIAS, new_version="v7", new_sha256=base_sha, expected_token=None, request=None)
+    candidate_version = naming.candidate_version("v7", UID)
+    candidate_sha = _version(root, candidate_version, b"unlearned weights")
+    raw = make_report().model_dump()
+    raw.update({
+        "request": f"{NAMESPACE}/{NAME}", "candidate_version": candidate_version,
+        "base": {"uri": registry.version_uri(reg, MODEL, "v7"), "sha256": base_sha},
+        "candidate": {"uri": registry.version_uri(reg, MODEL, candidate_version), "sha256": candidate_sha},
+    })
+    report = Report.model_validate(raw)
+    paths = jobs.request_paths(reg, MODEL, UID)
+    storage.write_bytes(paths.report, report.to_json().encode())
+    body = {
+        "metadata": {"name": NAME, "namespace": NAMESPACE, "uid": UID, "generation": 1,
+                     "creationTimestamp": "2026-12-01T00:00:00Z"},
+        "spec": {"model": {"registryUri": reg, "name": MODEL, "alias": ALIAS},
+                 "data": {"manifestUri": "file:///data/manifest.csv"},
+                 "forget": {"subjectsSecretRef": {"name": "subjects", "key": "ids"}},
+                 "rollout": {"mode": "Automatic", "target": {"kind": "Deployment", "name": "cxr-server"}}},
+        "status": {"jobName": naming.job_name(NAME, UID), "subjectCount": 3,
+                   "baseModel": {"version": "v7", "uri": registry.version_uri(reg, MODEL, "v7"), "sha256": base_sha}},
+    }
+    return {"reg": reg, "body": body, "paths": paths, "candidate": candidate_version, "report": report}
+
+
+def _evaluate(world: dict[str, Any], kube: FakeKube, **settings: Any) -> flows.Evaluation:
+    return asyncio.run(flows.evaluate(kube, Settings(**{"serving_targets_enabled": True, **settings}),  # type: ignore[arg-type]
+                                      world["body"]))
+
+
+def _alias(world: dict[str, Any]) -> str:
+    return registry.resolve_alias(world["reg"], MODEL, ALIAS).version
+
+
+def _condition(step: flows.Step, type: str) -> dict[str, Any]:
+    return next(c for c in step.status["conditions"] if c["type"] == type)
+
+
+@pytest.fixture(autouse=True)
+def _no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flows, "TARGET_RETRY_SECONDS", 0.0)
+
+
+def test_a_passing_request_promotes_patches_the_target_and_writes_the_receipt(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    result = _evaluate(world, kube)
+    assert _alias(world) == world["candidate"]
+    assert [args[-1] for args in kube.patched()] == [registry.version_uri(world["reg"], MODEL, world["candidate"])]
+    assert result.step.status["phase"] == "Promoted"
+    assert storage.exists(world["paths"].receipt) and result.step.status["receipt"]["uri"] == world["paths"].receipt
+    reasons = [reason for _, reason, _ in result.step.events]
+    assert reasons == [cond.JOB_SUCCEEDED, cond.GATES_PASSED, cond.PROMOTED]
+
+
+def test_a_target_that_cannot_be_patched_is_found_before_the_alias_moves(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.fail["check_deployment"] = [ServingTargetError("Serving target Deployment radiology/cxr-server has no "
+                                                        "container (none).")]
+    result = _evaluate(world, kube)
+    assert _alias(world) == "v7" and kube.patched() == []
+    promoted = _condition(result.step, "Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("False", "ServingTargetError")
+    assert result.step.status["phase"] == "Held"
+    # the evaluation stays in status
+    assert result.step.status["gates"] and result.step.status["candidateModel"]["version"] == world["candidate"]
+    assert _condition(result.step, "GatesPassed")["status"] == "True"
+    assert not storage.exists(world["paths"].receipt)
+
+
+def test_a_rollout_that_fails_after_the_alias_moved_moves_it_back(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.fail["patch_deployment_env"] = [ObjectRejected("The API server refused to patch Deployment "
+                                                        "radiology/cxr-server as invalid (HTTP 422): denied.")]
+    result = _evaluate(world, kube)
+    assert _alias(world) == "v7"
+    record = registry.resolve_alias(world["reg"], MODEL, ALIAS).record
+    assert record.previous == world["candidate"]  # the history says what happened
+    promoted = _condition(result.step, "Promoted")
+    assert promoted["reason"] == "ServingTargetError"
+    assert "The rollout was undone: Alias 'production' of model 'cxr' was moved back to version 'v7'." in \
+        promoted["message"]
+    assert result.step.status["phase"] == "Held"
+
+
+def test_a_transient_target_error_is_tried_again_before_giving_up(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.fail["patch_deployment_env"] = [ClusterUnavailable("x"), ClusterUnavailable("y")]
+    result = _evaluate(world, kube)
+    assert len(kube.patched()) == 3 and _alias(world) == world["candidate"]
+    assert result.step.status["phase"] == "Promoted"
+    kube = FakeKube()
+    world["body"]["metadata"]["uid"] = UID  # same request, alias reset below
+    registry.promote(world["reg"], MODEL, ALIAS, new_version="v7",
+                     new_sha256=world["body"]["status"]["baseModel"]["sha256"],
+                     expected_token=registry.resolve_alias(world["reg"], MODEL, ALIAS).token, request=None)
+    kube.fail["patch_deployment_env"] = [ClusterUnavailable(f"down {i}") for i in range(flows.TARGET_ATTEMPTS)]
+    result = _evaluate(world, kube)
+    assert len(kube.patched()) == flows.TARGET_ATTEMPTS and _alias(world) == "v7"
+    assert _condition(result.step, "Promoted")["reason"] == "ServingTargetError"
+
+
+def test_a_forget_list_changed_since_the_job_started_is_not_promoted(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.subjects = SUBJECTS + b"P004\n"
+    result = _evaluate(world, kube)
+    assert _alias(world) == "v7" and kube.patched() == []
+    promoted = _condition(result.step, "Promoted")
+    assert promoted["reason"] == "InvalidSubjects"
+    assert "now holds 4 subjects, but the Job forgot 3" in promoted["message"]
+    assert "P004" not in json.dumps(result.step.status) + repr(result.step.events)
+
+
+def test_a_subjects_secret_deleted_after_the_job_leaves_everything_unchanged(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.fail["read_secret_key"] = [SecretNotFound("Secret radiology/subjects does not exist.")]
+    result = _evaluate(world, kube)
+    assert _alias(world) == "v7" and kube.patched() == []
+    assert _condition(result.step, "Promoted")["reason"] == "SecretNotFound"
+    assert result.step.status["phase"] == "Held"
+
+
+def test_a_disabled_serving_target_is_said_not_skipped_silently(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    result = _evaluate(world, kube, serving_targets_enabled=False)
+    assert _alias(world) == world["candidate"] and kube.calls[-1][0] == "read_hmac_key"
+    assert "was not patched: serving targets are disabled" in _condition(result.step, "Promoted")["message"]
+    assert "ServingTargetSkipped" in [reason for _, reason, _ in result.step.events]
+
+
+def test_a_report_from_another_base_is_never_promoted(world: dict[str, Any]) -> None:
+    world["body"]["status"]["baseModel"]["sha256"] = "d" * 64
+    with pytest.raises(ReportInvalid, match=r"request pinned version v7 with sha256 d{64}; nothing was promoted"):
+        _evaluate(world, FakeKube())
+    assert _alias(world) == "v7"
+
+
+def test_a_receipt_that_cannot_be_written_yet_is_retried_and_the_retry_completes(
+        world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    real = storage.write_bytes
+    calls = {"n": 0}
+
+    def flaky(uri: str, data: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise StorageUnavailable("S3 answered 503")
+        real(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes", flaky)
+    with pytest.raises(RegistryUnavailable):
+        _evaluate(world, FakeKube())
+    assert _alias(world) == world["candidate"]  # promoted; the retry repeats it as a no-op
+    result = _evaluate(world, FakeKube())
+    assert result.step.status["phase"] == "Promoted" and storage.exists(world["paths"].receipt)
+
+
+def test_unmeasured_metrics_are_written_as_null_so_a_merge_patch_removes_old_values(world: dict[str, Any]) -> None:
+    result = _evaluate(world, FakeKube(), serving_targets_enabled=False)
+    metrics = result.step.status["metrics"]
+    assert set(metrics) == {"forgetAUC", "forgetF1", "testAUC", "testF1", "mia", "miaAUC"}
+    assert all(set(pair) == {"original", "unlearned"} for pair in metrics.values())
