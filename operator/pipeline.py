@@ -175,6 +175,11 @@ def promote_candidate(spec: UnlearnRequestSpec, base: ModelVersionStatus, candid
     if current.version == candidate.version and current.record.request == request:
         return current.record
     if current.version != base.version:
+        if any(old.version == candidate.version and old.request == request for old in current.record.history):
+            # This request's promotion took effect (before a restart lost its status) and was then replaced.
+            raise PromotionConflict(f"Alias '{model.alias}' of model '{model.name}' was moved to version "
+                                    f"'{candidate.version}' by this request and has since been moved on to "
+                                    f"'{current.version}'; nothing more was changed.")
         raise PromotionConflict(f"Alias '{model.alias}' of model '{model.name}' now names version "
                                 f"'{current.version}', not the base version '{base.version}'; nothing was promoted.")
     try:

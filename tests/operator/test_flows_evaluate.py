@@ -242,3 +242,30 @@ def test_unmeasured_metrics_are_written_as_null_so_a_merge_patch_removes_old_val
     metrics = result.step.status["metrics"]
     assert set(metrics) == {"forgetAUC", "forgetF1", "testAUC", "testF1", "mia", "miaAUC"}
     assert all(set(pair) == {"original", "unlearned"} for pair in metrics.values())
+
+
+def test_a_promotion_replaced_before_its_status_was_written_is_reported_as_such(world: dict[str, Any]) -> None:
+    """An operator restart lost the status of a promotion, and another request moved the alias on
+    meanwhile: the request says what happened and changes nothing (no target patch to an older model)."""
+    assert _evaluate(world, FakeKube(), serving_targets_enabled=False).step.status["phase"] == "Promoted"
+    newer_sha = _version(Path(world["reg"].removeprefix("file://")), "v8", b"newer weights")
+    registry.promote(world["reg"], MODEL, ALIAS, new_version="v8", new_sha256=newer_sha,
+                     expected_token=registry.resolve_alias(world["reg"], MODEL, ALIAS).token, request=None)
+    kube = FakeKube()
+    result = _evaluate(world, kube)
+    promoted = _condition(result.step, "Promoted")
+    assert promoted["reason"] == "PromotionConflict"
+    assert (f"was moved to version '{world['candidate']}' by this request and has since been moved on to 'v8'"
+            in promoted["message"])
+    assert _alias(world) == "v8" and kube.patched() == []
+
+
+def test_an_alias_moved_by_someone_else_is_a_conflict_and_nothing_is_promoted(world: dict[str, Any]) -> None:
+    newer_sha = _version(Path(world["reg"].removeprefix("file://")), "v8", b"newer weights")
+    registry.promote(world["reg"], MODEL, ALIAS, new_version="v8", new_sha256=newer_sha,
+                     expected_token=registry.resolve_alias(world["reg"], MODEL, ALIAS).token, request=None)
+    kube = FakeKube()
+    result = _evaluate(world, kube)
+    assert "now names version 'v8', not the base version 'v7'; nothing was promoted" in \
+        _condition(result.step, "Promoted")["message"]
+    assert _alias(world) == "v8" and kube.patched() == [] and result.step.status["phase"] == "Held"
