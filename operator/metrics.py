@@ -19,7 +19,10 @@ from forgetmi_operator import __version__
 # process-wide in prometheus_client and read at scrape time, so it holds for the /metrics endpoint.
 disable_created_metrics()
 
-DURATION_BUCKETS_SECONDS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
+# Up to 7 days (the longest Job deadline, spec.activeDeadlineSeconds), so the dashboard's p95 can show multi-day
+# requests rather than capping at the top finite bucket.
+DURATION_BUCKETS_SECONDS = (30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 259200,
+                            604800)
 
 
 class Metrics:

@@ -66,3 +66,80 @@ def test_alert_thresholds_follow_values(render) -> None:
     assert by_name["ForgetMIRequestOverdue"]["expr"] == "max(forgetmi_oldest_open_request_age_seconds) > 3600"
     assert "[2h]" in by_name["ForgetMIJobFailures"]["expr"]
     assert {r["labels"]["severity"] for r in by_name.values()} == {"critical"}
+
+
+def rule_groups(manifests: list[dict]) -> list[dict]:
+    (rule,) = [m for m in manifests if m["kind"] == "PrometheusRule"]
+    return rule["spec"]["groups"]
+
+
+def rule_by_name(manifests: list[dict]) -> dict[str, dict]:
+    return {r["alert"]: r for r in rule_groups(manifests)[0]["rules"]}
+
+
+def test_large_thresholds_render_as_integers(render, tmp_path: Path) -> None:
+    """Numbers from a values file are floats to Helm: 2592000 would print as 2.592e+06."""
+    values = tmp_path / "values.yaml"
+    values.write_text("prometheusRule:\n  enabled: true\n  openRequestDeadlineSeconds: 2592000\n"
+                      "  reconcileErrorsThreshold: 1000000\n")
+    by_name = rule_by_name(render(values))
+    overdue = by_name["ForgetMIRequestOverdue"]
+    assert overdue["expr"] == "max(forgetmi_oldest_open_request_age_seconds) > 2592000"
+    assert "past the 2592000 s deadline" in overdue["annotations"]["description"]
+    assert by_name["ForgetMIReconcileErrors"]["expr"].endswith(") > 1000000")
+    assert "e+" not in yaml.safe_dump(by_name)
+
+
+UP_SELECTOR = 'job="kubernetes-pods", namespace="forgetmi-system", app_kubernetes_io_name="forgetmi-operator"'
+ANNOTATION_SCRAPE_TEST = {
+    "rule_files": ["rules.yaml"],
+    "evaluation_interval": "1m",
+    "tests": [{
+        "name": "an operator scraped through pod annotations",
+        "interval": "1m",
+        "input_series": [{
+            "series": 'up{job="kubernetes-pods", namespace="forgetmi-system", '
+                      'app_kubernetes_io_name="forgetmi-operator", instance="10.0.0.7:8080"}',
+            "values": "1x15 0x20",
+        }],
+        "alert_rule_test": [],  # filled per rendering
+    }],
+}
+
+
+def operator_down_alerts(promtool: str, folder: Path, groups: list[dict], expected: list[dict]) -> None:
+    """Run ANNOTATION_SCRAPE_TEST against ``groups``, expecting ForgetMIOperatorDown at 14m and 40m."""
+    (folder / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    test = yaml.safe_load(yaml.safe_dump(ANNOTATION_SCRAPE_TEST))
+    test["tests"][0]["alert_rule_test"] = [
+        {"eval_time": when, "alertname": "ForgetMIOperatorDown", "exp_alerts": alerts}
+        for when, alerts in zip(("14m", "40m"), expected, strict=True)]
+    (folder / "test.yaml").write_text(yaml.safe_dump(test, sort_keys=False))
+    result = promtool_run(promtool, "test", "rules", str(folder / "test.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_operator_down_selector_defaults_to_the_servicemonitor_job_and_can_be_replaced(
+        render, promtool: str, tmp_path: Path) -> None:
+    default = rule_groups(render(None, "--set", "prometheusRule.enabled=true"))
+    assert default[0]["rules"][-1]["alert"] == "ForgetMIOperatorDown"
+    assert default[0]["rules"][-1]["expr"] == (
+        'absent(up{job="forgetmi-forgetmi-operator-metrics", namespace="forgetmi-system"} == 1)')
+
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"prometheusRule": {"enabled": True, "operatorUpSelector": UP_SELECTOR}}))
+    custom = rule_groups(render(values))
+    assert custom[0]["rules"][-1]["expr"] == f"absent(up{{{UP_SELECTOR}}} == 1)"
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": custom}, sort_keys=False))
+    result = promtool_run(promtool, "check", "rules", str(tmp_path / "rules.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    firing = [{"exp_labels": {"severity": "warning"}, "exp_annotations": {
+        "summary": "The ForgetMI operator is down.",
+        "description": "Prometheus has not scraped the ForgetMI operator in forgetmi-system for 10m; "
+                       "UnlearnRequests are not being processed."}}]
+    # Scraped through pod annotations with the default selector: the ServiceMonitor job never
+    # exists, so the alert fires while the operator is up.
+    operator_down_alerts(promtool, tmp_path, default, [firing, firing])
+    # With the selector naming that scrape: quiet while up, fires once the target is down for 10m.
+    operator_down_alerts(promtool, tmp_path, custom, [[], firing])

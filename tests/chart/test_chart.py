@@ -11,7 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from forgetmi_operator.settings import DEFAULT_TRAINER_IMAGE, Settings, env_name
+from forgetmi_operator.errors import SettingsInvalid
+from forgetmi_operator.settings import DEFAULT_TRAINER_IMAGE, Settings, default_gates, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "forgetmi-operator"
@@ -119,8 +120,13 @@ def test_chart_crd_is_a_byte_identical_copy_of_the_root_crd() -> None:
     ("defaultGates:\n  - {metric: accuracy, comparator: atMost, threshold: 1}\n", "metric"),
     ("image:\n  repository: x\n  tag: 1\n", "tag"),
     ("serviceMonitor:\n  enabled: true\n  interval: soon\n", "interval"),
+    ("defaultGates:\n  - {metric: testAUC, comparator: maxDrop, threshold: 0.02}\n", "reference"),
+    ("trainer:\n  resources:\n    limits: {cpu: '2', nvidia.com/gpu: 1}\n", "/trainer/resources/limits"),
+    ("prometheusRule:\n  openRequestDeadlineSeconds: 0.5\n", "openRequestDeadlineSeconds"),
+    ("prometheusRule:\n  operatorUpSelector: '{job=\"x\"}'\n", "operatorUpSelector"),
 ], ids=["string-replicas", "two-replicas", "unknown-top-level-key", "log-format", "negative-gpus",
-        "namespace-name", "gate-metric", "numeric-tag", "duration"])
+        "namespace-name", "gate-metric", "numeric-tag", "duration", "drop-gate-without-reference",
+        "gpu-in-trainer-limits", "fractional-deadline", "up-selector-with-braces"])
 def test_values_schema_rejects_bad_values(helm_cmd, tmp_path: Path, bad: str, complaint: str) -> None:
     values = tmp_path / "bad-values.yaml"
     values.write_text(bad)
@@ -137,6 +143,110 @@ def test_values_schema_is_draft_07_and_closed() -> None:
     assert set(defaults) == set(schema["properties"]), "values.yaml and values.schema.json list different keys"
     for key, prop in schema["properties"].items():
         assert prop.get("description"), f"values.schema.json: {key} has no description"
+
+
+def render_values(helm_cmd, tmp_path: Path, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The rendered operator env for ``values``, or None when the values schema refuses them."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = helm_cmd("template", "forgetmi", str(CHART), "--namespace", NAMESPACE, "--values", str(path))
+    if result.returncode != 0:
+        assert "schema" in result.stderr.lower(), result.stderr
+        return None
+    return env_of([doc for doc in yaml.safe_load_all(result.stdout) if doc])
+
+
+def operator_accepts(**settings: str) -> bool:
+    try:
+        load_settings(**settings)
+    except SettingsInvalid:
+        return False
+    return True
+
+
+GATE_CASES = [
+    # (gate as written in values.yaml, accepted by the operator's GateSpec)
+    ({"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.02}, False),  # reference defaults to absolute
+    ({"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.02, "reference": "absolute"}, False),
+    ({"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.02, "reference": "original"}, True),
+    ({"metric": "forgetAUC", "comparator": "minDrop", "threshold": 0, "reference": "original"}, True),
+    ({"metric": "forgetAUC", "comparator": "minDrop", "threshold": -0.5, "reference": "original"}, True),
+    ({"metric": "forgetAUC", "comparator": "minDrop", "threshold": -1.5, "reference": "original"}, False),
+    ({"metric": "testAUC", "comparator": "maxDrop", "threshold": 1.2, "reference": "original"}, False),
+    ({"metric": "miaAUC", "comparator": "atMost", "threshold": 0.6}, True),
+    ({"metric": "miaAUC", "comparator": "atMost", "threshold": 0.6, "reference": "absolute"}, True),
+    ({"metric": "miaAUC", "comparator": "atMost", "threshold": 0.6, "reference": "original"}, False),
+    ({"metric": "testF1", "comparator": "atLeast", "threshold": 1}, True),
+    ({"metric": "testF1", "comparator": "atLeast", "threshold": -0.1}, False),  # absolute thresholds are >= 0
+    ({"metric": "testF1", "comparator": "atLeast", "threshold": -0.1, "reference": "absolute"}, False),
+    ({"metric": "mia", "comparator": "atMost", "threshold": 1.5}, False),
+]
+
+
+GATE_IDS = [f"{g['comparator']}-{g.get('reference', 'unset')}-{g['threshold']}" for g, _ in GATE_CASES]
+
+
+@pytest.mark.parametrize(("gate", "accepted"), GATE_CASES, ids=GATE_IDS)
+def test_values_schema_refuses_exactly_the_default_gates_the_operator_refuses(
+        helm_cmd, tmp_path: Path, gate: dict[str, Any], accepted: bool) -> None:
+    """A gate the schema lets through but the operator refuses would crash-loop the operator."""
+    env = render_values(helm_cmd, tmp_path, {"defaultGates": [gate]})
+    assert operator_accepts(default_gates=json.dumps([gate])) is accepted
+    assert (env is not None) is accepted, f"values schema {'refused' if env is None else 'accepted'} {gate}"
+    if env is not None:
+        assert operator_accepts(default_gates=env["FORGETMI_DEFAULT_GATES"])
+
+
+def test_values_schema_accepts_the_operators_built_in_gates(helm_cmd, tmp_path: Path) -> None:
+    gates = [gate.model_dump(by_alias=True) for gate in default_gates()]
+    env = render_values(helm_cmd, tmp_path, {"defaultGates": gates})
+    assert env is not None, "the values schema refuses the operator's own default gates"
+    assert load_settings(default_gates=env["FORGETMI_DEFAULT_GATES"]).default_gates == default_gates()
+
+
+RESOURCE_CASES = [
+    # (trainer.resources, accepted by the operator's ContainerResources)
+    ({"requests": {"nvidia.com/gpu": 1}}, False),
+    ({"limits": {"cpu": "2", "nvidia.com/gpu": "1"}}, False),
+    ({"requests": {"cpu": 0.5}}, False),  # a fractional number is not a quantity string: use "500m"
+    ({"requests": {"cpu": "500m", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}, True),
+    ({"requests": {"cpu": 4}}, True),
+    ({"requests": {"cpu": 4.0}}, True),  # rendered as 4
+]
+
+
+@pytest.mark.parametrize(("resources", "accepted"), RESOURCE_CASES, ids=[
+    "gpu-request", "gpu-limit", "fractional-cpu", "strings", "integer-cpu", "whole-float-cpu"])
+def test_values_schema_refuses_exactly_the_trainer_resources_the_operator_refuses(
+        helm_cmd, tmp_path: Path, resources: dict[str, Any], accepted: bool) -> None:
+    env = render_values(helm_cmd, tmp_path, {"trainer": {"resources": resources}})
+    assert (env is not None) is accepted, f"values schema {'refused' if env is None else 'accepted'} {resources}"
+    rendered = json.dumps(resources) if env is None else env["FORGETMI_TRAINER_RESOURCES"]
+    assert operator_accepts(trainer_resources=rendered) is accepted
+
+
+def test_large_integer_values_render_as_integers_the_operator_parses(helm_cmd, tmp_path: Path) -> None:
+    """Helm reads numbers from a values file as floats and prints 2592000 as 2.592e+06."""
+    env = render_values(helm_cmd, tmp_path, {"trainer": {"jobTtlSecondsAfterFinished": 2592000}})
+    assert env is not None
+    assert env["FORGETMI_JOB_TTL_SECONDS_AFTER_FINISHED"] == "2592000"
+    assert load_settings(job_ttl_seconds_after_finished=env["FORGETMI_JOB_TTL_SECONDS_AFTER_FINISHED"]
+                         ).job_ttl_seconds_after_finished == 2592000
+
+
+def test_notes_commands_name_a_namespace(helm_cmd) -> None:
+    """UnlearnRequests live in the watched namespaces, not the release's: every kubectl line in
+    NOTES.txt that reads them says -A or -n."""
+    result = helm_cmd("install", "forgetmi", str(CHART), "--namespace", NAMESPACE, "--dry-run=client")
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("NOTES:", 1)[1]
+    lines = [line.strip() for line in notes.splitlines() if line.strip().startswith("kubectl")]
+    request_lines = [line for line in lines if "unlearnrequests" in line or " ur" in line]
+    assert len(request_lines) == 2, lines
+    for line in request_lines:
+        assert " -A" in line or " -n " in line, line
+    assert "kubectl get unlearnrequests -A -w" in notes
+    assert "kubectl wait -n <namespace> --for=condition=Promoted ur/<name>" in notes
 
 
 # ---- Deployment ---------------------------------------------------------------------------------
@@ -218,12 +328,19 @@ def test_rbac_has_no_wildcards_and_never_lists_secrets(render, values: Path | No
 def test_rbac_grants_exactly_the_verbs_the_operator_uses(render) -> None:
     rules = rules_of(render())
     group = "unlearning.forgetmi.io"
-    assert verbs_on(rules, group, "unlearnrequests") == {"get", "list", "watch", "patch", "update"}
-    assert verbs_on(rules, group, "unlearnrequests/status") == {"get", "patch", "update"}
+    # Kopf lists, watches and PATCHes requests (merge and JSON patches, never PUT); the operator and
+    # Kopf only PATCH the status subresource.
+    assert verbs_on(rules, group, "unlearnrequests") == {"get", "list", "watch", "patch"}
+    assert verbs_on(rules, group, "unlearnrequests/status") == {"patch"}
+    # blockOwnerDeletion on the Job's and ConfigMap's owner reference needs this where the API
+    # server enforces owner-reference permissions (OpenShift).
+    assert verbs_on(rules, group, "unlearnrequests/finalizers") == {"update"}
     assert verbs_on(rules, "batch", "jobs") == {"create", "get", "list", "watch", "delete"}
-    assert verbs_on(rules, "", "configmaps") == {"create", "get", "list", "watch", "delete", "patch"}
+    # The JobConfig ConfigMap is created, or read by name when it exists; never updated or deleted.
+    assert verbs_on(rules, "", "configmaps") == {"create", "get"}
     assert verbs_on(rules, "", "pods") == {"get", "list", "watch"}
-    assert verbs_on(rules, "", "events") == {"create", "patch"}
+    assert verbs_on(rules, "", "events") == {"create"}  # Kopf POSTs each Event
+    assert verbs_on(rules, "", "secrets") == {"get"}
     assert verbs_on(rules, "apiextensions.k8s.io", "customresourcedefinitions") == {"list", "watch"}
     assert not verbs_on(rules, "apps", "deployments")
     assert not verbs_on(rules, "serving.kserve.io", "inferenceservices")

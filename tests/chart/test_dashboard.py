@@ -24,9 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "charts" / "forgetmi-operator" / "dashboards" / "forgetmi.json"
+from forgetmi_operator import conditions, errors
+from forgetmi_operator.metrics import DURATION_BUCKETS_SECONDS
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "forgetmi-operator"
+DASHBOARD = CHART / "dashboards" / "forgetmi.json"
+DASHBOARD_DOC = ROOT / "docs" / "dashboard.md"
 # ARCHITECTURE.md, "Metrics": the only names the operator exports (a histogram adds _bucket/_sum/_count).
 DOCUMENTED = {
     "forgetmi_requests_total": ("counter", ["namespace", "outcome"]),
@@ -123,6 +130,31 @@ def test_every_query_uses_only_documented_forgetmi_metrics(title: str, expr: str
     assert names, f"{title}: no metric in {expr!r}"
     assert names <= ALLOWED, f"{title}: undocumented metric(s) {sorted(names - ALLOWED)} in {expr!r}"
     assert "$" not in substitute(expr), f"{title}: unknown Grafana variable in {expr!r}"
+
+
+def test_duration_panel_can_show_the_deadlines_the_chart_alerts_on() -> None:
+    """histogram_quantile cannot exceed the top finite bucket, so the p95 panel must reach every
+    ForgetMIRequestOverdue deadline of the chart's defaults and scenarios (e.g. 3 days)."""
+    panel_exprs = [expr for title, expr in panel_queries() if title.startswith("Time to terminal phase")]
+    assert panel_exprs and all("forgetmi_request_duration_seconds_bucket" in expr for expr in panel_exprs)
+    deadlines = []
+    for values in [CHART / "values.yaml", *sorted((CHART / "ci").glob("*-values.yaml"))]:
+        rule = (yaml.safe_load(values.read_text()) or {}).get("prometheusRule") or {}
+        if "openRequestDeadlineSeconds" in rule:
+            deadlines.append(rule["openRequestDeadlineSeconds"])
+    assert deadlines and max(deadlines) >= 259200
+    top = DURATION_BUCKETS_SECONDS[-1]
+    assert all(deadline <= top for deadline in deadlines), f"deadlines {deadlines} exceed the top bucket {top}"
+
+
+def test_docs_say_what_held_covers() -> None:
+    """Held is not only a failed gate: a dry run and errors after the gates end Held too, and the
+    Promoted condition's reason tells them apart."""
+    (row,) = [line for line in DASHBOARD_DOC.read_text().splitlines() if line.startswith("| Request outcomes")]
+    assert "Promoted condition" in row
+    for reason in (conditions.GATES_NOT_PASSED, conditions.DRY_RUN, errors.ServingTargetError.reason,
+                   errors.PromotionConflict.reason, errors.SubjectsError.reason, errors.SecretNotFound.reason):
+        assert reason in row, f"docs/dashboard.md: Request outcomes row does not mention {reason}"
 
 
 # ---- a real Prometheus --------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from harness.cluster import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from forgetmi_operator import __version__
-from forgetmi_operator.metrics import Metrics, serve
+from forgetmi_operator.api import UnlearnRequestSpec
+from forgetmi_operator.metrics import DURATION_BUCKETS_SECONDS, Metrics, serve
 
 # ARCHITECTURE.md, "Metrics": the families the operator exports, exactly (the text parser names a
 # counter's family without its ``_total`` suffix; a histogram's family has _bucket/_sum/_count samples).
@@ -86,3 +87,23 @@ def test_registries_are_independent() -> None:
     first.requests_total.labels(namespace="a", outcome="Held").inc()
     assert second.registry.get_sample_value("forgetmi_requests_total", {"namespace": "a", "outcome": "Held"}) is None
     assert first.registry.get_sample_value("forgetmi_requests_total", {"namespace": "a", "outcome": "Held"}) == 1.0
+
+
+def _longest_job_deadline() -> int:
+    field = UnlearnRequestSpec.model_fields["active_deadline_seconds"]
+    (bound,) = [item.le for item in field.metadata if getattr(item, "le", None) is not None]
+    return int(bound)
+
+
+def test_duration_buckets_reach_multi_day_requests() -> None:
+    """histogram_quantile never reports more than the top finite bucket: with 86400 on top, the
+    dashboard's p95 capped at one day while deadlines of several days are in use."""
+    assert list(DURATION_BUCKETS_SECONDS) == sorted(set(DURATION_BUCKETS_SECONDS))
+    assert {86400, 172800, 259200, 604800} <= set(DURATION_BUCKETS_SECONDS)
+    assert DURATION_BUCKETS_SECONDS[-1] >= _longest_job_deadline()
+
+
+def test_duration_histogram_serves_the_multi_day_buckets(scraped: str) -> None:
+    (family,) = [f for f in text_string_to_metric_families(scraped) if f.name == "forgetmi_request_duration_seconds"]
+    bounds = [float(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket")]
+    assert bounds == [*map(float, DURATION_BUCKETS_SECONDS), float("inf")]

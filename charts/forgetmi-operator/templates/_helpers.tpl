@@ -61,28 +61,40 @@ RBAC rules on namespaced resources the operator works with; used by the ClusterR
 namespaces) or by one Role per watched namespace. Only the verbs the operator uses.
 */}}
 {{- define "forgetmi-operator.namespacedRules" -}}
-# UnlearnRequests: Kopf watches them and patches its annotations; the operator writes status.
+# UnlearnRequests: Kopf lists and watches them and merge/JSON-patches its annotations (PATCH, never
+# PUT); get reads one by name (Kube.get_request) and allows nothing list does not.
 - apiGroups: ["unlearning.forgetmi.io"]
   resources: ["unlearnrequests"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
+# Their status: Kopf and the operator only PATCH it (merge patch); nothing reads or PUTs /status.
 - apiGroups: ["unlearning.forgetmi.io"]
   resources: ["unlearnrequests/status"]
-  verbs: ["get", "patch", "update"]
-# Trainer Jobs (one per request, owned by it; watched for their status) and their config ConfigMaps.
+  verbs: ["patch"]
+# The Job and ConfigMap name their request as owner with blockOwnerDeletion: clusters that enforce
+# owner-reference permissions (OwnerReferencesPermissionEnforcement, on by default in OpenShift)
+# require update on the owner's finalizers to create them. No finalizer is ever set.
+- apiGroups: ["unlearning.forgetmi.io"]
+  resources: ["unlearnrequests/finalizers"]
+  verbs: ["update"]
+# Trainer Jobs (one per request, owned by it; created or read by name, watched for their status,
+# deleted with a deleted request).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "delete"]
+# The trainer's config ConfigMap: created, or read by name when it already exists (owned by the
+# request, so garbage-collected with it; never updated, listed or deleted by the operator).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "get", "list", "watch", "delete", "patch"]
-# Trainer Pods are only read (image pull / unschedulable failures, termination message).
+  verbs: ["create", "get"]
+# Trainer Pods are only read: Kopf lists and watches them, the operator lists a Job's Pods (image
+# pull / unschedulable failures, termination message).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
-# Kopf posts Events about handler progress and errors.
+# Kopf POSTs a new Event for each message about a request (it never patches Events).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create"]
 # Secrets named in spec.forget.subjectsSecretRef: read one by name, never listed or watched.
 - apiGroups: [""]
   resources: ["secrets"]
