@@ -35,7 +35,7 @@ from forgetmi_operator.api import (
     UnlearnRequestSpec,
     UnlearnRequestStatus,
 )
-from forgetmi_operator.cli import DocumentError, load_documents
+from forgetmi_operator.cli import DocumentError, load_documents, objects
 from forgetmi_operator.decisions import Decision, decide, is_approved
 from forgetmi_operator.errors import InvalidSpec, JobFailed, OperatorError, SecretNotFound
 from forgetmi_operator.jobs import build_job_config, request_paths
@@ -310,11 +310,14 @@ def _load(path: str) -> list[Any]:
 
 def run_command(args: argparse.Namespace) -> int:
     try:
-        docs = _load(args.filename)
+        docs = [doc for _, doc in objects(_load(args.filename))]
         secrets = read_secrets(docs + (_load(args.secrets) if args.secrets else []))
         requests = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
         if len(requests) != 1:
             raise InvalidSpec(f"{args.filename} must hold exactly one {KIND}; found {len(requests)}.")
+        problems = validate_request(requests[0])
+        if problems:  # as `forgetmi validate` says it, before anything runs
+            raise InvalidSpec(f"{args.filename}: the {KIND} is invalid:\n" + "\n".join(f"  {p}" for p in problems))
         settings = load_settings()
         hmac_key = read_hmac_key(args.hmac_key_file) if args.hmac_key_file else None
     except OperatorError as err:

@@ -236,8 +236,21 @@ def test_run_refuses_an_integer_beyond_int64_cleanly(tmp_path: Path, minimal: di
     path = tmp_path / "request.yaml"
     path.write_text(yaml.safe_dump(minimal))
     code, output = _run("run", "-f", str(path), "--workdir", str(tmp_path / "work"))
-    assert code == 1
-    assert "InvalidSpec: spec.method.epochs: must fit in a 64-bit integer" in output
+    assert code == 2  # as validate: refused before anything runs, every problem with its path
+    assert "  spec.method.epochs: must fit in a 64-bit integer" in output
+    assert not (tmp_path / "work").exists()
+
+
+def test_run_reads_a_kind_list_and_refuses_its_invalid_request_with_the_field_path(
+        tmp_path: Path, minimal: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(cli.HMAC_KEY_FILE_ENV, raising=False)
+    minimal["spec"]["method"] = {"epochs": 0}
+    path = tmp_path / "list.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [minimal]}))
+    code, output = _run("run", "-f", str(path), "--workdir", str(tmp_path / "work"))
+    assert code == 2
+    assert "the UnlearnRequest is invalid:\n  spec.method.epochs: must be ≥ 1" in output
+    assert "found 0" not in output and not (tmp_path / "work").exists()
 
 
 @pytest.mark.parametrize("kind", ["UnlearnReqest", "unlearnrequest", "UnlearnRequests", "Unlearnrequest"])
