@@ -154,13 +154,17 @@ async def track(kube: Kube, settings: Settings, body: Mapping[str, Any],
     job_name = status["jobName"]
     if job is None:
         job = await kube.get_job(meta["namespace"], job_name)
-    pods = await kube.list_pods_for_job(meta["namespace"], job_name) if tracking.has_pods(job) else []
-    state = tracking.job_state(job, pods, now=datetime.now(UTC),
-                               pending_pod_timeout_seconds=settings.pending_pod_timeout_seconds)
+    paths = jobs.request_paths(spec.model.registry_uri, spec.model.name, meta["uid"], kind=job_kind(body, job_name))
+    if job is None and await in_thread(storage.exists, paths.report):
+        # The trainer writes its report last, so the Job completed and was removed since (its TTL ran
+        # out while the operator was down): evaluate the report rather than fail a finished run.
+        state = tracking.JobState("succeeded")
+    else:
+        pods = await kube.list_pods_for_job(meta["namespace"], job_name) if tracking.has_pods(job) else []
+        state = tracking.job_state(job, pods, now=datetime.now(UTC),
+                                   pending_pod_timeout_seconds=settings.pending_pod_timeout_seconds)
     step = Step()
     if state.phase in ("running", "succeeded"):
-        paths = jobs.request_paths(spec.model.registry_uri, spec.model.name, meta["uid"],
-                                   kind=job_kind(body, job_name))
         progress = await read_progress(paths.progress)
         if progress is not None and progress != status.get("progress"):
             step.status["progress"] = progress

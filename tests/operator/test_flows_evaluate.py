@@ -64,6 +64,10 @@ class FakeKube:
                                    value: str) -> None:
         self._call("patch_deployment_env", namespace, name, container, env, value)
 
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._call("get_job", namespace, name)
+        return None  # gone: deleted, or removed by its TTL
+
     def patched(self) -> list[tuple[Any, ...]]:
         return [args for name, args in self.calls if name == "patch_deployment_env"]
 
@@ -269,3 +273,17 @@ def test_an_alias_moved_by_someone_else_is_a_conflict_and_nothing_is_promoted(wo
     assert "now names version 'v8', not the base version 'v7'; nothing was promoted" in \
         _condition(result.step, "Promoted")["message"]
     assert _alias(world) == "v8" and kube.patched() == [] and result.step.status["phase"] == "Held"
+
+
+def test_a_job_removed_after_it_wrote_its_report_is_evaluated_not_failed(world: dict[str, Any]) -> None:
+    """An operator down for longer than the Job's TTL finds the Job gone: the report (written last)
+    says the run finished, so the request is evaluated rather than failed as JobMissing."""
+    step, state = asyncio.run(flows.track(FakeKube(), Settings(), world["body"]))  # type: ignore[arg-type]
+    assert state.phase == "succeeded" and "conditions" not in step.status
+
+
+def test_a_job_gone_without_a_report_fails_the_request(world: dict[str, Any]) -> None:
+    Path(world["paths"].report.removeprefix("file://")).unlink()
+    step, state = asyncio.run(flows.track(FakeKube(), Settings(), world["body"]))  # type: ignore[arg-type]
+    assert (state.phase, state.reason) == ("failed", "JobMissing")
+    assert step.status["phase"] == "Failed"
