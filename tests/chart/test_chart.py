@@ -225,6 +225,33 @@ def test_values_schema_refuses_exactly_the_trainer_resources_the_operator_refuse
     assert operator_accepts(trainer_resources=rendered) is accepted
 
 
+TOLERATION_CASES = [
+    # (one trainer toleration, accepted by the operator's Toleration)
+    ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}, True),
+    ({"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute", "tolerationSeconds": 60}, True),
+    ({"operator": "Exists"}, True),
+    ({"key": "dedicated", "value": "gpu"}, True),
+    ({"key": "dedicated", "operator": "Exists", "effect": ""}, False),  # "" is not an effect the operator knows
+    ({"operator": "Equal", "value": "gpu"}, False),  # no key needs operator: Exists
+    ({"key": "", "operator": "Equal"}, False),
+    ({"key": "dedicated", "operator": "Exists", "value": "gpu"}, False),
+    ({"key": "bad key!", "operator": "Exists"}, False),
+    ({"key": "dedicated", "value": "not a label value"}, False),
+    ({"key": "dedicated", "operator": "Exists", "tolerationSeconds": -1}, False),
+]
+
+
+@pytest.mark.parametrize(("toleration", "accepted"), TOLERATION_CASES, ids=[
+    "exists", "equal", "keyless-exists", "implicit-equal", "empty-effect", "keyless-equal", "empty-key-equal",
+    "exists-with-value", "bad-key", "bad-value", "negative-seconds"])
+def test_values_schema_refuses_exactly_the_trainer_tolerations_the_operator_refuses(
+        helm_cmd, tmp_path: Path, toleration: dict[str, Any], accepted: bool) -> None:
+    env = render_values(helm_cmd, tmp_path, {"trainer": {"tolerations": [toleration]}})
+    assert (env is not None) is accepted, f"values schema {'refused' if env is None else 'accepted'} {toleration}"
+    rendered = json.dumps([toleration]) if env is None else env["FORGETMI_TRAINER_TOLERATIONS"]
+    assert operator_accepts(trainer_tolerations=rendered) is accepted
+
+
 def test_large_integer_values_render_as_integers_the_operator_parses(helm_cmd, tmp_path: Path) -> None:
     """Helm reads numbers from a values file as floats and prints 2592000 as 2.592e+06."""
     env = render_values(helm_cmd, tmp_path, {"trainer": {"jobTtlSecondsAfterFinished": 2592000}})
