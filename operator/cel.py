@@ -21,13 +21,14 @@ from typing import Any
 import celpy
 from celpy import celtypes
 
+from forgetmi_operator.api import INT64_MAX
+
 Parts = tuple[str | int, ...]
 RuleProblem = tuple[Parts, str]
 
 UNEVALUABLE = "could not evaluate the rule"
 _MISSING: Any = object()
 _OLD_SELF = re.compile(r"\boldSelf\b")
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class _TypeMismatch(Exception):
@@ -53,8 +54,9 @@ def is_transition_rule(rule: str) -> bool:
     return bool(_OLD_SELF.search(rule))
 
 
-def _is_int64(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and INT64_MIN <= value <= INT64_MAX
+def is_int64(value: Any) -> bool:
+    """An integer (not a bool) that JSON, as the API server decodes it, can carry."""
+    return isinstance(value, int) and not isinstance(value, bool) and -INT64_MAX - 1 <= value <= INT64_MAX
 
 
 def to_cel(value: Any, schema: Mapping[str, Any]) -> Any:
@@ -74,9 +76,9 @@ def to_cel(value: Any, schema: Mapping[str, Any]) -> Any:
         return celtypes.StringType(value)
     if kind == "boolean" and isinstance(value, bool):
         return celtypes.BoolType(value)
-    if kind == "integer" and _is_int64(value):
+    if kind == "integer" and is_int64(value):
         return celtypes.IntType(value)
-    if kind == "number" and (isinstance(value, float) or _is_int64(value)):
+    if kind == "number" and (isinstance(value, float) or is_int64(value)):
         return celtypes.DoubleType(float(value))
     if kind == "array" and isinstance(value, list):
         items = schema.get("items", {})

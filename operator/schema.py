@@ -31,7 +31,6 @@ from forgetmi_operator.api import (
     DNS_SUBDOMAIN,
     ENV_NAME_PATTERN,
     IMAGE_PATTERN,
-    INT64_MAX,
     LABEL_VALUE_PATTERN,
     OBJECT_URI_MESSAGE,
     OBJECT_URI_PATTERN,
@@ -39,7 +38,7 @@ from forgetmi_operator.api import (
     SECRET_KEY_PATTERN,
     UnlearnRequestSpec,
 )
-from forgetmi_operator.cel import UNEVALUABLE, Parts, rule_problems
+from forgetmi_operator.cel import UNEVALUABLE, Parts, is_int64, rule_problems
 from forgetmi_trainer.contract import SHA256_PATTERN, URI_PATTERN
 
 CRD_FILENAME = f"unlearnrequests.{GROUP}.yaml"
@@ -277,7 +276,7 @@ def _encoding_problems(value: Any, parts: Parts = ()) -> Iterator[Problem]:
             yield from _encoding_problems(child, (*parts, index))
     elif isinstance(value, float) and not math.isfinite(value):
         yield Problem(format_path(parts), "must be a finite number")
-    elif isinstance(value, int) and not isinstance(value, bool) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+    elif isinstance(value, int) and not isinstance(value, bool) and not is_int64(value):
         yield Problem(format_path(parts), "must fit in a 64-bit integer")
 
 
