@@ -3,13 +3,15 @@
 Each step takes the request (its ``body`` as Kopf hands it) and returns a :class:`Step`: the
 status fields to merge-patch and the Events to post. Domain errors are raised unchanged
 (``handlers.py`` turns them into conditions, Events and Kopf errors). Storage calls run in
-worker threads. Patient IDs are read only to count them and to HMAC them into the receipt;
-they are never logged, stored in status or put in a message.
+worker threads. Patient IDs are read only to check and count them, to copy them into the
+request's own immutable subjects Secret (what its Jobs read, and what the receipt attests), and
+to HMAC them into the receipt; they are never logged, stored in status or put in a message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,6 +99,48 @@ async def read_subjects(kube: Kube, spec: UnlearnRequestSpec, namespace: str) ->
     return pipeline.parse_subject_ids(text, where), where
 
 
+def _snapshot_where(namespace: str, secret_name: str) -> str:
+    return f"Secret {namespace}/{secret_name} (the forget list as accepted)"
+
+
+async def snapshot_subjects(kube: Kube, body: Mapping[str, Any], subjects: list[str]) -> list[str]:
+    """Create the request's subjects Secret from ``subjects`` (just accepted) and return the list the
+    Job will forget: ``subjects``, or the list already snapshotted by an earlier attempt (an operator
+    restart or a retried launch), which stays what is forgotten and attested."""
+    meta = body["metadata"]
+    namespace, uid = meta["namespace"], meta["uid"]
+    secret = jobs.build_subjects_secret(subjects, name=meta["name"], namespace=namespace, uid=uid, owner=body)
+    existing, created = await kube.create_or_get_secret(namespace, secret)
+    if created:
+        return subjects
+    return _snapshot_subjects(existing, namespace, uid)
+
+
+def _snapshot_subjects(secret: Mapping[str, Any], namespace: str, uid: str) -> list[str]:
+    name = (secret.get("metadata") or {}).get("name", "")
+    where = _snapshot_where(namespace, name)
+    if not jobs.owned_by(secret, uid):
+        raise SubjectsError(f"Secret {namespace}/{name} exists but is not owned by this UnlearnRequest, so it cannot "
+                            "hold its forget list; delete or rename it.")
+    encoded = (secret.get("data") or {}).get(jobs.SUBJECTS_FILE)
+    if encoded is None:
+        raise SubjectsError(f"{where} has no key {jobs.SUBJECTS_FILE!r}.")
+    text = base64.b64decode(encoded).decode("utf-8", errors="replace")
+    return pipeline.parse_subject_ids(text, where)
+
+
+async def read_snapshot(kube: Kube, body: Mapping[str, Any]) -> tuple[list[str], str]:
+    """The forget list the request's Jobs read (its subjects Secret), and where it is, for messages."""
+    meta = body["metadata"]
+    namespace, uid = meta["namespace"], meta["uid"]
+    name = naming.subjects_secret_name(meta["name"], uid)
+    secret = await kube.get_secret(namespace, name)
+    if secret is None:
+        raise SubjectsError(f"{_snapshot_where(namespace, name)} is gone, so the receipt could not attest what was "
+                            "forgotten: nothing was promoted. Create a new request.")
+    return _snapshot_subjects(secret, namespace, uid), _snapshot_where(namespace, name)
+
+
 async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> Step:
     """Accept the request (validate, resolve, count) and create its ConfigMap and Job once."""
     meta = body["metadata"]
@@ -110,17 +154,18 @@ async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> Ste
         return step
     subjects, where = await read_subjects(kube, spec, namespace)
     accepted = await in_thread(pipeline.accept, spec, "\n".join(subjects), where)
+    subject_count = len(await snapshot_subjects(kube, body, subjects))
     built = jobs.build_launch(spec, settings, name=name, namespace=namespace, uid=uid,
                               base_version=accepted.base.version, owner=body)
     await kube.create_or_get_configmap(namespace, built.configmap)
     _, created = await kube.create_or_get_job(namespace, built.job)
     with_condition(body, step, "Accepted", "True", cond.ACCEPTED,
-                   f"{describe(body)} was accepted: {accepted.subject_count} subjects to forget from "
+                   f"{describe(body)} was accepted: {subject_count} subjects to forget from "
                    f"model {spec.model.name} version {accepted.base.version}.")
     with_condition(body, step, "Unlearned", "Unknown", cond.JOB_PENDING,
                    f"Job {built.job_name} was created and waits for its Pod to start.")
     step.status.update(baseModel=accepted.base.model_dump(by_alias=True, exclude_none=True),
-                       subjectCount=accepted.subject_count, jobName=built.job_name,
+                       subjectCount=subject_count, jobName=built.job_name,
                        attempts=max(1, int((body.get("status") or {}).get("attempts") or 0)),
                        startTime=(body.get("status") or {}).get("startTime") or now())
     if created:
@@ -268,11 +313,10 @@ async def _decide(kube: Kube, settings: Settings, body: Mapping[str, Any], spec:
     subjects: list[str] = []
     key: bytes | None = None
     if decision.terminal:  # what the receipt needs, read before anything changes
-        subjects, where = await read_subjects(kube, spec, namespace)
+        subjects, where = await read_snapshot(kube, body)
         if len(subjects) != report.counts.subjects:
-            raise SubjectsError(f"{where} now holds {len(subjects)} subjects, but the Job forgot "
-                                f"{report.counts.subjects}: the list changed after the Job started, so nothing was "
-                                "promoted. Create a new request for the current list.")
+            raise SubjectsError(f"{where} holds {len(subjects)} subjects, but the Job's report counts "
+                                f"{report.counts.subjects}: nothing was promoted. Create a new request.")
         key = await kube.read_hmac_key(settings)
     promotion: receipts.Promotion | None = None
     if decision == Decision.PROMOTE:

@@ -149,6 +149,7 @@ async def _launch(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.M
         step = await _run(handler, body, flows.launch(memo.kube, memo.settings, body), accepting=True)
     except _Stopped as stop:
         _apply(body, patch, stop.step)
+        await _release_subjects(memo, body)  # a launch that failed after the snapshot was taken
         raise kopf.PermanentError(str(stop)) from stop
     _apply(body, patch, step)
 
@@ -250,6 +251,8 @@ async def _look(memo: kopf.Memo, entry: Entry) -> None:
     _post(entry.body, step)
     if patched is not None:
         memo.tracker.observe(patched)
+    if cond.is_terminal(step.status.get("phase")):  # only once the decision is saved: a re-evaluation needs it
+        await _release_subjects(memo, entry.body)
 
 
 @kopf.on.event(*RESOURCE)
@@ -265,6 +268,7 @@ async def request_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
         PHASES.forget(body)
         tracker.observe(body, deleted=True)
         await _delete_job(memo, body)
+        await _release_subjects(memo, body)
         return
     status = body.get("status") or {}
     PHASES.observe(body, status.get("phase"))
@@ -313,3 +317,17 @@ async def _delete_job(memo: kopf.Memo, body: Mapping[str, Any]) -> None:
     except OperatorError as err:
         log.warning("Job %s of deleted %s is left to garbage collection: %s", job_name, flows.describe(body),
                     err.message)
+
+
+async def _release_subjects(memo: kopf.Memo, body: Mapping[str, Any]) -> None:
+    """Delete the request's subjects Secret once nothing needs it (the request ended or is gone), so
+    the forget list is not kept longer than the work on it. A failure leaves it to garbage
+    collection with the request (it is owned by it)."""
+    meta = body["metadata"]
+    name = naming.subjects_secret_name(meta["name"], meta["uid"])
+    try:
+        if await memo.kube.delete_secret(meta["namespace"], name):
+            log.info("Deleted Secret %s/%s, the forget list of %s", meta["namespace"], name, flows.describe(body))
+    except OperatorError as err:
+        log.warning("Secret %s/%s of %s is left to garbage collection with it: %s", meta["namespace"], name,
+                    flows.describe(body), err.message)

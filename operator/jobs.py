@@ -1,4 +1,5 @@
-"""Pure builders: an UnlearnRequest → the trainer's ``JobConfig``, its ConfigMap and a ``batch/v1`` Job.
+"""Pure builders: an UnlearnRequest → the trainer's ``JobConfig``, its ConfigMap, the Secret holding
+the accepted forget list, and a ``batch/v1`` Job.
 
 Nothing here touches the cluster or storage; ``handlers``/``flows`` create what these return.
 Where a request and the operator's settings both say something, the request wins: its
@@ -14,8 +15,9 @@ progress in its ``retrain/`` subfolder); the candidate model goes to
 
 from __future__ import annotations
 
+import base64
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -38,6 +40,7 @@ CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 SUBJECTS_DIR = "/var/run/forgetmi/subjects"
 SUBJECTS_FILE = "subjects"
 SUBJECTS_PATH = f"{SUBJECTS_DIR}/{SUBJECTS_FILE}"
+SUBJECTS_COMPONENT = "subjects"
 TERMINATION_LOG = "/dev/termination-log"
 TRAINER_COMMAND = ["python", "-m", "forgetmi_trainer", "run", "--config", CONFIG_PATH]
 FAIL_FAST_EXIT_CODES = [int(ExitCode.BAD_CONFIG), int(ExitCode.STORAGE_OR_INPUT)]
@@ -69,19 +72,19 @@ def request_paths(registry_uri: str, model_name: str, uid: str, *, kind: JobKind
 def build_job_config(spec: UnlearnRequestSpec, *, uid: str, namespace: str, name: str, base_version: str,
                      kind: JobKind = "unlearn", subjects_file: str = SUBJECTS_PATH,
                      termination_message_path: str | None = TERMINATION_LOG) -> JobConfig:
-    """The trainer's config for the request. Subject IDs never enter it: a Secret reference becomes
-    ``forget.file`` (where the Job mounts the key; a local run passes its own ``subjects_file``)."""
+    """The trainer's config for the request. Subject IDs never enter it: the trainer reads the
+    list the operator accepted from ``forget.file`` (where the Job mounts the request's subjects
+    Secret, :func:`build_subjects_secret`; a local run passes its own ``subjects_file``), whether
+    the request names a Secret or a URI."""
     registry, model = spec.model.registry_uri, spec.model.name
     version = naming.candidate_version(base_version, uid, kind=kind)
     paths = request_paths(registry, model, uid, kind=kind)
-    forget = spec.forget
     method = spec.method
     raw: dict[str, Any] = {
         "request": f"{namespace}/{name}",
         "model": {"registry_uri": registry, "name": model, "version": base_version},
         "manifest_uri": spec.data.manifest_uri,
-        "forget": ({"file": subjects_file} if forget.subjects_secret_ref is not None
-                   else {"uri": forget.subjects_uri, "sha256": forget.sha256}),
+        "forget": {"file": subjects_file},
         "method": {**method.model_dump(exclude={"seed"}), "name": "retrain" if kind == "retrain" else method.name},
         "output_uri": version_uri(registry, model, version),
         "report_uri": paths.report,
@@ -131,6 +134,40 @@ def build_configmap(config: JobConfig, *, name: str, namespace: str, owner: Mapp
     }
 
 
+def subjects_text(subjects: Sequence[str]) -> str:
+    """The canonical text of a forget list: one ID per line, in order (what the trainer parses)."""
+    return "".join(f"{subject}\n" for subject in subjects)
+
+
+def build_subjects_secret(subjects: Sequence[str], *, name: str, namespace: str, uid: str,
+                          owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The immutable Secret holding the forget list as the operator accepted it, owned by the request.
+
+    The Job reads the list from it and the receipt is computed from it, so editing the referenced
+    Secret or object after acceptance changes neither what is forgotten nor what the receipt attests."""
+    ref = owner_reference(owner if owner is not None else {"name": name, "uid": uid})
+    labels = {**naming.labels_for(ref["name"], uid=ref["uid"]), naming.LABEL_COMPONENT: SUBJECTS_COMPONENT}
+    encoded = base64.b64encode(subjects_text(subjects).encode("utf-8")).decode("ascii")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": naming.subjects_secret_name(ref["name"], ref["uid"]),
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [ref],
+        },
+        "type": "Opaque",
+        "immutable": True,
+        "data": {SUBJECTS_FILE: encoded},
+    }
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether ``obj`` names the object with ``uid`` among its ownerReferences."""
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
 _BINARY_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL_SUFFIX = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
 
@@ -178,23 +215,21 @@ def _env(settings: Settings) -> list[dict[str, str]]:
     return env
 
 
-def _volumes(spec: UnlearnRequestSpec, configmap: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(configmap: str, subjects_secret: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": configmap, "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}]}},
+        {"name": "subjects", "secret": {"secretName": subjects_secret,
+                                        "items": [{"key": SUBJECTS_FILE, "path": SUBJECTS_FILE}],
+                                        "defaultMode": SECRET_FILE_MODE}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         {"name": "tmp", "emptyDir": {}},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "subjects", "mountPath": SUBJECTS_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    ref = spec.forget.subjects_secret_ref
-    if ref is not None:
-        volumes.append({"name": "subjects", "secret": {
-            "secretName": ref.name, "items": [{"key": ref.key, "path": SUBJECTS_FILE}],
-            "defaultMode": SECRET_FILE_MODE}})
-        mounts.append({"name": "subjects", "mountPath": SUBJECTS_DIR, "readOnly": True})
     return volumes, mounts
 
 
@@ -239,7 +274,8 @@ def build_job(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namesp
     may hold a traceback naming a patient); without one the operator says which exit code it was."""
     ref = owner_reference(owner if owner is not None else {"name": name, "uid": uid})
     job = naming.job_name(name, uid, kind=kind)
-    volumes, mounts = _volumes(spec, configmap_name or naming.configmap_name(name, uid, kind=kind))
+    volumes, mounts = _volumes(configmap_name or naming.configmap_name(name, uid, kind=kind),
+                               naming.subjects_secret_name(name, uid))
     pod_labels = naming.labels_for(name, uid=uid, kind=kind)
     service_account = spec.service_account_name or settings.trainer_service_account
     pod_spec: dict[str, Any] = {

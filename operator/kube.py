@@ -133,9 +133,12 @@ class Kube:
 
     # ---- Secrets -------------------------------------------------------------------------------
 
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._call(f"read Secret {namespace}/{name}", self.core.read_namespaced_secret, name, namespace)
+
     async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes:
         """The decoded value of ``key`` in Secret ``namespace/name``; ``SecretNotFound`` otherwise."""
-        secret = await self._call(f"read Secret {namespace}/{name}", self.core.read_namespaced_secret, name, namespace)
+        secret = await self.get_secret(namespace, name)
         if secret is None:
             raise SecretNotFound(f"Secret {namespace}/{name} does not exist.")
         data = secret.get("data") or {}
@@ -145,6 +148,17 @@ class Kube:
         if key in string_data:
             return str(string_data[key]).encode()
         raise SecretNotFound(f"Secret {namespace}/{name} has no key {key!r}.")
+
+    async def create_or_get_secret(self, namespace: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the Secret, or return the existing one of that name; ``(object, created)``."""
+        return await self._create_or_get("Secret", self.core.create_namespaced_secret,
+                                         self.core.read_namespaced_secret, namespace, body)
+
+    async def delete_secret(self, namespace: str, name: str) -> bool:
+        """Delete the Secret; False when it was already gone."""
+        result = await self._call(f"delete Secret {namespace}/{name}", self.core.delete_namespaced_secret, name,
+                                  namespace)
+        return result is not None
 
     async def read_hmac_key(self, settings: Settings) -> bytes | None:
         """The receipt HMAC key from the operator namespace's Secret, or None when not configured."""

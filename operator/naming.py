@@ -1,9 +1,10 @@
 """Deterministic names and labels of what the operator creates for an UnlearnRequest.
 
-The same request (name + uid) always yields the same Job and ConfigMap name, so a second
-creation attempt (operator restart, handler retry) meets a name conflict instead of creating a
-duplicate. Names are DNS-1123 labels (≤ 63 characters) because the Job's name becomes a pod
-label value and the pods' hostname prefix.
+The same request (name + uid) always yields the same Job, ConfigMap and subjects-Secret name, so
+a second creation attempt (operator restart, handler retry) meets a name conflict instead of
+creating a duplicate. Job names are DNS-1123 labels (≤ 63 characters) because the Job's name
+becomes a pod label value and the pods' hostname prefix; the subjects Secret adds ``-subjects``
+(a Secret name may be a longer DNS subdomain).
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ def job_name(request_name: str, uid: str, *, kind: JobKind = "unlearn") -> str:
 def configmap_name(request_name: str, uid: str, *, kind: JobKind = "unlearn") -> str:
     """The ConfigMap holding a Job's ``job.json`` shares the Job's name."""
     return job_name(request_name, uid, kind=kind)
+
+
+def subjects_secret_name(request_name: str, uid: str) -> str:
+    """The Secret holding the request's forget list as accepted: the unlearn Job's name plus
+    ``-subjects`` (one per request; a retrain Job mounts the same one)."""
+    return f"{job_name(request_name, uid)}-subjects"
 
 
 def candidate_version(base_version: str, uid: str, *, kind: JobKind = "unlearn") -> str:

@@ -349,7 +349,9 @@ def test_rbac_has_no_wildcards_and_never_lists_secrets(render, values: Path | No
         for field in ("apiGroups", "resources", "verbs", "resourceNames"):
             assert "*" not in rule.get(field, []), f"wildcard in {rule}"
         assert not rule.get("nonResourceURLs"), rule
-    assert verbs_on(rules, "", "secrets") == {"get"}
+    # Secrets are read by name, and the operator's own forget-list copies created and deleted:
+    # never listed, watched or changed in place.
+    assert verbs_on(rules, "", "secrets") == {"get", "create", "delete"}
 
 
 def test_rbac_grants_exactly_the_verbs_the_operator_uses(render) -> None:
@@ -367,7 +369,9 @@ def test_rbac_grants_exactly_the_verbs_the_operator_uses(render) -> None:
     assert verbs_on(rules, "", "configmaps") == {"create", "get"}
     assert verbs_on(rules, "", "pods") == {"get", "list", "watch"}
     assert verbs_on(rules, "", "events") == {"create"}  # Kopf POSTs each Event
-    assert verbs_on(rules, "", "secrets") == {"get"}
+    # The referenced forget-list Secret is read; each request's own immutable copy is created, read
+    # and deleted when the request ends.
+    assert verbs_on(rules, "", "secrets") == {"get", "create", "delete"}
     assert verbs_on(rules, "apiextensions.k8s.io", "customresourcedefinitions") == {"list", "watch"}
     assert not verbs_on(rules, "apps", "deployments")
     assert not verbs_on(rules, "serving.kserve.io", "inferenceservices")

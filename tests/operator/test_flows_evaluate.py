@@ -16,13 +16,12 @@ import pytest
 from report_factory import make_report
 
 from forgetmi_operator import conditions as cond
-from forgetmi_operator import flows, jobs, naming, registry
+from forgetmi_operator import flows, jobs, naming, receipts, registry
 from forgetmi_operator.errors import (
     ClusterUnavailable,
     ObjectRejected,
     RegistryUnavailable,
     ReportInvalid,
-    SecretNotFound,
     ServingTargetError,
 )
 from forgetmi_operator.settings import Settings
@@ -32,16 +31,20 @@ from forgetmi_trainer.errors import StorageUnavailable
 
 MODEL, ALIAS, NAMESPACE, NAME = "cxr", "production", "radiology", "forget-0042"
 UID = "0b3f9c2e-1111-2222-3333-444455556666"
-SUBJECTS = b"P001\nP002\nP003\n"
+SUBJECTS = ["P001", "P002", "P003"]
+SNAPSHOT = naming.subjects_secret_name(NAME, UID)
 
 
 class FakeKube:
-    """The calls ``evaluate`` makes; ``fail`` maps a method name to the errors it raises, in turn."""
+    """The calls ``evaluate`` makes; ``fail`` maps a method name to the errors it raises, in turn.
+    ``snapshot`` is the request's subjects Secret (None: gone); ``hmac_key`` the receipt key."""
 
     def __init__(self) -> None:
         self.fail: dict[str, list[Exception]] = {}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
-        self.subjects = SUBJECTS
+        self.snapshot: dict[str, Any] | None = jobs.build_subjects_secret(SUBJECTS, name=NAME, namespace=NAMESPACE,
+                                                                          uid=UID)
+        self.hmac_key: bytes | None = None
 
     def _call(self, name: str, *args: Any) -> None:
         self.calls.append((name, args))
@@ -49,13 +52,17 @@ class FakeKube:
         if queue:
             raise queue.pop(0)
 
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._call("get_secret", namespace, name)
+        return self.snapshot if (namespace, name) == (NAMESPACE, SNAPSHOT) else None
+
     async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes:
-        self._call("read_secret_key", namespace, name, key)
-        return self.subjects
+        self._call("read_secret_key", namespace, name, key)  # the referenced Secret, edited since acceptance
+        return b"P009\nP008\nP007\n"
 
     async def read_hmac_key(self, settings: Settings) -> bytes | None:
         self._call("read_hmac_key")
-        return None
+        return self.hmac_key
 
     async def check_deployment(self, namespace: str, name: str, container: str | None) -> None:
         self._call("check_deployment", namespace, name, container)
@@ -187,24 +194,56 @@ def test_a_transient_target_error_is_tried_again_before_giving_up(world: dict[st
     assert _condition(result.step, "Promoted")["reason"] == "ServingTargetError"
 
 
-def test_a_forget_list_changed_since_the_job_started_is_not_promoted(world: dict[str, Any]) -> None:
+def test_the_receipt_attests_the_list_as_accepted_not_the_referenced_secret_edited_since(
+        world: dict[str, Any]) -> None:
     kube = FakeKube()
-    kube.subjects = SUBJECTS + b"P004\n"
+    kube.hmac_key = b"k" * 32
+    _evaluate(world, kube)
+    assert _alias(world) == world["candidate"]
+    assert "read_secret_key" not in [name for name, _ in kube.calls]  # the edited Secret is never consulted
+    receipt = json.loads(storage.read_bytes(world["paths"].receipt))
+    assert receipt["subjects"]["count"] == 3
+    assert receipt["subjects"]["hmac"] == receipts.subjects_hmac(SUBJECTS, kube.hmac_key)
+
+
+def test_a_snapshot_that_disagrees_with_the_job_report_is_not_promoted(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.snapshot = jobs.build_subjects_secret([*SUBJECTS, "P004"], name=NAME, namespace=NAMESPACE, uid=UID)
     result = _evaluate(world, kube)
     assert _alias(world) == "v7" and kube.patched() == []
     promoted = _condition(result.step, "Promoted")
     assert promoted["reason"] == "InvalidSubjects"
-    assert "now holds 4 subjects, but the Job forgot 3" in promoted["message"]
+    assert f"Secret {NAMESPACE}/{SNAPSHOT} (the forget list as accepted) holds 4 subjects, but the Job's " \
+           "report counts 3: nothing was promoted" in promoted["message"]
     assert "P004" not in json.dumps(result.step.status) + repr(result.step.events)
 
 
-def test_a_subjects_secret_deleted_after_the_job_leaves_everything_unchanged(world: dict[str, Any]) -> None:
+def test_a_snapshot_deleted_after_the_job_leaves_everything_unchanged(world: dict[str, Any]) -> None:
     kube = FakeKube()
-    kube.fail["read_secret_key"] = [SecretNotFound("Secret radiology/subjects does not exist.")]
+    kube.snapshot = None
     result = _evaluate(world, kube)
     assert _alias(world) == "v7" and kube.patched() == []
-    assert _condition(result.step, "Promoted")["reason"] == "SecretNotFound"
+    promoted = _condition(result.step, "Promoted")
+    assert promoted["reason"] == "InvalidSubjects" and "is gone" in promoted["message"]
     assert result.step.status["phase"] == "Held"
+    assert not storage.exists(world["paths"].receipt)
+
+
+def test_a_snapshot_this_request_does_not_own_is_never_trusted(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.snapshot = jobs.build_subjects_secret(SUBJECTS, name=NAME, namespace=NAMESPACE, uid=UID)
+    kube.snapshot["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    result = _evaluate(world, kube)
+    assert _alias(world) == "v7" and kube.patched() == []
+    assert "is not owned by this UnlearnRequest" in _condition(result.step, "Promoted")["message"]
+
+
+def test_an_unreadable_snapshot_is_retried_not_decided(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.fail["get_secret"] = [ClusterUnavailable("The API server could not be reached to read Secret x.")]
+    with pytest.raises(ClusterUnavailable):
+        _evaluate(world, kube)
+    assert _alias(world) == "v7" and not storage.exists(world["paths"].receipt)
 
 
 def test_a_disabled_serving_target_is_said_not_skipped_silently(world: dict[str, Any]) -> None:

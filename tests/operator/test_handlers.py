@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 import pytest
 
-from forgetmi_operator import flows, handlers
+from forgetmi_operator import flows, handlers, naming
 from forgetmi_operator.errors import ClusterUnavailable
 from forgetmi_operator.tracker import Tracker
 
@@ -39,14 +39,19 @@ class _FlakyKube:
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.patches: list[dict[str, object]] = []
+        self.deleted_secrets: list[tuple[str, str, int]] = []  # (namespace, name, status patches made before)
 
     async def patch_request_status(self, namespace: str, name: str, status: dict[str, object]) -> dict[str, object]:
         if self.failures:
             self.failures -= 1
             raise ClusterUnavailable("The API server could not be reached to update the status.")
         self.patches.append(status)
-        return {"metadata": {"namespace": namespace, "name": name, "resourceVersion": "9"},
+        return {"metadata": {"namespace": namespace, "name": name, "uid": "u-1", "resourceVersion": "9"},
                 "status": {**status}}
+
+    async def delete_secret(self, namespace: str, name: str) -> bool:
+        self.deleted_secrets.append((namespace, name, len(self.patches)))
+        return True
 
 
 def test_a_status_a_look_could_not_write_is_written_by_the_next_look_not_decided_again(
@@ -63,7 +68,7 @@ def test_a_status_a_look_could_not_write_is_written_by_the_next_look_not_decided
 
     monkeypatch.setattr(handlers, "_track_once", track_once)
     monkeypatch.setattr(handlers, "_post", lambda body, step: posted.extend(r for _, r, _ in step.events))
-    body = {"metadata": {"namespace": "ns", "name": "r1", "resourceVersion": "5"},
+    body = {"metadata": {"namespace": "ns", "name": "r1", "uid": "u-1", "resourceVersion": "5"},
             "status": {"phase": "Evaluating", "jobName": "j"}}
 
     async def scenario() -> tuple[_FlakyKube, Tracker]:
@@ -74,6 +79,7 @@ def test_a_status_a_look_could_not_write_is_written_by_the_next_look_not_decided
         assert entry is not None
         await handlers._look(memo, entry)  # decided, the write failed: kept
         assert entry.unsaved is promoted and not posted
+        assert not kube.deleted_secrets  # a re-evaluation may still need the forget list
         await handlers._look(memo, entry)  # written now, without deciding again
         assert entry.unsaved is None
         return kube, memo.tracker
@@ -82,4 +88,6 @@ def test_a_status_a_look_could_not_write_is_written_by_the_next_look_not_decided
     assert decided == ["r1"]
     assert kube.patches == [{"phase": "Promoted"}]
     assert posted == ["Promoted"]
+    # the forget list goes once the terminal status is saved, not before
+    assert kube.deleted_secrets == [("ns", naming.subjects_secret_name("r1", "u-1"), 1)]
     assert ("ns", "r1") not in tracker.entries  # the written status is terminal: no longer tracked

@@ -24,7 +24,7 @@ from harness.cluster import (
 from harness.jobrunner import JobRunner
 from harness.world import fitted_world, seed_model
 
-from forgetmi_operator import registry
+from forgetmi_operator import naming, receipts, registry
 from forgetmi_operator.api import APPROVAL_ANNOTATION
 from forgetmi_trainer import storage
 
@@ -303,6 +303,44 @@ def test_restart_mid_run_creates_no_second_job_and_manual_mode_waits_for_approva
     assert done["status"]["receipt"]["sha256"]
 
 
+def test_the_receipt_attests_the_list_as_accepted_and_the_snapshot_goes_when_the_request_ends(
+        cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Job reads the request's own immutable copy of the forget list; editing the referenced
+    Secret afterwards (same count, other patients) changes neither what is attested nor promoted,
+    and the copy is deleted once the request is Promoted."""
+    api, ns, world = cluster["api"], cluster["ns"], cluster["world"]
+    key = b"receipt-key-" + b"k" * 20
+    api.create(SECRETS, ns, {"metadata": {"name": "receipt-key"}, "type": "Opaque",
+                             "data": {"key": base64.b64encode(key).decode()}})
+    monkeypatch.setenv("FORGETMI_OPERATOR_NAMESPACE", ns)
+    monkeypatch.setenv("FORGETMI_RECEIPT_HMAC_SECRET_NAME", "receipt-key")
+    with operator(ns):
+        _apply(cluster, "attest", mode="Manual")
+        waiting = wait_for(lambda: _phase_in(cluster, "attest", "Evaluating", "Promoted", "Failed", "Held"),
+                           RUN_TIMEOUT, "Evaluating")
+        assert _condition(waiting, "Promoted")["reason"] == "AwaitingApproval", waiting["status"]
+        snapshot = naming.subjects_secret_name("attest", waiting["metadata"]["uid"])
+        (job,) = _jobs(cluster)
+        volumes = job["spec"]["template"]["spec"]["volumes"]
+        assert {"name": "subjects", "secret": {"secretName": snapshot, "defaultMode": 0o440,
+                                               "items": [{"key": "subjects", "path": "subjects"}]}} in volumes
+        held = api.get(SECRETS, ns, snapshot)
+        assert held is not None and held["immutable"] is True
+        assert base64.b64decode(held["data"]["subjects"]).decode().split() == world["subjects"]
+        edited = [f"{subject}-other" for subject in world["subjects"]]
+        api.patch(SECRETS, ns, "attest-subjects",
+                  {"data": {"subjects": base64.b64encode("\n".join(edited).encode()).decode()}})
+        api.patch(REQUESTS, ns, "attest", {"metadata": {"annotations": {APPROVAL_ANNOTATION: "true"}}})
+        done = wait_for(lambda: _phase_in(cluster, "attest", "Promoted", "Failed", "Held"), 30, "Promoted")
+        assert done["status"]["phase"] == "Promoted", done["status"]
+        wait_for(lambda: api.get(SECRETS, ns, snapshot) is None, 15, "the snapshot to be deleted")
+    receipt = json.loads(storage.read_bytes(done["status"]["receipt"]["uri"]))
+    assert receipt["subjects"]["count"] == len(world["subjects"])
+    assert receipt["subjects"]["hmac"] == receipts.subjects_hmac(world["subjects"], key)
+    assert receipt["subjects"]["hmac"] != receipts.subjects_hmac(edited, key)
+    assert api.get(SECRETS, ns, "attest-subjects") is not None  # the user's Secret is never touched
+
+
 def test_the_finalizer_an_older_operator_left_is_removed(cluster: dict[str, Any]) -> None:
     """Requests made under an operator version that used a finalizer lose it on upgrade, so their
     deletion no longer needs an operator."""
@@ -329,6 +367,8 @@ def test_deleting_a_running_request_removes_its_job_and_keeps_the_model(cluster:
         api.delete(REQUESTS, ns, "deleted")
         assert api.get(REQUESTS, ns, "deleted") is None  # gone at once, operator or not
         wait_for(lambda: not _jobs(cluster), 30, "the Job to go")
+        snapshot = f"{job['metadata']['name']}-subjects"
+        wait_for(lambda: api.get(SECRETS, ns, snapshot) is None, 15, "the forget-list snapshot to go")
     assert cluster["runner"].started == [job["metadata"]["name"]]
     assert _alias(cluster, model) == "v1"
     assert storage.exists(f"{cluster['world']['registry']}/{model}/versions/v1/model.safetensors")

@@ -238,6 +238,9 @@ def test_trainer_exit_2_fails_the_request_at_once(cluster: dict[str, Any], monke
     with operator(cluster["ns"]):
         model = _apply(cluster, "badconfig")
         done = wait_for(lambda: _finished(cluster, "badconfig"), 60, "Failed")
+        snapshot = naming.subjects_secret_name("badconfig", done["metadata"]["uid"])
+        wait_for(lambda: cluster["api"].get(SECRETS, cluster["ns"], snapshot) is None, 15,
+                 "the forget-list snapshot of the failed request to go")
     status = done["status"]
     assert status["phase"] == "Failed", status
     job_name = status["jobName"]

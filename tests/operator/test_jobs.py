@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from decimal import Decimal
 from pathlib import Path
@@ -12,11 +13,11 @@ import kubernetes_validate.utils
 import pytest
 import yaml
 
-from forgetmi_operator import jobs
+from forgetmi_operator import jobs, naming
 from forgetmi_operator.api import UnlearnRequestSpec
 from forgetmi_operator.errors import InvalidSpec
 from forgetmi_operator.settings import Settings
-from forgetmi_trainer.contract import JobConfig
+from forgetmi_trainer.contract import JobConfig, parse_subjects
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 UID = "0b3f9c2e-1d4a-4c7e-9a51-7f2d3e4b5c6d"
@@ -80,19 +81,14 @@ def test_job_config_copies_the_method_settings() -> None:
     assert config.method.noise.image_std == 0.1
 
 
-def test_a_secret_reference_becomes_the_mounted_file_never_the_ids() -> None:
-    config = jobs.build_job_config(_full(), uid=UID, namespace=NAMESPACE, name=NAME, base_version="v7")
-    assert config.forget.file == jobs.SUBJECTS_PATH
-    assert config.forget.uri is None
+def test_the_trainer_reads_the_accepted_list_from_the_mounted_file_never_the_ids_or_the_source() -> None:
+    by_uri = _minimal(forget={"subjectsUri": "s3://privacy/r.txt", "sha256": "a" * 64})
+    for spec in (_full(), by_uri):
+        config = jobs.build_job_config(spec, uid=UID, namespace=NAMESPACE, name=NAME, base_version="v7")
+        assert (config.forget.file, config.forget.uri, config.forget.sha256) == (jobs.SUBJECTS_PATH, None, None)
     local = jobs.build_job_config(_full(), uid=UID, namespace=NAMESPACE, name=NAME, base_version="v7",
                                   subjects_file="/tmp/subjects.txt")
     assert local.forget.file == "/tmp/subjects.txt"
-
-
-def test_a_subjects_uri_is_passed_with_its_digest() -> None:
-    spec = _minimal(forget={"subjectsUri": "s3://privacy/r.txt", "sha256": "a" * 64})
-    config = jobs.build_job_config(spec, uid=UID, namespace=NAMESPACE, name=NAME, base_version="v7")
-    assert (config.forget.file, config.forget.uri, config.forget.sha256) == (None, "s3://privacy/r.txt", "a" * 64)
 
 
 def test_a_retrain_config_uses_the_retrain_method_and_its_own_folder() -> None:
@@ -255,14 +251,36 @@ def test_s3_endpoint_is_passed_to_the_trainer() -> None:
     assert all(item["name"] != "FORGETMI_S3_ENDPOINT_URL" for item in _container(_job(_minimal()))["env"])
 
 
-def test_subjects_secret_is_mounted_read_only_at_the_config_path() -> None:
-    job = _job(_full())
-    volume = next(v for v in _pod(job)["volumes"] if v["name"] == "subjects")
-    assert volume["secret"]["secretName"] == "forget-request-0117-subjects"
-    assert volume["secret"]["items"] == [{"key": "subjects", "path": "subjects"}]
-    mount = next(m for m in _container(job)["volumeMounts"] if m["name"] == "subjects")
-    assert mount == {"name": "subjects", "mountPath": "/var/run/forgetmi/subjects", "readOnly": True}
-    assert all(v["name"] != "subjects" for v in _pod(_job(_minimal()))["volumes"])
+def test_every_job_mounts_the_requests_own_subjects_secret_read_only() -> None:
+    snapshot = naming.subjects_secret_name(NAME, UID)
+    assert snapshot == f"{JOB_NAME}-subjects"
+    by_uri = _minimal(forget={"subjectsUri": "s3://privacy/r.txt"})
+    for job in (_job(_full()), _job(by_uri), _job(_full(), kind="retrain")):
+        volume = next(v for v in _pod(job)["volumes"] if v["name"] == "subjects")
+        assert volume["secret"] == {"secretName": snapshot, "items": [{"key": "subjects", "path": "subjects"}],
+                                    "defaultMode": 0o440}
+        mount = next(m for m in _container(job)["volumeMounts"] if m["name"] == "subjects")
+        assert mount == {"name": "subjects", "mountPath": "/var/run/forgetmi/subjects", "readOnly": True}
+        # the Secret the request names (forget-request-0117-subjects) is never mounted: it may change
+        assert "forget-request-0117-subjects" not in json.dumps(job)
+
+
+def test_the_subjects_secret_is_immutable_owned_by_the_request_and_holds_only_the_list() -> None:
+    owner = {"apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest",
+             "metadata": {"name": NAME, "uid": UID}}
+    secret = jobs.build_subjects_secret(["P-001", "P-002"], name=NAME, namespace=NAMESPACE, uid=UID, owner=owner)
+    assert secret["metadata"]["name"] == naming.subjects_secret_name(NAME, UID)
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    assert (secret["type"], secret["immutable"]) == ("Opaque", True)
+    assert secret["metadata"]["ownerReferences"] == [jobs.owner_reference(owner)]
+    assert secret["metadata"]["labels"]["app.kubernetes.io/component"] == "subjects"
+    assert secret["metadata"]["labels"]["unlearning.forgetmi.io/request-uid"] == UID
+    assert list(secret["data"]) == ["subjects"]
+    text = base64.b64decode(secret["data"]["subjects"]).decode()
+    assert text == "P-001\nP-002\n" and parse_subjects(text) == ["P-001", "P-002"]
+    assert jobs.owned_by(secret, UID) and not jobs.owned_by(secret, "another-uid")
+    assert not jobs.owned_by({"metadata": {}}, UID)
+    kubernetes_validate.validate(secret, kubernetes_validate.utils.latest_version(), strict=True)
 
 
 def test_dev_shm_is_a_memory_backed_empty_dir() -> None:

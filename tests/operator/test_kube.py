@@ -99,6 +99,24 @@ def test_create_or_get_creates_once_then_finds_the_existing_job(kube: Kube) -> N
     assert _run(kube.create_or_get_job("ns", body)) == ({**body, "existing": True}, False)
 
 
+def test_a_subjects_secret_is_created_once_then_found_and_deleted_by_name(kube: Kube) -> None:
+    body = {"metadata": {"name": "forgetmi-r-0b3f9c2e-subjects"}, "immutable": True}
+    kube.core = _Fake(create_namespaced_secret=_returns(body))  # type: ignore[assignment]
+    assert _run(kube.create_or_get_secret("ns", body)) == (body, True)
+    kube.core = _Fake(create_namespaced_secret=_raises(_api_error(409)),  # type: ignore[assignment]
+                      read_namespaced_secret=_returns({**body, "existing": True}))
+    assert _run(kube.create_or_get_secret("ns", body)) == ({**body, "existing": True}, False)
+    assert [(name, args) for name, args, _ in kube.core.calls] == [  # type: ignore[attr-defined]
+        ("create_namespaced_secret", ("ns", body)), ("read_namespaced_secret", ("forgetmi-r-0b3f9c2e-subjects", "ns"))]
+    kube.core = _Fake(delete_namespaced_secret=_returns({}))  # type: ignore[assignment]
+    assert _run(kube.delete_secret("ns", "s")) is True
+    kube.core = _Fake(delete_namespaced_secret=_raises(_api_error(404)))  # type: ignore[assignment]
+    assert _run(kube.delete_secret("ns", "s")) is False
+    kube.core = _Fake(delete_namespaced_secret=_raises(_api_error(403)))  # type: ignore[assignment]
+    with pytest.raises(ClusterUnavailable, match="delete Secret ns/s"):
+        _run(kube.delete_secret("ns", "s"))
+
+
 def test_create_failures_other_than_conflict_are_cluster_errors(kube: Kube) -> None:
     kube.core = _Fake(create_namespaced_config_map=_raises(_api_error(403)))  # type: ignore[assignment]
     with pytest.raises(ClusterUnavailable, match=r"create ConfigMap ns/cm .*HTTP 403"):

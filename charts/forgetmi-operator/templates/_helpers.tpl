@@ -95,10 +95,12 @@ namespaces) or by one Role per watched namespace. Only the verbs the operator us
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-# Secrets named in spec.forget.subjectsSecretRef: read one by name, never listed or watched.
+# Secrets: read the one named in spec.forget.subjectsSecretRef by name; create each request's own
+# immutable copy of its accepted forget list (what its Jobs mount and its receipt attests), read it
+# back, and delete it when the request ends. Never listed, watched, updated or patched.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get"]
+  verbs: ["get", "create", "delete"]
 {{- if .Values.servingTargets.enabled }}
 # Serving targets named in spec.rollout.target: read and patch the model URI.
 - apiGroups: ["apps"]
