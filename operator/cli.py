@@ -81,8 +81,14 @@ class _TooLarge(ValueError):
     """A YAML document is recursive, or its aliases expand beyond ``MAX_NODES`` values."""
 
 
+_GO_PLAIN_FLOAT_LIMIT = 1e21
+"""Go's JSON encoder writes a float64 below this without an exponent (``30`` for 30.0); from here on
+as ``1e+21``, which an integer field refuses."""
+
+
 def _jsonable(value: Any, budget: list[int], parents: frozenset[int] = frozenset()) -> Any:
-    """Keys as strings and no YAML-only types, as after the YAML → JSON step of kubectl."""
+    """Keys as strings, no YAML-only types, and whole-number floats as integers: what kubectl sends
+    after its YAML → JSON step (Go's ``encoding/json`` writes ``float64(30)`` as ``30``)."""
     budget[0] -= 1
     if budget[0] < 0 or id(value) in parents:
         raise _TooLarge
@@ -92,6 +98,8 @@ def _jsonable(value: Any, budget: list[int], parents: frozenset[int] = frozenset
     if isinstance(value, list):
         inner = parents | {id(value)}
         return [_jsonable(v, budget, inner) for v in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < _GO_PLAIN_FLOAT_LIMIT:
+        return int(value)  # kubectl's YAML → JSON writes 30.0 as 30, which an integer field accepts
     if isinstance(value, datetime | date):
         return value.isoformat()
     if isinstance(value, bytes | set):

@@ -122,7 +122,8 @@ def _mutate(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
 
 MALFORMED_CASES = [
     ("spec.method.epochs", "30", "spec.method.epochs: must be an integer"),
-    ("spec.method.epochs", 30.0, "spec.method.epochs: must be an integer"),
+    ("spec.method.epochs", 30.5, "spec.method.epochs: must be an integer"),
+    ("spec.activeDeadlineSeconds", 1e21, "spec.activeDeadlineSeconds: must be an integer"),
     ("spec.method.learningRate", "fast", "spec.method.learningRate: must be a number"),
     ("spec.suspend", "yes", "spec.suspend: must be a boolean"),
     ("spec.gates", {"metric": "mia"}, "spec.gates: must be a list"),
@@ -357,6 +358,21 @@ def test_unusable_files_fail_with_a_sentence(text: str, expected: str) -> None:
     code, output = _run("validate", "-f", "-", stdin=text)
     assert code == 2
     assert expected in output
+
+
+def test_whole_number_floats_are_integers_as_kubectl_sends_them(tmp_path: Path, minimal: dict[str, Any]) -> None:
+    """kubectl's YAML → JSON step writes ``epochs: 30.0`` as 30 (Go's float64 encoding), which the
+    API server accepts for an integer field; validate agrees, and keeps fractions and huge values."""
+    minimal["spec"]["method"] = {"epochs": 30.0, "learningRate": 0.003}
+    minimal["spec"]["gates"] = [{"metric": "mia", "comparator": "atMost", "threshold": 1.0}]
+    code, output = _validate_doc(tmp_path, minimal)
+    assert code == 0, output
+    path = tmp_path / "request.yaml"
+    (doc,) = cli.load_documents(path.read_text())
+    assert doc["spec"]["method"] == {"epochs": 30, "learningRate": 0.003}
+    assert type(doc["spec"]["method"]["epochs"]) is int
+    assert cli.load_documents("a: 1.0e+20\nb: 1.0e+21\nc: -2.0\nd: 0.5\ne: .inf\n") == [
+        {"a": 10**20, "b": 1e21, "c": -2, "d": 0.5, "e": math.inf}]
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
