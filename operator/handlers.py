@@ -27,7 +27,7 @@ from typing import Any
 
 import kopf
 
-from forgetmi_operator import GROUP, PLURAL, VERSION, flows, naming, tracking
+from forgetmi_operator import GROUP, PLURAL, VERSION, flows, jobs, naming, tracking
 from forgetmi_operator import conditions as cond
 from forgetmi_operator.decisions import Decision, is_approved
 from forgetmi_operator.errors import OperatorError
@@ -321,13 +321,20 @@ async def _delete_job(memo: kopf.Memo, body: Mapping[str, Any]) -> None:
 
 async def _release_subjects(memo: kopf.Memo, body: Mapping[str, Any]) -> None:
     """Delete the request's subjects Secret once nothing needs it (the request ended or is gone), so
-    the forget list is not kept longer than the work on it. A failure leaves it to garbage
-    collection with the request (it is owned by it)."""
+    the forget list is not kept longer than the work on it. Only a Secret the request owns is
+    deleted (one of that name made by someone else is left alone); a failure leaves it to garbage
+    collection with the request."""
     meta = body["metadata"]
-    name = naming.subjects_secret_name(meta["name"], meta["uid"])
+    namespace, name = meta["namespace"], naming.subjects_secret_name(meta["name"], meta["uid"])
     try:
-        if await memo.kube.delete_secret(meta["namespace"], name):
-            log.info("Deleted Secret %s/%s, the forget list of %s", meta["namespace"], name, flows.describe(body))
+        secret = await memo.kube.get_secret(namespace, name)
+        if secret is None:
+            return
+        if not jobs.owned_by(secret, meta["uid"]):
+            log.warning("Secret %s/%s is not owned by %s and was left alone", namespace, name, flows.describe(body))
+            return
+        if await memo.kube.delete_secret(namespace, name, uid=secret["metadata"].get("uid")):
+            log.info("Deleted Secret %s/%s, the forget list of %s", namespace, name, flows.describe(body))
     except OperatorError as err:
-        log.warning("Secret %s/%s of %s is left to garbage collection with it: %s", meta["namespace"], name,
+        log.warning("Secret %s/%s of %s is left to garbage collection with it: %s", namespace, name,
                     flows.describe(body), err.message)

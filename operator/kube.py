@@ -154,10 +154,12 @@ class Kube:
         return await self._create_or_get("Secret", self.core.create_namespaced_secret,
                                          self.core.read_namespaced_secret, namespace, body)
 
-    async def delete_secret(self, namespace: str, name: str) -> bool:
-        """Delete the Secret; False when it was already gone."""
+    async def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        """Delete the Secret (only the object with ``uid``, when given: a Secret re-created under that
+        name meanwhile is refused by the API server); False when it was already gone."""
+        body = {"preconditions": {"uid": uid}} if uid else None
         result = await self._call(f"delete Secret {namespace}/{name}", self.core.delete_namespaced_secret, name,
-                                  namespace)
+                                  namespace, body=body)
         return result is not None
 
     async def read_hmac_key(self, settings: Settings) -> bytes | None:

@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 import pytest
 
-from forgetmi_operator import flows, handlers, naming
+from forgetmi_operator import flows, handlers, jobs, naming
 from forgetmi_operator.errors import ClusterUnavailable
 from forgetmi_operator.tracker import Tracker
 
@@ -49,7 +49,10 @@ class _FlakyKube:
         return {"metadata": {"namespace": namespace, "name": name, "uid": "u-1", "resourceVersion": "9"},
                 "status": {**status}}
 
-    async def delete_secret(self, namespace: str, name: str) -> bool:
+    async def get_secret(self, namespace: str, name: str) -> dict[str, object]:
+        return jobs.build_subjects_secret(["P1"], name="r1", namespace=namespace, uid="u-1")
+
+    async def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
         self.deleted_secrets.append((namespace, name, len(self.patches)))
         return True
 
@@ -91,3 +94,41 @@ def test_a_status_a_look_could_not_write_is_written_by_the_next_look_not_decided
     # the forget list goes once the terminal status is saved, not before
     assert kube.deleted_secrets == [("ns", naming.subjects_secret_name("r1", "u-1"), 1)]
     assert ("ns", "r1") not in tracker.entries  # the written status is terminal: no longer tracked
+
+
+class _SecretsKube:
+    """One stored Secret (None: none) and the deletions asked for."""
+
+    def __init__(self, secret: dict[str, Any] | None) -> None:
+        self.secret = secret
+        self.deleted: list[tuple[str, str, str | None]] = []
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.secret
+
+    async def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        self.deleted.append((namespace, name, uid))
+        return True
+
+
+RELEASED = {"metadata": {"namespace": "ns", "name": "r1", "uid": "u-1"}}
+
+
+def _release(secret: dict[str, Any] | None) -> _SecretsKube:
+    kube = _SecretsKube(secret)
+    asyncio.run(handlers._release_subjects(kopf.Memo(kube=kube), RELEASED))
+    return kube
+
+
+def test_the_forget_list_copy_is_deleted_only_if_the_request_owns_it(caplog: pytest.LogCaptureFixture) -> None:
+    ours = jobs.build_subjects_secret(["P1"], name="r1", namespace="ns", uid="u-1")
+    ours["metadata"]["uid"] = "secret-uid-7"
+    name = naming.subjects_secret_name("r1", "u-1")
+    # deleted with a precondition on the Secret's own uid: a Secret re-created meanwhile stays
+    assert _release(ours).deleted == [("ns", name, "secret-uid-7")]
+    assert _release(None).deleted == []
+    foreign = jobs.build_subjects_secret(["P1"], name="r1", namespace="ns", uid="u-1")
+    foreign["metadata"]["ownerReferences"] = []
+    with caplog.at_level(logging.WARNING):
+        assert _release(foreign).deleted == []
+    assert f"Secret ns/{name} is not owned by" in caplog.text

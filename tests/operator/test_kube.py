@@ -110,6 +110,9 @@ def test_a_subjects_secret_is_created_once_then_found_and_deleted_by_name(kube: 
         ("create_namespaced_secret", ("ns", body)), ("read_namespaced_secret", ("forgetmi-r-0b3f9c2e-subjects", "ns"))]
     kube.core = _Fake(delete_namespaced_secret=_returns({}))  # type: ignore[assignment]
     assert _run(kube.delete_secret("ns", "s")) is True
+    assert _run(kube.delete_secret("ns", "s", uid="secret-uid")) is True
+    assert [kwargs["body"] for _, _, kwargs in kube.core.calls] == [  # type: ignore[attr-defined]
+        None, {"preconditions": {"uid": "secret-uid"}}]
     kube.core = _Fake(delete_namespaced_secret=_raises(_api_error(404)))  # type: ignore[assignment]
     assert _run(kube.delete_secret("ns", "s")) is False
     kube.core = _Fake(delete_namespaced_secret=_raises(_api_error(403)))  # type: ignore[assignment]
