@@ -4,7 +4,10 @@ Kopf's ``on.event`` handlers feed it and it decides when a request is looked at:
 
 - :meth:`Tracker.observe` keeps the latest body of each open request (from its watch events and
   from the operator's own status patches, whichever is newer); a terminal or deleted request is
-  dropped, so memory follows the open requests only. Bodies are kept as given, not copied:
+  dropped, so memory follows the open requests only. A closed request's uid and resourceVersion
+  are remembered until it is deleted, so a watch event older than the close (the watch lags
+  behind the operator's own patch) does not open it again for another look. Bodies are kept as
+  given, not copied:
   each watch event and each patch result is a fresh dict that nobody changes afterwards (Kopf
   replaces, never mutates, the raw bodies it hands out; the looks only read them);
 - :meth:`Tracker.job_changed` keeps the latest trainer Job (so a look needs no GET of it) and says
@@ -54,6 +57,16 @@ def is_newer(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
         return True
 
 
+def _strictly_newer(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """Whether ``candidate``'s integer resourceVersion is greater than ``current``'s (False when
+    either is not an integer: then nothing says it is newer)."""
+    try:
+        return int(str((candidate.get("metadata") or {}).get("resourceVersion"))) > \
+            int(str((current.get("metadata") or {}).get("resourceVersion")))
+    except ValueError:
+        return False
+
+
 def owner_of(job: Mapping[str, Any]) -> Key | None:
     """The request that owns ``job`` (its controller ownerReference of kind UnlearnRequest)."""
     meta = job.get("metadata") or {}
@@ -85,6 +98,8 @@ class Tracker:
 
     def __init__(self, look: Look, *, is_open: Callable[[Mapping[str, Any]], bool], concurrency: int = 8) -> None:
         self.entries: dict[Key, Entry] = {}
+        self.closed: dict[Key, dict[str, Any]] = {}
+        """The metadata (uid, resourceVersion) of each closed request's newest body, until it is deleted."""
         self.jobs: dict[Key, dict[str, Any]] = {}
         self._look = look
         self._is_open = is_open
@@ -92,15 +107,33 @@ class Tracker:
 
     # ---- what Kopf sees --------------------------------------------------------------------------
 
+    def is_stale(self, body: Mapping[str, Any]) -> bool:
+        """Whether ``body`` is an older (or the same) version of a request already closed."""
+        closed = self.closed.get(key_of(body))
+        if closed is None:
+            return False
+        if (body.get("metadata") or {}).get("uid") != closed["metadata"].get("uid"):
+            return False  # a new request of the same name
+        return not _strictly_newer(body, closed)
+
     def observe(self, body: Mapping[str, Any], *, deleted: bool = False) -> Entry | None:
         """Keep ``body`` if it is newer than what is kept; the entry, or None once it is closed."""
         key = key_of(body)
-        entry = self.entries.get(key)
-        if entry is not None and not deleted and not is_newer(body, entry.body):
-            return entry
-        if deleted or not self._is_open(body):
+        if deleted:
             self.entries.pop(key, None)
+            self.closed.pop(key, None)
             return None
+        if self.is_stale(body):
+            return None
+        entry = self.entries.get(key)
+        if entry is not None and not is_newer(body, entry.body):
+            return entry
+        if not self._is_open(body):
+            self.entries.pop(key, None)
+            meta = body.get("metadata") or {}
+            self.closed[key] = {"metadata": {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}}
+            return None
+        self.closed.pop(key, None)
         if entry is None:
             entry = self.entries[key] = Entry(dict(body), contextvars.copy_context())
         else:

@@ -101,6 +101,26 @@ async def test_observe_keeps_the_newest_body_and_drops_closed_requests() -> None
 
 
 @run_async
+async def test_a_watch_event_older_than_the_close_does_not_reopen_the_request() -> None:
+    """The operator's own status patch closes a request (rv 9, Promoted); the watch then delivers
+    the events before it (rv 8, still Evaluating): they must not start another look."""
+    tracker = Tracker(Looks(), is_open=_open)
+    tracker.observe(_request("r1", "7", phase="Evaluating"))
+    assert tracker.observe(_request("r1", "9", phase="Promoted")) is None
+    late = _request("r1", "8", phase="Evaluating")
+    assert tracker.is_stale(late) and tracker.is_stale(_request("r1", "9", phase="Promoted"))
+    assert tracker.observe(late) is None and ("ns", "r1") not in tracker.entries
+    recreated = _request("r1", "3", phase="Pending")  # deleted and created again: another uid
+    recreated["metadata"]["uid"] = "another"
+    assert not tracker.is_stale(recreated)
+    assert tracker.observe(recreated) is not None and ("ns", "r1") not in tracker.closed
+    tracker.observe(_request("r2", "5", phase="Held"))
+    assert tracker.observe(_request("r2", "5", phase="Held"), deleted=True) is None
+    assert not tracker.closed  # deleted: nothing is kept for it
+    assert not tracker.is_stale(_request("r2", "4"))
+
+
+@run_async
 async def test_job_changed_keeps_the_latest_job_and_names_its_owner() -> None:
     tracker = Tracker(Looks(), is_open=_open)
     assert tracker.job_changed(_job("j", "2", active=1)) == ("ns", "r1")
