@@ -103,12 +103,17 @@ def _snapshot_where(namespace: str, secret_name: str) -> str:
     return f"Secret {namespace}/{secret_name} (the forget list as accepted)"
 
 
-async def snapshot_subjects(kube: Kube, body: Mapping[str, Any], subjects: list[str]) -> list[str]:
-    """Create the request's subjects Secret from ``subjects`` (just accepted) and return the list the
-    Job will forget: ``subjects``, or the list already snapshotted by an earlier attempt (an operator
-    restart or a retried launch), which stays what is forgotten and attested."""
+async def snapshot_subjects(kube: Kube, body: Mapping[str, Any], subjects: list[str], where: str) -> list[str]:
+    """Create the request's subjects Secret from ``subjects`` (just accepted, read from ``where``) and
+    return the list the Job will forget: ``subjects``, or the list already snapshotted by an earlier
+    attempt (an operator restart or a retried launch), which stays what is forgotten and attested."""
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
+    size = len(jobs.subjects_text(subjects).encode("utf-8"))
+    if size > jobs.MAX_SUBJECTS_BYTES:
+        raise SubjectsError(f"The forget list in {where} takes {size} bytes as one ID per line ({len(subjects)} "
+                            f"subjects), more than the {jobs.MAX_SUBJECTS_BYTES} bytes (1 MiB) a Secret holds, and "
+                            "the request's copy of it is a Secret: split it into several requests.")
     secret = jobs.build_subjects_secret(subjects, name=meta["name"], namespace=namespace, uid=uid, owner=body)
     existing, created = await kube.create_or_get_secret(namespace, secret)
     if created:
@@ -129,20 +134,34 @@ def _snapshot_subjects(secret: Mapping[str, Any], namespace: str, uid: str) -> l
     return pipeline.parse_subject_ids(text, where)
 
 
-async def read_snapshot(kube: Kube, body: Mapping[str, Any]) -> tuple[list[str], str]:
-    """The forget list the request's Jobs read (its subjects Secret), and where it is, for messages."""
+async def find_snapshot(kube: Kube, body: Mapping[str, Any]) -> tuple[list[str], str] | None:
+    """The request's copy of its forget list and where it is (for messages); None when there is none."""
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
     name = naming.subjects_secret_name(meta["name"], uid)
     secret = await kube.get_secret(namespace, name)
     if secret is None:
-        raise SubjectsError(f"{_snapshot_where(namespace, name)} is gone, so the receipt could not attest what was "
-                            "forgotten: nothing was promoted. Create a new request.")
+        return None
     return _snapshot_subjects(secret, namespace, uid), _snapshot_where(namespace, name)
 
 
-async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> Step:
-    """Accept the request (validate, resolve, count) and create its ConfigMap and Job once."""
+async def read_snapshot(kube: Kube, body: Mapping[str, Any]) -> tuple[list[str], str]:
+    """The forget list the request's Jobs read (its subjects Secret), and where it is, for messages."""
+    found = await find_snapshot(kube, body)
+    if found is None:
+        meta = body["metadata"]
+        where = _snapshot_where(meta["namespace"], naming.subjects_secret_name(meta["name"], meta["uid"]))
+        raise SubjectsError(f"{where} is gone, so the receipt could not attest what was forgotten: nothing was "
+                            "promoted. Create a new request.")
+    return found
+
+
+async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any], *, again: bool = False) -> Step:
+    """Accept the request (validate, resolve, count) and create its ConfigMap and Job once.
+
+    ``again``: an earlier attempt may have copied the forget list already (a retry, or a resume
+    after a restart). That copy, when there is one, is what is accepted, and the referenced list,
+    which may have changed or gone since, is not read again."""
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     spec = parse_spec(body.get("spec") or {})
@@ -152,9 +171,10 @@ async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> Ste
         with_condition(body, step, "Unlearned", "Unknown", cond.NOT_STARTED, message)
         step.events.append(("Normal", "Suspended", message))
         return step
-    subjects, where = await read_subjects(kube, spec, namespace)
+    found = await find_snapshot(kube, body) if again else None
+    subjects, where = found if found is not None else await read_subjects(kube, spec, namespace)
     accepted = await in_thread(pipeline.accept, spec, "\n".join(subjects), where)
-    subject_count = len(await snapshot_subjects(kube, body, subjects))
+    subject_count = len(subjects if found is not None else await snapshot_subjects(kube, body, subjects, where))
     built = jobs.build_launch(spec, settings, name=name, namespace=namespace, uid=uid,
                               base_version=accepted.base.version, owner=body)
     await kube.create_or_get_configmap(namespace, built.configmap)

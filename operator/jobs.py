@@ -41,6 +41,8 @@ SUBJECTS_DIR = "/var/run/forgetmi/subjects"
 SUBJECTS_FILE = "subjects"
 SUBJECTS_PATH = f"{SUBJECTS_DIR}/{SUBJECTS_FILE}"
 SUBJECTS_COMPONENT = "subjects"
+MAX_SUBJECTS_BYTES = 1024 * 1024
+"""What a Secret's data may hold (Kubernetes' limit), so the most a forget list's copy may take."""
 TERMINATION_LOG = "/dev/termination-log"
 TRAINER_COMMAND = ["python", "-m", "forgetmi_trainer", "run", "--config", CONFIG_PATH]
 FAIL_FAST_EXIT_CODES = [int(ExitCode.BAD_CONFIG), int(ExitCode.STORAGE_OR_INPUT)]

@@ -40,8 +40,9 @@ KSERVE = ("serving.kserve.io", "v1beta1", "inferenceservices")
 JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-INVALID_STATUSES = frozenset({400, 422})
-"""What the API server answers for an object or patch it will never accept as sent."""
+INVALID_STATUSES = frozenset({400, 413, 422})
+"""What the API server answers for an object or patch it will never accept as sent: a bad request,
+a body too large, an invalid object."""
 SERVER_MESSAGE_LIMIT = 400
 POOL_SIZE = 32
 """Kept-alive connections to the API server: calls run in worker threads, one connection each."""
@@ -60,7 +61,7 @@ def _server_message(err: ApiException) -> str:
 
 
 def refusal(what: str, err: ApiException) -> OperatorError:
-    """The error for an API call the server refused (not 404): invalid (400/422) or retryable."""
+    """The error for an API call the server refused (not 404): invalid (400/413/422) or retryable."""
     detail = _server_message(err)
     if err.status in INVALID_STATUSES:
         return ObjectRejected(f"The API server refused to {what} as invalid (HTTP {err.status}){detail}.")

@@ -53,7 +53,7 @@ class _SecretKube:
 
 
 def _snapshot(kube: _SecretKube, subjects: list[str]) -> list[str]:
-    return asyncio.run(flows.snapshot_subjects(kube, BODY, subjects))  # type: ignore[arg-type]
+    return asyncio.run(flows.snapshot_subjects(kube, BODY, subjects, "Secret ns/ids key 'ids'"))  # type: ignore[arg-type]
 
 
 def test_the_first_launch_snapshots_the_accepted_list() -> None:

@@ -126,7 +126,7 @@ def test_create_failures_other_than_conflict_are_cluster_errors(kube: Kube) -> N
         _run(kube.create_or_get_configmap("ns", {"metadata": {"name": "cm"}}))
 
 
-@pytest.mark.parametrize("status", [400, 422])
+@pytest.mark.parametrize("status", [400, 413, 422])
 def test_an_object_the_server_refuses_as_invalid_is_rejected_with_its_message_not_retried(
         kube: Kube, status: int) -> None:
     message = ('Job.batch "forgetmi-r-0b3f9c2e" is invalid: spec.template.spec.nodeSelector: Invalid value: '

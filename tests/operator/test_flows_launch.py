@@ -1,0 +1,171 @@
+"""flows.launch and handlers._launch: the forget list is read once and copied; a retried launch
+uses the copy; a launch that fails for good leaves no Job and no copy.
+
+A real ``file://`` registry (alias production → v7) and manifest, and a fake ``Kube`` that
+stores what is created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+
+from forgetmi_operator import flows, handlers, jobs, naming, registry
+from forgetmi_operator.errors import SecretNotFound, SubjectsError
+from forgetmi_operator.settings import Settings
+
+MODEL, NAMESPACE, NAME = "cxr", "radiology", "forget-0042"
+UID = "0b3f9c2e-1111-2222-3333-444455556666"
+PATIENTS = ["P001", "P002", "P003", "P004"]
+SNAPSHOT = naming.subjects_secret_name(NAME, UID)
+
+
+class FakeKube:
+    """The calls a launch makes; the referenced Secret holds ``referenced`` (None: gone)."""
+
+    def __init__(self, referenced: str | None) -> None:
+        self.referenced = referenced
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.deleted: list[tuple[str, str]] = []
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> bytes:
+        self.calls.append("read_secret_key")
+        if self.referenced is None:
+            raise SecretNotFound(f"Secret {namespace}/{name} does not exist.")
+        return self.referenced.encode()
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("get_secret")
+        return self.objects.get(("Secret", name))
+
+    async def _create_or_get(self, kind: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        self.calls.append(f"create {kind}")
+        key = (kind, body["metadata"]["name"])
+        if key in self.objects:
+            return self.objects[key], False
+        self.objects[key] = {**body, "metadata": {**body["metadata"], "uid": f"uid-of-{key[1]}"}}
+        return self.objects[key], True
+
+    async def create_or_get_secret(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return await self._create_or_get("Secret", body)
+
+    async def create_or_get_configmap(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return await self._create_or_get("ConfigMap", body)
+
+    async def create_or_get_job(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return await self._create_or_get("Job", body)
+
+    async def delete_job(self, namespace: str, name: str) -> bool:
+        self.deleted.append(("Job", name))
+        return self.objects.pop(("Job", name), None) is not None
+
+    async def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        self.deleted.append(("Secret", name))
+        return self.objects.pop(("Secret", name), None) is not None
+
+
+@pytest.fixture
+def body(tmp_path: Path) -> dict[str, Any]:
+    root = tmp_path / "registry"
+    version = root / MODEL / "versions" / "v7"
+    version.mkdir(parents=True)
+    (version / "config.json").write_text("{}\n")
+    (version / "model.safetensors").write_bytes(b"weights")
+    registry.promote(f"file://{root}", MODEL, "production", new_version="v7",
+                     new_sha256=hashlib.sha256(b"weights").hexdigest(), expected_token=None, request=None)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("sample_id,subject_id,split\n" + "".join(f"s{i},{p},train\n" for i, p in enumerate(PATIENTS)))
+    return {
+        "apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest",
+        "metadata": {"name": NAME, "namespace": NAMESPACE, "uid": UID, "generation": 1},
+        "spec": {"model": {"registryUri": f"file://{root}", "name": MODEL, "alias": "production"},
+                 "data": {"manifestUri": f"file://{manifest}"},
+                 "forget": {"subjectsSecretRef": {"name": "ids", "key": "subjects"}}},
+    }
+
+
+def _launch(kube: FakeKube, body: dict[str, Any], *, again: bool = False) -> flows.Step:
+    return asyncio.run(flows.launch(kube, Settings(), body, again=again))  # type: ignore[arg-type]
+
+
+def _copied(kube: FakeKube) -> list[str]:
+    return base64.b64decode(kube.objects[("Secret", SNAPSHOT)]["data"]["subjects"]).decode().split()
+
+
+def test_a_first_launch_reads_the_referenced_list_once_and_copies_it_before_the_job(body: dict[str, Any]) -> None:
+    kube = FakeKube("P001\nP002\n")
+    step = _launch(kube, body)
+    assert kube.calls == ["read_secret_key", "create Secret", "create ConfigMap", "create Job"]  # no extra GET
+    assert _copied(kube) == ["P001", "P002"]
+    assert step.status["subjectCount"] == 2 and step.status["phase"] == "Pending"
+    job = kube.objects[("Job", naming.job_name(NAME, UID))]
+    assert {"name": "subjects", "secret": {"secretName": SNAPSHOT, "items": [{"key": "subjects", "path": "subjects"}],
+                                           "defaultMode": 0o440}} in job["spec"]["template"]["spec"]["volumes"]
+
+
+def test_a_launch_tried_again_uses_the_copy_not_the_referenced_list_changed_or_gone_since(
+        body: dict[str, Any]) -> None:
+    kube = FakeKube("P001\nP002\n")
+    _launch(kube, body)
+    del kube.objects[("Job", naming.job_name(NAME, UID))]  # the first attempt stopped before its Job
+    for referenced in ("P003\nP004\nP001\n", None):
+        kube.referenced, kube.calls = referenced, []
+        step = _launch(kube, body, again=True)
+        assert "read_secret_key" not in kube.calls
+        assert step.status["subjectCount"] == 2 and _copied(kube) == ["P001", "P002"]
+        assert ("Job", naming.job_name(NAME, UID)) in kube.objects
+
+
+def test_a_launch_tried_again_before_any_copy_reads_the_referenced_list(body: dict[str, Any]) -> None:
+    kube = FakeKube("P004\n")
+    step = _launch(kube, body, again=True)
+    assert kube.calls[:2] == ["get_secret", "read_secret_key"]
+    assert step.status["subjectCount"] == 1 and _copied(kube) == ["P004"]
+
+
+def test_a_forget_list_too_large_for_a_secret_fails_naming_its_source_and_creates_nothing(
+        body: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs, "MAX_SUBJECTS_BYTES", 9)
+    kube = FakeKube("P001\nP002\n")  # 10 bytes as one ID per line
+    with pytest.raises(SubjectsError, match=r"The forget list in Secret radiology/ids key 'subjects' takes 10 bytes "
+                                            r"as one ID per line \(2 subjects\), more than the 9 bytes"):
+        _launch(kube, body)
+    assert not kube.objects
+
+
+@pytest.fixture
+def posted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The Events the handlers post (Kopf's poster needs a running operator)."""
+    reasons: list[str] = []
+    monkeypatch.setattr(handlers, "_post", lambda body, step: reasons.extend(r for _, r, _ in step.events))
+    return reasons
+
+
+def test_a_launch_that_fails_for_good_leaves_no_job_and_no_copy(body: dict[str, Any], posted: list[str]) -> None:
+    """An earlier attempt created the copy and the Job but its status was not saved; the retry
+    now fails (the model's alias is gone): the request is Failed and nothing of it keeps running."""
+    kube = FakeKube("P001\n")
+    _launch(kube, body)
+    body["spec"]["model"]["alias"] = "gone"
+    memo = kopf.Memo(kube=kube, settings=Settings())
+    patch = kopf.Patch()
+    with pytest.raises(kopf.PermanentError, match=r"spec\.model"):
+        asyncio.run(handlers._launch("start", kopf.Body(body), patch, memo, again=True))
+    assert patch["status"]["phase"] == "Failed" and posted == ["InputNotFound"]
+    assert kube.deleted == [("Job", naming.job_name(NAME, UID)), ("Secret", SNAPSHOT)]
+    assert not {kind for kind, _ in kube.objects} & {"Job", "Secret"}
+
+
+def test_a_first_launch_that_fails_deletes_no_job(body: dict[str, Any], posted: list[str]) -> None:
+    kube = FakeKube(None)
+    memo = kopf.Memo(kube=kube, settings=Settings())
+    with pytest.raises(kopf.PermanentError, match="Secret radiology/ids does not exist"):
+        asyncio.run(handlers._launch("start", kopf.Body(body), kopf.Patch(), memo, again=False))
+    assert [kind for kind, _ in kube.deleted] == []  # no copy was made, and no Job could exist
