@@ -145,15 +145,30 @@ async def find_snapshot(kube: Kube, body: Mapping[str, Any]) -> tuple[list[str],
     return _snapshot_subjects(secret, namespace, uid), _snapshot_where(namespace, name)
 
 
-async def read_snapshot(kube: Kube, body: Mapping[str, Any]) -> tuple[list[str], str]:
-    """The forget list the request's Jobs read (its subjects Secret), and where it is, for messages."""
+async def read_snapshot(kube: Kube, body: Mapping[str, Any], spec: UnlearnRequestSpec) -> tuple[list[str], str]:
+    """The forget list the request's Jobs read (its subjects Secret), and where it is, for messages.
+
+    A request whose Job an operator from before the copy launched (the Job mounts the referenced
+    Secret, or reads a URI) has none: its referenced list is read, as that operator did, and copied
+    now, so that a retrain Job finds it and it is deleted when the request ends."""
     found = await find_snapshot(kube, body)
-    if found is None:
-        meta = body["metadata"]
-        where = _snapshot_where(meta["namespace"], naming.subjects_secret_name(meta["name"], meta["uid"]))
-        raise SubjectsError(f"{where} is gone, so the receipt could not attest what was forgotten: nothing was "
-                            "promoted. Create a new request.")
-    return found
+    if found is not None:
+        return found
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], naming.subjects_secret_name(meta["name"], meta["uid"])
+    job_name = (body.get("status") or {}).get("jobName")
+    job = await kube.get_job(namespace, job_name) if job_name else None
+    if job is not None and not _mounts_secret(job, name):
+        subjects, where = await read_subjects(kube, spec, namespace)
+        await snapshot_subjects(kube, body, subjects, where)
+        return subjects, where
+    raise SubjectsError(f"{_snapshot_where(namespace, name)} is gone, so the receipt could not attest what was "
+                        "forgotten: nothing was promoted. Create a new request.")
+
+
+def _mounts_secret(job: Mapping[str, Any], secret_name: str) -> bool:
+    volumes = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("volumes") or []
+    return any((volume.get("secret") or {}).get("secretName") == secret_name for volume in volumes)
 
 
 async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any], *, again: bool = False) -> Step:
@@ -332,11 +347,12 @@ async def _decide(kube: Kube, settings: Settings, body: Mapping[str, Any], spec:
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     subjects: list[str] = []
     key: bytes | None = None
-    if decision.terminal:  # what the receipt needs, read before anything changes
-        subjects, where = await read_snapshot(kube, body)
+    if decision.terminal or decision == Decision.RETRAIN:  # what the receipt or the retrain needs, read first
+        subjects, where = await read_snapshot(kube, body, spec)
         if len(subjects) != report.counts.subjects:
             raise SubjectsError(f"{where} holds {len(subjects)} subjects, but the Job's report counts "
                                 f"{report.counts.subjects}: nothing was promoted. Create a new request.")
+    if decision.terminal:
         key = await kube.read_hmac_key(settings)
     promotion: receipts.Promotion | None = None
     if decision == Decision.PROMOTE:

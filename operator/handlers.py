@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 RETRY_DELAY_SECONDS = 10.0
 RESOURCE = (GROUP, VERSION, PLURAL)
 TRACKING_CONCURRENCY = 8
+RELEASE_ATTEMPTS = 3
+RELEASE_RETRY_SECONDS = 1.0
+"""Deleting a forget-list copy is tried this often on a retryable error, 1 s then 2 s apart."""
 TRAINER_SELECTOR = f"{naming.LABEL_MANAGED_BY}={naming.MANAGER}"
 """The label selector of the trainer Jobs and Pods the operator watches."""
 """Looks at requests (API reads, evaluations) that run at the same time."""
@@ -332,15 +335,21 @@ async def _release_subjects(memo: kopf.Memo, body: Mapping[str, Any]) -> None:
     collection with the request."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], naming.subjects_secret_name(meta["name"], meta["uid"])
-    try:
-        secret = await memo.kube.get_secret(namespace, name)
-        if secret is None:
+    for attempt in range(RELEASE_ATTEMPTS):
+        try:
+            secret = await memo.kube.get_secret(namespace, name)
+            if secret is None:
+                return
+            if not jobs.owned_by(secret, meta["uid"]):
+                log.warning("Secret %s/%s is not owned by %s and was left alone", namespace, name,
+                            flows.describe(body))
+                return
+            if await memo.kube.delete_secret(namespace, name, uid=secret["metadata"].get("uid")):
+                log.info("Deleted Secret %s/%s, the forget list of %s", namespace, name, flows.describe(body))
             return
-        if not jobs.owned_by(secret, meta["uid"]):
-            log.warning("Secret %s/%s is not owned by %s and was left alone", namespace, name, flows.describe(body))
-            return
-        if await memo.kube.delete_secret(namespace, name, uid=secret["metadata"].get("uid")):
-            log.info("Deleted Secret %s/%s, the forget list of %s", namespace, name, flows.describe(body))
-    except OperatorError as err:
-        log.warning("Secret %s/%s of %s is left to garbage collection with it: %s", namespace, name,
-                    flows.describe(body), err.message)
+        except OperatorError as err:
+            if not err.retryable or attempt == RELEASE_ATTEMPTS - 1:
+                log.warning("Secret %s/%s of %s is left to garbage collection with it: %s", namespace, name,
+                            flows.describe(body), err.message)
+                return
+            await asyncio.sleep(RELEASE_RETRY_SECONDS * 2**attempt)

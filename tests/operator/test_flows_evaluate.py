@@ -45,6 +45,8 @@ class FakeKube:
         self.snapshot: dict[str, Any] | None = jobs.build_subjects_secret(SUBJECTS, name=NAME, namespace=NAMESPACE,
                                                                           uid=UID)
         self.hmac_key: bytes | None = None
+        self.job: dict[str, Any] | None = None  # None: gone (deleted, or removed by its TTL)
+        self.created: list[dict[str, Any]] = []
 
     def _call(self, name: str, *args: Any) -> None:
         self.calls.append((name, args))
@@ -73,7 +75,12 @@ class FakeKube:
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         self._call("get_job", namespace, name)
-        return None  # gone: deleted, or removed by its TTL
+        return self.job
+
+    async def create_or_get_secret(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        self._call("create_or_get_secret", namespace, body["metadata"]["name"])
+        self.created.append(body)
+        return body, True
 
     def patched(self) -> list[tuple[Any, ...]]:
         return [args for name, args in self.calls if name == "patch_deployment_env"]
@@ -236,6 +243,47 @@ def test_a_snapshot_this_request_does_not_own_is_never_trusted(world: dict[str, 
     result = _evaluate(world, kube)
     assert _alias(world) == "v7" and kube.patched() == []
     assert "is not owned by this UnlearnRequest" in _condition(result.step, "Promoted")["message"]
+
+
+def _legacy_job(subjects_volume: dict[str, Any] | None) -> dict[str, Any]:
+    """A Job an operator from before the forget-list copy made: it mounts the referenced Secret
+    (or, for a subjectsUri, no subjects volume at all)."""
+    volumes = [{"name": "config", "configMap": {"name": naming.job_name(NAME, UID)}}]
+    if subjects_volume is not None:
+        volumes.append(subjects_volume)
+    return {"metadata": {"name": naming.job_name(NAME, UID)}, "spec": {"template": {"spec": {"volumes": volumes}}}}
+
+
+@pytest.mark.parametrize("volume", [{"name": "subjects", "secret": {"secretName": "subjects"}}, None],
+                         ids=["referenced-secret", "uri"])
+def test_a_job_from_before_the_copy_is_decided_on_the_referenced_list_which_is_copied_then(
+        world: dict[str, Any], volume: dict[str, Any] | None, tmp_path: Path) -> None:
+    """An upgrade with requests in flight: their Jobs read the referenced list, so that list is
+    what is checked (its count) and attested, as the earlier operator did."""
+    kube = FakeKube()
+    kube.snapshot, kube.job, kube.hmac_key = None, _legacy_job(volume), b"k" * 32
+    referenced = ["P009", "P008", "P007"]  # what FakeKube's referenced Secret holds
+    if volume is None:
+        ids = tmp_path / "ids.txt"
+        ids.write_text("P101\nP102\nP103\n")
+        world["body"]["spec"]["forget"] = {"subjectsUri": f"file://{ids}"}
+        referenced = ["P101", "P102", "P103"]
+    result = _evaluate(world, kube)
+    assert result.step.status["phase"] == "Promoted" and _alias(world) == world["candidate"]
+    receipt = json.loads(storage.read_bytes(world["paths"].receipt))
+    assert receipt["subjects"]["hmac"] == receipts.subjects_hmac(referenced, kube.hmac_key)
+    (copy,) = kube.created
+    assert copy == jobs.build_subjects_secret(referenced, name=NAME, namespace=NAMESPACE, uid=UID,
+                                              owner=world["body"])
+
+
+def test_a_job_that_mounts_the_copy_is_never_decided_on_the_referenced_list(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.snapshot = None
+    kube.job = _legacy_job({"name": "subjects", "secret": {"secretName": SNAPSHOT}})
+    result = _evaluate(world, kube)
+    assert "is gone" in _condition(result.step, "Promoted")["message"] and _alias(world) == "v7"
+    assert "read_secret_key" not in [name for name, _ in kube.calls] and not kube.created
 
 
 def test_an_unreadable_snapshot_is_retried_not_decided(world: dict[str, Any]) -> None:

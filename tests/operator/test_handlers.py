@@ -97,13 +97,16 @@ def test_a_status_a_look_could_not_write_is_written_by_the_next_look_not_decided
 
 
 class _SecretsKube:
-    """One stored Secret (None: none) and the deletions asked for."""
+    """One stored Secret (None: none), the deletions asked for, and reads that fail first."""
 
-    def __init__(self, secret: dict[str, Any] | None) -> None:
+    def __init__(self, secret: dict[str, Any] | None, failures: list[Exception] | None = None) -> None:
         self.secret = secret
         self.deleted: list[tuple[str, str, str | None]] = []
+        self.failures = failures or []
 
     async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if self.failures:
+            raise self.failures.pop(0)
         return self.secret
 
     async def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
@@ -114,8 +117,8 @@ class _SecretsKube:
 RELEASED = {"metadata": {"namespace": "ns", "name": "r1", "uid": "u-1"}}
 
 
-def _release(secret: dict[str, Any] | None) -> _SecretsKube:
-    kube = _SecretsKube(secret)
+def _release(secret: dict[str, Any] | None, failures: list[Exception] | None = None) -> _SecretsKube:
+    kube = _SecretsKube(secret, failures)
     asyncio.run(handlers._release_subjects(kopf.Memo(kube=kube), RELEASED))
     return kube
 
@@ -132,3 +135,14 @@ def test_the_forget_list_copy_is_deleted_only_if_the_request_owns_it(caplog: pyt
     with caplog.at_level(logging.WARNING):
         assert _release(foreign).deleted == []
     assert f"Secret ns/{name} is not owned by" in caplog.text
+
+
+def test_deleting_the_copy_is_tried_again_on_a_retryable_error(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(handlers, "RELEASE_RETRY_SECONDS", 0.0)
+    ours = jobs.build_subjects_secret(["P1"], name="r1", namespace="ns", uid="u-1")
+    unavailable = ClusterUnavailable("The API server could not be reached to read Secret ns/x.")
+    assert len(_release(ours, [unavailable, unavailable]).deleted) == 1
+    with caplog.at_level(logging.WARNING):
+        assert _release(ours, [unavailable] * 3).deleted == []
+    assert "is left to garbage collection" in caplog.text
