@@ -387,6 +387,7 @@ class UnlearnRequestStatus(_Camel):
     report: ArtifactStatus | None = None
     receipt: ArtifactStatus | None = None
     subject_count: int | None = Field(default=None, ge=0)
+    subjects_secret_name: str | None = Field(default=None, max_length=253)
     start_time: str | None = None
     completion_time: str | None = None
     message: str | None = None

@@ -145,38 +145,50 @@ async def find_snapshot(kube: Kube, body: Mapping[str, Any]) -> tuple[list[str],
     return _snapshot_subjects(secret, namespace, uid), _snapshot_where(namespace, name)
 
 
-async def read_snapshot(kube: Kube, body: Mapping[str, Any], spec: UnlearnRequestSpec) -> tuple[list[str], str]:
+async def read_snapshot(kube: Kube, body: Mapping[str, Any], spec: UnlearnRequestSpec, *,
+                        copy: bool = False) -> tuple[list[str], str]:
     """The forget list the request's Jobs read (its subjects Secret), and where it is, for messages.
 
-    A request whose Job an operator from before the copy launched (the Job mounts the referenced
-    Secret, or reads a URI) has none: its referenced list is read, as that operator did, and copied
-    now, so that a retrain Job finds it and it is deleted when the request ends."""
+    A request that an operator from before the copy launched (no ``status.subjectsSecretName``:
+    its Job mounts the referenced Secret, or reads the URI) has none: its referenced list is read,
+    as that operator did, and with ``copy`` (a retrain Job will mount it) copied now."""
     found = await find_snapshot(kube, body)
     if found is not None:
         return found
     meta = body["metadata"]
     namespace, name = meta["namespace"], naming.subjects_secret_name(meta["name"], meta["uid"])
-    job_name = (body.get("status") or {}).get("jobName")
-    job = await kube.get_job(namespace, job_name) if job_name else None
-    if job is not None and not _mounts_secret(job, name):
+    if not (body.get("status") or {}).get("subjectsSecretName"):
         subjects, where = await read_subjects(kube, spec, namespace)
-        await snapshot_subjects(kube, body, subjects, where)
+        if copy:
+            await snapshot_subjects(kube, body, subjects, where)
         return subjects, where
     raise SubjectsError(f"{_snapshot_where(namespace, name)} is gone, so the receipt could not attest what was "
                         "forgotten: nothing was promoted. Create a new request.")
 
 
-def _mounts_secret(job: Mapping[str, Any], secret_name: str) -> bool:
-    volumes = (((job.get("spec") or {}).get("template") or {}).get("spec") or {}).get("volumes") or []
-    return any((volume.get("secret") or {}).get("secretName") == secret_name for volume in volumes)
+async def accept_subjects(kube: Kube, body: Mapping[str, Any],
+                          spec: UnlearnRequestSpec) -> tuple[pipeline.Accepted, list[str], str]:
+    """Accept the request with its referenced forget list; when that list no longer passes (changed
+    to something invalid, or gone), with the copy an earlier attempt at this launch made (a retry,
+    or an operator restart mid-launch), which is what that attempt's Job reads. The accepted
+    result, the list, and where it was read."""
+    try:
+        subjects, where = await read_subjects(kube, spec, body["metadata"]["namespace"])
+        return await in_thread(pipeline.accept, spec, "\n".join(subjects), where), subjects, where
+    except OperatorError as err:
+        if err.retryable:
+            raise
+        found = await find_snapshot(kube, body)
+        if found is None:
+            raise
+    subjects, where = found
+    return await in_thread(pipeline.accept, spec, "\n".join(subjects), where), subjects, where
 
 
-async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any], *, again: bool = False) -> Step:
-    """Accept the request (validate, resolve, count) and create its ConfigMap and Job once.
-
-    ``again``: an earlier attempt may have copied the forget list already (a retry, or a resume
-    after a restart). That copy, when there is one, is what is accepted, and the referenced list,
-    which may have changed or gone since, is not read again."""
+async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any]) -> Step:
+    """Accept the request (validate, resolve, count), copy its forget list, and create its
+    ConfigMap and Job once. When an earlier attempt already copied the list, that copy is what the
+    Job forgets and the receipt attests."""
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
     spec = parse_spec(body.get("spec") or {})
@@ -186,10 +198,8 @@ async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any], *, aga
         with_condition(body, step, "Unlearned", "Unknown", cond.NOT_STARTED, message)
         step.events.append(("Normal", "Suspended", message))
         return step
-    found = await find_snapshot(kube, body) if again else None
-    subjects, where = found if found is not None else await read_subjects(kube, spec, namespace)
-    accepted = await in_thread(pipeline.accept, spec, "\n".join(subjects), where)
-    subject_count = len(subjects if found is not None else await snapshot_subjects(kube, body, subjects, where))
+    accepted, subjects, where = await accept_subjects(kube, body, spec)
+    subject_count = len(await snapshot_subjects(kube, body, subjects, where))
     built = jobs.build_launch(spec, settings, name=name, namespace=namespace, uid=uid,
                               base_version=accepted.base.version, owner=body)
     await kube.create_or_get_configmap(namespace, built.configmap)
@@ -201,6 +211,7 @@ async def launch(kube: Kube, settings: Settings, body: Mapping[str, Any], *, aga
                    f"Job {built.job_name} was created and waits for its Pod to start.")
     step.status.update(baseModel=accepted.base.model_dump(by_alias=True, exclude_none=True),
                        subjectCount=subject_count, jobName=built.job_name,
+                       subjectsSecretName=naming.subjects_secret_name(name, uid),
                        attempts=max(1, int((body.get("status") or {}).get("attempts") or 0)),
                        startTime=(body.get("status") or {}).get("startTime") or now())
     if created:
@@ -348,7 +359,7 @@ async def _decide(kube: Kube, settings: Settings, body: Mapping[str, Any], spec:
     subjects: list[str] = []
     key: bytes | None = None
     if decision.terminal or decision == Decision.RETRAIN:  # what the receipt or the retrain needs, read first
-        subjects, where = await read_snapshot(kube, body, spec)
+        subjects, where = await read_snapshot(kube, body, spec, copy=decision == Decision.RETRAIN)
         if len(subjects) != report.counts.subjects:
             raise SubjectsError(f"{where} holds {len(subjects)} subjects, but the Job's report counts "
                                 f"{report.counts.subjects}: nothing was promoted. Create a new request.")

@@ -147,15 +147,15 @@ class _Stopped(Exception):
         self.step = step
 
 
-async def _launch(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *, again: bool) -> None:
-    """Launch the request (``again``: an earlier attempt may have begun it); a launch that fails for
-    good leaves nothing running: no Job, no copy of the forget list."""
+async def _launch(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> None:
+    """Launch the request. One that fails for good leaves nothing running: an earlier attempt (a
+    retry, or one a restart cut short before its status was saved) may have created the Job and
+    the copy of the forget list, and both are deleted."""
     try:
-        step = await _run(handler, body, flows.launch(memo.kube, memo.settings, body, again=again), accepting=True)
+        step = await _run(handler, body, flows.launch(memo.kube, memo.settings, body), accepting=True)
     except _Stopped as stop:
         _apply(body, patch, stop.step)
-        if again:  # an earlier attempt may have created the Job before its status was saved
-            await _delete_job(memo, body, naming.job_name(body["metadata"]["name"], body["metadata"]["uid"]))
+        await _delete_owned_job(memo, body)
         await _release_subjects(memo, body)
         raise kopf.PermanentError(str(stop)) from stop
     _apply(body, patch, step)
@@ -163,23 +163,23 @@ async def _launch(handler: str, body: kopf.Body, patch: kopf.Patch, memo: kopf.M
 
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
-async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, reason: str, **_: Any) -> None:
+async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     """Accept the request and create its Job once (a resumed request that has one is left to the tracker)."""
     status = body.get("status") or {}
     if cond.is_terminal(status.get("phase")) or status.get("jobName"):
         PHASES.observe(body, status.get("phase"))
         return
-    await _launch("start", body, patch, memo, again=retry > 0 or reason == kopf.Reason.RESUME)
+    await _launch("start", body, patch, memo)
 
 
 @kopf.on.field(*RESOURCE, field="spec.suspend")
-async def suspend_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, old: Any, new: Any, retry: int,
+async def suspend_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, old: Any, new: Any,
                           **_: Any) -> None:
     """Un-suspending a request that never launched launches it now."""
     status = body.get("status") or {}
     if old is None or new or status.get("jobName") or cond.is_terminal(status.get("phase")):
         return
-    await _launch("suspend", body, patch, memo, again=retry > 0)
+    await _launch("suspend", body, patch, memo)
 
 
 async def _evaluate(body: Mapping[str, Any], memo: kopf.Memo) -> flows.Step:
@@ -315,15 +315,28 @@ async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         memo.tracker.poke(owner)
 
 
-async def _delete_job(memo: kopf.Memo, body: Mapping[str, Any], job_name: str | None = None) -> None:
-    """Delete the request's Job (``job_name``, else ``status.jobName``) to stop it at once: a deleted
-    request's, which garbage collection would remove later, or a failed launch's."""
-    job_name = job_name or (body.get("status") or {}).get("jobName")
+async def _delete_job(memo: kopf.Memo, body: Mapping[str, Any]) -> None:
+    """A deleted request's Job goes with it (ownerReference); deleting it here too stops it at once."""
+    job_name = (body.get("status") or {}).get("jobName")
     if not job_name:
         return
     try:
         if await memo.kube.delete_job(body["metadata"]["namespace"], job_name):
-            log.info("Deleted Job %s of %s", job_name, flows.describe(body))
+            log.info("Deleted Job %s of deleted %s", job_name, flows.describe(body))
+    except OperatorError as err:
+        log.warning("Job %s of deleted %s is left to garbage collection: %s", job_name, flows.describe(body),
+                    err.message)
+
+
+async def _delete_owned_job(memo: kopf.Memo, body: Mapping[str, Any]) -> None:
+    """Delete the unlearn Job of a request whose launch failed for good, if an earlier attempt
+    created it (only when the request owns it)."""
+    meta = body["metadata"]
+    namespace, job_name = meta["namespace"], naming.job_name(meta["name"], meta["uid"])
+    try:
+        job = await memo.kube.get_job(namespace, job_name)
+        if job is not None and jobs.owned_by(job, meta["uid"]) and await memo.kube.delete_job(namespace, job_name):
+            log.info("Deleted Job %s of %s, whose launch failed", job_name, flows.describe(body))
     except OperatorError as err:
         log.warning("Job %s of %s is left to garbage collection: %s", job_name, flows.describe(body), err.message)
 

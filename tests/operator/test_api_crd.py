@@ -329,7 +329,8 @@ def test_every_status_field_the_operator_can_write_is_declared() -> None:
     pair = {"original": 0.9, "unlearned": 0.5}
     status = api.UnlearnRequestStatus(
         phase="Promoted", observed_generation=2, attempts=1, job_name="forgetmi-r-12345678", mia=0.41,
-        test_auc_drop=0.01, subject_count=3, start_time="2025-01-01T00:00:00Z", message="Promoted version v2.",
+        test_auc_drop=0.01, subject_count=3, subjects_secret_name="forgetmi-r-12345678-subjects",
+        start_time="2025-01-01T00:00:00Z", message="Promoted version v2.",
         completion_time="2025-01-01T01:00:00Z",
         conditions=[api.Condition(type="Promoted", status="True", reason="AliasMoved", message="Moved.",
                                   last_transition_time="2025-01-01T01:00:00Z", observed_generation=2)],

@@ -82,6 +82,14 @@ class FakeKube:
         self.created.append(body)
         return body, True
 
+    async def create_or_get_configmap(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        self._call("create_or_get_configmap", namespace, body["metadata"]["name"])
+        return body, True
+
+    async def create_or_get_job(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        self._call("create_or_get_job", namespace, body["metadata"]["name"])
+        return body, True
+
     def patched(self) -> list[tuple[Any, ...]]:
         return [args for name, args in self.calls if name == "patch_deployment_env"]
 
@@ -119,7 +127,7 @@ def world(tmp_path: Path) -> dict[str, Any]:
                  "data": {"manifestUri": "file:///data/manifest.csv"},
                  "forget": {"subjectsSecretRef": {"name": "subjects", "key": "ids"}},
                  "rollout": {"mode": "Automatic", "target": {"kind": "Deployment", "name": "cxr-server"}}},
-        "status": {"jobName": naming.job_name(NAME, UID), "subjectCount": 3,
+        "status": {"jobName": naming.job_name(NAME, UID), "subjectCount": 3, "subjectsSecretName": SNAPSHOT,
                    "baseModel": {"version": "v7", "uri": registry.version_uri(reg, MODEL, "v7"), "sha256": base_sha}},
     }
     return {"reg": reg, "body": body, "paths": paths, "candidate": candidate_version, "report": report}
@@ -245,42 +253,44 @@ def test_a_snapshot_this_request_does_not_own_is_never_trusted(world: dict[str, 
     assert "is not owned by this UnlearnRequest" in _condition(result.step, "Promoted")["message"]
 
 
-def _legacy_job(subjects_volume: dict[str, Any] | None) -> dict[str, Any]:
-    """A Job an operator from before the forget-list copy made: it mounts the referenced Secret
-    (or, for a subjectsUri, no subjects volume at all)."""
-    volumes = [{"name": "config", "configMap": {"name": naming.job_name(NAME, UID)}}]
-    if subjects_volume is not None:
-        volumes.append(subjects_volume)
-    return {"metadata": {"name": naming.job_name(NAME, UID)}, "spec": {"template": {"spec": {"volumes": volumes}}}}
-
-
-@pytest.mark.parametrize("volume", [{"name": "subjects", "secret": {"secretName": "subjects"}}, None],
-                         ids=["referenced-secret", "uri"])
-def test_a_job_from_before_the_copy_is_decided_on_the_referenced_list_which_is_copied_then(
-        world: dict[str, Any], volume: dict[str, Any] | None, tmp_path: Path) -> None:
-    """An upgrade with requests in flight: their Jobs read the referenced list, so that list is
-    what is checked (its count) and attested, as the earlier operator did."""
+@pytest.mark.parametrize("source", ["referenced-secret", "uri"])
+@pytest.mark.parametrize("decision", ["Promote", "Retrain"])
+def test_a_request_from_before_the_copy_is_decided_on_the_referenced_list(
+        world: dict[str, Any], source: str, decision: str, tmp_path: Path) -> None:
+    """An upgrade with requests in flight: an earlier operator launched them (no
+    status.subjectsSecretName) and their Jobs read the referenced list, so that list is what is
+    checked (its count) and attested, as that operator did; a retrain copies it for its Job."""
     kube = FakeKube()
-    kube.snapshot, kube.job, kube.hmac_key = None, _legacy_job(volume), b"k" * 32
+    kube.snapshot, kube.hmac_key = None, b"k" * 32
+    del world["body"]["status"]["subjectsSecretName"]
     referenced = ["P009", "P008", "P007"]  # what FakeKube's referenced Secret holds
-    if volume is None:
+    if source == "uri":
         ids = tmp_path / "ids.txt"
         ids.write_text("P101\nP102\nP103\n")
         world["body"]["spec"]["forget"] = {"subjectsUri": f"file://{ids}"}
         referenced = ["P101", "P102", "P103"]
+    if decision == "Retrain":
+        world["body"]["spec"]["gates"] = [{"metric": "testAUC", "comparator": "atLeast", "threshold": 1.0}]
+        world["body"]["spec"]["rollout"] = {"mode": "Automatic", "onGateFailure": "Retrain"}
+        result = _evaluate(world, kube)
+        assert _condition(result.step, "Promoted")["reason"] == cond.RETRAINING
+        # the copy is made before the retrain Job that mounts it
+        made = [name for name, _ in kube.calls if name.startswith("create_or_get")]
+        assert made == ["create_or_get_secret", "create_or_get_configmap", "create_or_get_job"]
+        (copy,) = kube.created
+        assert copy == jobs.build_subjects_secret(referenced, name=NAME, namespace=NAMESPACE, uid=UID,
+                                                  owner=world["body"])
+        return
     result = _evaluate(world, kube)
     assert result.step.status["phase"] == "Promoted" and _alias(world) == world["candidate"]
     receipt = json.loads(storage.read_bytes(world["paths"].receipt))
     assert receipt["subjects"]["hmac"] == receipts.subjects_hmac(referenced, kube.hmac_key)
-    (copy,) = kube.created
-    assert copy == jobs.build_subjects_secret(referenced, name=NAME, namespace=NAMESPACE, uid=UID,
-                                              owner=world["body"])
+    assert not kube.created  # nothing will mount it: no copy to delete later
 
 
-def test_a_job_that_mounts_the_copy_is_never_decided_on_the_referenced_list(world: dict[str, Any]) -> None:
+def test_a_request_launched_with_a_copy_is_never_decided_on_the_referenced_list(world: dict[str, Any]) -> None:
     kube = FakeKube()
     kube.snapshot = None
-    kube.job = _legacy_job({"name": "subjects", "secret": {"secretName": SNAPSHOT}})
     result = _evaluate(world, kube)
     assert "is gone" in _condition(result.step, "Promoted")["message"] and _alias(world) == "v7"
     assert "read_secret_key" not in [name for name, _ in kube.calls] and not kube.created

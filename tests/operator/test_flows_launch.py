@@ -62,6 +62,10 @@ class FakeKube:
     async def create_or_get_job(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         return await self._create_or_get("Job", body)
 
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("get_job")
+        return self.objects.get(("Job", name))
+
     async def delete_job(self, namespace: str, name: str) -> bool:
         self.deleted.append(("Job", name))
         return self.objects.pop(("Job", name), None) is not None
@@ -91,8 +95,8 @@ def body(tmp_path: Path) -> dict[str, Any]:
     }
 
 
-def _launch(kube: FakeKube, body: dict[str, Any], *, again: bool = False) -> flows.Step:
-    return asyncio.run(flows.launch(kube, Settings(), body, again=again))  # type: ignore[arg-type]
+def _launch(kube: FakeKube, body: dict[str, Any]) -> flows.Step:
+    return asyncio.run(flows.launch(kube, Settings(), body))  # type: ignore[arg-type]
 
 
 def _copied(kube: FakeKube) -> list[str]:
@@ -110,24 +114,26 @@ def test_a_first_launch_reads_the_referenced_list_once_and_copies_it_before_the_
                                            "defaultMode": 0o440}} in job["spec"]["template"]["spec"]["volumes"]
 
 
-def test_a_launch_tried_again_uses_the_copy_not_the_referenced_list_changed_or_gone_since(
-        body: dict[str, Any]) -> None:
+def test_a_launch_tried_again_keeps_the_copy_whatever_the_referenced_list_became(body: dict[str, Any]) -> None:
+    """A retry, or a restart that cut the first attempt short after the copy: the copy made first
+    is what the Job forgets, whether the referenced list changed, turned invalid or went."""
     kube = FakeKube("P001\nP002\n")
     _launch(kube, body)
-    del kube.objects[("Job", naming.job_name(NAME, UID))]  # the first attempt stopped before its Job
-    for referenced in ("P003\nP004\nP001\n", None):
-        kube.referenced, kube.calls = referenced, []
-        step = _launch(kube, body, again=True)
-        assert "read_secret_key" not in kube.calls
+    for referenced in ("P003\nP004\nP001\n", "P001\nP999\n", None):
+        del kube.objects[("Job", naming.job_name(NAME, UID))]  # the earlier attempt stopped before its Job
+        kube.referenced = referenced
+        step = _launch(kube, body)
         assert step.status["subjectCount"] == 2 and _copied(kube) == ["P001", "P002"]
+        assert step.status["subjectsSecretName"] == SNAPSHOT
         assert ("Job", naming.job_name(NAME, UID)) in kube.objects
 
 
-def test_a_launch_tried_again_before_any_copy_reads_the_referenced_list(body: dict[str, Any]) -> None:
-    kube = FakeKube("P004\n")
-    step = _launch(kube, body, again=True)
-    assert kube.calls[:2] == ["get_secret", "read_secret_key"]
-    assert step.status["subjectCount"] == 1 and _copied(kube) == ["P004"]
+def test_without_a_copy_a_referenced_list_that_does_not_pass_fails_the_launch(body: dict[str, Any]) -> None:
+    kube = FakeKube("P001\nP999\n")
+    with pytest.raises(SubjectsError, match=r"1 of 2 forget subjects in Secret radiology/ids key 'subjects' have no "
+                                            r"training samples"):
+        _launch(kube, body)
+    assert kube.calls == ["read_secret_key", "get_secret"] and not kube.objects
 
 
 def test_a_forget_list_too_large_for_a_secret_fails_naming_its_source_and_creates_nothing(
@@ -157,15 +163,18 @@ def test_a_launch_that_fails_for_good_leaves_no_job_and_no_copy(body: dict[str, 
     memo = kopf.Memo(kube=kube, settings=Settings())
     patch = kopf.Patch()
     with pytest.raises(kopf.PermanentError, match=r"spec\.model"):
-        asyncio.run(handlers._launch("start", kopf.Body(body), patch, memo, again=True))
+        asyncio.run(handlers._launch("start", kopf.Body(body), patch, memo))
     assert patch["status"]["phase"] == "Failed" and posted == ["InputNotFound"]
     assert kube.deleted == [("Job", naming.job_name(NAME, UID)), ("Secret", SNAPSHOT)]
     assert not {kind for kind, _ in kube.objects} & {"Job", "Secret"}
 
 
-def test_a_first_launch_that_fails_deletes_no_job(body: dict[str, Any], posted: list[str]) -> None:
+def test_a_failed_launch_never_deletes_a_job_the_request_does_not_own(body: dict[str, Any],
+                                                                     posted: list[str]) -> None:
     kube = FakeKube(None)
+    foreign = {"metadata": {"name": naming.job_name(NAME, UID), "ownerReferences": [{"uid": "another"}]}}
+    kube.objects[("Job", naming.job_name(NAME, UID))] = foreign
     memo = kopf.Memo(kube=kube, settings=Settings())
     with pytest.raises(kopf.PermanentError, match="Secret radiology/ids does not exist"):
-        asyncio.run(handlers._launch("start", kopf.Body(body), kopf.Patch(), memo, again=False))
-    assert [kind for kind, _ in kube.deleted] == []  # no copy was made, and no Job could exist
+        asyncio.run(handlers._launch("start", kopf.Body(body), kopf.Patch(), memo))
+    assert kube.deleted == [] and posted == ["SecretNotFound"]
