@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 """(namespace, name)."""
 OWNER_KIND = "UnlearnRequest"
+MAX_CLOSED = 100_000
+"""Closed requests remembered (≈ 200 bytes each); the oldest close is forgotten beyond this."""
 
 
 def key_of(body: Mapping[str, Any]) -> Key:
@@ -131,7 +133,10 @@ class Tracker:
         if not self._is_open(body):
             self.entries.pop(key, None)
             meta = body.get("metadata") or {}
+            self.closed.pop(key, None)
             self.closed[key] = {"metadata": {"uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}}
+            if len(self.closed) > MAX_CLOSED:  # a deletion the watch missed (a gap before a re-list)
+                del self.closed[next(iter(self.closed))]
             return None
         self.closed.pop(key, None)
         if entry is None:

@@ -320,7 +320,7 @@ def test_the_receipt_attests_the_list_as_accepted_and_the_snapshot_goes_when_the
                            RUN_TIMEOUT, "Evaluating")
         assert _condition(waiting, "Promoted")["reason"] == "AwaitingApproval", waiting["status"]
         snapshot = naming.subjects_secret_name("attest", waiting["metadata"]["uid"])
-        assert waiting["status"]["subjectsSecretName"] == snapshot  # kept by the API server's structural schema
+        assert waiting["status"]["subjectsSecretName"] == snapshot  # declared in the CRD's status schema
         (job,) = _jobs(cluster)
         volumes = job["spec"]["template"]["spec"]["volumes"]
         assert {"name": "subjects", "secret": {"secretName": snapshot, "defaultMode": 0o440,

@@ -121,6 +121,16 @@ async def test_a_watch_event_older_than_the_close_does_not_reopen_the_request() 
 
 
 @run_async
+async def test_closed_requests_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deletion the watch missed never comes as an event; the oldest closes are forgotten first."""
+    monkeypatch.setattr("forgetmi_operator.tracker.MAX_CLOSED", 2)
+    tracker = Tracker(Looks(), is_open=_open)
+    for name in ("a", "b", "c"):
+        tracker.observe(_request(name, "5", phase="Held"))
+    assert list(tracker.closed) == [("ns", "b"), ("ns", "c")]
+
+
+@run_async
 async def test_job_changed_keeps_the_latest_job_and_names_its_owner() -> None:
     tracker = Tracker(Looks(), is_open=_open)
     assert tracker.job_changed(_job("j", "2", active=1)) == ("ns", "r1")
