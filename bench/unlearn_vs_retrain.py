@@ -3,7 +3,7 @@
 On the generated dataset (trainer/synthetic.py) this trains the original once per seed, then for
 every forget fraction runs each method through the trainer's registry (``methods.get_method``),
 timed in the same process on the same machine, and scores every model with the trainer's own
-metrics (``scoring.model_metrics``: macro AUC/F1 of the image head, the paper's MIA and the
+metrics (``evaluate.model_metrics``: macro AUC/F1 of the image head, the paper's MIA and the
 forget-vs-test attack AUC).
 
 * ``retrain`` trains from scratch on the retain set with the original's recipe (``TrainConfig()``).
@@ -63,15 +63,14 @@ from forgetmi_trainer import data, synthetic
 from forgetmi_trainer.contract import MethodConfig, SelectionRule
 from forgetmi_trainer.demo import DEMO_METHOD
 from forgetmi_trainer.errors import DivergedError
-from forgetmi_trainer.fit import MAX_TOKENS
+from forgetmi_trainer.evaluate import model_metrics
 from forgetmi_trainer.job import NOISY_TEXT_COPIES
-from forgetmi_trainer.methods import MethodContext, get_method
+from forgetmi_trainer.manifest import read_manifest, split
+from forgetmi_trainer.methods import MethodContext, UnlearnInputs, get_method
 from forgetmi_trainer.model import build_model
 from forgetmi_trainer.runtime import resolve_device, resolve_precision, seed_everything
-from forgetmi_trainer.scoring import model_metrics
 from forgetmi_trainer.tokenizer import build_tokenizer, build_vocabulary
-from forgetmi_trainer.train import TrainConfig, train_model
-from forgetmi_trainer.unlearn import UnlearnInputs
+from forgetmi_trainer.train import MAX_TOKENS, TrainConfig, train_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's own modules (run with -P)
 from bench_output import METRICS, format_tables, json_safe, plot
@@ -183,7 +182,7 @@ class World:
             synthetic.SynthParams(patients=args.patients, image_size=args.image_size, seed=seed)
         )
         manifest_uri = synthetic.write_dataset(self.samples, (workdir / f"data-{seed}").as_uri())
-        self.manifest = data.read_manifest(manifest_uri)
+        self.manifest = read_manifest(manifest_uri)
         self.tokenizer = build_tokenizer(
             build_vocabulary(self.manifest.texts), workdir / f"tok-{seed}", max_length=MAX_TOKENS
         )
@@ -225,7 +224,7 @@ class World:
 
     def inputs(self, fraction: float, noise_level: float) -> UnlearnInputs:
         subjects = synthetic.choose_forget_subjects(self.samples, fraction, self.seed)
-        sets = data.split(self.manifest, subjects)
+        sets = split(self.manifest, subjects)
         forget, retain, test = (self.encoded.take(ix).to(self.device) for ix in (sets.forget, sets.retain, sets.test))
         pool = data.noisy_text_pool(
             [self.manifest.texts[i] for i in sets.forget],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from forgetmi_trainer.contract import ExitCode, JobConfig, summary_line
+from forgetmi_trainer.contract import ExitCode, JobConfig, dotted, summary_line, validation_problems
 from forgetmi_trainer.errors import ConfigError, DivergedError, StorageError, TrainerError
 
 log = logging.getLogger("forgetmi_trainer")
@@ -48,12 +48,9 @@ def _setup_logging() -> None:
 
 
 def describe_validation(err: ValidationError, what: str) -> str:
-    """One sentence naming each bad field of a pydantic error."""
-    parts = []
-    for item in err.errors(include_url=False, include_input=False):
-        field = ".".join(str(p) for p in item["loc"]) or what
-        parts.append(f"{field}: {item['msg'].removeprefix('Value error, ')}")
-    return f"The {what} is invalid: {'; '.join(parts)}."
+    """One sentence naming each bad field of a pydantic error (``what`` names a whole-input error)."""
+    problems = validation_problems(err, lambda loc: dotted(loc) or what)
+    return f"The {what} is invalid: {'; '.join(problems)}."
 
 
 def _termination_path(config: JobConfig | None, override: str | None) -> Path | None:
@@ -115,8 +112,7 @@ def command_synth(args: argparse.Namespace) -> int:
 
 def command_train(args: argparse.Namespace) -> int:
     from forgetmi_trainer.contract import parse_subjects
-    from forgetmi_trainer.fit import fit_and_publish
-    from forgetmi_trainer.train import TrainConfig
+    from forgetmi_trainer.train import TrainConfig, fit_and_publish
 
     exclude = parse_subjects(Path(args.exclude_subjects).read_text()) if args.exclude_subjects else []
     recipe = TrainConfig(

@@ -15,8 +15,8 @@ from forgetmi_trainer.contract import (
     ModelRef,
     comparison,
 )
-from forgetmi_trainer.fit import fit_and_publish
 from forgetmi_trainer.job import run_job
+from forgetmi_trainer.train import fit_and_publish
 
 MODEL = "demo-model"
 FORGET_FRACTION = 0.08

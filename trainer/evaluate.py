@@ -1,16 +1,51 @@
-"""Utility metrics of the image head (FORGET_MI.md §5): macro one-vs-rest ROC AUC and macro F1.
+"""Scoring a model (FORGET_MI.md §5): image-head logits on the forget, retain and test sets →
+macro one-vs-rest ROC AUC, macro F1 and the membership-inference audit.
 
-Pure numpy + scikit-learn on logits already computed by the model. Every metric returns
-``None`` when it cannot be measured on the given samples (an empty split, a single class),
-so a report never carries a number that means nothing.
+:func:`model_metrics` runs the model (:func:`image_logits`); every metric below it is pure
+numpy + scikit-learn on logits already computed. Every metric returns ``None`` when it cannot
+be measured on the given samples (an empty split, a single class), so a report never carries a
+number that means nothing.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
-from forgetmi_trainer.contract import SplitMetrics
+from forgetmi_trainer import mia
+from forgetmi_trainer.contract import ModelMetrics, SplitMetrics
+from forgetmi_trainer.data import Encoded
+from forgetmi_trainer.model import MultimodalClassifier
+from forgetmi_trainer.runtime import autocast
+
+
+def model_metrics(
+    model: MultimodalClassifier, forget: Encoded, retain: Encoded, test: Encoded, *, seed: int, precision: str = "fp32"
+) -> tuple[ModelMetrics, np.ndarray]:
+    """AUC/F1 on forget and test and the four MIA numbers; also returns the retain logits (N, C)."""
+    f, r, t = (image_logits(model, d, precision=precision) for d in (forget, retain, test))
+    yf, yr, yt = (d.labels.cpu().numpy() for d in (forget, retain, test))
+    split = split_metrics(f, yf, t, yt)
+    audit = mia.audit(
+        mia.per_sample_losses(r, yr), yr, mia.per_sample_losses(t, yt), yt, mia.per_sample_losses(f, yf), yf, seed=seed
+    )
+    return ModelMetrics(split=split, mia=audit), r
+
+
+@torch.no_grad()
+def image_logits(
+    model: MultimodalClassifier, data: Encoded, *, precision: str = "fp32", batch_size: int = 512
+) -> np.ndarray:
+    """Image-head logits (N, C) as float64."""
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = []
+    for start in range(0, len(data), batch_size):
+        b = data.take(torch.arange(start, min(start + batch_size, len(data)))).to(device)
+        with autocast(device, precision):
+            chunks.append(model(b.pixels, b.input_ids, b.attention_mask).image_logits.float().cpu())
+    return torch.cat(chunks).double().numpy()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -119,10 +119,6 @@ class LossTerms:
     ur: Tensor
     mr: Tensor
 
-    def as_floats(self) -> dict[str, float]:
-        """Detached values for logging: ``{"uu": ..., "mu": ..., "ur": ..., "mr": ...}``."""
-        return {name: float(getattr(self, name).detach()) for name in ("uu", "mu", "ur", "mr")}
-
 
 def combine(terms: LossTerms, weights: LossWeights, sign: Sign = "push") -> Tensor:
     """The scalar step loss ``w_UU·L_UU + w_MU·L_MU + w_UR·L_UR + w_MR·L_MR`` with the

@@ -20,18 +20,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from forgetmi_trainer import storage
+from forgetmi_trainer.manifest import MANIFEST_COLUMNS
 
-MANIFEST_COLUMNS = ("sample_id", "subject_id", "image_uri", "report_text", "label", "split")
 CLASS_WORDS = (
     ("clear", "normal", "unremarkable"),
     ("congestion", "vascular", "cephalization"),
     ("interstitial", "kerley", "septal"),
     ("alveolar", "consolidation", "airspace"),
-)
-# Clinical keywords the text perturbation masks (FORGET_MI.md §3).
-CLINICAL_KEYWORDS = frozenset(
-    {"edema", "lung", "lungs", "atelectasis", "cardiomegaly", "pneumothorax", "effusion", "opacity",
-     "pleural", "heart", *(w for words in CLASS_WORDS for w in words)}
 )
 FILLER = (
     "portable", "chest", "view", "compared", "prior", "study", "lung", "lungs", "heart", "size",

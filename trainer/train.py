@@ -1,4 +1,5 @@
-"""Training an original model, or retraining one from scratch without the forgotten patients.
+"""Training an original model, or retraining one from scratch without the forgotten patients,
+and fitting one on a manifest and publishing it (the ``train`` command and the demo).
 
 Loss per batch: image-head CE + text-head CE + image-head CE of the joint embedding (trains
 the fusion gate) + an alignment term ``1 - cos(a, t)``. The same code runs on CPU and GPU.
@@ -8,19 +9,28 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from forgetmi_trainer import data
+from forgetmi_trainer.checkpoint import publish_model, save_model
 from forgetmi_trainer.data import Encoded
-from forgetmi_trainer.errors import DivergedError
-from forgetmi_trainer.model import MultimodalClassifier
-from forgetmi_trainer.runtime import adamw, autocast
+from forgetmi_trainer.errors import DivergedError, InputError
+from forgetmi_trainer.manifest import Manifest, read_manifest
+from forgetmi_trainer.model import MultimodalClassifier, MultimodalConfig, build_model, tiny_bert_config
+from forgetmi_trainer.progress import ProgressReporter
+from forgetmi_trainer.runtime import adamw, autocast, resolve_device, resolve_precision, seed_everything
+from forgetmi_trainer.tokenizer import build_tokenizer, build_vocabulary
 
 log = logging.getLogger(__name__)
+MAX_TOKENS = 24
 
 
 class TrainConfig(BaseModel):
@@ -88,3 +98,75 @@ def train_model(
     rate = config.epochs * len(data) / max(time.perf_counter() - start, 1e-9)
     log.info("Trained %d epochs on %d samples: final loss %.4f, %.0f samples/s", config.epochs, len(data), mean, rate)
     return model.eval()
+
+
+# --- the ``train`` command and the demo: fit on a manifest and publish -----------------------
+
+
+def fit_and_publish(
+    manifest_uri: str,
+    out_uri: str,
+    *,
+    exclude: list[str] | None = None,
+    recipe: TrainConfig | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    precision: str = "auto",
+    metadata: dict[str, str] | None = None,
+) -> tuple[str, float]:
+    """Train on the manifest's training samples (minus ``exclude``d subjects) and publish the
+    model directory to ``out_uri``; returns (weights sha256, training seconds).
+
+    The tokenizer's vocabulary is built from every report of the manifest and shipped inside the
+    model directory. ``exclude`` subjects (a retrained reference) are left out of training."""
+    recipe = recipe or TrainConfig()
+    torch_device = resolve_device(device)
+    prec = resolve_precision(precision, torch_device)
+    manifest = read_manifest(manifest_uri)
+    excluded = set(exclude or [])
+    idx = _training_rows(manifest, excluded, manifest_uri)
+    images = data.load_images([manifest.image_uris[i] for i in idx])
+    with tempfile.TemporaryDirectory(prefix="forgetmi-fit-") as tmp:
+        directory = Path(tmp) / "model"
+        tokenizer = build_tokenizer(build_vocabulary(manifest.texts), directory, max_length=MAX_TOKENS)
+        encoded = data.encode(images, [manifest.texts[i] for i in idx], manifest.labels[idx], tokenizer, MAX_TOKENS)
+        model = build_model(_model_config(manifest, images, len(tokenizer)), seed)
+        generator = seed_everything(seed)
+        reporter = ProgressReporter("train" if not excluded else "retrain")
+        start = time.perf_counter()
+        train_model(
+            model,
+            encoded,
+            recipe,
+            generator=generator,
+            device=torch_device,
+            precision=prec,
+            on_epoch=lambda epoch, loss: reporter.update(epoch, recipe.epochs, loss),
+        )
+        seconds = time.perf_counter() - start
+        save_model(model.to(torch.device("cpu")), tokenizer, directory)
+        counts = {"trained_samples": str(idx.size), "excluded_subjects": str(len(excluded))}
+        sha = publish_model(directory, out_uri, {**(metadata or {}), **counts})
+    log.info("Trained on %d samples in %.1fs and published %s", idx.size, seconds, out_uri)
+    return sha, seconds
+
+
+def _training_rows(manifest: Manifest, excluded: set[str], uri: str) -> np.ndarray:
+    """Indices (N,) of the manifest's training samples whose subject is not ``excluded``."""
+    idx = np.asarray(
+        [i for i in range(len(manifest)) if manifest.splits[i] == "train" and manifest.subject_ids[i] not in excluded],
+        dtype=np.int64,
+    )
+    if idx.size == 0:
+        raise InputError(f"Manifest {uri} has no training samples left to train on.")
+    return idx
+
+
+def _model_config(manifest: Manifest, images: np.ndarray, vocab_size: int) -> MultimodalConfig:
+    """The small CNN + tiny BERT for ``images`` (N, C, H, W) and the manifest's classes."""
+    return MultimodalConfig(
+        num_labels=int(manifest.labels.max()) + 1,
+        image_size=int(images.shape[-1]),
+        image_channels=int(images.shape[1]),
+        text_encoder_config=tiny_bert_config(vocab_size),
+    )

@@ -12,15 +12,14 @@ from typing import Any
 import boto3
 import pytest
 
-from forgetmi_operator import registry
+from forgetmi_operator.registry import aliases as registry
 from forgetmi_trainer import storage, synthetic
 
 
 @contextlib.contextmanager
 def fitted_world(s3_server: str, prefix: str = "e2e") -> Iterator[dict[str, Any]]:
     """Yields ``{bucket, s3, manifest, subjects, sha, registry}`` with the endpoint set for storage."""
-    from forgetmi_trainer.fit import fit_and_publish
-    from forgetmi_trainer.train import TrainConfig
+    from forgetmi_trainer.train import TrainConfig, fit_and_publish
 
     with pytest.MonkeyPatch.context() as env:
         env.setenv(storage.ENDPOINT_ENV, s3_server)

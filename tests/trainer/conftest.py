@@ -12,8 +12,7 @@ import pytest
 
 from forgetmi_trainer import storage, synthetic
 from forgetmi_trainer.contract import ForgetSubjects, JobConfig, MethodConfig, ModelRef
-from forgetmi_trainer.fit import fit_and_publish
-from forgetmi_trainer.train import TrainConfig
+from forgetmi_trainer.train import TrainConfig, fit_and_publish
 
 MODEL = "m"
 

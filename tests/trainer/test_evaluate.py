@@ -1,13 +1,16 @@
-"""AUC/F1 of the image head against hand-computed cases (FORGET_MI.md §5)."""
+"""Scoring (FORGET_MI.md §5): AUC/F1 of the image head against hand-computed cases, and a model's logits and metrics."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import roc_auc_score
 
 from forgetmi_trainer import evaluate
 from forgetmi_trainer.contract import SplitMetrics
+from forgetmi_trainer.data import Encoded
+from forgetmi_trainer.model import MultimodalClassifier, MultimodalConfig, build_model, tiny_bert_config
 
 # One sample per class; per-class one-vs-rest AUCs worked out by hand:
 # class 0: 0.7 beats 0.2, 0.1, 0.1 -> 1; class 1: 0.5 beats 0.1, 0.1, loses to 0.6 -> 2/3;
@@ -141,3 +144,29 @@ def test_logit_distance_treats_zero_vectors_as_orthogonal_and_guards_shapes() ->
         evaluate.logit_distance(np.ones((2, 3)), np.ones((3, 3)))
     with pytest.raises(ValueError, match="at least one sample"):
         evaluate.logit_distance(np.zeros((0, 3)), np.zeros((0, 3)))
+
+
+def _tiny_model_and_data(n: int = 13) -> tuple[MultimodalClassifier, Encoded]:
+    """An untrained small model with 3 classes and ``n`` random samples."""
+    model = build_model(MultimodalConfig(num_labels=3, image_size=16, text_encoder_config=tiny_bert_config(40)), 0)
+    g = torch.Generator().manual_seed(0)
+    pixels, ids = torch.rand(n, 1, 16, 16, generator=g), torch.randint(5, 40, (n, 8), generator=g)
+    return model, Encoded(pixels, ids, torch.ones(n, 8, dtype=torch.long), torch.arange(n) % 3)
+
+
+def test_image_logits_are_the_image_heads_in_float64_whatever_the_batch_size() -> None:
+    model, data = _tiny_model_and_data()
+    logits = evaluate.image_logits(model, data, batch_size=4)
+    with torch.no_grad():
+        expected = model.eval()(data.pixels, data.input_ids, data.attention_mask).image_logits
+    assert logits.dtype == np.float64 and logits.shape == (13, 3)
+    np.testing.assert_allclose(logits, expected.double().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_model_metrics_score_forget_and_test_and_return_the_retain_logits() -> None:
+    model, data = _tiny_model_and_data()
+    metrics, retain_logits = evaluate.model_metrics(model, data, data, data, seed=0)
+    np.testing.assert_array_equal(retain_logits, evaluate.image_logits(model, data))
+    labels = data.labels.numpy()
+    assert metrics.split == evaluate.split_metrics(retain_logits, labels, retain_logits, labels)
+    assert metrics.split.forget_auc == metrics.split.test_auc

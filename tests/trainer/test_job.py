@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from forgetmi_trainer import storage
+from forgetmi_trainer import storage, synthetic
 from forgetmi_trainer.cli import main
-from forgetmi_trainer.contract import Progress, Report
+from forgetmi_trainer.contract import ForgetSubjects, JobConfig, MethodConfig, ModelRef, Progress, Report
+from forgetmi_trainer.job import run_job
+from forgetmi_trainer.train import TrainConfig, fit_and_publish
 
 S3World = Any  # tests/trainer/conftest.py's S3World (conftest modules are not imported by name)
 
@@ -172,3 +174,41 @@ def test_selection_epoch_beyond_epochs_is_exit_2(s3_world: S3World, s3_env: str,
     code, message = _run_bad(tmp_path, json.dumps(config))
     assert code == 2
     assert "method.selection.epoch" in message
+
+
+def test_an_option_the_method_does_not_take_is_exit_2(s3_world: S3World, s3_env: str, tmp_path: Path) -> None:
+    subjects = _write(tmp_path, "subjects.txt", "\n".join(s3_world.forget))
+    config = json.loads(s3_world.job_config(subjects).model_dump_json())
+    config["method"]["options"] = {"alpha": 0.5}  # a neggrad-plus option; forget-mi takes none
+    code, message = _run_bad(tmp_path, json.dumps(config))
+    assert code == 2
+    assert "method.options.alpha: Extra inputs are not permitted" in message and "forget-mi" in message
+
+
+def test_a_baseline_runs_as_a_job_with_report_and_progress(tmp_path: Path) -> None:
+    """``method.name`` selects a baseline on the Job path: report, candidate and progress lines."""
+    samples = synthetic.generate(synthetic.SynthParams(patients=12, seed=1))
+    manifest_uri = synthetic.write_dataset(samples, (tmp_path / "data").as_uri())
+    registry = (tmp_path / "registry").as_uri()
+    recipe = TrainConfig(epochs=2, batch_size=32)
+    fit_and_publish(manifest_uri, f"{registry}/m/versions/v1", recipe=recipe, seed=0, device="cpu", precision="fp32")
+    subjects = tmp_path / "forget.txt"
+    subjects.write_text("\n".join(synthetic.choose_forget_subjects(samples, 0.15, seed=0)))
+    progress = tmp_path / "progress.jsonl"
+    config = JobConfig(
+        model=ModelRef(registry_uri=registry, name="m", version="v1"),
+        manifest_uri=manifest_uri,
+        forget=ForgetSubjects(file=str(subjects)),
+        method=MethodConfig(name="scrub", epochs=2, batch_size=16, options={"msteps": 1, "retain_steps": 1}),
+        output_uri=f"{registry}/m/versions/v2",
+        candidate_version="v2",
+        device="cpu",
+        precision="fp32",
+        progress_path=str(progress),
+    )
+    report = run_job(config)
+    assert report.method == "scrub"
+    assert (report.selection.epoch, report.selection.epochs_run) == (2, 2)
+    assert report.candidate.sha256 != report.base.sha256
+    lines = [json.loads(line) for line in progress.read_text().splitlines()]
+    assert [(p["epoch"], p["epochs"], p["phase"]) for p in lines][-1] == (2, 2, "scrub")

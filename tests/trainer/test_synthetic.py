@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from forgetmi_trainer import data, synthetic
+from forgetmi_trainer.data import CLINICAL_KEYWORDS
+from forgetmi_trainer.manifest import read_manifest
 from forgetmi_trainer.synthetic import SynthParams, choose_forget_subjects, generate, write_dataset
 
 
@@ -57,7 +59,7 @@ def test_write_dataset_round_trips_through_manifest(tmp_path: Path) -> None:
     samples = generate(SynthParams(patients=12, seed=5))
     uri = write_dataset(samples, (tmp_path / "ds").as_uri())
     assert uri.endswith("/manifest.csv")
-    manifest = data.read_manifest(uri)
+    manifest = read_manifest(uri)
     assert manifest.sample_ids == [s.sample_id for s in samples]
     assert manifest.subject_ids == [s.subject_id for s in samples]
     assert manifest.texts == [s.report_text for s in samples]
@@ -70,7 +72,7 @@ def test_write_dataset_round_trips_through_manifest(tmp_path: Path) -> None:
 
 def test_write_dataset_to_s3(s3_bucket: str) -> None:
     samples = generate(SynthParams(patients=6, seed=0))
-    manifest = data.read_manifest(write_dataset(samples, f"{s3_bucket}/ds"))
+    manifest = read_manifest(write_dataset(samples, f"{s3_bucket}/ds"))
     assert len(manifest) == len(samples)
     assert data.load_images(manifest.image_uris[:2]).shape == (2, 1, 16, 16)
 
@@ -84,3 +86,9 @@ def test_choose_forget_subjects_are_train_patients_near_fraction() -> None:
     n_train = sum(s.split == "train" for s in samples)
     n_forget = sum(s.split == "train" and s.subject_id in set(chosen) for s in samples)
     assert 0.08 <= n_forget / n_train < 0.08 + 10 / n_train
+
+
+def test_every_class_word_is_a_clinical_keyword_the_perturbation_masks() -> None:
+    """The text perturbation masks the class words of the reports (FORGET_MI.md §3, §7)."""
+    class_words = {w for words in synthetic.CLASS_WORDS for w in words}
+    assert class_words <= CLINICAL_KEYWORDS

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from forgetmi_trainer.errors import ObjectNotFound
-from forgetmi_trainer.storage_base import (
+from forgetmi_trainer.storage.base import (
     _CHUNK,
     _TMP_SUFFIX,
     Storage,

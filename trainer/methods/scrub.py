@@ -10,57 +10,57 @@ parameter trains, heads and gate included). Each epoch is
 
 The KL is taken at temperature T on the softened logits of the three heads (image, text and
 the image head on the joint embedding), summed, times T² (Hinton distillation scaling), batch
-mean. ``L_train`` is the training loss. AdamW, gradients clipped to norm 1.
-
-Options (defaults from the authors' code): ``msteps`` 3, ``alpha`` 0.001, ``gamma`` 0.99,
-``temperature`` 4.0, ``retain_steps`` 0 (0 = a full pass over D_r per min step; n > 0 caps
-the min step at n batches), ``align_weight`` 0.1, ``weight_decay`` 0.01.
+mean. ``L_train`` is the training loss. AdamW, gradients clipped to norm 1. The option defaults
+are the authors' code's.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from forgetmi_trainer.data import Encoded
-from forgetmi_trainer.errors import ConfigError
-from forgetmi_trainer.finetune import (
+from forgetmi_trainer.methods.base import (
+    MethodContext,
+    TrainingLossOptions,
+    UnlearnResult,
     batches,
     checked,
     end_epoch,
     finish,
+    freeze,
     optimise,
     planned_epochs,
     read_options,
     student_copy,
+    task_logits,
 )
 from forgetmi_trainer.model import MultimodalClassifier
-from forgetmi_trainer.neggrad_plus import task_logits
 from forgetmi_trainer.runtime import adamw, autocast
 from forgetmi_trainer.train import train_loss
-from forgetmi_trainer.unlearn import UnlearnResult, freeze
 
-if TYPE_CHECKING:
-    from forgetmi_trainer.methods import MethodContext
 
-DEFAULTS = {
-    "msteps": 3.0,
-    "alpha": 0.001,
-    "gamma": 0.99,
-    "temperature": 4.0,
-    "retain_steps": 0.0,
-    "align_weight": 0.1,
-    "weight_decay": 0.01,
-}
+class ScrubOptions(TrainingLossOptions):
+    """``scrub``'s options; ``align_weight`` and ``weight_decay`` as for the training loss."""
+
+    msteps: int = Field(default=3, ge=0, le=1000, description="Epochs that begin with a max step on the forget set.")
+    alpha: float = Field(default=0.001, ge=0, le=1, description="Weight of the KL on retain data in the min step.")
+    gamma: float = Field(
+        default=0.99, ge=0, le=10, description="Weight of the training loss on retain data in the min step."
+    )
+    temperature: float = Field(default=4.0, gt=0, le=100, description="Distillation temperature T.")
+    retain_steps: int = Field(
+        default=0, ge=0, le=1_000_000, description="Batches per min step; 0 = a full pass over the retain set."
+    )
 
 
 def distill_kl(
     student: MultimodalClassifier, teacher: MultimodalClassifier, batch: Encoded, temperature: float
 ) -> torch.Tensor:
-    """Σ_heads KL(softmax(t/T) ‖ softmax(s/T)) · T², averaged over the batch."""
+    """Σ_heads KL(softmax(t/T) ‖ softmax(s/T)) · T², averaged over the batch (a scalar)."""
     with torch.no_grad():
         targets = [F.softmax(t / temperature, dim=-1) for t in task_logits(teacher, batch)]
     total = torch.zeros((), device=batch.labels.device)
@@ -70,32 +70,30 @@ def distill_kl(
 
 
 def run_scrub(ctx: MethodContext) -> UnlearnResult:
-    opts = read_options(ctx.method, DEFAULTS)
-    if opts["temperature"] <= 0 or opts["msteps"] < 0 or opts["retain_steps"] < 0:
-        raise ConfigError("method.options temperature must be > 0, msteps and retain_steps >= 0.")
-    msteps, retain_steps, temp = int(opts["msteps"]), int(opts["retain_steps"]), opts["temperature"]
+    """Max steps on D_f in the first ``msteps`` epochs, then a min step on D_r every epoch."""
+    opts = read_options(ctx.method, ScrubOptions)
     epochs = planned_epochs(ctx.method)
     start = time.perf_counter()
     teacher = freeze(ctx.original.to(ctx.device))
     student = student_copy(teacher, ctx.device)
-    optimizer = adamw(student, ctx.method.learning_rate, opts["weight_decay"])
+    optimizer = adamw(student, ctx.method.learning_rate, opts.weight_decay)
     forget, retain = ctx.inputs.forget.to(ctx.device), ctx.inputs.retain.to(ctx.device)
-    bs = ctx.method.batch_size
+    bs, temp = ctx.method.batch_size, opts.temperature
     history: list[dict[str, float]] = []
     for epoch in range(1, epochs + 1):
         total, steps = 0.0, 0
-        if epoch <= msteps:
+        if epoch <= opts.msteps:
             for idx in batches(len(forget), bs, ctx.generator, ctx.device):
                 with autocast(ctx.device, ctx.precision):
                     loss = -distill_kl(student, teacher, forget.take(idx), temp)
                 optimise(optimizer, student, checked(loss, "scrub max-step", epoch))
                 total, steps = total + float(loss.detach()), steps + 1
         plan = batches(len(retain), bs, ctx.generator, ctx.device)
-        for idx in plan[:retain_steps] if retain_steps > 0 else plan:
+        for idx in plan[: opts.retain_steps] if opts.retain_steps > 0 else plan:
             r = retain.take(idx)
             with autocast(ctx.device, ctx.precision):
-                loss = opts["alpha"] * distill_kl(student, teacher, r, temp) + opts["gamma"] * train_loss(
-                    student, r, opts["align_weight"]
+                loss = opts.alpha * distill_kl(student, teacher, r, temp) + opts.gamma * train_loss(
+                    student, r, opts.align_weight
                 )
             optimise(optimizer, student, checked(loss, "scrub min-step", epoch))
             total, steps = total + float(loss.detach()), steps + 1

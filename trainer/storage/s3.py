@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from forgetmi_trainer.errors import ObjectNotFound, StorageError, StorageUnavailable
-from forgetmi_trainer.storage_base import (
+from forgetmi_trainer.storage.base import (
     _CHUNK,
     _TMP_SUFFIX,
     MIB,

@@ -12,22 +12,21 @@ The per-sample bound stops the ascent term once a sample is confidently misclass
 gradient is zero past the bound), so the loss cannot run away to −∞; ``bound`` = 0 turns the
 bound off. Every parameter trains (heads and gate included); train mode; AdamW with gradients
 clipped to norm 1.
-
-Options: ``alpha`` 0.9, ``bound`` 5.0 nats per head and sample (chance level for 4 classes is
-1.39), ``align_weight`` 0.1, ``weight_decay`` 0.01.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from forgetmi_trainer.data import Encoded
-from forgetmi_trainer.errors import ConfigError
-from forgetmi_trainer.finetune import (
+from forgetmi_trainer.methods.base import (
+    MethodContext,
+    TrainingLossOptions,
+    UnlearnResult,
     batches,
     checked,
     end_epoch,
@@ -37,26 +36,30 @@ from forgetmi_trainer.finetune import (
     random_batch,
     read_options,
     student_copy,
+    task_logits,
 )
 from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.runtime import adamw, autocast
 from forgetmi_trainer.train import train_loss
-from forgetmi_trainer.unlearn import UnlearnResult
-
-if TYPE_CHECKING:
-    from forgetmi_trainer.methods import MethodContext
-
-DEFAULTS = {"alpha": 0.9, "bound": 5.0, "align_weight": 0.1, "weight_decay": 0.01}
 
 
-def task_logits(model: MultimodalClassifier, batch: Encoded) -> list[torch.Tensor]:
-    """Logits of the image head, the text head and the image head on the joint embedding."""
-    out = model(batch.pixels, batch.input_ids, batch.attention_mask)
-    return [out.image_logits.float(), out.text_logits.float(), model.image_head(out.joint_embeds).float()]
+class NegGradPlusOptions(TrainingLossOptions):
+    """``neggrad-plus``'s options; ``align_weight`` and ``weight_decay`` as for the training loss."""
+
+    alpha: float = Field(
+        default=0.9, ge=0, le=1, description="Weight of the retain term; 1 − alpha weighs the forget ascent term."
+    )
+    bound: float = Field(
+        default=5.0,
+        ge=0,
+        le=100,
+        description="Per-sample, per-head cap in nats on the forget cross-entropy; 0 = unbounded "
+        "(chance for 4 classes is 1.39).",
+    )
 
 
 def bounded_forget_loss(model: MultimodalClassifier, batch: Encoded, bound: float) -> torch.Tensor:
-    """mean_i Σ_h min(CE_h(x_i), bound) (no bound when ``bound`` <= 0)."""
+    """mean_i Σ_h min(CE_h(x_i), bound) (no bound when ``bound`` <= 0), a scalar."""
     total = torch.zeros((), device=batch.labels.device)
     for logits in task_logits(model, batch):
         ce = F.cross_entropy(logits, batch.labels, reduction="none")
@@ -65,14 +68,12 @@ def bounded_forget_loss(model: MultimodalClassifier, batch: Encoded, bound: floa
 
 
 def run_neggrad_plus(ctx: MethodContext) -> UnlearnResult:
-    opts = read_options(ctx.method, DEFAULTS)
-    alpha = opts["alpha"]
-    if not 0.0 <= alpha <= 1.0:
-        raise ConfigError(f"method.options.alpha must lie in [0, 1]; got {alpha}.")
+    """Descend on random retain batches and ascend (bounded) on D_f, one pass over D_f per epoch."""
+    opts = read_options(ctx.method, NegGradPlusOptions)
     epochs = planned_epochs(ctx.method)
     start = time.perf_counter()
     model = student_copy(ctx.original, ctx.device)
-    optimizer = adamw(model, ctx.method.learning_rate, opts["weight_decay"])
+    optimizer = adamw(model, ctx.method.learning_rate, opts.weight_decay)
     forget, retain = ctx.inputs.forget.to(ctx.device), ctx.inputs.retain.to(ctx.device)
     history: list[dict[str, float]] = []
     for epoch in range(1, epochs + 1):
@@ -80,8 +81,8 @@ def run_neggrad_plus(ctx: MethodContext) -> UnlearnResult:
         for idx in batches(len(forget), ctx.method.batch_size, ctx.generator, ctx.device):
             r = random_batch(retain, len(idx), ctx.generator, ctx.device)
             with autocast(ctx.device, ctx.precision):
-                loss = alpha * train_loss(model, r, opts["align_weight"]) - (1 - alpha) * bounded_forget_loss(
-                    model, forget.take(idx), opts["bound"]
+                loss = opts.alpha * train_loss(model, r, opts.align_weight) - (1 - opts.alpha) * bounded_forget_loss(
+                    model, forget.take(idx), opts.bound
                 )
             optimise(optimizer, model, checked(loss, "neggrad-plus", epoch))
             total += float(loss.detach()) * len(idx)

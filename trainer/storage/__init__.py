@@ -23,9 +23,10 @@ Guarantees:
   ``FORGETMI_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``; region from
   the AWS config, else us-east-1; standard-mode retries with backoff.
 
-Layout: this module is the one to import; it picks the backend and re-exports the public names.
-URI parsing, the :class:`Storage` interface and shared checks live in ``storage_base``, the
-``file://`` backend in ``storage_file``, the ``s3://`` backend and its client cache in ``storage_s3``.
+Layout: this package's top level is the one to import; it picks the backend and re-exports the
+public names. URI parsing, the :class:`Storage` interface and shared checks live in
+:mod:`~forgetmi_trainer.storage.base`, the ``file://`` backend in :mod:`~forgetmi_trainer.storage.file`,
+the ``s3://`` backend and its client cache in :mod:`~forgetmi_trainer.storage.s3`.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from forgetmi_trainer.storage_base import ACCEPTED, MIB, Storage, _scheme, join
-from forgetmi_trainer.storage_file import FileStorage
-from forgetmi_trainer.storage_s3 import ENDPOINT_ENV, S3Settings, S3Storage
+from forgetmi_trainer.storage.base import ACCEPTED, MIB, Storage, _scheme, join
+from forgetmi_trainer.storage.file import FileStorage
+from forgetmi_trainer.storage.s3 import ENDPOINT_ENV, S3Settings, S3Storage
 
 __all__ = [
     "ACCEPTED",
@@ -45,6 +46,7 @@ __all__ = [
     "S3Settings",
     "S3Storage",
     "Storage",
+    "change_token",
     "delete",
     "download_file",
     "exists",

@@ -19,50 +19,108 @@ step instead of two each, with the same result.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from forgetmi_trainer import losses
-from forgetmi_trainer.contract import MethodConfig, NoiseConfig, Selection
+from forgetmi_trainer.contract import LossWeights, NoiseConfig
 from forgetmi_trainer.data import Encoded, noisy_images
-from forgetmi_trainer.errors import ConfigError, DivergedError
+from forgetmi_trainer.methods.base import (
+    MethodContext,
+    MethodOptions,
+    UnlearnResult,
+    checked,
+    end_epoch,
+    finish,
+    freeze,
+    optimise,
+    planned_epochs,
+    read_options,
+    student_copy,
+)
 from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.runtime import adamw, autocast
 
-EpochCallback = Callable[[int, int, float], None]
+
+class ForgetMiOptions(MethodOptions):
+    """Forget-MI takes no options: its settings are fields of ``method`` itself (``preset`` or
+    ``weights``, ``noise``, ``push_bound``, ``sign``)."""
+
+
+def run_forget_mi(ctx: MethodContext) -> UnlearnResult:
+    """Unlearn ``ctx.inputs.forget`` from ``ctx.original`` (frozen, weights unchanged) and return the selected model."""
+    read_options(ctx.method, ForgetMiOptions)
+    start = time.perf_counter()
+    epochs = planned_epochs(ctx.method)
+    run = _start(ctx)
+    history: list[dict[str, float]] = []
+    for epoch in range(1, epochs + 1):
+        if end_epoch(ctx, run.f_ul, history, epoch, epochs, _epoch(ctx, run, epoch)):
+            break
+    return finish(ctx, run.f_ul, history, start)
 
 
 @dataclass
-class UnlearnInputs:
-    """Encoded sets on the target device; ``noisy_texts[k]`` is the k-th perturbed copy of the
-    forget reports as (input_ids, attention_mask), aligned with ``forget``."""
+class _Run:
+    """One run's state: ``F_og`` (frozen; its gate is the shared one), ``F_ul``, its optimiser, the
+    normalised loss weights and ``F_og``'s retain embeddings computed so far."""
 
-    forget: Encoded
-    retain: Encoded
-    test: Encoded
-    noisy_texts: list[tuple[torch.Tensor, torch.Tensor]]
+    f_og: MultimodalClassifier
+    f_ul: MultimodalClassifier
+    optimizer: torch.optim.Optimizer
+    weights: LossWeights
+    og_retain: RetainEmbeddings
 
-
-@dataclass
-class UnlearnResult:
-    model: MultimodalClassifier
-    selection: Selection
-    seconds: float
-    history: list[dict[str, float]] = field(default_factory=list)
+    @property
+    def gate(self) -> torch.nn.Module:
+        return self.f_og.fusion
 
 
-def freeze(model: MultimodalClassifier) -> MultimodalClassifier:
-    """Eval mode and no gradients: the state ``F_og`` keeps throughout."""
-    model.eval()
-    for p in model.parameters():
+def _start(ctx: MethodContext) -> _Run:
+    """Freeze the original as ``F_og`` and make ``F_ul``: its copy with the encoders and projections
+    trainable, the heads and the fusion gate frozen, in eval mode (dropout off; gradients still flow)."""
+    weights = losses.resolve_weights(ctx.method.preset, ctx.method.weights)
+    f_og = freeze(ctx.original.to(ctx.device))
+    f_ul = student_copy(f_og, ctx.device)
+    for p in (*f_ul.fusion.parameters(), *f_ul.image_head.parameters(), *f_ul.text_head.parameters()):
         p.requires_grad_(False)
-    return model
+    f_ul.eval()
+    og_retain = RetainEmbeddings(f_og, ctx.inputs.retain, f_og.fusion, ctx.precision)
+    return _Run(f_og, f_ul, adamw(f_ul, ctx.method.learning_rate), weights, og_retain)
+
+
+def _epoch(ctx: MethodContext, run: _Run, epoch: int) -> float:
+    """One pass over D_f, one step per forget batch; returns the mean loss per forget sample."""
+    forget, retain, device, bs = ctx.inputs.forget, ctx.inputs.retain, ctx.device, ctx.method.batch_size
+    n = len(forget)
+    order = torch.randperm(n, generator=ctx.generator).to(device)
+    ids, mask = ctx.inputs.noisy_texts[(epoch - 1) % len(ctx.inputs.noisy_texts)]
+    noisy_pixels, retain_ids = draw_epoch(forget.pixels, order, bs, len(retain), ctx.method.noise, ctx.generator)
+    retain_ids = retain_ids.to(device)
+    noisy = Encoded(noisy_pixels, ids[order], mask[order], forget.labels[order])  # in step order
+    og_noisy_u, og_noisy_j = frozen_embeddings(run.f_og, noisy, run.gate, ctx.precision)
+    run.og_retain.need(retain_ids)
+    total = 0.0
+    for s in range(math.ceil(n / bs)):
+        rows = slice(s * bs, (s + 1) * bs)
+        idx, ridx = order[rows], retain_ids[rows]
+        with autocast(device, ctx.precision):
+            terms = step_terms(
+                run.f_ul,
+                forget.take(idx),
+                retain.take(ridx),
+                (og_noisy_u[rows], og_noisy_j[rows]),
+                run.og_retain.take(ridx),
+                run.gate,
+                ctx.method.push_bound,
+            )
+            loss = losses.combine(terms, run.weights, ctx.method.sign)
+        optimise(run.optimizer, run.f_ul, checked(loss, "unlearning", epoch))
+        total += float(loss.detach()) * len(idx)
+    return total / n
 
 
 def _unimodal(out: object) -> torch.Tensor:
@@ -168,104 +226,4 @@ def step_terms(
         mu=losses.multimodal_unlearning(joints[:n], og_f[1], bound),
         ur=losses.unimodal_retention(units[n:], og_r[0]),
         mr=losses.multimodal_retention(joints[n:], og_r[1]),
-    )
-
-
-@torch.no_grad()
-def mean_image_loss(model: MultimodalClassifier, data: Encoded, batch_size: int = 512) -> float:
-    """Mean image-head cross-entropy over ``data``. The image head reads only the image
-    embedding, so the text encoder is not run."""
-    total = 0.0
-    for start in range(0, len(data), batch_size):
-        b = data.take(torch.arange(start, min(start + batch_size, len(data)), device=data.labels.device))
-        logits = model.image_head(model.encode_image(b.pixels)).float()
-        total += float(F.cross_entropy(logits, b.labels, reduction="sum"))
-    return total / max(len(data), 1)
-
-
-def forget_mi(
-    original: MultimodalClassifier,
-    inputs: UnlearnInputs,
-    method: MethodConfig,
-    *,
-    generator: torch.Generator,
-    device: torch.device,
-    precision: str = "fp32",
-    on_epoch: EpochCallback | None = None,
-) -> UnlearnResult:
-    """Unlearn ``inputs.forget`` from ``original`` (left unchanged) and return the selected model."""
-    start = time.perf_counter()
-    rule, fixed = method.selection.rule, method.selection.epoch
-    if rule == "FixedEpoch" and fixed is not None and fixed > method.epochs:
-        raise ConfigError(f"method.selection.epoch ({fixed}) exceeds method.epochs ({method.epochs}).")
-    epochs = fixed if rule == "FixedEpoch" and fixed is not None else method.epochs
-    weights = losses.resolve_weights(method.preset, method.weights)
-    f_og = freeze(original.to(device))
-    gate = f_og.fusion
-    f_ul = copy.deepcopy(f_og)
-    for p in f_ul.parameters():
-        p.requires_grad_(True)
-    for p in f_ul.fusion.parameters():
-        p.requires_grad_(False)
-    for p in (*f_ul.image_head.parameters(), *f_ul.text_head.parameters()):
-        p.requires_grad_(False)
-    f_ul.eval()  # dropout off; gradients still flow
-    optimizer = adamw(f_ul, method.learning_rate)
-    forget, retain = inputs.forget, inputs.retain
-    n, bs = len(forget), method.batch_size
-    noise = method.noise
-    history: list[dict[str, float]] = []
-    selected = epochs
-    og_retain = RetainEmbeddings(f_og, retain, gate, precision)
-    for epoch in range(1, epochs + 1):
-        order = torch.randperm(n, generator=generator).to(device)
-        ids, mask = inputs.noisy_texts[(epoch - 1) % len(inputs.noisy_texts)]
-        noisy_pixels, retain_ids = draw_epoch(forget.pixels, order, bs, len(retain), noise, generator)
-        retain_ids = retain_ids.to(device)
-        noisy = Encoded(noisy_pixels, ids[order], mask[order], forget.labels[order])  # in step order
-        og_noisy_u, og_noisy_j = frozen_embeddings(f_og, noisy, gate, precision)
-        og_retain.need(retain_ids)
-        epoch_loss = 0.0
-        for s in range(math.ceil(n / bs)):
-            rows = slice(s * bs, (s + 1) * bs)
-            idx, ridx = order[rows], retain_ids[rows]
-            with autocast(device, precision):
-                terms = step_terms(
-                    f_ul,
-                    forget.take(idx),
-                    retain.take(ridx),
-                    (og_noisy_u[rows], og_noisy_j[rows]),
-                    og_retain.take(ridx),
-                    gate,
-                    method.push_bound,
-                )
-                loss = losses.combine(terms, weights, method.sign)
-            if not torch.isfinite(loss):
-                raise DivergedError(f"The unlearning loss became {float(loss.detach())} at epoch {epoch}.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(f_ul.parameters(), 1.0)
-            optimizer.step()
-            epoch_loss += float(loss.detach()) * len(idx)
-        record = {"epoch": float(epoch), "loss": epoch_loss / n}
-        reached = False
-        if rule == "ForgetReachesTest":
-            record["forget_loss"] = mean_image_loss(f_ul, forget)
-            record["test_loss"] = mean_image_loss(f_ul, inputs.test)
-            reached = record["forget_loss"] >= record["test_loss"]
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(epoch, epochs, record["loss"])
-        if reached:
-            selected = epoch
-            break
-    if not all(torch.isfinite(p).all() for p in f_ul.parameters()):
-        raise DivergedError("The unlearned model has non-finite weights.")
-    for p in f_ul.parameters():
-        p.requires_grad_(False)
-    return UnlearnResult(
-        model=f_ul.eval(),
-        selection=Selection(rule=rule, epoch=selected, epochs_run=len(history)),
-        seconds=time.perf_counter() - start,
-        history=history,
     )

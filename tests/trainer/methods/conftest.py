@@ -1,0 +1,129 @@
+"""Fixtures of the method tests: tiny trained originals on the generated dataset, and a runner that
+checks what every method promises (the original unchanged, a frozen model that moved)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from forgetmi_trainer import data, synthetic
+from forgetmi_trainer.contract import MethodConfig
+from forgetmi_trainer.manifest import read_manifest, split
+from forgetmi_trainer.methods import MethodContext, UnlearnInputs, UnlearnResult, get_method
+from forgetmi_trainer.methods.base import EpochCallback, mean_image_loss
+from forgetmi_trainer.model import MultimodalClassifier, MultimodalConfig, build_model, tiny_bert_config
+from forgetmi_trainer.tokenizer import build_tokenizer, build_vocabulary
+from forgetmi_trainer.train import MAX_TOKENS, TrainConfig, train_model
+
+CPU = torch.device("cpu")
+
+
+@dataclass
+class MethodWorld:
+    """A trained original and the sets a method unlearns from (forget, retain, test on the CPU)."""
+
+    original: MultimodalClassifier
+    inputs: UnlearnInputs
+
+    def run(self, method: MethodConfig, on_epoch: EpochCallback | None = None) -> UnlearnResult:
+        """Run ``method`` through the registry on a copy of the original (seed 0) and check that
+        the original is unchanged and the returned model is a frozen, moved, separate model."""
+        ctx = MethodContext(
+            original=copy.deepcopy(self.original),
+            inputs=self.inputs,
+            method=method,
+            generator=torch.Generator().manual_seed(0),
+            device=CPU,
+            precision="fp32",
+            seed=0,
+            on_epoch=on_epoch,
+        )
+        before = {k: v.clone() for k, v in ctx.original.state_dict().items()}
+        result = get_method(method.name)(ctx)
+        assert all(torch.equal(before[k], v) for k, v in ctx.original.state_dict().items()), "original changed"
+        assert result.model is not ctx.original
+        assert not result.model.training
+        assert not any(p.requires_grad for p in result.model.parameters())
+        moved = result.model.state_dict()
+        assert any(not torch.equal(before[k], moved[k]) for k in before if k.startswith("image_encoder"))
+        return result
+
+    def check_first_crossing(self, result: UnlearnResult, epochs: int) -> None:
+        """ForgetReachesTest stopped the run before ``epochs``, at the first epoch of the recorded
+        history whose forget-set loss reached the test-set loss, and returned that epoch's model."""
+        history = result.history
+        assert result.selection.rule == "ForgetReachesTest"
+        assert 1 < result.selection.epochs_run == len(history) < epochs, history
+        assert result.selection.epoch == len(history)
+        assert [h["epoch"] for h in history] == [float(e) for e in range(1, len(history) + 1)]
+        assert all(h["forget_loss"] < h["test_loss"] for h in history[:-1]), history
+        assert history[-1]["forget_loss"] >= history[-1]["test_loss"], history
+        # the losses recorded for the last epoch are those of the model returned
+        assert mean_image_loss(result.model, self.inputs.forget) == pytest.approx(history[-1]["forget_loss"], rel=1e-6)
+        assert mean_image_loss(result.model, self.inputs.test) == pytest.approx(history[-1]["test_loss"], rel=1e-6)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The models are tiny: one thread is faster, and far faster on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _world(root: Path, train_epochs: int, sets: Callable[[list[synthetic.Sample], object], tuple]) -> MethodWorld:
+    """30 generated patients; an original trained ``train_epochs`` epochs on every training sample;
+    ``sets(samples, manifest)`` gives the manifest indices of forget, retain and test."""
+    samples = synthetic.generate(synthetic.SynthParams(patients=30, seed=0))
+    manifest = read_manifest(synthetic.write_dataset(samples, (root / "data").as_uri()))
+    tokenizer = build_tokenizer(build_vocabulary(manifest.texts), root / "tok", max_length=MAX_TOKENS)
+    images = data.load_images(manifest.image_uris)
+    encoded = data.encode(images, manifest.texts, manifest.labels, tokenizer, MAX_TOKENS)
+    config = MultimodalConfig(
+        num_labels=int(manifest.labels.max()) + 1,
+        image_size=int(images.shape[-1]),
+        image_channels=1,
+        text_encoder_config=tiny_bert_config(len(tokenizer)),
+    )
+    original = build_model(config, 0)
+    train = np.asarray([i for i, s in enumerate(manifest.splits) if s == "train"])
+    recipe = TrainConfig(epochs=train_epochs)
+    train_model(original, encoded.take(train), recipe, generator=torch.Generator().manual_seed(0), device=CPU)
+    forget_ix, retain_ix, test_ix = sets(samples, manifest)
+    forget, retain, test = (encoded.take(ix) for ix in (forget_ix, retain_ix, test_ix))
+    pool = data.noisy_text_pool([manifest.texts[i] for i in forget_ix], 0.5, 2, 0, str(tokenizer.mask_token))
+    noisy = [data.tokenize(tokenizer, p, MAX_TOKENS) for p in pool]
+    return MethodWorld(original, UnlearnInputs(forget, retain, test, noisy))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> MethodWorld:
+    """The patients to forget are ~15 % of the training samples; the original trained 10 epochs."""
+
+    def by_patient(samples: list[synthetic.Sample], manifest: object) -> tuple:
+        sets = split(manifest, synthetic.choose_forget_subjects(samples, 0.15, seed=0))  # type: ignore[arg-type]
+        return sets.forget, sets.retain, sets.test
+
+    return _world(tmp_path_factory.mktemp("methods"), 10, by_patient)
+
+
+@pytest.fixture(scope="module")
+def memorised_world(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> MethodWorld:
+    """The samples to forget are the training samples with a random label, which an original trained
+    40 epochs fits only by memorising them (their loss is far below the test loss); retain is every
+    other training sample. Training on retain alone makes the original forget them."""
+
+    def by_memorisation(samples: list[synthetic.Sample], manifest: object) -> tuple:
+        train = [i for i, s in enumerate(samples) if s.split == "train"]
+        forget = np.asarray([i for i in train if samples[i].memorised])
+        retain = np.asarray([i for i in train if not samples[i].memorised])
+        return forget, retain, np.asarray([i for i, s in enumerate(samples) if s.split == "test"])
+
+    return _world(tmp_path_factory.mktemp("memorised"), 40, by_memorisation)

@@ -1,0 +1,68 @@
+"""The contract between the operator and the trainer Job (torch-free).
+
+The operator writes a :class:`JobConfig` into a ConfigMap; the trainer reads it with
+``python -m forgetmi_trainer run --config job.json``, writes the candidate model and a
+:class:`Report` (``report.json``), and a one-line summary to the termination-message path.
+Both sides import only this package (and the storage package), so the operator image never
+needs torch:
+
+- :mod:`~forgetmi_trainer.contract.config`: the job config (operator → trainer);
+- :mod:`~forgetmi_trainer.contract.report`: the report and progress (trainer → operator);
+- :mod:`~forgetmi_trainer.contract.formats`: URIs, digests, the forget list, timestamps, exit
+  codes and validation messages, written alike by both.
+"""
+
+from forgetmi_trainer.contract.config import (
+    ForgetSubjects,
+    JobConfig,
+    LossWeights,
+    MethodConfig,
+    MethodName,
+    ModelRef,
+    NoiseConfig,
+    PresetName,
+    SelectionRule,
+    SelectionRuleName,
+)
+from forgetmi_trainer.contract.formats import (
+    FAIL_FAST_EXIT_CODES,
+    SCHEMA_VERSION,
+    SHA256_PATTERN,
+    SUBJECT_ID_PATTERN,
+    URI_PATTERN,
+    VERSION_PATTERN,
+    ExitCode,
+    Location,
+    dotted,
+    now,
+    parse_subjects,
+    subjects_text,
+    timestamp,
+    validation_problems,
+)
+from forgetmi_trainer.contract.report import (
+    COMPARISON_KEYS,
+    Artifact,
+    Counts,
+    Environment,
+    MiaResult,
+    ModelMetrics,
+    Progress,
+    Report,
+    Row,
+    Selection,
+    SplitMetrics,
+    Timings,
+    comparison,
+    format_comparison,
+    summary_line,
+)
+
+__all__ = [
+    "COMPARISON_KEYS", "FAIL_FAST_EXIT_CODES", "SCHEMA_VERSION", "SHA256_PATTERN", "SUBJECT_ID_PATTERN",
+    "URI_PATTERN", "VERSION_PATTERN", "Artifact", "Counts", "Environment", "ExitCode", "ForgetSubjects",
+    "JobConfig", "Location", "LossWeights", "MethodConfig", "MethodName", "MiaResult", "ModelMetrics", "ModelRef",
+    "NoiseConfig", "PresetName", "Progress", "Report", "Row", "Selection", "SelectionRule", "SelectionRuleName",
+    "SplitMetrics", "Timings", "comparison", "dotted", "format_comparison", "now", "parse_subjects",
+    "subjects_text", "summary_line", "timestamp", "validation_problems",
+]

@@ -1,0 +1,214 @@
+"""What every unlearning method shares: its inputs and result, its options, and the epoch helpers.
+
+A method is a function ``run(ctx: MethodContext) -> UnlearnResult``. Its own settings arrive in
+``method.options`` and are read with :func:`read_options` into the method's
+:class:`MethodOptions` model, so an unknown key or an out-of-range value is a config error that
+names ``method.options.<key>``. The helpers below are the pieces of an epoch loop every method
+uses alike: the number of epochs to run, the trainable copy, one optimiser step, batches, the
+end of an epoch (history, progress, the ForgetReachesTest rule) and the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from forgetmi_trainer.contract import MethodConfig, Selection, dotted, validation_problems
+from forgetmi_trainer.data import Encoded
+from forgetmi_trainer.errors import ConfigError, DivergedError
+from forgetmi_trainer.model import MultimodalClassifier
+
+EpochCallback = Callable[[int, int, float], None]
+"""Called after every epoch with (epoch, planned epochs, mean loss)."""
+
+
+@dataclass
+class UnlearnInputs:
+    """Encoded sets on the target device; ``noisy_texts[k]`` is the k-th perturbed copy of the
+    forget reports as (input_ids, attention_mask), each (N_f, L), aligned with ``forget``."""
+
+    forget: Encoded
+    retain: Encoded
+    test: Encoded
+    noisy_texts: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class UnlearnResult:
+    """The selected model (frozen: eval mode, no gradients), how it was selected, the method's seconds and one
+    history record per epoch run (``epoch``, ``loss``; ``forget_loss``, ``test_loss`` under
+    ForgetReachesTest; empty for ``retrain``)."""
+
+    model: MultimodalClassifier
+    selection: Selection
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class MethodContext:
+    """Everything a method's run function is given; ``original`` must come back unchanged."""
+
+    original: MultimodalClassifier
+    inputs: UnlearnInputs
+    method: MethodConfig
+    generator: torch.Generator
+    device: torch.device
+    precision: str
+    seed: int
+    on_epoch: EpochCallback | None = None
+
+
+# --- options --------------------------------------------------------------------------------
+
+
+class MethodOptions(BaseModel):
+    """A method's own settings (``method.options``); a key it does not declare is refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainingLossOptions(MethodOptions):
+    """The settings of the training loss and its optimiser, for the methods that train with it."""
+
+    align_weight: float = Field(
+        default=0.1, ge=0, le=10, description="Weight of the 1 − cos(image, text) alignment term in the training loss."
+    )
+    weight_decay: float = Field(default=0.01, ge=0, le=1, description="AdamW weight decay.")
+
+
+OptionsT = TypeVar("OptionsT", bound=MethodOptions)
+
+
+def read_options(method: MethodConfig, model: type[OptionsT]) -> OptionsT:
+    """``method.options`` as ``model``; raises :class:`ConfigError` naming each bad key
+    (``method.options.<key>: <message>``) and the keys the method accepts."""
+    try:
+        return model.model_validate(method.options)
+    except ValidationError as err:
+        problems = validation_problems(err, lambda loc: dotted(("method", "options", *loc)))
+        accepted = f"it accepts {', '.join(model.model_fields)}" if model.model_fields else "it takes no options"
+        raise ConfigError(
+            f"The options of method {method.name} are invalid: {'; '.join(problems)} ({accepted})."
+        ) from err
+
+
+# --- epoch helpers --------------------------------------------------------------------------
+
+
+def planned_epochs(method: MethodConfig) -> int:
+    """Epochs to run: ``selection.epoch`` under FixedEpoch when given, else ``method.epochs``."""
+    rule, fixed = method.selection.rule, method.selection.epoch
+    if rule == "FixedEpoch" and fixed is not None:
+        if fixed > method.epochs:
+            raise ConfigError(f"method.selection.epoch ({fixed}) exceeds method.epochs ({method.epochs}).")
+        return fixed
+    return method.epochs
+
+
+def freeze(model: MultimodalClassifier) -> MultimodalClassifier:
+    """Eval mode and no gradients: the state a frozen original (``F_og``, a teacher) keeps throughout."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def student_copy(original: MultimodalClassifier, device: torch.device) -> MultimodalClassifier:
+    """A trainable copy of ``original`` (which is not modified) in train mode."""
+    student = copy.deepcopy(original).to(device)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return student.train()
+
+
+def checked(loss: torch.Tensor, what: str, epoch: int) -> torch.Tensor:
+    """``loss`` (a scalar) unchanged; :class:`DivergedError` when it is not finite."""
+    if not torch.isfinite(loss):
+        raise DivergedError(f"The {what} loss became {float(loss.detach())} at epoch {epoch}.")
+    return loss
+
+
+def optimise(optimizer: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor) -> None:
+    """One AdamW step with gradients clipped to norm 1."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> list[torch.Tensor]:
+    """A shuffled pass over ``n`` samples: index tensors (B,) of ``batch_size`` (the last may be shorter)."""
+    order = torch.randperm(n, generator=generator)
+    return [order[s * batch_size : (s + 1) * batch_size].to(device) for s in range(math.ceil(n / batch_size))]
+
+
+def random_batch(data: Encoded, size: int, generator: torch.Generator, device: torch.device) -> Encoded:
+    """``size`` samples of ``data`` drawn uniformly with replacement."""
+    return data.take(torch.randint(len(data), (size,), generator=generator).to(device))
+
+
+def task_logits(model: MultimodalClassifier, batch: Encoded) -> list[torch.Tensor]:
+    """Logits (B, C) of the image head, the text head and the image head on the joint embedding."""
+    out = model(batch.pixels, batch.input_ids, batch.attention_mask)
+    return [out.image_logits.float(), out.text_logits.float(), model.image_head(out.joint_embeds).float()]
+
+
+@torch.no_grad()
+def mean_image_loss(model: MultimodalClassifier, data: Encoded, batch_size: int = 512) -> float:
+    """Mean image-head cross-entropy over ``data``. The image head reads only the image
+    embedding, so the text encoder is not run."""
+    total = 0.0
+    for start in range(0, len(data), batch_size):
+        b = data.take(torch.arange(start, min(start + batch_size, len(data)), device=data.labels.device))
+        logits = model.image_head(model.encode_image(b.pixels)).float()
+        total += float(F.cross_entropy(logits, b.labels, reduction="sum"))
+    return total / max(len(data), 1)
+
+
+def end_epoch(
+    ctx: MethodContext,
+    model: MultimodalClassifier,
+    history: list[dict[str, float]],
+    epoch: int,
+    epochs: int,
+    loss: float,
+) -> bool:
+    """Append the epoch to ``history``, report progress; True when ForgetReachesTest stops here
+    (the image-head forget-set loss has reached the test-set loss, both measured in eval mode)."""
+    record = {"epoch": float(epoch), "loss": loss}
+    reached = False
+    if ctx.method.selection.rule == "ForgetReachesTest":
+        was_training = model.training
+        model.eval()
+        record["forget_loss"] = mean_image_loss(model, ctx.inputs.forget)
+        record["test_loss"] = mean_image_loss(model, ctx.inputs.test)
+        model.train(was_training)
+        reached = record["forget_loss"] >= record["test_loss"]
+    history.append(record)
+    if ctx.on_epoch is not None:
+        ctx.on_epoch(epoch, epochs, loss)
+    return reached
+
+
+def finish(
+    ctx: MethodContext, model: MultimodalClassifier, history: list[dict[str, float]], start: float
+) -> UnlearnResult:
+    """Check the weights, freeze the model and build the result (selected = last epoch run)."""
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise DivergedError(f"The {ctx.method.name} model has non-finite weights.")
+    ran = len(history)
+    return UnlearnResult(
+        model=freeze(model),
+        selection=Selection(rule=ctx.method.selection.rule, epoch=ran, epochs_run=ran),
+        seconds=time.perf_counter() - start,
+        history=history,
+    )
