@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from harness.cluster import JOBS, NAMESPACES, SECRETS, free_port, install_crd, write_kubeconfig  # noqa: E402
 from harness.emulator import ApiServer, Key  # noqa: E402
 
-from forgetmi_operator import registry  # noqa: E402
+from forgetmi_operator.registry import aliases as registry  # noqa: E402
 
 NAMESPACE = "bench"
 MODEL = "bench"
@@ -191,7 +191,7 @@ def run(
         root = Path(tmp)
         reg, manifest = prepare_storage(root, manifest_rows)
         env = {**os.environ, "KUBECONFIG": str(write_kubeconfig(root / "kubeconfig", url)),
-               "FORGETMI_METRICS_PORT": str(free_port()), "FORGETMI_HEALTH_PORT": str(free_port()),
+               "FORGETMI_METRICS_PORT": str(free_port()),
                "PYTHONSAFEPATH": "1"}
         log = open(log_path or root / "operator.log", "wb")
         started = time.perf_counter()
@@ -285,7 +285,7 @@ def find_capacity(probe: Callable[[float], Mapping[str, Any]], low: float, high:
     return low, probes
 
 
-def describe(result: Mapping[str, Any]) -> str:
+def summarise(result: Mapping[str, Any]) -> str:
     pace = f"{result['rate_per_s']:g}/s" if result["rate_per_s"] else "back to back"
     return (f"{result['requests']} at {pace}: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
             f"throughput {result['throughput_per_s']}/s, operator CPU {result['operator_cpu_ms_per_request']} "
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         def probe(rate: float) -> Mapping[str, Any]:
             result = run(args.requests, rate, args.timeout, args.operator_log, args.manifest_rows)
             if not args.json:
-                print(describe(result), flush=True)
+                print(summarise(result), flush=True)
             return result
 
         try:

@@ -27,7 +27,7 @@ def kopf_args(argv: list[str], log_format: str | None = None) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     from kopf import cli
 
-    from forgetmi_operator.settings import load_settings
+    from forgetmi_operator.api.settings import load_settings
 
     args = kopf_args(sys.argv[1:] if argv is None else argv, load_settings().log_format)
     cli.main(args=args, prog_name="forgetmi-operator")

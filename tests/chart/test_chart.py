@@ -11,8 +11,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from forgetmi_operator.errors import SettingsInvalid
-from forgetmi_operator.settings import DEFAULT_TRAINER_IMAGE, Settings, default_gates, env_name, load_settings
+from forgetmi_operator.api.errors import SettingsInvalid
+from forgetmi_operator.api.settings import DEFAULT_TRAINER_IMAGE, Settings, default_gates, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "forgetmi-operator"
@@ -324,7 +324,7 @@ def test_env_names_are_operator_settings_and_parse(render, monkeypatch: pytest.M
             assert settings.trainer_image == DEFAULT_TRAINER_IMAGE
             assert settings.default_gates == Settings.model_fields["default_gates"].get_default(
                 call_default_factory=True)
-            assert (settings.metrics_port, settings.health_port, settings.log_format) == (8080, 8081, "json")
+            assert (settings.metrics_port, settings.log_format) == (8080, "json")
             defaults = {name: Settings.model_fields[name].default
                         for name in ("progress_interval_seconds", "pending_pod_timeout_seconds")}
             assert (settings.progress_interval_seconds, settings.pending_pod_timeout_seconds) == (

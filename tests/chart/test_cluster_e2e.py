@@ -50,8 +50,8 @@ from test_dashboard import (
     substitute,
 )
 
-from forgetmi_operator import registry
 from forgetmi_operator.__main__ import kopf_args
+from forgetmi_operator.registry import aliases as registry
 from forgetmi_trainer import storage
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -148,10 +148,10 @@ def running_operator(cluster: dict[str, Any]) -> Iterator[dict[str, Any]]:
             env[item["name"]] = item["value"]
         elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
             env[item["name"]] = NAMESPACE
-    assert {"FORGETMI_METRICS_PORT", "FORGETMI_HEALTH_PORT", "FORGETMI_S3_ENDPOINT_URL"} <= set(env)
+    assert {"FORGETMI_METRICS_PORT", "FORGETMI_S3_ENDPOINT_URL"} <= set(env)
     # What the chart leaves to the cluster (ports in the Pod, the S3 endpoint) moves to loopback;
     # tracking polls faster than the default so the test is quick.
-    env.update(FORGETMI_METRICS_PORT=str(metrics_port), FORGETMI_HEALTH_PORT=str(health_port),
+    env.update(FORGETMI_METRICS_PORT=str(metrics_port),
                FORGETMI_S3_ENDPOINT_URL=cluster["s3"], FORGETMI_PROGRESS_INTERVAL_SECONDS="0.5",
                FORGETMI_REQUEST_TIMEOUT_SECONDS="10", FORGETMI_WATCH_TIMEOUT_SECONDS="60",
                KUBECONFIG=cluster["kubectl"].env["KUBECONFIG"])

@@ -27,8 +27,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from forgetmi_operator import conditions, errors
-from forgetmi_operator.metrics import DURATION_BUCKETS_SECONDS
+from forgetmi_operator.api import conditions, errors
+from forgetmi_operator.cluster.metrics import DURATION_BUCKETS_SECONDS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "forgetmi-operator"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from forgetmi_operator.settings import DEFAULT_TRAINER_IMAGE
+from forgetmi_operator.api.settings import DEFAULT_TRAINER_IMAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "forgetmi-operator"

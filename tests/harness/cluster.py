@@ -54,7 +54,6 @@ def start_cluster(tmp_path: Path, setenv: Callable[[str, str], None]) -> tuple[A
     setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", url)))
     setenv("FORGETMI_PROGRESS_INTERVAL_SECONDS", "0.5")
     setenv("FORGETMI_METRICS_PORT", str(free_port()))
-    setenv("FORGETMI_HEALTH_PORT", str(free_port()))
     setenv("FORGETMI_REQUEST_TIMEOUT_SECONDS", "10")
     setenv("FORGETMI_WATCH_TIMEOUT_SECONDS", "60")
     namespace = f"ns-{uuid.uuid4().hex[:6]}"

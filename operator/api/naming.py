@@ -1,0 +1,143 @@
+"""Deterministic names and labels of what the operator creates for an UnlearnRequest.
+
+The same request (name + uid) always yields the same Job, ConfigMap and subjects-Secret name, so
+a second creation attempt (operator restart, handler retry) meets a name conflict instead of
+creating a duplicate. Job names are DNS-1123 labels (≤ 63 characters) because the Job's name
+becomes a pod label value and the pods' hostname prefix; the subjects Secret adds ``-subjects``
+(a Secret name may be a longer DNS subdomain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from forgetmi_operator import GROUP, KIND, VERSION
+
+JobKind = Literal["unlearn", "retrain"]
+
+NAME_PREFIX = "forgetmi"
+MAX_LABEL = 63
+MAX_VERSION = 128
+UID_CHARS = 8
+_KIND_SUFFIX: dict[str, str] = {"unlearn": "", "retrain": "-retrain"}
+_VERSION_SUFFIX: dict[str, str] = {"unlearn": "unlearned", "retrain": "retrained"}
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_PART_OF = "app.kubernetes.io/part-of"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_REQUEST = f"{GROUP}/request"
+LABEL_REQUEST_UID = f"{GROUP}/request-uid"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+
+LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+
+TRAINER_APP = "forgetmi-trainer"
+TRAINER_CONTAINER = "trainer"
+"""The trainer container's name in every Job."""
+MANAGER = "forgetmi-operator"
+PART_OF = "forgetmi"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def uid_suffix(uid: str) -> str:
+    """The first 8 lowercase alphanumerics of the uid (a Kubernetes uid is a UUID), padded from
+    the uid's sha256 when it has fewer."""
+    if not uid:
+        raise ValueError("A request uid is required to name its objects.")
+    clean = re.sub(r"[^a-z0-9]", "", uid.lower())
+    return (clean + _digest(uid))[:UID_CHARS]
+
+
+def _label_safe(name: str) -> str:
+    return re.sub(r"[^a-z0-9-]", "-", name.lower())
+
+
+def job_name(request_name: str, uid: str, *, kind: JobKind = "unlearn") -> str:
+    """``forgetmi-<request name, truncated>-<uid[:8]>`` (``-retrain`` appended for a retrain Job)."""
+    tail = f"-{uid_suffix(uid)}{_KIND_SUFFIX[kind]}"
+    room = MAX_LABEL - len(NAME_PREFIX) - 1 - len(tail)
+    middle = _label_safe(request_name)[:room].strip("-")
+    return f"{NAME_PREFIX}-{middle}{tail}" if middle else f"{NAME_PREFIX}{tail}"
+
+
+def job_kind(request_name: str, uid: str, job: str) -> JobKind:
+    """Which of the request's Jobs ``job`` is: its retrain Job, or else its unlearn Job."""
+    return "retrain" if job == job_name(request_name, uid, kind="retrain") else "unlearn"
+
+
+def configmap_name(request_name: str, uid: str, *, kind: JobKind = "unlearn") -> str:
+    """The ConfigMap holding a Job's ``job.json`` shares the Job's name."""
+    return job_name(request_name, uid, kind=kind)
+
+
+def subjects_secret_name(request_name: str, uid: str) -> str:
+    """The Secret holding the request's forget list as accepted: the unlearn Job's name plus
+    ``-subjects`` (one per request; a retrain Job mounts the same one)."""
+    return f"{job_name(request_name, uid)}-subjects"
+
+
+def candidate_version(base_version: str, uid: str, *, kind: JobKind = "unlearn") -> str:
+    """``<base>-unlearned-<uid[:8]>`` (``-retrained-`` for a retrain), at most 128 characters."""
+    tail = f"-{_VERSION_SUFFIX[kind]}-{uid_suffix(uid)}"
+    base = base_version[: MAX_VERSION - len(tail)].rstrip("-._")
+    if not base:
+        raise ValueError(f"Base version {base_version!r} cannot name a candidate version.")
+    return base + tail
+
+
+def request_label_value(request_name: str) -> str:
+    """The request name as a label value: itself when ≤ 63 characters, else a prefix plus a hash."""
+    if len(request_name) <= MAX_LABEL:
+        return request_name
+    return f"{request_name[: MAX_LABEL - 9].rstrip('-.')}-{_digest(request_name)[:8]}"
+
+
+def labels_for(request_name: str, queue_name: str | None = None, *, uid: str | None = None,
+               kind: JobKind = "unlearn") -> dict[str, str]:
+    """Labels of a request's Job, its pods and its ConfigMap; the Kueue queue label only when set."""
+    labels = {
+        LABEL_NAME: TRAINER_APP,
+        LABEL_MANAGED_BY: MANAGER,
+        LABEL_PART_OF: PART_OF,
+        LABEL_COMPONENT: kind,
+        LABEL_REQUEST: request_label_value(request_name),
+    }
+    if uid:
+        if not re.fullmatch(LABEL_VALUE_PATTERN, uid):
+            raise ValueError(f"Request uid {uid!r} is not a valid label value.")
+        labels[LABEL_REQUEST_UID] = uid
+    if queue_name:
+        labels[LABEL_QUEUE] = queue_name
+    return labels
+
+
+def describe(body: Mapping[str, Any]) -> str:
+    """``UnlearnRequest <namespace>/<name>``: how messages and logs name a request."""
+    meta = body.get("metadata") or {}
+    return f"UnlearnRequest {meta.get('namespace')}/{meta.get('name')}"
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """A controller ownerReference to the request, from its body (``metadata.name``/``uid``) or
+    from a flat ``{name, uid}`` mapping (``apiVersion``/``kind`` default to UnlearnRequest's)."""
+    meta = owner.get("metadata", owner)
+    return {
+        "apiVersion": owner.get("apiVersion", f"{GROUP}/{VERSION}"),
+        "kind": owner.get("kind", KIND),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether ``obj`` names the object with ``uid`` among its ownerReferences."""
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])

@@ -1,0 +1,108 @@
+"""The vocabulary of the UnlearnRequest API: enumerations, patterns and the small types built on them.
+
+Every pattern here is the CRD's (``crds/…yaml``); :mod:`forgetmi_operator.api.spec` and
+:mod:`forgetmi_operator.api.status` build the models on them, and the validator
+(:mod:`forgetmi_operator.local.schema`) turns each pattern into a sentence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from forgetmi_trainer.contract import SHA256_PATTERN, URI_PATTERN
+
+__all__ = ["SHA256_PATTERN", "URI_PATTERN"]
+
+GateMetric = Literal["mia", "miaAUC", "forgetAUC", "forgetF1", "testAUC", "testF1"]
+Comparator = Literal["atMost", "atLeast", "maxDrop", "minDrop"]
+Reference = Literal["absolute", "original"]
+RolloutMode = Literal["Automatic", "Manual", "DryRun"]
+OnGateFailure = Literal["Hold", "Retrain"]
+Phase = Literal["Pending", "Running", "Evaluating", "Promoted", "Held", "Failed"]
+GateResult = Literal["Passed", "Failed", "Inconclusive"]
+ConditionType = Literal["Accepted", "Unlearned", "GatesPassed", "Promoted"]
+ConditionStatus = Literal["True", "False", "Unknown"]
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+URI_MAX_LENGTH = 2048
+GPU_RESOURCE = "nvidia.com/gpu"
+DROP_COMPARATORS = ("maxDrop", "minDrop")
+APPROVAL_ANNOTATION = "unlearning.forgetmi.io/approved"
+INT64_MAX = 2**63 - 1
+OBJECT_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+|file:///.*)$"
+"""An object (not a bucket root): the contract's URI pattern with a key required after an s3 bucket."""
+OBJECT_URI_MESSAGE = "must be an s3://bucket/key or file:///... URI: an object, with a key after the bucket"
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_KEY_CHARS = (r"([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                   r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+LABEL_KEY_LENGTHS = r"([^/]{1,253}/)?[^/]{1,63}"
+"""A label key (Kubernetes qualified name) is both: the characters, and a prefix ≤ 253 and a name ≤ 63."""
+LABEL_KEY_MESSAGE = ("must be a label key: an optional DNS subdomain prefix and '/', then a name of at most 63 "
+                     "letters, digits, '-', '_' and '.' that starts and ends with a letter or digit")
+IMAGE_PATTERN = r"^[!-~]*$"
+"""An image reference is printable ASCII without whitespace (the kubelet cannot pull anything else)."""
+
+
+def is_label_key(key: str) -> bool:
+    """A valid label (or taint) key, as the CRD's rule and the API server check it."""
+    return bool(re.fullmatch(LABEL_KEY_CHARS, key) and re.fullmatch(LABEL_KEY_LENGTHS, key))
+
+
+def label_key(key: str) -> str:
+    if key and not is_label_key(key):
+        raise ValueError(LABEL_KEY_MESSAGE)
+    return key
+
+
+def raise_at(model: BaseModel, problems: Sequence[tuple[tuple[str, ...], Any, str]]) -> None:
+    """Raise ``(loc, value, message)`` problems at fields below ``model``, as a CRD rule's ``fieldPath`` does."""
+    if problems:
+        raise ValidationError.from_exception_data(type(model).__name__, [
+            InitErrorDetails(type=PydanticCustomError("value_error", "Value error, {error}", {"error": message}),
+                             loc=loc, input=value)
+            for loc, value, message in problems])
+
+
+def int_to_str(value: Any) -> Any:
+    """Kubernetes quantities are int-or-string (``cpu: 2``); the models keep them as strings."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -INT64_MAX - 1 <= value <= INT64_MAX:
+            raise ValueError("must fit in a 64-bit integer")
+        return str(value)
+    return value
+
+
+Uri = Annotated[str, Field(pattern=URI_PATTERN, max_length=URI_MAX_LENGTH)]
+ObjectUri = Annotated[str, Field(pattern=OBJECT_URI_PATTERN, max_length=URI_MAX_LENGTH)]
+Quantity = Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64), BeforeValidator(int_to_str)]
+
+
+class Camel(BaseModel):
+    """The API's models: camelCase names, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
+
+
+class Spec(Camel):
+    """Spec models are strict like the API server: ``"30"`` is not an integer, ``"yes"`` not a boolean.
+    Any mapping is accepted as an object (Kopf hands handlers a read-only ``Spec`` view)."""
+
+    model_config = ConfigDict(strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _any_mapping(cls, data: Any) -> Any:
+        return dict(data) if isinstance(data, Mapping) and not isinstance(data, dict) else data

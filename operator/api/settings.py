@@ -1,0 +1,125 @@
+"""The operator's settings: one pydantic-settings class read from ``FORGETMI_*`` variables.
+
+Units are in the field names. JSON-typed variables (node selector, tolerations, resources,
+default gates) are parsed here and validated with the same models as the request's spec, so a
+bad value fails at startup with one sentence naming the variable::
+
+    FORGETMI_TRAINER_NODE_SELECTOR='{"gpu": "a100"}'
+    FORGETMI_TRAINER_TOLERATIONS='[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]'
+    FORGETMI_TRAINER_RESOURCES='{"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}'
+    FORGETMI_DEFAULT_GATES='[{"metric": "miaAUC", "comparator": "atMost", "threshold": 0.55}]'
+
+Watched namespaces are Kopf's command-line arguments, not settings.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from forgetmi_operator.api.errors import SettingsInvalid
+from forgetmi_operator.api.patterns import DNS_SUBDOMAIN, GPU_RESOURCE, SECRET_KEY_PATTERN, Quantity
+from forgetmi_operator.api.spec import GateSpec, Toleration
+from forgetmi_trainer.contract import Location, validation_problems
+
+ENV_PREFIX = "FORGETMI_"
+DEFAULT_TRAINER_IMAGE = "ghcr.io/forgetmi/forgetmi-trainer:0.1.0"
+_JSON_FIELDS = ("trainer_node_selector", "trainer_tolerations", "trainer_resources", "default_gates")
+
+
+def default_gates() -> list[GateSpec]:
+    """The gates applied when a request lists none: test AUC may drop at most 0.02, forget AUC must
+    drop (strictly more than 0), and the attacker's AUC must be at most 0.6 (0.5 = no signal)."""
+    return [
+        GateSpec(metric="testAUC", comparator="maxDrop", threshold=0.02, reference="original"),
+        GateSpec(metric="forgetAUC", comparator="minDrop", threshold=0.0, reference="original"),
+        GateSpec(metric="miaAUC", comparator="atMost", threshold=0.6, reference="absolute"),
+    ]
+
+
+class ContainerResources(BaseModel):
+    """Default ``requests``/``limits`` of the trainer container (GPUs come from ``trainer_gpus``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _no_gpus(cls, value: dict[str, str]) -> dict[str, str]:
+        if GPU_RESOURCE in value:
+            raise ValueError(f"set GPUs with FORGETMI_TRAINER_GPUS, not {GPU_RESOURCE}")
+        return value
+
+
+def env_name(field: str) -> str:
+    """``trainer_gpus`` → ``FORGETMI_TRAINER_GPUS``."""
+    return ENV_PREFIX + field.upper()
+
+
+class Settings(BaseSettings):
+    """Every ``FORGETMI_*`` variable the operator reads; see ARCHITECTURE.md and the chart's values."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False)
+
+    trainer_image: str = Field(default=DEFAULT_TRAINER_IMAGE, min_length=1, max_length=512)
+    trainer_gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per trainer pod by default.")
+    trainer_node_selector: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    trainer_tolerations: Annotated[list[Toleration], NoDecode] = Field(default_factory=list)
+    trainer_service_account: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253)
+    trainer_resources: Annotated[ContainerResources, NoDecode] = Field(default_factory=ContainerResources)
+    s3_endpoint_url: str = Field(default="", description="S3 endpoint for the operator and its Jobs.")
+    credentials_secret: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253,
+                                    description="Default Secret with S3 keys for Jobs (envFrom).")
+    default_gates: Annotated[list[GateSpec], NoDecode] = Field(default_factory=default_gates, min_length=1)
+    metrics_port: int = Field(default=8080, ge=1, le=65535)
+    pending_pod_timeout_seconds: float = Field(default=600.0, gt=0)
+    watch_timeout_seconds: int = Field(default=300, ge=1)
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    progress_interval_seconds: float = Field(default=15.0, gt=0)
+    operator_namespace: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=63,
+                                    description="From the downward API; empty outside a cluster.")
+    receipt_hmac_secret_name: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253,
+                                          description="Secret (operator namespace) with the receipt HMAC key.")
+    receipt_hmac_secret_key: str = Field(default="key", pattern=SECRET_KEY_PATTERN, max_length=253)
+    serving_targets_enabled: bool = False
+    log_format: Literal["json", "text"] = "json"
+    job_ttl_seconds_after_finished: int = Field(default=86400, ge=0)
+
+    @field_validator(*_JSON_FIELDS, mode="before")
+    @classmethod
+    def _parse_json(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():
+            return cls.model_fields[info.field_name].get_default(call_default_factory=True)
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"not valid JSON ({err.msg} at position {err.pos})") from err
+
+    @property
+    def receipt_hmac_enabled(self) -> bool:
+        return bool(self.receipt_hmac_secret_name)
+
+
+def _variable(loc: Location) -> str:
+    """``("trainer_tolerations", 0, "key")`` → ``FORGETMI_TRAINER_TOLERATIONS[0][key]``."""
+    field, *rest = [str(part) for part in loc] or ["settings"]
+    return env_name(field) + "".join(f"[{part}]" for part in rest)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings from the environment (``overrides`` win); raises :class:`SettingsInvalid`
+    with one sentence naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        problems = "; ".join(validation_problems(err, _variable))
+        raise SettingsInvalid(f"Operator settings are invalid: {problems}.") from err
+    except SettingsError as err:
+        raise SettingsInvalid(f"Operator settings could not be read: {err}.") from err

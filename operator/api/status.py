@@ -1,0 +1,95 @@
+"""The UnlearnRequest status as pydantic models (mirrors the CRD's status schema).
+
+The operator writes status as camelCase dicts (merge patches); these models read them back, e.g.
+``forgetmi run``'s result and the tests.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from forgetmi_operator.api.patterns import (
+    CONDITION_REASON_PATTERN,
+    Camel,
+    Comparator,
+    ConditionStatus,
+    ConditionType,
+    GateMetric,
+    GateResult,
+    Phase,
+    Reference,
+)
+
+
+class Condition(Camel):
+    """The standard ``metav1.Condition`` shape."""
+
+    type: ConditionType
+    status: ConditionStatus
+    reason: str = Field(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN)
+    message: str = Field(max_length=32768)
+    last_transition_time: str
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class ModelVersionStatus(Camel):
+    version: str
+    uri: str
+    sha256: str | None = None
+
+
+class ProgressStatus(Camel):
+    epoch: int = Field(ge=0)
+    epochs: int | None = Field(default=None, ge=1)
+    percent: float = Field(ge=0, le=100)
+    eta_seconds: float | None = Field(default=None, ge=0)
+
+
+class MetricPair(Camel):
+    original: float | None = None
+    unlearned: float | None = None
+
+
+class MetricsStatus(Camel):
+    forget_auc: MetricPair = Field(default_factory=MetricPair, alias="forgetAUC")
+    forget_f1: MetricPair = Field(default_factory=MetricPair, alias="forgetF1")
+    test_auc: MetricPair = Field(default_factory=MetricPair, alias="testAUC")
+    test_f1: MetricPair = Field(default_factory=MetricPair, alias="testF1")
+    mia: MetricPair = Field(default_factory=MetricPair)
+    mia_auc: MetricPair = Field(default_factory=MetricPair, alias="miaAUC")
+
+
+class GateStatus(Camel):
+    metric: GateMetric
+    comparator: Comparator
+    reference: Reference
+    value: float | None = None
+    threshold: float
+    result: GateResult
+    message: str
+
+
+class ArtifactStatus(Camel):
+    uri: str
+    sha256: str
+
+
+class UnlearnRequestStatus(Camel):
+    phase: Phase | None = None
+    observed_generation: int | None = Field(default=None, ge=0)
+    conditions: list[Condition] = Field(default_factory=list)
+    base_model: ModelVersionStatus | None = None
+    candidate_model: ModelVersionStatus | None = None
+    job_name: str | None = None
+    attempts: int = Field(default=0, ge=0)
+    progress: ProgressStatus | None = None
+    metrics: MetricsStatus | None = None
+    mia: float | None = Field(default=None, description="Unlearned MIA (printer column).")
+    test_auc_drop: float | None = Field(default=None, description="Original − unlearned test AUC (printer column).")
+    gates: list[GateStatus] = Field(default_factory=list)
+    report: ArtifactStatus | None = None
+    receipt: ArtifactStatus | None = None
+    subject_count: int | None = Field(default=None, ge=0)
+    subjects_secret_name: str | None = Field(default=None, max_length=253)
+    start_time: str | None = None
+    completion_time: str | None = None

@@ -1,0 +1,241 @@
+"""The operator's Kubernetes API client: the only module that calls the API server (besides Kopf).
+
+A thin async layer over the official ``kubernetes`` client: each call runs in a worker thread
+(``asyncio.to_thread``) with an explicit request timeout, and returns plain camelCase dicts as
+the API server sends them (no generated model classes), so the pure modules (``jobstate``,
+``jobs``) can work on the same shapes Kopf hands to handlers. It is the cluster's
+:class:`~forgetmi_operator.lifecycle.ports.SecretStore`.
+
+Errors: a missing object is ``None`` (a missing serving target
+:class:`~forgetmi_operator.api.errors.ServingTargetError`); an object or patch the API server
+refuses as invalid (HTTP 400/413/422) is :class:`~forgetmi_operator.api.errors.ObjectRejected` (not
+retried, with the server's message); anything else the API server or the network answers
+unexpectedly is :class:`~forgetmi_operator.api.errors.ClusterUnavailable` (retryable). Secret values
+are never logged nor put in messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from forgetmi_operator import GROUP, PLURAL, VERSION
+from forgetmi_operator.api.errors import ClusterUnavailable, ObjectRejected, OperatorError, ServingTargetError
+from forgetmi_operator.api.settings import Settings
+from forgetmi_operator.cluster.jobstate import job_name_of_pod
+
+KSERVE = ("serving.kserve.io", "v1beta1", "inferenceservices")
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+INVALID_STATUSES = frozenset({400, 413, 422})
+"""What the API server answers for an object or patch it will never accept as sent: a bad request,
+a body too large, an invalid object."""
+SERVER_MESSAGE_LIMIT = 400
+POOL_SIZE = 32
+"""Kept-alive connections to the API server: calls run in worker threads, one connection each."""
+
+
+def _server_message(err: ApiException) -> str:
+    """The API server's ``Status.message`` of a refusal, shortened; empty when the body has none."""
+    try:
+        body = json.loads(err.body) if err.body else {}
+    except (TypeError, ValueError):
+        return ""
+    message = str(body.get("message") or "").strip().rstrip(".") if isinstance(body, dict) else ""
+    if len(message) > SERVER_MESSAGE_LIMIT:
+        message = message[: SERVER_MESSAGE_LIMIT - 1] + "…"
+    return f": {message}" if message else ""
+
+
+def refusal(what: str, err: ApiException) -> OperatorError:
+    """The error for an API call the server refused (not 404): invalid (400/413/422) or retryable."""
+    detail = _server_message(err)
+    if err.status in INVALID_STATUSES:
+        return ObjectRejected(f"The API server refused to {what} as invalid (HTTP {err.status}){detail}.")
+    return ClusterUnavailable(f"The API server refused to {what} (HTTP {err.status} {err.reason}){detail}.")
+
+
+def load_api_client() -> client.ApiClient:
+    """An API client for the service account when running in a Pod, else for ``$KUBECONFIG``
+    (or ``~/.kube/config``), read at call time rather than at import time."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
+                                client_configuration=configuration, persist_config=False)
+    configuration.connection_pool_maxsize = POOL_SIZE
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """Async calls the operator makes; ``request_timeout_seconds`` bounds every call."""
+
+    def __init__(self, api_client: client.ApiClient, *, request_timeout_seconds: float) -> None:
+        self.api_client = api_client
+        self.timeout = request_timeout_seconds
+        self.core = client.CoreV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Kube:
+        return cls(load_api_client(), request_timeout_seconds=settings.request_timeout_seconds)
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` in a thread and decode its JSON body; ``None`` for 404. Other refusals become
+        :func:`refusal`'s error and network failures ``ClusterUnavailable``, each naming ``what``."""
+        kwargs.update(_preload_content=False, _request_timeout=self.timeout)
+        try:
+            response = await asyncio.to_thread(fn, *args, **kwargs)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise refusal(what, err) from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise ClusterUnavailable(f"The API server could not be reached to {what}: {type(err).__name__}.") from err
+        data = response.data
+        return json.loads(data) if data else {}
+
+    async def _create_or_get(self, what: str, create: Callable[..., Any], read: Callable[..., Any],
+                             namespace: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        name = body["metadata"]["name"]
+        try:
+            created = await asyncio.to_thread(create, namespace, body, _preload_content=False,
+                                              _request_timeout=self.timeout)
+            return json.loads(created.data), True
+        except ApiException as err:
+            if err.status != 409:
+                raise refusal(f"create {what} {namespace}/{name}", err) from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise ClusterUnavailable(
+                f"The API server could not be reached to create {what} {namespace}/{name}.") from err
+        existing = await self._call(f"read {what} {namespace}/{name}", read, name, namespace)
+        if existing is None:
+            raise ClusterUnavailable(f"{what} {namespace}/{name} already exists but could not be read.")
+        return existing, False
+
+    # ---- Secrets -------------------------------------------------------------------------------
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._call(f"read Secret {namespace}/{name}", self.core.read_namespaced_secret, name, namespace)
+
+    async def create_or_get_secret(self, namespace: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the Secret, or return the existing one of that name; ``(object, created)``."""
+        return await self._create_or_get("Secret", self.core.create_namespaced_secret,
+                                         self.core.read_namespaced_secret, namespace, body)
+
+    async def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        """Delete the Secret (only the object with ``uid``, when given: a Secret re-created under that
+        name meanwhile is refused by the API server); False when it was already gone."""
+        body = {"preconditions": {"uid": uid}} if uid else None
+        result = await self._call(f"delete Secret {namespace}/{name}", self.core.delete_namespaced_secret, name,
+                                  namespace, body=body)
+        return result is not None
+
+    # ---- ConfigMaps, Jobs, Pods ----------------------------------------------------------------
+
+    async def create_or_get_configmap(self, namespace: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the ConfigMap, or return the existing one of that name; ``(object, created)``."""
+        return await self._create_or_get("ConfigMap", self.core.create_namespaced_config_map,
+                                         self.core.read_namespaced_config_map, namespace, body)
+
+    async def create_or_get_job(self, namespace: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create the Job, or return the existing one of that name (never a duplicate)."""
+        return await self._create_or_get("Job", self.batch.create_namespaced_job, self.batch.read_namespaced_job,
+                                         namespace, body)
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._call(f"read Job {namespace}/{name}", self.batch.read_namespaced_job, name, namespace)
+
+    async def delete_job(self, namespace: str, name: str) -> bool:
+        """Delete the Job and (in the background) its Pods; False when it was already gone."""
+        body = {"propagationPolicy": "Background"}
+        result = await self._call(f"delete Job {namespace}/{name}", self.batch.delete_namespaced_job, name,
+                                  namespace, body=body)
+        return result is not None
+
+    async def list_pods_for_job(self, namespace: str, job_name: str) -> list[dict[str, Any]]:
+        """The Job's Pods (label ``job-name``; filtered here too, so a server ignoring selectors is fine)."""
+        listing = await self._call(f"list Pods of Job {namespace}/{job_name}", self.core.list_namespaced_pod,
+                                   namespace, label_selector=f"job-name={job_name}")
+        pods = (listing or {}).get("items") or []
+        return [pod for pod in pods if job_name_of_pod(pod) == job_name]
+
+    # ---- UnlearnRequests -----------------------------------------------------------------------
+
+    async def patch_request_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch ``status`` of an UnlearnRequest (None when it is gone)."""
+        return await self._call(f"update the status of UnlearnRequest {namespace}/{name}",
+                                self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace,
+                                PLURAL, name, {"status": dict(status)}, _content_type=MERGE_PATCH)
+
+    # ---- serving targets -----------------------------------------------------------------------
+
+    async def _deployment_container(self, namespace: str, name: str,
+                                    container: str | None) -> tuple[int, Mapping[str, Any]]:
+        """The index and spec of ``container`` (default: the first) in Deployment ``namespace/name``."""
+        what = f"Deployment {namespace}/{name}"
+        deployment = await self._call(f"read {what}", self.apps.read_namespaced_deployment, name, namespace)
+        if deployment is None:
+            raise ServingTargetError(f"Serving target {what} does not exist.")
+        containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
+        names = [c.get("name") for c in containers]
+        if not containers or (container is not None and container not in names):
+            raise ServingTargetError(f"Serving target {what} has no container {container or '(none)'}.")
+        index = names.index(container) if container is not None else 0
+        return index, containers[index]
+
+    async def check_deployment(self, namespace: str, name: str, container: str | None) -> None:
+        """Raise ``ServingTargetError`` unless Deployment ``namespace/name`` exists with ``container``."""
+        await self._deployment_container(namespace, name, container)
+
+    async def patch_deployment_env(self, namespace: str, name: str, container: str | None, env: str,
+                                   value: str) -> None:
+        """Set env var ``env`` of ``container`` (default: the first) in Deployment ``namespace/name``.
+
+        A JSON patch that first tests the container's name, so a concurrent reorder is refused
+        rather than patching the wrong container."""
+        what = f"Deployment {namespace}/{name}"
+        index, spec = await self._deployment_container(namespace, name, container)
+        current = [dict(e) for e in spec.get("env") or [] if e.get("name") != env]
+        base = f"/spec/template/spec/containers/{index}"
+        ops = [{"op": "test", "path": f"{base}/name", "value": spec.get("name")},
+               {"op": "add", "path": f"{base}/env", "value": [*current, {"name": env, "value": value}]}]
+        result = await self._call(f"patch {what}", self.apps.patch_namespaced_deployment, name, namespace, ops,
+                                  _content_type=JSON_PATCH)
+        if result is None:
+            raise ServingTargetError(f"Serving target {what} does not exist.")
+
+    async def check_inferenceservice(self, namespace: str, name: str) -> None:
+        """Raise ``ServingTargetError`` unless KServe InferenceService ``namespace/name`` exists and
+        serves through ``spec.predictor.model`` (the field whose ``storageUri`` is set)."""
+        what = f"InferenceService {namespace}/{name}"
+        found = await self._call(f"read {what}", self.custom.get_namespaced_custom_object, *KSERVE[:2], namespace,
+                                 KSERVE[2], name)
+        if found is None:
+            raise ServingTargetError(f"Serving target {what} does not exist.")
+        predictor = (found.get("spec") or {}).get("predictor") or {}
+        if not isinstance(predictor.get("model"), Mapping):
+            raise ServingTargetError(f"Serving target {what} has no spec.predictor.model, whose storageUri the "
+                                     "operator sets.")
+
+    async def patch_inferenceservice_storage_uri(self, namespace: str, name: str, uri: str) -> None:
+        """Set ``spec.predictor.model.storageUri`` of KServe InferenceService ``namespace/name``."""
+        what = f"InferenceService {namespace}/{name}"
+        body = {"spec": {"predictor": {"model": {"storageUri": uri}}}}
+        result = await self._call(f"patch {what}", self.custom.patch_namespaced_custom_object, *KSERVE[:2],
+                                  namespace, KSERVE[2], name, body, _content_type=MERGE_PATCH)
+        if result is None:
+            raise ServingTargetError(f"Serving target {what} does not exist.")

@@ -1,0 +1,104 @@
+"""What the operator does when it starts and stops, and on every watch event (plain async functions
+that Kopf's handlers call).
+
+- :func:`startup` assembles the :class:`~forgetmi_operator.cluster.context.Cluster`: the API client,
+  the lifecycle's ports (Secrets, Jobs, serving targets, the receipt key), the look scheduler and its
+  sweep every ``FORGETMI_PROGRESS_INTERVAL_SECONDS``, and the metrics server; :func:`cleanup` stops them;
+- :func:`request_event`: every request event updates the phase gauges and the scheduler's copy of
+  the request; a request is looked at now when it first shows a Job (new, retrained, or seen again
+  after a restart) and whenever it waits for approval (the approval annotation or
+  ``spec.rollout.mode`` may have changed; Kopf leaves annotations under its own prefix out of what
+  ``on.field`` sees); a deleted request's Job and forget-list copy are deleted;
+- :func:`job_event` and :func:`pod_event`: a trainer Job or Pod with news gets its request looked at
+  now rather than at the next sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from forgetmi_operator.api.settings import Settings
+from forgetmi_operator.cluster import jobstate, launcher, outcome
+from forgetmi_operator.cluster.context import Cluster, PostEvent
+from forgetmi_operator.cluster.kube import Kube
+from forgetmi_operator.cluster.metrics import METRICS, serve
+from forgetmi_operator.cluster.phases import PhaseBook
+from forgetmi_operator.cluster.scheduler import LookScheduler, is_open, key_of, wants_tracking
+from forgetmi_operator.cluster.targets import ClusterTargets
+from forgetmi_operator.lifecycle import subjects
+from forgetmi_operator.lifecycle.ports import Ports
+
+log = logging.getLogger(__name__)
+LOOK_CONCURRENCY = 8
+"""Looks at requests (API reads, conclusions) that run at the same time."""
+PHASES = PhaseBook(METRICS)
+"""Every request's phase, for the request gauges and counters (one per process, as the metrics are)."""
+
+
+async def startup(settings: Settings, post_event: PostEvent) -> Cluster:
+    """Connect to the API server and start the looks, their sweep and the metrics server."""
+    kube = Kube.from_settings(settings)
+    ports = Ports(settings=settings, secrets=kube, trainers=launcher.ClusterTrainers(kube, settings),
+                  targets=ClusterTargets(kube, settings), receipt_key=lambda: subjects.receipt_key(kube, settings))
+    cluster = Cluster(settings=settings, kube=kube, ports=ports, phases=PHASES, post_event=post_event,
+                      scheduler=LookScheduler(lambda entry: outcome.look(cluster, entry), is_open=is_open,
+                                              concurrency=LOOK_CONCURRENCY))
+    cluster.tasks.append(asyncio.create_task(
+        cluster.scheduler.sweep_forever(settings.progress_interval_seconds, wants_tracking), name="forgetmi sweep"))
+    cluster.metrics_server = serve(settings.metrics_port)
+    log.info("Started the metrics server on port %d", settings.metrics_port)
+    return cluster
+
+
+async def cleanup(cluster: Cluster) -> None:
+    """Stop the sweep, the looks in flight, the metrics server and the API client."""
+    for task in cluster.tasks:
+        task.cancel()
+    await asyncio.gather(*cluster.tasks, return_exceptions=True)
+    await cluster.scheduler.close()
+    if cluster.metrics_server is not None:
+        cluster.metrics_server.shutdown()
+        cluster.metrics_server.server_close()
+    cluster.kube.close()
+
+
+async def request_event(cluster: Cluster, body: Mapping[str, Any], *, deleted: bool) -> None:
+    """A request was added, changed or deleted (see the module docstring)."""
+    scheduler = cluster.scheduler
+    if deleted:
+        cluster.phases.forget(body)
+        scheduler.observe(body, deleted=True)
+        await launcher.remove(cluster, body)
+        return
+    if scheduler.is_stale(body):  # from before the operator's own patch that closed it: the gauges keep the close
+        return
+    cluster.phases.observe(body, (body.get("status") or {}).get("phase"))
+    before = scheduler.entries.get(key_of(body))
+    seen_job = (before.body.get("status") or {}).get("jobName") if before is not None else None
+    entry = scheduler.observe(body)
+    if entry is None or not wants_tracking(entry.body):
+        return
+    status = entry.body.get("status") or {}
+    awaiting = outcome.awaits_approval(entry.body)
+    if awaiting or status.get("jobName") != seen_job:
+        scheduler.poke(key_of(body))
+
+
+def job_event(cluster: Cluster, job: Mapping[str, Any], *, deleted: bool) -> None:
+    """A trainer Job changed: keep it, and look at its request when the Job has Pods or finished."""
+    owner = cluster.scheduler.job_changed(job, deleted=deleted)
+    if owner is not None and (deleted or jobstate.has_pods(job)):
+        cluster.scheduler.poke(owner)
+
+
+def pod_event(cluster: Cluster, pod: Mapping[str, Any]) -> None:
+    """A trainer Pod was scheduled, runs, is stuck pulling its image or terminated: look at its request."""
+    job_name = jobstate.job_name_of_pod(pod)
+    if job_name is None:
+        return
+    owner = cluster.scheduler.request_of_job(str((pod.get("metadata") or {}).get("namespace")), job_name)
+    if owner is not None:
+        cluster.scheduler.poke(owner)

@@ -1,0 +1,173 @@
+"""Promotion gates: pure evaluation of the trainer's report against the request's gates.
+
+Metrics (of the original or the unlearned model, from ``report.json``):
+
+=========  ==================================
+mia        ``<model>.mia.score`` (paper MIA)
+miaAUC     ``<model>.mia.attack_auc``
+forgetAUC  ``<model>.split.forget_auc``
+forgetF1   ``<model>.split.forget_f1``
+testAUC    ``<model>.split.test_auc``
+testF1     ``<model>.split.test_f1``
+=========  ==================================
+
+Comparators (``drop`` = original − unlearned, so a positive drop means the metric fell):
+
+- ``atMost`` (reference ``absolute``): passes when unlearned ≤ threshold;
+- ``atLeast`` (``absolute``): passes when unlearned ≥ threshold;
+- ``maxDrop`` (``original``): passes when drop ≤ threshold ("may drop at most");
+- ``minDrop`` (``original``): passes when drop > threshold ("must drop by more than"); with
+  threshold 0 the metric must fall at all. maxDrop and minDrop with the same threshold are exact
+  complements.
+
+Comparisons allow ``TOLERANCE`` (1e-9) for floating-point rounding, so a drop of exactly the
+threshold passes maxDrop and fails minDrop. A metric that is missing, None or NaN (of either model
+where needed), or a missing report, makes the gate ``Inconclusive``; Inconclusive never passes, and
+an empty list of gates never passes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from forgetmi_operator.api.patterns import GateMetric, GateResult
+from forgetmi_operator.api.spec import GateSpec
+from forgetmi_operator.api.status import GateStatus, MetricPair, MetricsStatus
+from forgetmi_trainer.contract import ModelMetrics, Report
+
+TOLERANCE = 1e-9
+METRIC_PATHS: dict[str, tuple[str, str]] = {
+    "mia": ("mia", "score"),
+    "miaAUC": ("mia", "attack_auc"),
+    "forgetAUC": ("split", "forget_auc"),
+    "forgetF1": ("split", "forget_f1"),
+    "testAUC": ("split", "test_auc"),
+    "testF1": ("split", "test_f1"),
+}
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def metric_value(metrics: ModelMetrics | None, metric: GateMetric) -> float | None:
+    """One metric of one model; None when missing, NaN or infinite."""
+    if metrics is None:
+        return None
+    group, field = METRIC_PATHS[metric]
+    return _finite(getattr(getattr(metrics, group), field))
+
+
+def fmt(value: float) -> str:
+    """Up to 4 decimals, trailing zeros dropped: 0.9120 → ``0.912``, 1.0 → ``1``."""
+    text = f"{value:.4f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def effective_gates(spec_gates: Sequence[GateSpec], defaults: Sequence[GateSpec]) -> list[GateSpec]:
+    """The request's gates, or the operator's defaults when it lists none."""
+    return list(spec_gates) if spec_gates else list(defaults)
+
+
+def _status(gate: GateSpec, value: float | None, result: GateResult, message: str) -> GateStatus:
+    return GateStatus(metric=gate.metric, comparator=gate.comparator, reference=gate.reference,
+                      value=None if value is None else round(value, 6), threshold=gate.threshold,
+                      result=result, message=message)
+
+
+def _inconclusive(gate: GateSpec, message: str) -> GateStatus:
+    return _status(gate, None, "Inconclusive", message)
+
+
+def _moved(metric: str, drop: float, original: float, unlearned: float) -> str:
+    if abs(drop) <= TOLERANCE:
+        return f"{metric} did not change ({fmt(original)} → {fmt(unlearned)})"
+    verb = "dropped" if drop > 0 else "rose"
+    return f"{metric} {verb} {fmt(abs(drop))} ({fmt(original)} → {fmt(unlearned)})"
+
+
+def _compare_value(gate: GateSpec, unlearned: float) -> GateStatus:
+    t, name = gate.threshold, gate.metric
+    if gate.comparator == "atMost":
+        ok = unlearned <= t + TOLERANCE
+        tail = "at most" if ok else "above the allowed"
+    else:
+        ok = unlearned >= t - TOLERANCE
+        tail = "at least" if ok else "below the required"
+    return _status(gate, unlearned, _result(ok), f"{name} is {fmt(unlearned)}, {tail} {fmt(t)}.")
+
+
+def _compare_drop(gate: GateSpec, original: float, unlearned: float) -> GateStatus:
+    t, drop = gate.threshold, original - unlearned
+    moved = _moved(gate.metric, drop, original, unlearned)
+    if gate.comparator == "maxDrop":
+        ok = drop <= t + TOLERANCE
+        tail = f"at most {fmt(t)} allowed" if ok else f"more than the {fmt(t)} allowed"
+    else:
+        ok = drop > t + TOLERANCE
+        if t == 0:
+            tail = "as required" if ok else "but it had to drop"
+        else:
+            tail = f"more than the required {fmt(t)}" if ok else f"but it had to drop by more than {fmt(t)}"
+    return _status(gate, drop, _result(ok), f"{moved}, {tail}.")
+
+
+def evaluate_gate(gate: GateSpec, report: Report | None) -> GateStatus:
+    """One gate against the report (see the module docstring for the exact rules)."""
+    if report is None:
+        return _inconclusive(gate, f"No report was read, so the {gate.metric} gate is inconclusive.")
+    unlearned = metric_value(report.unlearned, gate.metric)
+    if unlearned is None:
+        return _inconclusive(gate, f"{gate.metric} of the unlearned model was not measured, "
+                                   "so the gate is inconclusive.")
+    if gate.comparator in ("atMost", "atLeast"):
+        return _compare_value(gate, unlearned)
+    original = metric_value(report.original, gate.metric)
+    if original is None:
+        return _inconclusive(gate, f"{gate.metric} of the original model was not measured, "
+                                   "so the gate is inconclusive.")
+    return _compare_drop(gate, original, unlearned)
+
+
+def _result(ok: bool) -> GateResult:
+    return "Passed" if ok else "Failed"
+
+
+def evaluate_gates(gates: Sequence[GateSpec], report: Report | None) -> list[GateStatus]:
+    """Every gate, in order, against the report (None: no report, every gate Inconclusive)."""
+    return [evaluate_gate(gate, report) for gate in gates]
+
+
+def all_passed(statuses: Sequence[GateStatus]) -> bool:
+    """True only when there is at least one gate and every gate Passed (Inconclusive never passes)."""
+    return bool(statuses) and all(status.result == "Passed" for status in statuses)
+
+
+def summary(statuses: Sequence[GateStatus]) -> str:
+    """One sentence for a condition message: how many gates passed and the first that did not."""
+    passed = sum(status.result == "Passed" for status in statuses)
+    if not statuses:
+        return "No gates were evaluated."
+    if passed == len(statuses):
+        return f"All {passed} gates passed."
+    first = next(status for status in statuses if status.result != "Passed")
+    return f"{passed} of {len(statuses)} gates passed; {first.metric} {first.result.lower()}: {first.message}"
+
+
+def metrics_status(report: Report) -> MetricsStatus:
+    """The report's metrics as ``status.metrics`` (original vs unlearned; NaN becomes absent)."""
+    pairs = {
+        metric: MetricPair(original=metric_value(report.original, metric),
+                           unlearned=metric_value(report.unlearned, metric))
+        for metric in METRIC_PATHS
+    }
+    return MetricsStatus.model_validate(pairs)
+
+
+def metric_drop(report: Report, metric: GateMetric) -> float | None:
+    """Original − unlearned value of a metric (``testAUC``: the printer column and the dashboard
+    gauge), rounded to 6 decimals; None unless both were measured."""
+    original = metric_value(report.original, metric)
+    unlearned = metric_value(report.unlearned, metric)
+    return None if original is None or unlearned is None else round(original - unlearned, 6)

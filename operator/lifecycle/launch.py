@@ -1,0 +1,97 @@
+"""The first half of a request's lifecycle, alike in a cluster and in ``forgetmi run``: accept the
+request, copy its forget list, and start its trainer run.
+
+:func:`accept` validates what the request names before anything starts: the alias resolves to a
+version (pinned from then on), the manifest exists and holds training rows of every forget
+subject (its subject set read once per version of the object, :mod:`~forgetmi_operator.registry.manifests`),
+and the forget list is read (:mod:`~forgetmi_operator.lifecycle.subjects`) and copied.
+:func:`launch` then starts the run through the :class:`~forgetmi_operator.lifecycle.ports.Trainers`
+port and returns the step that records it. Errors are the domain errors of
+:mod:`forgetmi_operator.api.errors`, each one sentence naming the field or object at fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from forgetmi_operator.api import conditions as cond
+from forgetmi_operator.api import naming
+from forgetmi_operator.api.errors import InputNotFound, OperatorError, SubjectsError, storage_call
+from forgetmi_operator.api.spec import UnlearnRequestSpec, parse_spec
+from forgetmi_operator.api.status import ModelVersionStatus
+from forgetmi_operator.lifecycle import subjects
+from forgetmi_operator.lifecycle.ports import Ports
+from forgetmi_operator.lifecycle.steps import Step, with_condition
+from forgetmi_operator.registry import aliases, manifests
+from forgetmi_trainer.contract import now
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What accepting a request pins: the base version, and the forget list its runs read."""
+
+    base: ModelVersionStatus
+    subjects: list[str]
+
+
+def check_inputs(spec: UnlearnRequestSpec, forget: list[str], where: str) -> ModelVersionStatus:
+    """Resolve the alias and check the manifest holds every forget subject (blocking); the base version."""
+    model = spec.model
+    try:
+        resolved = aliases.resolve_alias(model.registry_uri, model.name, model.alias)
+    except aliases.RegistryError as err:
+        raise InputNotFound(f"spec.model: {err}") from err
+    try:
+        trained = manifests.TRAINING_SUBJECTS.get(spec.data.manifest_uri)
+    except manifests.ManifestMissing as err:
+        raise InputNotFound(f"spec.data.manifestUri {spec.data.manifest_uri} does not exist.") from err
+    if trained is not None:
+        unknown = sum(1 for s in forget if s not in trained)
+        if unknown:
+            raise SubjectsError(f"{unknown} of {len(forget)} forget subjects in {where} have no training "
+                                f"samples in spec.data.manifestUri {spec.data.manifest_uri}.")
+    return ModelVersionStatus(version=resolved.version, uri=resolved.uri, sha256=resolved.sha256)
+
+
+async def accept(ports: Ports, body: Mapping[str, Any], spec: UnlearnRequestSpec) -> Accepted:
+    """Check every input of the request with its referenced forget list, and copy the list (see the
+    module docstring). When that list no longer passes (changed to something invalid, or gone), the
+    copy an earlier attempt at this launch made (a retry, or an operator restart mid-launch) is
+    accepted instead: it is what that attempt's run reads, forgets and the receipt attests."""
+    try:
+        forget, where = await subjects.read_referenced(ports.secrets, spec, body["metadata"]["namespace"])
+        base = await storage_call(check_inputs, spec, forget, where)
+    except OperatorError as err:
+        found = None if err.retryable else await subjects.find_snapshot(ports.secrets, body)
+        if found is None:
+            raise
+        forget, where = found
+        base = await storage_call(check_inputs, spec, forget, where)
+    return Accepted(base=base, subjects=await subjects.snapshot(ports.secrets, body, forget, where))
+
+
+async def launch(ports: Ports, body: Mapping[str, Any]) -> Step:
+    """Accept the request and start its unlearning run once; a suspended request only says so."""
+    meta, status = body["metadata"], body.get("status") or {}
+    spec = parse_spec(body.get("spec") or {})
+    step = Step()
+    if spec.suspend:
+        message = f"{naming.describe(body)} is suspended; no Job is created while spec.suspend is true."
+        with_condition(body, step, "Unlearned", "Unknown", cond.NOT_STARTED, message)
+        step.events.append(("Normal", "Suspended", message))
+        return step
+    accepted = await accept(ports, body, spec)
+    started = await ports.trainers.start(body, spec, accepted.base.version, "unlearn")
+    with_condition(body, step, "Accepted", "True", cond.ACCEPTED,
+                   f"{naming.describe(body)} was accepted: {len(accepted.subjects)} subjects to forget from "
+                   f"model {spec.model.name} version {accepted.base.version}.")
+    with_condition(body, step, "Unlearned", "Unknown", cond.JOB_PENDING, started.waiting)
+    step.status.update(baseModel=accepted.base.model_dump(by_alias=True, exclude_none=True),
+                       subjectCount=len(accepted.subjects), jobName=started.job_name,
+                       subjectsSecretName=naming.subjects_secret_name(meta["name"], meta["uid"]),
+                       attempts=max(1, int(status.get("attempts") or 0)), startTime=status.get("startTime") or now())
+    if started.created:
+        step.events.append(("Normal", "JobCreated", started.event))
+    return step

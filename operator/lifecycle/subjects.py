@@ -1,0 +1,206 @@
+"""The forget list: the one place that reads, checks, copies, finds and deletes a request's patient IDs.
+
+A request references its list (``spec.forget.subjectsSecretRef`` or ``subjectsUri``); it is read
+once, at acceptance (:func:`read_referenced`), and copied into the request's own immutable Secret
+(:func:`snapshot`, named by :func:`~forgetmi_operator.api.naming.subjects_secret_name`, owned by
+the request, one ID per line). Every trainer run of the request reads that copy and the receipt
+attests it (:func:`read_snapshot`), so editing the referenced list afterwards changes neither;
+:func:`release` deletes the copy once the request ended. Secrets are reached through a
+:class:`~forgetmi_operator.lifecycle.ports.SecretStore`. Patient IDs are read only to check,
+count, copy and HMAC them: they never reach a log, a status field or a message, and an error
+never quotes one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from forgetmi_operator.api import naming
+from forgetmi_operator.api.errors import (
+    DigestMismatch,
+    InputNotFound,
+    OperatorError,
+    SecretNotFound,
+    SubjectsError,
+    retry,
+    storage_call,
+)
+from forgetmi_operator.api.settings import Settings
+from forgetmi_operator.api.spec import ForgetSpec, UnlearnRequestSpec
+from forgetmi_operator.lifecycle.ports import SecretStore
+from forgetmi_trainer import storage
+from forgetmi_trainer.contract import parse_subjects, subjects_text
+from forgetmi_trainer.errors import ObjectNotFound
+
+log = logging.getLogger(__name__)
+SUBJECTS_KEY = "subjects"
+"""The key of the copy's one entry (and the file name a Job mounts it as)."""
+SUBJECTS_COMPONENT = "subjects"
+MAX_SUBJECTS_BYTES = 1024 * 1024
+"""What a Secret's data may hold (Kubernetes' limit), so the most a forget list's copy may take."""
+RELEASE_ATTEMPTS = 3
+RELEASE_RETRY_SECONDS = 1.0
+"""Deleting the copy is tried this often on a retryable error, 1 s then 2 s apart."""
+Found = tuple[list[str], str]
+"""A forget list and where it was read (for messages)."""
+
+
+def parse(text: str, where: str) -> list[str]:
+    """Subject IDs from a Secret key's or object's text; the error never quotes an ID."""
+    try:
+        subjects = parse_subjects(text)
+    except ValueError as err:
+        raise SubjectsError(f"The forget subjects in {where} are malformed: {err}.") from err
+    if not subjects:
+        raise SubjectsError(f"The forget subjects in {where} list no patient.")
+    return subjects
+
+
+async def read_secret_key(store: SecretStore, namespace: str, name: str, key: str) -> bytes:
+    """The decoded value of ``key`` in Secret ``namespace/name``; ``SecretNotFound`` otherwise."""
+    secret = await store.get_secret(namespace, name)
+    if secret is None:
+        raise SecretNotFound(f"Secret {namespace}/{name} does not exist.")
+    data = secret.get("data") or {}
+    if key in data:
+        return base64.b64decode(data[key])
+    string_data = secret.get("stringData") or {}
+    if key in string_data:
+        return str(string_data[key]).encode()
+    raise SecretNotFound(f"Secret {namespace}/{name} has no key {key!r}.")
+
+
+def read_uri(forget: ForgetSpec) -> str:
+    """The text of ``forget.subjectsUri``, checked against ``forget.sha256`` when given (blocking)."""
+    uri = str(forget.subjects_uri)
+    try:
+        raw = storage.read_bytes(uri)
+    except ObjectNotFound as err:
+        raise InputNotFound(f"spec.forget.subjectsUri {uri} does not exist.") from err
+    if forget.sha256 and hashlib.sha256(raw).hexdigest() != forget.sha256:
+        raise DigestMismatch(f"spec.forget.subjectsUri {uri} does not match spec.forget.sha256.")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SubjectsError(f"spec.forget.subjectsUri {uri} is not UTF-8 text.") from err
+
+
+async def read_referenced(store: SecretStore, spec: UnlearnRequestSpec, namespace: str) -> Found:
+    """The list the spec references (its Secret key or its object)."""
+    ref = spec.forget.subjects_secret_ref
+    if ref is not None:
+        raw = await read_secret_key(store, namespace, ref.name, ref.key)
+        where = f"Secret {namespace}/{ref.name} key {ref.key!r}"
+        return parse(raw.decode("utf-8", errors="replace"), where), where
+    where = f"spec.forget.subjectsUri {spec.forget.subjects_uri}"
+    return parse(await storage_call(read_uri, spec.forget), where), where
+
+
+def _snapshot_where(namespace: str, name: str) -> str:
+    return f"Secret {namespace}/{name} (the forget list as accepted)"
+
+
+def build_snapshot_secret(subjects: Sequence[str], *, name: str, namespace: str, uid: str,
+                          owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The immutable Secret holding the forget list as accepted, owned by the request ``name``/``uid``."""
+    ref = naming.owner_reference(owner if owner is not None else {"name": name, "uid": uid})
+    labels = {**naming.labels_for(ref["name"], uid=ref["uid"]), naming.LABEL_COMPONENT: SUBJECTS_COMPONENT}
+    encoded = base64.b64encode(subjects_text(subjects).encode("utf-8")).decode("ascii")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": naming.subjects_secret_name(ref["name"], ref["uid"]), "namespace": namespace,
+                     "labels": labels, "ownerReferences": [ref]},
+        "type": "Opaque",
+        "immutable": True,
+        "data": {SUBJECTS_KEY: encoded},
+    }
+
+
+def _from_snapshot(secret: Mapping[str, Any], namespace: str, uid: str) -> list[str]:
+    name = (secret.get("metadata") or {}).get("name", "")
+    if not naming.owned_by(secret, uid):
+        raise SubjectsError(f"Secret {namespace}/{name} exists but is not owned by this UnlearnRequest, so it cannot "
+                            "hold its forget list; delete or rename it.")
+    encoded = (secret.get("data") or {}).get(SUBJECTS_KEY)
+    if encoded is None:
+        raise SubjectsError(f"{_snapshot_where(namespace, name)} has no key {SUBJECTS_KEY!r}.")
+    return parse(base64.b64decode(encoded).decode("utf-8", errors="replace"), _snapshot_where(namespace, name))
+
+
+async def snapshot(store: SecretStore, body: Mapping[str, Any], subjects: list[str], where: str) -> list[str]:
+    """Copy ``subjects`` (just accepted, read from ``where``) into the request's Secret and return the
+    list its runs will forget: ``subjects``, or the list an earlier attempt copied (an operator
+    restart or a retried launch), which stays what is forgotten and attested."""
+    meta = body["metadata"]
+    namespace, uid = meta["namespace"], meta["uid"]
+    size = len(subjects_text(subjects).encode("utf-8"))
+    if size > MAX_SUBJECTS_BYTES:
+        raise SubjectsError(f"The forget list in {where} takes {size} bytes as one ID per line ({len(subjects)} "
+                            f"subjects), more than the {MAX_SUBJECTS_BYTES} bytes (1 MiB) a Secret holds, and "
+                            "the request's copy of it is a Secret: split it into several requests.")
+    secret = build_snapshot_secret(subjects, name=meta["name"], namespace=namespace, uid=uid, owner=body)
+    existing, created = await store.create_or_get_secret(namespace, secret)
+    return subjects if created else _from_snapshot(existing, namespace, uid)
+
+
+async def find_snapshot(store: SecretStore, body: Mapping[str, Any]) -> Found | None:
+    """The request's copy of its forget list and where it is; None when there is none."""
+    meta = body["metadata"]
+    namespace, uid = meta["namespace"], meta["uid"]
+    name = naming.subjects_secret_name(meta["name"], uid)
+    secret = await store.get_secret(namespace, name)
+    if secret is None:
+        return None
+    return _from_snapshot(secret, namespace, uid), _snapshot_where(namespace, name)
+
+
+async def read_snapshot(store: SecretStore, body: Mapping[str, Any]) -> Found:
+    """The list the request's runs forgot and its receipt attests; SubjectsError when the copy is gone."""
+    found = await find_snapshot(store, body)
+    if found is None:
+        meta = body["metadata"]
+        name = naming.subjects_secret_name(meta["name"], meta["uid"])
+        raise SubjectsError(f"{_snapshot_where(meta['namespace'], name)} is gone, so the receipt could not attest "
+                            "what was forgotten: nothing was promoted. Create a new request.")
+    return found
+
+
+async def release(store: SecretStore, body: Mapping[str, Any]) -> None:
+    """Delete the request's copy once nothing needs it (the request ended or is gone), so the list is
+    not kept longer than the work on it. Only a copy the request owns is deleted, with a precondition
+    on its uid (one of that name made by someone else, or made again meanwhile, is left alone); a
+    failure leaves it to garbage collection with the request."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], naming.subjects_secret_name(meta["name"], meta["uid"])
+
+    async def delete() -> None:
+        secret = await store.get_secret(namespace, name)
+        if secret is None:
+            return
+        if not naming.owned_by(secret, meta["uid"]):
+            log.warning("Secret %s/%s is not owned by %s and was left alone", namespace, name, naming.describe(body))
+            return
+        if await store.delete_secret(namespace, name, uid=secret["metadata"].get("uid")):
+            log.info("Deleted Secret %s/%s, the forget list of %s", namespace, name, naming.describe(body))
+
+    try:
+        await retry(delete, attempts=RELEASE_ATTEMPTS, delay_seconds=RELEASE_RETRY_SECONDS)
+    except OperatorError as err:
+        log.warning("Secret %s/%s of %s is left to garbage collection with it: %s", namespace, name,
+                    naming.describe(body), err.message)
+
+
+async def receipt_key(store: SecretStore, settings: Settings) -> bytes | None:
+    """The receipt HMAC key from the operator namespace's Secret; None when none is configured."""
+    if not settings.receipt_hmac_enabled:
+        return None
+    if not settings.operator_namespace:
+        raise SecretNotFound("FORGETMI_OPERATOR_NAMESPACE is empty, so the receipt HMAC Secret "
+                             f"{settings.receipt_hmac_secret_name} cannot be located.")
+    return await read_secret_key(store, settings.operator_namespace, settings.receipt_hmac_secret_name,
+                                 settings.receipt_hmac_secret_key)

@@ -1,0 +1,52 @@
+"""Where things live in the model registry (ARCHITECTURE.md "Model registry layout"), as pure functions::
+
+    <registry>/<name>/versions/<version>/{config.json, model.safetensors, metadata.json}
+    <registry>/<name>/aliases/<alias>.json
+    <registry>/<name>/requests/<request-uid>/{report.json, progress.json, receipt.json}
+
+A retrain run's report and progress go to the request folder's ``retrain/`` subfolder; the
+receipt, one per request, stays at its top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from forgetmi_operator.api.naming import JobKind
+from forgetmi_trainer import storage
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+REPORT_FILE = "report.json"
+PROGRESS_FILE = "progress.json"
+RECEIPT_FILE = "receipt.json"
+
+
+def version_uri(registry: str, name: str, version: str) -> str:
+    return storage.join(registry, name, "versions", version)
+
+
+def alias_uri(registry: str, name: str, alias: str) -> str:
+    return storage.join(registry, name, "aliases", f"{alias}.json")
+
+
+def request_dir_uri(registry: str, name: str, uid: str) -> str:
+    return storage.join(registry, name, "requests", uid)
+
+
+@dataclass(frozen=True)
+class RequestPaths:
+    """Where one request's artifacts live in the registry."""
+
+    directory: str
+    report: str
+    progress: str
+    receipt: str
+
+
+def request_paths(registry_uri: str, model_name: str, uid: str, *, kind: JobKind = "unlearn") -> RequestPaths:
+    """``<registry>/<model>/requests/<uid>/{report,progress,receipt}.json`` (retrain: ``…/retrain/``)."""
+    top = request_dir_uri(registry_uri, model_name, uid)
+    run = storage.join(top, "retrain") if kind == "retrain" else top
+    return RequestPaths(directory=top, report=storage.join(run, REPORT_FILE),
+                        progress=storage.join(run, PROGRESS_FILE), receipt=storage.join(top, RECEIPT_FILE))

@@ -1,0 +1,32 @@
+"""Test helper: a :class:`~forgetmi_operator.cluster.context.Cluster` around a fake API client, with the
+cluster's own ports (Secrets, Jobs, serving targets, the receipt key) as the operator assembles them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from forgetmi_operator.api.settings import Settings
+from forgetmi_operator.cluster import outcome
+from forgetmi_operator.cluster.context import Cluster
+from forgetmi_operator.cluster.launcher import ClusterTrainers
+from forgetmi_operator.cluster.metrics import Metrics
+from forgetmi_operator.cluster.phases import PhaseBook
+from forgetmi_operator.cluster.scheduler import LookScheduler, is_open
+from forgetmi_operator.cluster.targets import ClusterTargets
+from forgetmi_operator.lifecycle import subjects
+from forgetmi_operator.lifecycle.ports import Ports
+
+
+def make_cluster(kube: Any, settings: Settings | None = None, *,
+                 receipt_key: Callable[[], Awaitable[bytes | None]] | None = None,
+                 post_event: Callable[..., None] | None = None) -> Cluster:
+    """A Cluster on ``kube`` (anything with the methods the operator calls); ``receipt_key`` defaults
+    to the operator's (the Secret that ``settings`` names), ``post_event`` to dropping Events."""
+    ours = settings or Settings()
+    ports = Ports(settings=ours, secrets=kube, trainers=ClusterTrainers(kube, ours), targets=ClusterTargets(kube, ours),
+                  receipt_key=receipt_key or (lambda: subjects.receipt_key(kube, ours)))
+    cluster = Cluster(settings=ours, kube=kube, ports=ports, phases=PhaseBook(Metrics()),
+                      post_event=post_event or (lambda body, type, reason, message: None),
+                      scheduler=LookScheduler(lambda entry: outcome.look(cluster, entry), is_open=is_open))
+    return cluster

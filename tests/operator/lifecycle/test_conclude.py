@@ -1,0 +1,366 @@
+"""lifecycle.conclude with the cluster's ports: nothing changes until every check passed, and a
+rollout that fails is undone; cluster.outcome.track_job: a Job gone after its report is concluded.
+
+A real ``file://`` registry (base version, alias, the trainer's candidate and report) and a fake
+``Kube`` that records what was patched and fails where a test says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.clusters import make_cluster
+from harness.reports import make_report
+
+from forgetmi_operator.api import conditions as cond
+from forgetmi_operator.api import naming
+from forgetmi_operator.api.errors import (
+    ClusterUnavailable,
+    ObjectRejected,
+    RegistryUnavailable,
+    ReportInvalid,
+    ServingTargetError,
+)
+from forgetmi_operator.api.settings import Settings
+from forgetmi_operator.cluster import outcome, targets
+from forgetmi_operator.cluster.context import Cluster
+from forgetmi_operator.lifecycle import receipts
+from forgetmi_operator.lifecycle.conclude import Outcome, conclude
+from forgetmi_operator.lifecycle.steps import Step
+from forgetmi_operator.lifecycle.subjects import build_snapshot_secret
+from forgetmi_operator.registry import aliases as registry
+from forgetmi_operator.registry.paths import request_paths, version_uri
+from forgetmi_trainer import storage
+from forgetmi_trainer.contract import Report
+from forgetmi_trainer.errors import StorageUnavailable
+
+MODEL, ALIAS, NAMESPACE, NAME = "cxr", "production", "radiology", "forget-0042"
+UID = "0b3f9c2e-1111-2222-3333-444455556666"
+SUBJECTS = ["P001", "P002", "P003"]
+SNAPSHOT = naming.subjects_secret_name(NAME, UID)
+
+
+class FakeKube:
+    """The calls a conclusion makes; ``fail`` maps a method name to the errors it raises, in turn.
+    ``snapshot`` is the request's subjects Secret (None: gone); ``hmac_key`` the receipt key."""
+
+    def __init__(self) -> None:
+        self.fail: dict[str, list[Exception]] = {}
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.snapshot: dict[str, Any] | None = build_snapshot_secret(SUBJECTS, name=NAME, namespace=NAMESPACE,
+                                                                          uid=UID)
+        self.hmac_key: bytes | None = None
+        self.job: dict[str, Any] | None = None  # None: gone (deleted, or removed by its TTL)
+        self.created: list[dict[str, Any]] = []
+
+    def _call(self, name: str, *args: Any) -> None:
+        self.calls.append((name, args))
+        queue = self.fail.get(name)
+        if queue:
+            raise queue.pop(0)
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._call("get_secret", namespace, name)
+        if (namespace, name) == (NAMESPACE, "subjects"):  # the referenced Secret, edited since acceptance
+            return {"data": {"ids": "UDAwOQpQMDA4ClAwMDcK"}}
+        return self.snapshot if (namespace, name) == (NAMESPACE, SNAPSHOT) else None
+
+    async def read_hmac_key(self) -> bytes | None:
+        self._call("read_hmac_key")
+        return self.hmac_key
+
+    async def check_deployment(self, namespace: str, name: str, container: str | None) -> None:
+        self._call("check_deployment", namespace, name, container)
+
+    async def patch_deployment_env(self, namespace: str, name: str, container: str | None, env: str,
+                                   value: str) -> None:
+        self._call("patch_deployment_env", namespace, name, container, env, value)
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self._call("get_job", namespace, name)
+        return self.job
+
+    async def create_or_get_secret(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        self._call("create_or_get_secret", namespace, body["metadata"]["name"])
+        self.created.append(body)
+        return body, True
+
+    async def create_or_get_configmap(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        self._call("create_or_get_configmap", namespace, body["metadata"]["name"])
+        return body, True
+
+    async def create_or_get_job(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        self._call("create_or_get_job", namespace, body["metadata"]["name"])
+        return body, True
+
+    def patched(self) -> list[tuple[Any, ...]]:
+        return [args for name, args in self.calls if name == "patch_deployment_env"]
+
+
+def _version(root: Path, version: str, weights: bytes) -> str:
+    directory = root / MODEL / "versions" / version
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text("{}\n")
+    (directory / "model.safetensors").write_bytes(weights)
+    return hashlib.sha256(weights).hexdigest()
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Any]:
+    """A registry with alias production → v7, and the trainer's candidate and report for the request."""
+    root = tmp_path / "registry"
+    reg = f"file://{root}"
+    base_sha = _version(root, "v7", b"base weights")
+    registry.promote(reg, MODEL, ALIAS, new_version="v7", new_sha256=base_sha, expected_token=None, request=None)
+    candidate_version = naming.candidate_version("v7", UID)
+    candidate_sha = _version(root, candidate_version, b"unlearned weights")
+    raw = make_report().model_dump()
+    raw.update({
+        "request": f"{NAMESPACE}/{NAME}", "candidate_version": candidate_version,
+        "base": {"uri": version_uri(reg, MODEL, "v7"), "sha256": base_sha},
+        "candidate": {"uri": version_uri(reg, MODEL, candidate_version), "sha256": candidate_sha},
+    })
+    report = Report.model_validate(raw)
+    paths = request_paths(reg, MODEL, UID)
+    storage.write_bytes(paths.report, report.to_json().encode())
+    body = {
+        "metadata": {"name": NAME, "namespace": NAMESPACE, "uid": UID, "generation": 1,
+                     "creationTimestamp": "2026-12-01T00:00:00Z"},
+        "spec": {"model": {"registryUri": reg, "name": MODEL, "alias": ALIAS},
+                 "data": {"manifestUri": "file:///data/manifest.csv"},
+                 "forget": {"subjectsSecretRef": {"name": "subjects", "key": "ids"}},
+                 "rollout": {"mode": "Automatic", "target": {"kind": "Deployment", "name": "cxr-server"}}},
+        "status": {"jobName": naming.job_name(NAME, UID), "subjectCount": 3, "subjectsSecretName": SNAPSHOT,
+                   "baseModel": {"version": "v7", "uri": version_uri(reg, MODEL, "v7"), "sha256": base_sha}},
+    }
+    return {"reg": reg, "body": body, "paths": paths, "candidate": candidate_version, "report": report}
+
+
+def _cluster(kube: FakeKube, **settings: Any) -> Cluster:
+    return make_cluster(kube, Settings(**{"serving_targets_enabled": True, **settings}), receipt_key=kube.read_hmac_key)
+
+
+def _evaluate(world: dict[str, Any], kube: FakeKube, **settings: Any) -> Outcome:
+    return asyncio.run(conclude(_cluster(kube, **settings).ports, world["body"]))
+
+
+def _alias(world: dict[str, Any]) -> str:
+    return registry.resolve_alias(world["reg"], MODEL, ALIAS).version
+
+
+def _condition(step: Step, type: str) -> dict[str, Any]:
+    return next(c for c in step.status["conditions"] if c["type"] == type)
+
+
+@pytest.fixture(autouse=True)
+def _no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(targets, "TARGET_RETRY_SECONDS", 0.0)
+
+
+def test_a_passing_request_promotes_patches_the_target_and_writes_the_receipt(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    result = _evaluate(world, kube)
+    assert _alias(world) == world["candidate"]
+    assert [args[-1] for args in kube.patched()] == [version_uri(world["reg"], MODEL, world["candidate"])]
+    assert result.step.status["phase"] == "Promoted"
+    assert storage.exists(world["paths"].receipt) and result.step.status["receipt"]["uri"] == world["paths"].receipt
+    reasons = [reason for _, reason, _ in result.step.events]
+    assert reasons == [cond.JOB_SUCCEEDED, cond.GATES_PASSED, cond.PROMOTED]
+
+
+def test_a_target_that_cannot_be_patched_is_found_before_the_alias_moves(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.fail["check_deployment"] = [ServingTargetError("Serving target Deployment radiology/cxr-server has no "
+                                                        "container (none).")]
+    result = _evaluate(world, kube)
+    assert _alias(world) == "v7" and kube.patched() == []
+    promoted = _condition(result.step, "Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("False", "ServingTargetError")
+    assert result.step.status["phase"] == "Held"
+    # the evaluation stays in status
+    assert result.step.status["gates"] and result.step.status["candidateModel"]["version"] == world["candidate"]
+    assert _condition(result.step, "GatesPassed")["status"] == "True"
+    assert not storage.exists(world["paths"].receipt)
+
+
+def test_a_rollout_that_fails_after_the_alias_moved_moves_it_back(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.fail["patch_deployment_env"] = [ObjectRejected("The API server refused to patch Deployment "
+                                                        "radiology/cxr-server as invalid (HTTP 422): denied.")]
+    result = _evaluate(world, kube)
+    assert _alias(world) == "v7"
+    record = registry.resolve_alias(world["reg"], MODEL, ALIAS).record
+    assert record.previous == world["candidate"]  # the history says what happened
+    promoted = _condition(result.step, "Promoted")
+    assert promoted["reason"] == "ServingTargetError"
+    assert "The rollout was undone: Alias 'production' of model 'cxr' was moved back to version 'v7'." in \
+        promoted["message"]
+    assert result.step.status["phase"] == "Held"
+
+
+def test_a_transient_target_error_is_tried_again_before_giving_up(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.fail["patch_deployment_env"] = [ClusterUnavailable("x"), ClusterUnavailable("y")]
+    result = _evaluate(world, kube)
+    assert len(kube.patched()) == 3 and _alias(world) == world["candidate"]
+    assert result.step.status["phase"] == "Promoted"
+    kube = FakeKube()
+    world["body"]["metadata"]["uid"] = UID  # same request, alias reset below
+    registry.promote(world["reg"], MODEL, ALIAS, new_version="v7",
+                     new_sha256=world["body"]["status"]["baseModel"]["sha256"],
+                     expected_token=registry.resolve_alias(world["reg"], MODEL, ALIAS).token, request=None)
+    kube.fail["patch_deployment_env"] = [ClusterUnavailable(f"down {i}") for i in range(targets.TARGET_ATTEMPTS)]
+    result = _evaluate(world, kube)
+    assert len(kube.patched()) == targets.TARGET_ATTEMPTS and _alias(world) == "v7"
+    assert _condition(result.step, "Promoted")["reason"] == "ServingTargetError"
+
+
+def test_the_receipt_attests_the_list_as_accepted_not_the_referenced_secret_edited_since(
+        world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.hmac_key = b"k" * 32
+    _evaluate(world, kube)
+    assert _alias(world) == world["candidate"]
+    assert [args[1] for name, args in kube.calls if name == "get_secret"] == [SNAPSHOT]  # never the edited one
+    receipt = json.loads(storage.read_bytes(world["paths"].receipt))
+    assert receipt["subjects"]["count"] == 3
+    assert receipt["subjects"]["hmac"] == receipts.subjects_hmac(SUBJECTS, kube.hmac_key)
+
+
+def test_a_snapshot_that_disagrees_with_the_job_report_is_not_promoted(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.snapshot = build_snapshot_secret([*SUBJECTS, "P004"], name=NAME, namespace=NAMESPACE, uid=UID)
+    result = _evaluate(world, kube)
+    assert _alias(world) == "v7" and kube.patched() == []
+    promoted = _condition(result.step, "Promoted")
+    assert promoted["reason"] == "InvalidSubjects"
+    assert f"Secret {NAMESPACE}/{SNAPSHOT} (the forget list as accepted) holds 4 subjects, but the Job's " \
+           "report counts 3: nothing was promoted" in promoted["message"]
+    assert "P004" not in json.dumps(result.step.status) + repr(result.step.events)
+
+
+def test_a_snapshot_deleted_after_the_job_leaves_everything_unchanged(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.snapshot = None
+    result = _evaluate(world, kube)
+    assert _alias(world) == "v7" and kube.patched() == []
+    promoted = _condition(result.step, "Promoted")
+    assert promoted["reason"] == "InvalidSubjects" and "is gone" in promoted["message"]
+    assert result.step.status["phase"] == "Held"
+    assert not storage.exists(world["paths"].receipt)
+
+
+def test_a_snapshot_this_request_does_not_own_is_never_trusted(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.snapshot = build_snapshot_secret(SUBJECTS, name=NAME, namespace=NAMESPACE, uid=UID)
+    kube.snapshot["metadata"]["ownerReferences"][0]["uid"] = "someone-else"
+    result = _evaluate(world, kube)
+    assert _alias(world) == "v7" and kube.patched() == []
+    assert "is not owned by this UnlearnRequest" in _condition(result.step, "Promoted")["message"]
+
+
+@pytest.mark.parametrize("launched_with_copy", [True, False])
+def test_a_request_whose_copy_is_gone_is_never_decided_on_the_referenced_list(world: dict[str, Any],
+                                                                             launched_with_copy: bool) -> None:
+    kube = FakeKube()
+    kube.snapshot = None
+    if not launched_with_copy:
+        del world["body"]["status"]["subjectsSecretName"]
+    result = _evaluate(world, kube)
+    assert "is gone" in _condition(result.step, "Promoted")["message"] and _alias(world) == "v7"
+    assert [args[1] for name, args in kube.calls if name == "get_secret"] == [SNAPSHOT] and not kube.created
+
+
+def test_an_unreadable_snapshot_is_retried_not_decided(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    kube.fail["get_secret"] = [ClusterUnavailable("The API server could not be reached to read Secret x.")]
+    with pytest.raises(ClusterUnavailable):
+        _evaluate(world, kube)
+    assert _alias(world) == "v7" and not storage.exists(world["paths"].receipt)
+
+
+def test_a_disabled_serving_target_is_said_not_skipped_silently(world: dict[str, Any]) -> None:
+    kube = FakeKube()
+    result = _evaluate(world, kube, serving_targets_enabled=False)
+    assert _alias(world) == world["candidate"] and kube.calls[-1][0] == "read_hmac_key"
+    assert "was not patched: serving targets are disabled" in _condition(result.step, "Promoted")["message"]
+    assert "ServingTargetSkipped" in [reason for _, reason, _ in result.step.events]
+
+
+def test_a_report_from_another_base_is_never_promoted(world: dict[str, Any]) -> None:
+    world["body"]["status"]["baseModel"]["sha256"] = "d" * 64
+    with pytest.raises(ReportInvalid, match=r"request pinned version v7 with sha256 d{64}; nothing was promoted"):
+        _evaluate(world, FakeKube())
+    assert _alias(world) == "v7"
+
+
+def test_a_receipt_that_cannot_be_written_yet_is_retried_and_the_retry_completes(
+        world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    real = storage.write_bytes
+    calls = {"n": 0}
+
+    def flaky(uri: str, data: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise StorageUnavailable("S3 answered 503")
+        real(uri, data)
+
+    monkeypatch.setattr(storage, "write_bytes", flaky)
+    with pytest.raises(RegistryUnavailable):
+        _evaluate(world, FakeKube())
+    assert _alias(world) == world["candidate"]  # promoted; the retry repeats it as a no-op
+    result = _evaluate(world, FakeKube())
+    assert result.step.status["phase"] == "Promoted" and storage.exists(world["paths"].receipt)
+
+
+def test_unmeasured_metrics_are_written_as_null_so_a_merge_patch_removes_old_values(world: dict[str, Any]) -> None:
+    result = _evaluate(world, FakeKube(), serving_targets_enabled=False)
+    metrics = result.step.status["metrics"]
+    assert set(metrics) == {"forgetAUC", "forgetF1", "testAUC", "testF1", "mia", "miaAUC"}
+    assert all(set(pair) == {"original", "unlearned"} for pair in metrics.values())
+
+
+def test_a_promotion_replaced_before_its_status_was_written_is_reported_as_such(world: dict[str, Any]) -> None:
+    """An operator restart lost the status of a promotion, and another request moved the alias on
+    meanwhile: the request says what happened and changes nothing (no target patch to an older model)."""
+    assert _evaluate(world, FakeKube(), serving_targets_enabled=False).step.status["phase"] == "Promoted"
+    newer_sha = _version(Path(world["reg"].removeprefix("file://")), "v8", b"newer weights")
+    registry.promote(world["reg"], MODEL, ALIAS, new_version="v8", new_sha256=newer_sha,
+                     expected_token=registry.resolve_alias(world["reg"], MODEL, ALIAS).token, request=None)
+    kube = FakeKube()
+    result = _evaluate(world, kube)
+    promoted = _condition(result.step, "Promoted")
+    assert promoted["reason"] == "PromotionConflict"
+    assert (f"was moved to version '{world['candidate']}' by this request and has since been moved on to 'v8'"
+            in promoted["message"])
+    assert _alias(world) == "v8" and kube.patched() == []
+
+
+def test_an_alias_moved_by_someone_else_is_a_conflict_and_nothing_is_promoted(world: dict[str, Any]) -> None:
+    newer_sha = _version(Path(world["reg"].removeprefix("file://")), "v8", b"newer weights")
+    registry.promote(world["reg"], MODEL, ALIAS, new_version="v8", new_sha256=newer_sha,
+                     expected_token=registry.resolve_alias(world["reg"], MODEL, ALIAS).token, request=None)
+    kube = FakeKube()
+    result = _evaluate(world, kube)
+    assert "now names version 'v8', not the base version 'v7'; nothing was promoted" in \
+        _condition(result.step, "Promoted")["message"]
+    assert _alias(world) == "v8" and kube.patched() == [] and result.step.status["phase"] == "Held"
+
+
+def test_a_job_removed_after_it_wrote_its_report_is_evaluated_not_failed(world: dict[str, Any]) -> None:
+    """An operator down for longer than the Job's TTL finds the Job gone: the report (written last)
+    says the run finished, so the request is evaluated rather than failed as JobMissing."""
+    step, state = asyncio.run(outcome.track_job(_cluster(FakeKube()), world["body"]))
+    assert state.phase == "succeeded" and "conditions" not in step.status
+
+
+def test_a_job_gone_without_a_report_fails_the_request(world: dict[str, Any]) -> None:
+    Path(world["paths"].report.removeprefix("file://")).unlink()
+    step, state = asyncio.run(outcome.track_job(_cluster(FakeKube()), world["body"]))
+    assert (state.phase, state.reason) == ("failed", "JobMissing")
+    assert step.status["phase"] == "Failed"

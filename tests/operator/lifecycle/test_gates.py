@@ -1,0 +1,194 @@
+"""gates: typed gate evaluation of the trainer's report; missing or NaN metrics are Inconclusive."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from harness.reports import make_report
+
+from forgetmi_operator.api.settings import default_gates
+from forgetmi_operator.api.spec import GateSpec
+from forgetmi_operator.api.status import GateStatus
+from forgetmi_operator.lifecycle import gates
+from forgetmi_operator.lifecycle.decisions import Decision, decide
+from forgetmi_trainer.contract import Report
+
+
+def _gate(metric: str, comparator: str, threshold: float, reference: str | None = None) -> GateSpec:
+    if reference is None:
+        reference = "original" if comparator in ("maxDrop", "minDrop") else "absolute"
+    return GateSpec.model_validate({"metric": metric, "comparator": comparator, "threshold": threshold,
+                                    "reference": reference})
+
+
+def _one(gate: GateSpec, **report: Any) -> GateStatus:
+    (status,) = gates.evaluate_gates([gate], make_report(**report))
+    return status
+
+
+def test_at_most_passes_at_or_below_the_threshold() -> None:
+    passed = _one(_gate("miaAUC", "atMost", 0.6))
+    assert (passed.result, passed.value, passed.threshold) == ("Passed", 0.52, 0.6)
+    assert passed.message == "miaAUC is 0.52, at most 0.6."
+    assert _one(_gate("miaAUC", "atMost", 0.52)).result == "Passed"
+    failed = _one(_gate("miaAUC", "atMost", 0.5))
+    assert failed.result == "Failed"
+    assert failed.message == "miaAUC is 0.52, above the allowed 0.5."
+
+
+def test_at_least_passes_at_or_above_the_threshold() -> None:
+    assert _one(_gate("testAUC", "atLeast", 0.9)).result == "Passed"
+    failed = _one(_gate("testF1", "atLeast", 0.8))
+    assert failed.result == "Failed"
+    assert failed.message == "testF1 is 0.79, below the required 0.8."
+
+
+def test_max_drop_compares_original_minus_unlearned() -> None:
+    passed = _one(_gate("testAUC", "maxDrop", 0.02))
+    assert passed.result == "Passed"
+    assert passed.value == pytest.approx(0.01)
+    assert passed.message == "testAUC dropped 0.01 (0.91 → 0.9), at most 0.02 allowed."
+    failed = _one(_gate("testAUC", "maxDrop", 0.02), unlearned={"test_auc": 0.85})
+    assert failed.result == "Failed"
+    assert failed.message == "testAUC dropped 0.06 (0.91 → 0.85), more than the 0.02 allowed."
+
+
+def test_a_drop_of_exactly_the_threshold_passes_max_drop_and_fails_min_drop() -> None:
+    report = {"original": {"test_auc": 0.9}, "unlearned": {"test_auc": 0.88}}
+    assert _one(_gate("testAUC", "maxDrop", 0.02), **report).result == "Passed"
+    assert _one(_gate("testAUC", "minDrop", 0.02), **report).result == "Failed"
+
+
+def test_min_drop_requires_the_metric_to_fall_by_more_than_the_threshold() -> None:
+    passed = _one(_gate("forgetAUC", "minDrop", 0.0))
+    assert passed.result == "Passed"
+    assert passed.message == "forgetAUC dropped 0.15 (0.95 → 0.8), as required."
+    unchanged = _one(_gate("forgetAUC", "minDrop", 0.0), unlearned={"forget_auc": 0.95})
+    assert unchanged.result == "Failed"
+    assert unchanged.message == "forgetAUC did not change (0.95 → 0.95), but it had to drop."
+    rose = _one(_gate("forgetAUC", "minDrop", 0.05), unlearned={"forget_auc": 0.97})
+    assert rose.result == "Failed"
+    assert rose.value == pytest.approx(-0.02)
+    assert rose.message == "forgetAUC rose 0.02 (0.95 → 0.97), but it had to drop by more than 0.05."
+
+
+def test_a_negative_max_drop_threshold_requires_improvement() -> None:
+    assert _one(_gate("testF1", "maxDrop", -0.05)).result == "Failed"
+    assert _one(_gate("testF1", "maxDrop", -0.05), unlearned={"test_f1": 0.9}).result == "Passed"
+
+
+@pytest.mark.parametrize(("metric", "key"), [("mia", "mia"), ("miaAUC", "mia_auc"), ("forgetAUC", "forget_auc"),
+                                             ("forgetF1", "forget_f1"), ("testAUC", "test_auc"),
+                                             ("testF1", "test_f1")])
+def test_every_metric_reads_its_own_report_field(metric: str, key: str) -> None:
+    status = _one(_gate(metric, "atMost", 0.333), unlearned={key: 0.333})
+    assert (status.value, status.result) == (0.333, "Passed")
+
+
+@pytest.mark.parametrize("missing", [None, math.nan, math.inf])
+def test_an_unmeasured_unlearned_metric_is_inconclusive(missing: float | None) -> None:
+    status = _one(_gate("miaAUC", "atMost", 0.6), unlearned={"mia_auc": missing})
+    assert status.result == "Inconclusive"
+    assert status.value is None
+    assert status.message == "miaAUC of the unlearned model was not measured, so the gate is inconclusive."
+
+
+def test_a_drop_needs_the_original_metric_too() -> None:
+    status = _one(_gate("testAUC", "maxDrop", 0.02), original={"test_auc": math.nan})
+    assert status.result == "Inconclusive"
+    assert "original model" in status.message
+    assert _one(_gate("testAUC", "atLeast", 0.5), original={"test_auc": None}).result == "Passed"
+
+
+def test_no_report_makes_every_gate_inconclusive() -> None:
+    statuses = gates.evaluate_gates(default_gates(), None)
+    assert [status.result for status in statuses] == ["Inconclusive"] * 3
+    assert not gates.all_passed(statuses)
+
+
+def test_defaults_apply_only_when_the_request_lists_no_gates() -> None:
+    defaults = default_gates()
+    custom = [_gate("mia", "atMost", 0.5)]
+    assert gates.effective_gates([], defaults) == defaults
+    assert gates.effective_gates(custom, defaults) == custom
+    assert [(g.metric, g.comparator, g.threshold) for g in defaults] == [
+        ("testAUC", "maxDrop", 0.02), ("forgetAUC", "minDrop", 0.0), ("miaAUC", "atMost", 0.6)]
+
+
+def test_default_gates_pass_on_a_good_report_and_fail_when_forget_auc_does_not_drop() -> None:
+    assert gates.all_passed(gates.evaluate_gates(default_gates(), make_report()))
+    bad = gates.evaluate_gates(default_gates(), make_report(unlearned={"forget_auc": 0.95}))
+    assert [status.result for status in bad] == ["Passed", "Failed", "Passed"]
+
+
+def test_all_passed_needs_at_least_one_gate_and_no_inconclusive() -> None:
+    passed = _one(_gate("mia", "atMost", 0.5))
+    inconclusive = _one(_gate("mia", "atMost", 0.5), unlearned={"mia": None})
+    assert gates.all_passed([passed])
+    assert not gates.all_passed([])
+    assert not gates.all_passed([passed, inconclusive])
+
+
+def test_status_echoes_the_gate_and_serialises_camel_case() -> None:
+    status = _one(_gate("forgetAUC", "minDrop", 0.05))
+    assert (status.metric, status.comparator, status.reference) == ("forgetAUC", "minDrop", "original")
+    dumped = status.model_dump(by_alias=True)
+    assert set(dumped) == {"metric", "comparator", "reference", "value", "threshold", "result", "message"}
+
+
+def test_summary_names_the_first_gate_that_did_not_pass() -> None:
+    statuses = gates.evaluate_gates(default_gates(), make_report(unlearned={"mia_auc": None}))
+    assert gates.summary(statuses) == ("2 of 3 gates passed; miaAUC inconclusive: miaAUC of the unlearned model "
+                                       "was not measured, so the gate is inconclusive.")
+    assert gates.summary(gates.evaluate_gates(default_gates(), make_report())) == "All 3 gates passed."
+    assert gates.summary([]) == "No gates were evaluated."
+
+
+def test_metrics_status_pairs_original_and_unlearned() -> None:
+    metrics = gates.metrics_status(make_report(unlearned={"mia": math.nan}))
+    dumped = metrics.model_dump(by_alias=True)
+    assert dumped["testAUC"] == {"original": 0.91, "unlearned": 0.9}
+    assert dumped["miaAUC"] == {"original": 0.7, "unlearned": 0.52}
+    assert dumped["mia"] == {"original": 0.9, "unlearned": None}
+    assert set(dumped) == {"forgetAUC", "forgetF1", "testAUC", "testF1", "mia", "miaAUC"}
+
+
+def test_metric_drop() -> None:
+    report = make_report()
+    assert gates.metric_drop(report, "testAUC") == 0.01
+    assert gates.metric_drop(make_report(original={"test_auc": None}), "testAUC") is None
+
+
+@pytest.mark.parametrize(("value", "text"), [(0.912, "0.912"), (1.0, "1"), (0.0, "0"), (-0.00001, "0"),
+                                             (0.123456, "0.1235")])
+def test_fmt(value: float, text: str) -> None:
+    assert gates.fmt(value) == text
+
+
+@pytest.mark.parametrize(("metric", "group", "key"), [
+    ("miaAUC", "mia", "attack_auc"), ("forgetAUC", "split", "forget_auc"), ("testAUC", "split", "test_auc")])
+def test_a_metric_missing_from_report_json_is_inconclusive_and_never_promotes(metric: str, group: str,
+                                                                              key: str) -> None:
+    raw = make_report().model_dump(mode="json")
+    del raw["unlearned"][group][key]
+    report = Report.model_validate_json(json.dumps(raw))  # not ReportInvalid
+    statuses = gates.evaluate_gates(default_gates(), report)
+    (status,) = [s for s in statuses if s.metric == metric]
+    assert (status.result, status.value) == ("Inconclusive", None)
+    assert status.message == f"{metric} of the unlearned model was not measured, so the gate is inconclusive."
+    assert not gates.all_passed(statuses)
+    for mode in ("Automatic", "Manual"):
+        assert decide(mode, statuses, approved=True, on_gate_failure="Hold") is Decision.HOLD
+    assert gates.all_passed(gates.evaluate_gates(default_gates(), make_report()))  # the same report, complete
+
+
+def test_a_missing_metric_group_makes_its_gates_inconclusive() -> None:
+    raw = make_report().model_dump(mode="json")
+    del raw["original"]["split"]
+    statuses = gates.evaluate_gates(default_gates(), Report.model_validate(raw))
+    assert [s.result for s in statuses] == ["Inconclusive", "Inconclusive", "Passed"]
+    assert "original model" in statuses[0].message
+    assert decide("Automatic", statuses, approved=False, on_gate_failure="Retrain") is Decision.RETRAIN

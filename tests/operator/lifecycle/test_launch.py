@@ -1,0 +1,184 @@
+"""lifecycle.launch (with the cluster's ports) and cluster.launcher: the forget list is read once and
+copied; a retried launch uses the copy; a launch that fails for good leaves no Job and no copy.
+
+A real ``file://`` registry (alias production → v7) and manifest, and a fake ``Kube`` that
+stores what is created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.clusters import make_cluster
+
+from forgetmi_operator.api import naming
+from forgetmi_operator.api.errors import SubjectsError
+from forgetmi_operator.cluster import launcher
+from forgetmi_operator.cluster.context import Cluster
+from forgetmi_operator.lifecycle import subjects
+from forgetmi_operator.lifecycle.launch import launch
+from forgetmi_operator.lifecycle.steps import Step
+from forgetmi_operator.registry import aliases as registry
+
+MODEL, NAMESPACE, NAME = "cxr", "radiology", "forget-0042"
+UID = "0b3f9c2e-1111-2222-3333-444455556666"
+PATIENTS = ["P001", "P002", "P003", "P004"]
+SNAPSHOT = naming.subjects_secret_name(NAME, UID)
+
+
+class FakeKube:
+    """The calls a launch makes; the referenced Secret holds ``referenced`` (None: gone)."""
+
+    def __init__(self, referenced: str | None) -> None:
+        self.referenced = referenced
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.deleted: list[tuple[str, str]] = []
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        if name == "ids":  # the referenced Secret
+            self.calls.append("read referenced")
+            if self.referenced is None:
+                return None
+            encoded = base64.b64encode(self.referenced.encode()).decode()
+            return {"metadata": {"name": name}, "data": {"subjects": encoded}}
+        self.calls.append("get_secret")
+        return self.objects.get(("Secret", name))
+
+    async def _create_or_get(self, kind: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        self.calls.append(f"create {kind}")
+        key = (kind, body["metadata"]["name"])
+        if key in self.objects:
+            return self.objects[key], False
+        self.objects[key] = {**body, "metadata": {**body["metadata"], "uid": f"uid-of-{key[1]}"}}
+        return self.objects[key], True
+
+    async def create_or_get_secret(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return await self._create_or_get("Secret", body)
+
+    async def create_or_get_configmap(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return await self._create_or_get("ConfigMap", body)
+
+    async def create_or_get_job(self, namespace: str, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        return await self._create_or_get("Job", body)
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("get_job")
+        return self.objects.get(("Job", name))
+
+    async def delete_job(self, namespace: str, name: str) -> bool:
+        self.deleted.append(("Job", name))
+        return self.objects.pop(("Job", name), None) is not None
+
+    async def delete_secret(self, namespace: str, name: str, *, uid: str | None = None) -> bool:
+        self.deleted.append(("Secret", name))
+        return self.objects.pop(("Secret", name), None) is not None
+
+
+@pytest.fixture
+def body(tmp_path: Path) -> dict[str, Any]:
+    root = tmp_path / "registry"
+    version = root / MODEL / "versions" / "v7"
+    version.mkdir(parents=True)
+    (version / "config.json").write_text("{}\n")
+    (version / "model.safetensors").write_bytes(b"weights")
+    registry.promote(f"file://{root}", MODEL, "production", new_version="v7",
+                     new_sha256=hashlib.sha256(b"weights").hexdigest(), expected_token=None, request=None)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("sample_id,subject_id,split\n" + "".join(f"s{i},{p},train\n" for i, p in enumerate(PATIENTS)))
+    return {
+        "apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest",
+        "metadata": {"name": NAME, "namespace": NAMESPACE, "uid": UID, "generation": 1},
+        "spec": {"model": {"registryUri": f"file://{root}", "name": MODEL, "alias": "production"},
+                 "data": {"manifestUri": f"file://{manifest}"},
+                 "forget": {"subjectsSecretRef": {"name": "ids", "key": "subjects"}}},
+    }
+
+
+def _cluster(kube: FakeKube) -> Cluster:
+    return make_cluster(kube)
+
+
+def _launch(kube: FakeKube, body: dict[str, Any]) -> Step:
+    return asyncio.run(launch(_cluster(kube).ports, body))
+
+
+def _copied(kube: FakeKube) -> list[str]:
+    return base64.b64decode(kube.objects[("Secret", SNAPSHOT)]["data"]["subjects"]).decode().split()
+
+
+def test_a_first_launch_reads_the_referenced_list_once_and_copies_it_before_the_job(body: dict[str, Any]) -> None:
+    kube = FakeKube("P001\nP002\n")
+    step = _launch(kube, body)
+    assert kube.calls == ["read referenced", "create Secret", "create ConfigMap", "create Job"]  # no extra GET
+    assert _copied(kube) == ["P001", "P002"]
+    assert step.status["subjectCount"] == 2 and step.status["phase"] == "Pending"
+    job = kube.objects[("Job", naming.job_name(NAME, UID))]
+    assert {"name": "subjects", "secret": {"secretName": SNAPSHOT, "items": [{"key": "subjects", "path": "subjects"}],
+                                           "defaultMode": 0o440}} in job["spec"]["template"]["spec"]["volumes"]
+
+
+def test_a_launch_tried_again_keeps_the_copy_whatever_the_referenced_list_became(body: dict[str, Any]) -> None:
+    """A retry, or a restart that cut the first attempt short after the copy: the copy made first
+    is what the Job forgets, whether the referenced list changed, turned invalid or went."""
+    kube = FakeKube("P001\nP002\n")
+    _launch(kube, body)
+    for referenced in ("P003\nP004\nP001\n", "P001\nP999\n", None):
+        del kube.objects[("Job", naming.job_name(NAME, UID))]  # the earlier attempt stopped before its Job
+        kube.referenced = referenced
+        step = _launch(kube, body)
+        assert step.status["subjectCount"] == 2 and _copied(kube) == ["P001", "P002"]
+        assert step.status["subjectsSecretName"] == SNAPSHOT
+        assert ("Job", naming.job_name(NAME, UID)) in kube.objects
+
+
+def test_without_a_copy_a_referenced_list_that_does_not_pass_fails_the_launch(body: dict[str, Any]) -> None:
+    kube = FakeKube("P001\nP999\n")
+    with pytest.raises(SubjectsError, match=r"1 of 2 forget subjects in Secret radiology/ids key 'subjects' have no "
+                                            r"training samples"):
+        _launch(kube, body)
+    assert kube.calls == ["read referenced", "get_secret"] and not kube.objects
+
+
+def test_a_forget_list_too_large_for_a_secret_fails_naming_its_source_and_creates_nothing(
+        body: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subjects, "MAX_SUBJECTS_BYTES", 9)
+    kube = FakeKube("P001\nP002\n")  # 10 bytes as one ID per line
+    with pytest.raises(SubjectsError, match=r"The forget list in Secret radiology/ids key 'subjects' takes 10 bytes "
+                                            r"as one ID per line \(2 subjects\), more than the 9 bytes"):
+        _launch(kube, body)
+    assert not kube.objects
+
+
+def test_a_launch_that_fails_for_good_leaves_no_job_and_no_copy(body: dict[str, Any]) -> None:
+    """An earlier attempt created the copy and the Job but its status was not saved; the retry
+    now fails (the model's alias is gone): the request is Failed and nothing of it keeps running."""
+    kube = FakeKube("P001\n")
+    _launch(kube, body)
+    body["spec"]["model"]["alias"] = "gone"
+    step = asyncio.run(launcher.start(_cluster(kube), body))
+    assert step.status["phase"] == "Failed" and [r for _, r, _ in step.events] == ["InputNotFound"]
+    assert step.error is not None and "spec.model" in step.error.message
+    assert kube.deleted == [("Job", naming.job_name(NAME, UID)), ("Secret", SNAPSHOT)]
+    assert not {kind for kind, _ in kube.objects} & {"Job", "Secret"}
+
+
+def test_a_failed_launch_never_deletes_a_job_the_request_does_not_own(body: dict[str, Any]) -> None:
+    kube = FakeKube(None)
+    foreign = {"metadata": {"name": naming.job_name(NAME, UID), "ownerReferences": [{"uid": "another"}]}}
+    kube.objects[("Job", naming.job_name(NAME, UID))] = foreign
+    step = asyncio.run(launcher.start(_cluster(kube), body))
+    assert step.error is not None and "Secret radiology/ids does not exist" in step.error.message
+    assert kube.deleted == [] and [r for _, r, _ in step.events] == ["SecretNotFound"]
+
+
+def test_a_launched_or_ended_request_is_not_launched_again(body: dict[str, Any]) -> None:
+    kube = FakeKube("P001\n")
+    for status in ({"jobName": "forgetmi-x"}, {"phase": "Held"}):
+        assert asyncio.run(launcher.start(_cluster(kube), {**body, "status": status})).status == {}
+    assert kube.calls == []
