@@ -15,7 +15,9 @@ demo: install
 
 test: install-dev
 	.venv/bin/python -m ruff check .
+	.venv/bin/lint-imports
 	PATH="$(CURDIR)/.tools/bin:$$PATH" .venv/bin/python -m pytest -q
 
 lint:
 	.venv/bin/python -m ruff check .
+	.venv/bin/lint-imports
