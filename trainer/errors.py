@@ -27,6 +27,11 @@ class PreconditionFailed(StorageError):
     """A conditional write found the object changed since it was read."""
 
 
+class OutOfReach(StorageError):
+    """A URI outside what a storage handle may reach (a ``file://`` URI where files are refused, or
+    one outside its allowed prefixes); the object is never touched."""
+
+
 class StorageUnavailable(StorageError):
     """The storage endpoint could not be reached (after retries)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from pydantic import ValidationError
@@ -10,8 +11,10 @@ from pydantic import ValidationError
 from forgetmi_trainer.contract import (
     COMPARISON_KEYS,
     JobConfig,
+    MiaResult,
     ModelMetrics,
     Report,
+    SplitMetrics,
     comparison,
     format_comparison,
     parse_subjects,
@@ -107,3 +110,64 @@ def test_metric_fields_still_reject_unknown_keys() -> None:
         Report.model_validate(raw)
     with pytest.raises(ValidationError, match=r"extra_forbidden|Extra inputs"):
         ModelMetrics.model_validate({"split": {"forget_acc": 0.5}})
+
+
+FRACTIONS = [("split", "forget_auc"), ("split", "forget_f1"), ("split", "test_auc"), ("split", "test_f1"),
+             ("mia", "score"), ("mia", "balanced_score"), ("mia", "attack_auc"), ("mia", "tpr_at_1pct_fpr")]
+OUT_OF_RANGE = [1e308, -5.0, 1.0000001, -1e-9, math.nan, math.inf, -math.inf]
+NOT_FINITE = [math.nan, math.inf, -math.inf]
+
+
+def _with(path: tuple[str, ...], value: object) -> str:
+    """The report's JSON with one value replaced (``json.dumps`` writes NaN and Infinity as Python does)."""
+    raw = json.loads(_report(retrained=True).to_json())
+    node = raw
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    return json.dumps(raw)
+
+
+@pytest.mark.parametrize("model", ["original", "unlearned", "retrained"])
+@pytest.mark.parametrize(("group", "key"), FRACTIONS)
+@pytest.mark.parametrize("value", OUT_OF_RANGE)
+def test_a_metric_outside_zero_to_one_makes_the_report_invalid(model: str, group: str, key: str,
+                                                                value: float) -> None:
+    with pytest.raises(ValidationError) as err:
+        Report.model_validate_json(_with((model, group, key), value))
+    assert [e["loc"] for e in err.value.errors()] == [(model, group, key)]
+
+
+@pytest.mark.parametrize(("group", "key"), FRACTIONS)
+@pytest.mark.parametrize("value", [0, 0.0, 0.5, 1, 1.0, None])
+def test_a_metric_in_zero_to_one_or_unmeasured_is_kept(group: str, key: str, value: float | None) -> None:
+    report = Report.model_validate_json(_with(("unlearned", group, key), value))
+    assert getattr(getattr(report.unlearned, group), key) == value
+
+
+@pytest.mark.parametrize(("value", "valid"), [(0.0, True), (2.0, True), (None, True), (2.0000001, False),
+                                              (-0.1, False), (1e308, False), *[(v, False) for v in NOT_FINITE]])
+def test_the_logit_distance_lies_in_zero_to_two(value: float | None, valid: bool) -> None:
+    text = _with(("retrained_logit_distance",), value)
+    if valid:
+        assert Report.model_validate_json(text).retrained_logit_distance == value
+    else:
+        with pytest.raises(ValidationError, match="retrained_logit_distance"):
+            Report.model_validate_json(text)
+
+
+@pytest.mark.parametrize("key", ["load_seconds", "unlearn_seconds", "eval_seconds", "total_seconds"])
+@pytest.mark.parametrize("value", [-1.0, *NOT_FINITE])
+def test_timings_are_finite_and_not_negative(key: str, value: float) -> None:
+    with pytest.raises(ValidationError, match=f"timings.{key}"):
+        Report.model_validate_json(_with(("timings", key), value))
+    assert Report.model_validate_json(_with(("timings", key), 1e6)).timings.model_dump()[key] == 1e6
+
+
+def test_metrics_built_in_python_are_checked_too() -> None:
+    """The trainer builds these models from its measurements: an impossible value fails there, not in the operator."""
+    with pytest.raises(ValidationError, match="test_auc"):
+        SplitMetrics(test_auc=math.nan)
+    with pytest.raises(ValidationError, match="attack_auc"):
+        MiaResult(attack_auc=1.5)
+    assert MiaResult(attack_auc=None).attack_auc is None

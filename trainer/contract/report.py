@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -15,29 +15,39 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+"""An AUC, an F1 or a fraction of samples: finite, in [0, 1]."""
+Distance = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
+"""``1 - mean cosine``: finite, in [0, 2]."""
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+"""A duration: finite, not negative."""
+
+
 class Artifact(_Model):
     uri: str
     sha256: str = Field(pattern=SHA256_PATTERN)
 
 
 class SplitMetrics(_Model):
-    """Macro one-vs-rest AUC and macro F1 of the image head; None when unmeasurable or missing
-    (a gate on a None metric is Inconclusive, so it never promotes)."""
+    """Macro one-vs-rest AUC and macro F1 of the image head, each in [0, 1]; None when unmeasurable or
+    missing (a gate on a None metric is Inconclusive, so it never promotes). NaN, an infinity or a
+    value outside [0, 1] makes the report invalid: the trainer writes None for what it cannot measure."""
 
-    forget_auc: float | None = None
-    forget_f1: float | None = None
-    test_auc: float | None = None
-    test_f1: float | None = None
+    forget_auc: Fraction | None = None
+    forget_f1: Fraction | None = None
+    test_auc: Fraction | None = None
+    test_f1: Fraction | None = None
 
 
 class MiaResult(_Model):
-    """Membership-inference results; None when unmeasurable or missing."""
+    """Membership-inference results, each in [0, 1]; None when unmeasurable or missing (as for
+    :class:`SplitMetrics`, anything else makes the report invalid)."""
 
-    score: float | None = Field(default=None, description="Paper MIA: fraction of forget samples labelled member.")
-    balanced_score: float | None = Field(default=None, description="Same, with a class-balanced attacker.")
-    attack_auc: float | None = Field(
+    score: Fraction | None = Field(default=None, description="Paper MIA: fraction of forget samples labelled member.")
+    balanced_score: Fraction | None = Field(default=None, description="Same, with a class-balanced attacker.")
+    attack_auc: Fraction | None = Field(
         default=None, description="AUC of forget (positive) vs test by loss; 0.5 = no signal.")
-    tpr_at_1pct_fpr: float | None = None
+    tpr_at_1pct_fpr: Fraction | None = None
 
 
 class ModelMetrics(_Model):
@@ -54,10 +64,10 @@ class Selection(_Model):
 
 
 class Timings(_Model):
-    load_seconds: float = Field(ge=0)
-    unlearn_seconds: float = Field(ge=0)
-    eval_seconds: float = Field(ge=0)
-    total_seconds: float = Field(ge=0)
+    load_seconds: Seconds
+    unlearn_seconds: Seconds
+    eval_seconds: Seconds
+    total_seconds: Seconds
 
 
 class Environment(_Model):
@@ -76,7 +86,8 @@ class Counts(_Model):
 
 
 class Report(_Model):
-    """What the trainer writes as report.json; the operator's gates read only this."""
+    """What the trainer writes as report.json; the operator's gates read only this. Every float in it
+    is finite and within its range, so a report that parses holds no number that means nothing."""
 
     schema_version: Literal["forgetmi.io/v1alpha1"] = SCHEMA_VERSION
     request: str
@@ -87,7 +98,7 @@ class Report(_Model):
     original: ModelMetrics
     unlearned: ModelMetrics
     retrained: ModelMetrics | None = None
-    retrained_logit_distance: float | None = Field(
+    retrained_logit_distance: Distance | None = Field(
         default=None, description="1 - mean cos(logits_ul, logits_re) on retain data, when retrained given."
     )
     selection: Selection

@@ -1,7 +1,10 @@
 """One storage interface for ``s3://bucket/key`` and ``file:///absolute/path`` (torch-free).
 
 Both the trainer and the operator use it; boto3 is imported only when an ``s3://`` URI is
-first used. Every function takes a full URI; ``open_storage(uri)`` returns the backend.
+first used. Every function takes a full URI; ``open_storage(uri)`` returns the backend. The
+module-level functions use boto3's default identity; an :class:`Objects` handle makes the same
+calls with other credentials (:class:`S3Credentials`) and within a reach (no ``file://``, allowed
+prefixes), as the operator does for each request's namespace.
 
 Guarantees:
 
@@ -17,32 +20,38 @@ Guarantees:
   token, except in the short window between that HEAD and the PUT. ``file://``: an exclusive
   ``flock`` on a sidecar lock file around compare-and-replace (every conditional writer of
   that object must use :func:`write_if`).
+- Bounded reads: :func:`read_at_most` holds at most the bytes asked for (S3: a ranged GET; the
+  body is read only that far even where a store ignores the range), so an object of unknown
+  size can be read without trusting it.
 - Errors are :mod:`forgetmi_trainer.errors` exceptions with one sentence naming the URI.
   Credentials and query strings (presigned URLs) never appear in messages.
-- S3: credentials from boto3's default chain; endpoint from the argument, else
+- S3: credentials from boto3's default chain (or a handle's); endpoint from the argument, else
   ``FORGETMI_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``; region from
   the AWS config, else us-east-1; standard-mode retries with backoff.
 
 Layout: this package's top level is the one to import; it picks the backend and re-exports the
 public names. URI parsing, the :class:`Storage` interface and shared checks live in
 :mod:`~forgetmi_trainer.storage.base`, the ``file://`` backend in :mod:`~forgetmi_trainer.storage.file`,
-the ``s3://`` backend and its client cache in :mod:`~forgetmi_trainer.storage.s3`.
+the ``s3://`` backend and its client cache in :mod:`~forgetmi_trainer.storage.s3`, the
+:class:`Objects` handle in :mod:`~forgetmi_trainer.storage.objects`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from forgetmi_trainer.storage.base import ACCEPTED, MIB, Storage, _scheme, join
 from forgetmi_trainer.storage.file import FileStorage
-from forgetmi_trainer.storage.s3 import ENDPOINT_ENV, S3Settings, S3Storage
+from forgetmi_trainer.storage.objects import Objects, within
+from forgetmi_trainer.storage.s3 import S3Storage
+from forgetmi_trainer.storage.s3_client import ENDPOINT_ENV, S3Credentials, S3Settings
 
 __all__ = [
     "ACCEPTED",
+    "DEFAULT",
     "ENDPOINT_ENV",
     "MIB",
     "FileStorage",
+    "Objects",
+    "S3Credentials",
     "S3Settings",
     "S3Storage",
     "Storage",
@@ -53,12 +62,15 @@ __all__ = [
     "join",
     "list_uris",
     "open_storage",
+    "read_at_most",
     "read_bytes",
     "read_json",
     "read_text",
     "read_versioned",
     "sha256_of",
+    "size",
     "upload_file",
+    "within",
     "write_bytes",
     "write_if",
     "write_json",
@@ -75,62 +87,22 @@ def open_storage(uri: str, *, endpoint_url: str | None = None, settings: S3Setti
     return S3Storage(endpoint_url, settings)
 
 
-def read_bytes(uri: str, *, endpoint_url: str | None = None) -> bytes:
-    return open_storage(uri, endpoint_url=endpoint_url).read_bytes(uri)
-
-
-def write_bytes(uri: str, data: bytes, *, endpoint_url: str | None = None) -> str:
-    return open_storage(uri, endpoint_url=endpoint_url).write_bytes(uri, data)
-
-
-def read_text(uri: str, *, endpoint_url: str | None = None) -> str:
-    return open_storage(uri, endpoint_url=endpoint_url).read_text(uri)
-
-
-def write_text(uri: str, text: str, *, endpoint_url: str | None = None) -> str:
-    return open_storage(uri, endpoint_url=endpoint_url).write_text(uri, text)
-
-
-def read_json(uri: str, *, endpoint_url: str | None = None) -> Any:
-    return open_storage(uri, endpoint_url=endpoint_url).read_json(uri)
-
-
-def write_json(uri: str, obj: Any, *, endpoint_url: str | None = None) -> str:
-    return open_storage(uri, endpoint_url=endpoint_url).write_json(uri, obj)
-
-
-def exists(uri: str, *, endpoint_url: str | None = None) -> bool:
-    return open_storage(uri, endpoint_url=endpoint_url).exists(uri)
-
-
-def upload_file(path: str | Path, uri: str, *, endpoint_url: str | None = None) -> str:
-    return open_storage(uri, endpoint_url=endpoint_url).upload_file(path, uri)
-
-
-def download_file(uri: str, path: str | Path, expected_sha256: str | None = None, *,
-                  endpoint_url: str | None = None) -> str:
-    return open_storage(uri, endpoint_url=endpoint_url).download_file(uri, path, expected_sha256)
-
-
-def list_uris(prefix_uri: str, *, endpoint_url: str | None = None) -> list[str]:
-    return open_storage(prefix_uri, endpoint_url=endpoint_url).list_uris(prefix_uri)
-
-
-def sha256_of(uri: str, *, endpoint_url: str | None = None) -> str:
-    return open_storage(uri, endpoint_url=endpoint_url).sha256_of(uri)
-
-
-def delete(uri: str, *, endpoint_url: str | None = None) -> None:
-    open_storage(uri, endpoint_url=endpoint_url).delete(uri)
-
-
-def change_token(uri: str, *, endpoint_url: str | None = None) -> str | None:
-    return open_storage(uri, endpoint_url=endpoint_url).change_token(uri)
-
-
-def read_versioned(uri: str, *, endpoint_url: str | None = None) -> tuple[bytes, str]:
-    return open_storage(uri, endpoint_url=endpoint_url).read_versioned(uri)
-
-
-def write_if(uri: str, data: bytes, *, expected_token: str | None, endpoint_url: str | None = None) -> str:
-    return open_storage(uri, endpoint_url=endpoint_url).write_if(uri, data, expected_token=expected_token)
+DEFAULT = Objects()
+"""boto3's default identity, everything in reach: what the module-level functions use."""
+read_bytes = DEFAULT.read_bytes
+read_at_most = DEFAULT.read_at_most
+write_bytes = DEFAULT.write_bytes
+read_text = DEFAULT.read_text
+write_text = DEFAULT.write_text
+read_json = DEFAULT.read_json
+write_json = DEFAULT.write_json
+exists = DEFAULT.exists
+size = DEFAULT.size
+upload_file = DEFAULT.upload_file
+download_file = DEFAULT.download_file
+list_uris = DEFAULT.list_uris
+sha256_of = DEFAULT.sha256_of
+delete = DEFAULT.delete
+change_token = DEFAULT.change_token
+read_versioned = DEFAULT.read_versioned
+write_if = DEFAULT.write_if

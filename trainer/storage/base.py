@@ -82,6 +82,12 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _limit(max_bytes: int) -> int:
+    if max_bytes < 0:
+        raise ValueError(f"max_bytes must be 0 or more, not {max_bytes}.")
+    return max_bytes
+
+
 def _verify(uri: str, actual: str, expected: str | None) -> None:
     if expected is not None and actual != expected:
         raise StorageError(f"Object {_redact(uri)} has sha256 {actual}, expected {expected}.")
@@ -108,17 +114,25 @@ class Storage(ABC):
     @abstractmethod
     def upload_file(self, path: str | Path, uri: str) -> str: ...
     @abstractmethod
-    def download_file(self, uri: str, path: str | Path, expected_sha256: str | None = None) -> str: ...
+    def download_file(self, uri: str, path: str | Path, expected_sha256: str | None = None, *,
+                      max_concurrency: int | None = None) -> str:
+        """Copy the object to ``path``; ``max_concurrency`` caps the parallel ranged GETs of a large
+        S3 object (each one's buffers cost memory; None: the transfer's default)."""
     @abstractmethod
     def list_uris(self, prefix_uri: str) -> list[str]:
         """Every object under the directory ``prefix_uri`` (recursive, sorted)."""
     @abstractmethod
     def sha256_of(self, uri: str) -> str: ...
     @abstractmethod
+    def size(self, uri: str) -> int:
+        """The object's size in bytes, read without reading the object."""
+    @abstractmethod
     def delete(self, uri: str) -> None:
         """Delete an object; deleting a missing object is not an error."""
     @abstractmethod
-    def read_versioned(self, uri: str) -> tuple[bytes, str]: ...
+    def read_versioned(self, uri: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """The object's bytes (at most ``max_bytes`` of them, from its start) and its version token,
+        the one :meth:`write_if` compares (S3: the ETag; a ranged read returns the object's own)."""
     @abstractmethod
     def change_token(self, uri: str) -> str | None:
         """A string that changes whenever the object changes, read without reading the object
@@ -126,6 +140,12 @@ class Storage(ABC):
     @abstractmethod
     def write_if(self, uri: str, data: bytes, *, expected_token: str | None) -> str:
         """Write only if the object still has ``expected_token`` (None: must not exist)."""
+
+    def read_at_most(self, uri: str, max_bytes: int) -> bytes:
+        """The object's first ``max_bytes`` bytes (all of it when it is smaller), never holding more
+        in memory. Both backends read only that much; this default, for other backends, reads the
+        whole object first."""
+        return self.read_bytes(uri)[:_limit(max_bytes)]
 
     def read_text(self, uri: str) -> str:
         try:

@@ -22,6 +22,7 @@ from forgetmi_trainer.storage.base import (
     _file_errors,
     _file_path,
     _file_uri,
+    _limit,
     _sha256_file,
     _verify,
 )
@@ -68,6 +69,11 @@ class FileStorage(Storage):
         with _file_errors(uri):
             return self._atomic_write(_file_path(uri), iter([data]))
 
+    def read_at_most(self, uri: str, max_bytes: int) -> bytes:
+        limit = _limit(max_bytes)
+        with _file_errors(uri), open(_file_path(uri), "rb") as fh:
+            return fh.read(limit)
+
     def exists(self, uri: str) -> bool:
         return _file_path(uri).is_file()
 
@@ -77,7 +83,8 @@ class FileStorage(Storage):
         with _file_errors(uri):
             return self._atomic_write(_file_path(uri), self._read_chunks(Path(path)))
 
-    def download_file(self, uri: str, path: str | Path, expected_sha256: str | None = None) -> str:
+    def download_file(self, uri: str, path: str | Path, expected_sha256: str | None = None, *,
+                      max_concurrency: int | None = None) -> str:
         source = _file_path(uri)
         if not source.is_file():
             raise ObjectNotFound(uri)
@@ -99,15 +106,19 @@ class FileStorage(Storage):
         with _file_errors(uri):
             return _sha256_file(_file_path(uri))
 
+    def size(self, uri: str) -> int:
+        with _file_errors(uri):
+            return _file_path(uri).stat().st_size
+
     def delete(self, uri: str) -> None:
         with _file_errors(uri):
             _file_path(uri).unlink(missing_ok=True)
 
     @staticmethod
-    def _versioned(path: Path) -> tuple[bytes, str] | None:
+    def _versioned(path: Path, max_bytes: int = -1) -> tuple[bytes, str] | None:
         try:
             with open(path, "rb") as fh:
-                data, mtime_ns = fh.read(), os.fstat(fh.fileno()).st_mtime_ns
+                data, mtime_ns = fh.read(max_bytes), os.fstat(fh.fileno()).st_mtime_ns
         except FileNotFoundError:
             return None
         return data, f"{hashlib.sha256(data).hexdigest()}:{mtime_ns}"
@@ -124,9 +135,10 @@ class FileStorage(Storage):
         # a rewrite through _atomic_write replaces the inode; an in-place edit changes mtime or size
         return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
-    def read_versioned(self, uri: str) -> tuple[bytes, str]:
+    def read_versioned(self, uri: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """A file cut short by ``max_bytes`` has a token no write matches (it hashes what was read)."""
         with _file_errors(uri):
-            found = self._versioned(_file_path(uri))
+            found = self._versioned(_file_path(uri), -1 if max_bytes is None else _limit(max_bytes))
         if found is None:
             raise ObjectNotFound(uri)
         return found

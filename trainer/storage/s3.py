@@ -1,6 +1,5 @@
-"""The ``s3://`` storage backend over boto3: client settings, the per-endpoint client cache and
-:class:`S3Storage`. boto3 is imported only when the first client is made, so importing this
-module (the operator does, through :mod:`forgetmi_trainer.storage`) stays cheap.
+"""The ``s3://`` storage backend over boto3, :class:`S3Storage`; its clients come from
+:mod:`~forgetmi_trainer.storage.s3_client`.
 """
 
 from __future__ import annotations
@@ -10,9 +9,7 @@ import hashlib
 import os
 import re
 import tempfile
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,65 +17,21 @@ from forgetmi_trainer.errors import ObjectNotFound, StorageError, StorageUnavail
 from forgetmi_trainer.storage.base import (
     _CHUNK,
     _TMP_SUFFIX,
-    MIB,
     Storage,
     _changed,
     _file_errors,
+    _limit,
     _redact,
     _sha256_file,
     _split_s3,
     _verify,
 )
+from forgetmi_trainer.storage.s3_client import S3Settings, resolve_endpoint, s3_client
 
-ENDPOINT_ENV = "FORGETMI_S3_ENDPOINT_URL"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _CONFLICT = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
 _DENIED = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """Client tuning; the defaults suit production, tests lower the retries and timeouts."""
-
-    max_attempts: int = 5
-    connect_timeout_seconds: float = 10.0
-    read_timeout_seconds: float = 60.0
-    multipart_threshold_bytes: int = 64 * MIB
-    multipart_chunk_bytes: int = 16 * MIB
-
-
-
-_CLIENTS: dict[tuple[str | None, S3Settings], Any] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
-def _resolve_endpoint(endpoint_url: str | None) -> str | None:
-    for value in (endpoint_url, os.environ.get(ENDPOINT_ENV), os.environ.get("AWS_ENDPOINT_URL_S3"),
-                  os.environ.get("AWS_ENDPOINT_URL")):
-        if value:
-            return value
-    return None
-
-
-def _s3_client(endpoint_url: str | None, settings: S3Settings) -> Any:
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get((endpoint_url, settings))
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            session = boto3.session.Session()
-            config = Config(
-                region_name=session.region_name or "us-east-1",
-                retries={"mode": "standard", "max_attempts": settings.max_attempts},
-                connect_timeout=settings.connect_timeout_seconds,
-                read_timeout=settings.read_timeout_seconds,
-                s3={"addressing_style": "path"} if endpoint_url else {},
-            )
-            client = session.client("s3", endpoint_url=endpoint_url, config=config)
-            _CLIENTS[(endpoint_url, settings)] = client
-        return client
 
 
 class S3Storage(Storage):
@@ -86,8 +39,8 @@ class S3Storage(Storage):
 
     def __init__(self, endpoint_url: str | None = None, settings: S3Settings | None = None) -> None:
         self.settings = settings or S3Settings()
-        self.endpoint_url = _resolve_endpoint(endpoint_url)
-        self.client = _s3_client(self.endpoint_url, self.settings)
+        self.endpoint_url = resolve_endpoint(endpoint_url)
+        self.client = s3_client(self.endpoint_url, self.settings)
 
     def _endpoint(self) -> str:
         return _redact(str(self.client.meta.endpoint_url))
@@ -132,10 +85,11 @@ class S3Storage(Storage):
         except BotoCoreError as err:
             raise StorageError(f"S3 request for {uri} failed ({type(err).__name__}).") from err
 
-    def _transfer(self) -> Any:
+    def _transfer(self, max_concurrency: int | None = None) -> Any:
         from boto3.s3.transfer import TransferConfig
 
-        return TransferConfig(multipart_threshold=self.settings.multipart_threshold_bytes,
+        threads = {} if max_concurrency is None else {"max_concurrency": max(1, max_concurrency)}
+        return TransferConfig(**threads, multipart_threshold=self.settings.multipart_threshold_bytes,
                               multipart_chunksize=self.settings.multipart_chunk_bytes)
 
     def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
@@ -148,8 +102,39 @@ class S3Storage(Storage):
                 return None
             raise
 
+    def _get(self, uri: str, max_bytes: int | None) -> tuple[bytes, str]:
+        """The object's first ``max_bytes`` bytes (None: all) and its ETag, from one GET (ranged when
+        bounded), of which at most that many bytes are read even from a store that ignores the range."""
+        from botocore.exceptions import ClientError
+
+        if max_bytes is not None and _limit(max_bytes) == 0:
+            return b"", self._etag(uri)
+        bucket, key = _split_s3(uri, need_key=True)
+        ranged = {} if max_bytes is None else {"Range": f"bytes=0-{max_bytes - 1}"}
+        with self._errors(uri):
+            try:
+                response = self.client.get_object(Bucket=bucket, Key=key, **ranged)
+            except ClientError as err:
+                if ranged and str(err.response.get("Error", {}).get("Code", "")) == "InvalidRange":
+                    return b"", self._etag(uri)  # an empty object has no first byte to start the range at
+                raise
+            body = response["Body"]
+            try:
+                return bytes(body.read() if max_bytes is None else body.read(max_bytes)), str(response["ETag"])
+            finally:
+                body.close()
+
+    def _etag(self, uri: str) -> str:
+        token = self.change_token(uri)
+        if token is None:
+            raise ObjectNotFound(uri)
+        return token
+
     def read_bytes(self, uri: str) -> bytes:
-        return self.read_versioned(uri)[0]
+        return self._get(uri, None)[0]
+
+    def read_at_most(self, uri: str, max_bytes: int) -> bytes:
+        return self._get(uri, max_bytes)[0]
 
     def write_bytes(self, uri: str, data: bytes) -> str:
         bucket, key = _split_s3(uri, need_key=True)
@@ -172,7 +157,8 @@ class S3Storage(Storage):
                                     Config=self._transfer())
         return digest
 
-    def download_file(self, uri: str, path: str | Path, expected_sha256: str | None = None) -> str:
+    def download_file(self, uri: str, path: str | Path, expected_sha256: str | None = None, *,
+                      max_concurrency: int | None = None) -> str:
         bucket, key = _split_s3(uri, need_key=True)
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -180,7 +166,7 @@ class S3Storage(Storage):
         os.close(fd)
         try:
             with self._errors(uri):
-                self.client.download_file(bucket, key, tmp, Config=self._transfer())
+                self.client.download_file(bucket, key, tmp, Config=self._transfer(max_concurrency))
             digest = _sha256_file(Path(tmp))
             _verify(uri, digest, expected_sha256)
             os.replace(tmp, dest)
@@ -196,6 +182,14 @@ class S3Storage(Storage):
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
             keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
         return sorted(f"s3://{bucket}/{k}" for k in keys if not k.endswith("/"))
+
+    def size(self, uri: str) -> int:
+        bucket, key = _split_s3(uri, need_key=True)
+        with self._errors(uri):
+            head = self._head(bucket, key)
+        if head is None:
+            raise ObjectNotFound(uri)
+        return int(head.get("ContentLength") or 0)
 
     def sha256_of(self, uri: str) -> str:
         bucket, key = _split_s3(uri, need_key=True)
@@ -222,11 +216,8 @@ class S3Storage(Storage):
             head = self._head(bucket, key)
         return None if head is None else str(head["ETag"])
 
-    def read_versioned(self, uri: str) -> tuple[bytes, str]:
-        bucket, key = _split_s3(uri, need_key=True)
-        with self._errors(uri):
-            response = self.client.get_object(Bucket=bucket, Key=key)
-            return response["Body"].read(), str(response["ETag"])
+    def read_versioned(self, uri: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        return self._get(uri, max_bytes)
 
     def write_if(self, uri: str, data: bytes, *, expected_token: str | None) -> str:
         from botocore.exceptions import ClientError
