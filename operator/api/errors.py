@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from forgetmi_operator.api.patterns import CONDITION_REASON_PATTERN
-from forgetmi_trainer.errors import StorageUnavailable
+from forgetmi_trainer.errors import OutOfReach, StorageUnavailable
 
 T = TypeVar("T")
 
@@ -123,6 +123,33 @@ class ServingTargetError(OperatorError):
     reason = "ServingTargetError"
 
 
+class PolicyViolation(OperatorError):
+    """The request asks for what the cluster admin's policy does not allow it (an image, a service
+    account, a priority class, a toleration)."""
+
+    reason = "Forbidden"
+
+
+class UriRefused(OperatorError):
+    """The request names an object its namespace may not reach (a file:// URI in the cluster, or one
+    outside the namespace's allowed prefixes)."""
+
+    reason = "UriRefused"
+
+
+class CredentialsMissing(OperatorError):
+    """No S3 credentials are configured for the request's namespace, so its objects cannot be read."""
+
+    reason = "CredentialsMissing"
+
+
+class InputUnreadable(OperatorError):
+    """An input exists but cannot be read as what it must be (a manifest in a format the operator
+    cannot parse, a report over the size the operator reads)."""
+
+    reason = "InputUnreadable"
+
+
 async def retry(call: Callable[[], Awaitable[T]], *, attempts: int, delay_seconds: float) -> T:
     """``await call()``, tried again after a retryable :class:`OperatorError` up to ``attempts`` times in
     all, waiting ``delay_seconds`` before the second try and twice as long before each further one;
@@ -139,8 +166,11 @@ async def retry(call: Callable[[], Awaitable[T]], *, attempts: int, delay_second
 
 async def storage_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking storage call in a worker thread; a transient storage error (``StorageUnavailable``)
-    becomes :class:`RegistryUnavailable`, which is retried."""
+    becomes :class:`RegistryUnavailable`, which is retried, and a URI out of the handle's reach
+    (``OutOfReach``) :class:`UriRefused`."""
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
     except StorageUnavailable as err:
         raise RegistryUnavailable(f"The registry's storage did not answer ({err}); trying again later.") from err
+    except OutOfReach as err:
+        raise UriRefused(str(err)) from err

@@ -35,6 +35,13 @@ LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 
 LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 
+MODEL_ENV_ANNOTATION = f"{GROUP}/model-env"
+"""On a Deployment: the env var the operator may set to the model URI (the request's ``target.env``)."""
+MODEL_CONTAINER_ANNOTATION = f"{GROUP}/model-container"
+"""On a Deployment: the container whose env var the operator may set."""
+MODEL_STORAGE_URI_ANNOTATION = f"{GROUP}/model-storage-uri"
+"""On a KServe InferenceService: ``"true"`` lets the operator set ``spec.predictor.model.storageUri``."""
+
 TRAINER_APP = "forgetmi-trainer"
 TRAINER_CONTAINER = "trainer"
 """The trainer container's name in every Job."""

@@ -1,8 +1,9 @@
 """The vocabulary of the UnlearnRequest API: enumerations, patterns and the small types built on them.
 
 Every pattern here is the CRD's (``crds/…yaml``); :mod:`forgetmi_operator.api.spec` and
-:mod:`forgetmi_operator.api.status` build the models on them, and the validator
-(:mod:`forgetmi_operator.local.schema`) turns each pattern into a sentence.
+:mod:`forgetmi_operator.api.status` build the models on them. :data:`PATTERN_HINTS` turns each
+pattern into the sentence a user sees (:func:`problem_message`), for the operator's ``InvalidSpec``
+and for ``forgetmi validate`` alike: a message never prints a regex.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from forgetmi_trainer.contract import SHA256_PATTERN, URI_PATTERN
 
@@ -29,13 +30,17 @@ GateResult = Literal["Passed", "Failed", "Inconclusive"]
 ConditionType = Literal["Accepted", "Unlearned", "GatesPassed", "Promoted"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""DNS labels joined by dots: no empty label (``a..b``), none starting or ending with ``-``."""
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
+"""A Kubernetes quantity that is not negative (a leading ``+`` is allowed; ``-`` is not)."""
+QUANTITY_MESSAGE = "must be a resource quantity that is not negative, such as 500m, 4 or 16Gi"
+"""Also the CRD's message for a negative integer quantity, which its pattern (for strings) cannot see."""
 CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 URI_MAX_LENGTH = 2048
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -45,6 +50,8 @@ INT64_MAX = 2**63 - 1
 OBJECT_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+|file:///.*)$"
 """An object (not a bucket root): the contract's URI pattern with a key required after an s3 bucket."""
 OBJECT_URI_MESSAGE = "must be an s3://bucket/key or file:///... URI: an object, with a key after the bucket"
+URI_MESSAGE = "must be an s3://bucket/... or file:///... URI"
+"""The CRD's message for a URI that fails its CEL rule; pydantic's pattern error is shown the same way."""
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 LABEL_KEY_CHARS = (r"([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
                    r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
@@ -54,6 +61,40 @@ LABEL_KEY_MESSAGE = ("must be a label key: an optional DNS subdomain prefix and 
                      "letters, digits, '-', '_' and '.' that starts and ends with a letter or digit")
 IMAGE_PATTERN = r"^[!-~]*$"
 """An image reference is printable ASCII without whitespace (the kubelet cannot pull anything else)."""
+PATTERN_HINTS = {
+    DNS_LABEL: "must be a lowercase DNS label (a-z, 0-9 and '-', starting and ending with a letter or digit)",
+    DNS_SUBDOMAIN: "must be a lowercase DNS subdomain: labels of a-z, 0-9 and '-' that start and end with a letter "
+    "or digit, joined by '.'",
+    SHA256_PATTERN: "must be a sha256 digest (64 lowercase hex digits)",
+    SECRET_KEY_PATTERN: "must be a Secret key (letters, digits, '-', '_' and '.')",
+    ENV_NAME_PATTERN: "must be an environment variable name",
+    QUANTITY_PATTERN: QUANTITY_MESSAGE,
+    URI_PATTERN: URI_MESSAGE,
+    OBJECT_URI_PATTERN: OBJECT_URI_MESSAGE,
+    LABEL_VALUE_PATTERN: "must be a label value: empty, or at most 63 letters, digits, '-', '_' and '.' that starts "
+    "and ends with a letter or digit",
+    IMAGE_PATTERN: "must be an image reference: printable ASCII without whitespace",
+}
+"""What a value that fails each pattern must be, as the end of a sentence that names the field."""
+INVALID_FORMAT = "has an invalid format"
+"""For a pattern without a sentence: the regex itself is never shown."""
+
+
+def pattern_message(pattern: str) -> str:
+    """The sentence for a value failing ``pattern`` (also in the JSON Schema spelling, ``\\Z`` for ``$``)."""
+    original = pattern.removesuffix(r"\Z") + "$" if pattern.endswith(r"\Z") else pattern
+    return PATTERN_HINTS.get(original, INVALID_FORMAT)
+
+
+def problem_message(error: ErrorDetails) -> str:
+    """One pydantic error as the user reads it: a validator's own sentence, a pattern's sentence, or
+    pydantic's message (the input is never part of it)."""
+    ctx = error.get("ctx") or {}
+    if error["type"] == "value_error" and ctx.get("error"):
+        return str(ctx["error"])
+    if error["type"] == "string_pattern_mismatch":
+        return pattern_message(str(ctx.get("pattern", "")))
+    return error["msg"]
 
 
 def is_label_key(key: str) -> bool:

@@ -21,13 +21,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from forgetmi_operator.api.errors import SettingsInvalid
-from forgetmi_operator.api.patterns import DNS_SUBDOMAIN, GPU_RESOURCE, SECRET_KEY_PATTERN, Quantity
+from forgetmi_operator.api.patterns import DNS_SUBDOMAIN, GPU_RESOURCE, IMAGE_PATTERN, SECRET_KEY_PATTERN, Quantity
 from forgetmi_operator.api.spec import GateSpec, Toleration
 from forgetmi_trainer.contract import Location, validation_problems
 
 ENV_PREFIX = "FORGETMI_"
 DEFAULT_TRAINER_IMAGE = "ghcr.io/forgetmi/forgetmi-trainer:0.1.0"
-_JSON_FIELDS = ("trainer_node_selector", "trainer_tolerations", "trainer_resources", "default_gates")
+_JSON_FIELDS = ("trainer_node_selector", "trainer_tolerations", "trainer_resources", "default_gates",
+                "namespace_policies", "trainer_allowed_images", "trainer_allowed_service_accounts",
+                "trainer_allowed_priority_classes", "trainer_allowed_tolerations")
 
 
 def default_gates() -> list[GateSpec]:
@@ -56,6 +58,19 @@ class ContainerResources(BaseModel):
         return value
 
 
+class NamespacePolicy(BaseModel):
+    """What the cluster admin decides for the requests of one namespace (chart value ``tenants``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    credentials_secret: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253, description=(
+        "Secret in that namespace with its S3 keys, when a request names none (spec.credentialsSecretRef)."))
+    allowed_uri_prefixes: list[Annotated[str, Field(min_length=1, max_length=2048)]] = Field(
+        default_factory=list, max_length=64, description=(
+            "URI prefixes the namespace's requests may name (registry, manifest, forget list); none: any its "
+            "credentials can read."))
+
+
 def env_name(field: str) -> str:
     """``trainer_gpus`` → ``FORGETMI_TRAINER_GPUS``."""
     return ENV_PREFIX + field.upper()
@@ -72,9 +87,23 @@ class Settings(BaseSettings):
     trainer_tolerations: Annotated[list[Toleration], NoDecode] = Field(default_factory=list)
     trainer_service_account: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253)
     trainer_resources: Annotated[ContainerResources, NoDecode] = Field(default_factory=ContainerResources)
+    trainer_allowed_images: Annotated[list[Annotated[str, Field(min_length=1, max_length=512, pattern=IMAGE_PATTERN)]],
+                                      NoDecode] = Field(default_factory=list, description=(
+        "Images a request may name in spec.image besides trainer_image (exact references or digests)."))
+    trainer_allowed_service_accounts: Annotated[list[Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]],
+                                                NoDecode] = Field(default_factory=list, description=(
+        "ServiceAccounts a request may name in spec.serviceAccountName; none: it may name none."))
+    trainer_allowed_priority_classes: Annotated[list[Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]],
+                                                NoDecode] = Field(default_factory=list, description=(
+        "PriorityClasses a request may name in spec.priorityClassName; none: it may name none."))
+    trainer_allowed_tolerations: Annotated[list[Toleration], NoDecode] = Field(default_factory=list, description=(
+        "Tolerations a request may carry, each equal to one of these (operator defaulting to Equal)."))
     s3_endpoint_url: str = Field(default="", description="S3 endpoint for the operator and its Jobs.")
-    credentials_secret: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253,
-                                    description="Default Secret with S3 keys for Jobs (envFrom).")
+    credentials_secret: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253, description=(
+        "Secret (in the request's namespace) with that namespace's S3 keys, when neither the request nor its "
+        "namespace's policy names one: the operator reads the request's objects with it, its Jobs get it."))
+    namespace_policies: Annotated[dict[str, NamespacePolicy], NoDecode] = Field(default_factory=dict, description=(
+        "Per namespace: its credentials Secret and the URI prefixes its requests may name."))
     default_gates: Annotated[list[GateSpec], NoDecode] = Field(default_factory=default_gates, min_length=1)
     metrics_port: int = Field(default=8080, ge=1, le=65535)
     pending_pod_timeout_seconds: float = Field(default=600.0, gt=0)
@@ -89,6 +118,11 @@ class Settings(BaseSettings):
     serving_targets_enabled: bool = False
     log_format: Literal["json", "text"] = "json"
     job_ttl_seconds_after_finished: int = Field(default=86400, ge=0)
+    report_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description=(
+        "The largest trainer report.json the operator reads; a larger one is ReportInvalid, unread."))
+    manifest_max_bytes: int = Field(default=2 * 1024**3, ge=1024, description=(
+        "The largest manifest the operator downloads to check the forget list; a larger one is "
+        "InputUnreadable, unread. Its scratch volume must hold one this large."))
 
     @field_validator(*_JSON_FIELDS, mode="before")
     @classmethod

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, Field, ValidationError, field_validator, mo
 
 from forgetmi_operator.api.errors import InvalidSpec
 from forgetmi_operator.api.method import MethodSpec
+from forgetmi_operator.api.naming import MODEL_CONTAINER_ANNOTATION, MODEL_ENV_ANNOTATION
 from forgetmi_operator.api.patterns import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
@@ -39,9 +40,9 @@ from forgetmi_operator.api.patterns import (
     Uri,
     is_label_key,
     label_key,
+    problem_message,
     raise_at,
 )
-from forgetmi_trainer.contract import validation_problems
 
 
 class ModelSpec(Spec):
@@ -102,12 +103,16 @@ class GateSpec(Spec):
 
 
 class TargetSpec(Spec):
+    """The serving object patched on promotion; it must opt in with annotations (a Deployment:
+    ``model-env`` naming ``env`` and ``model-container`` naming the container; an InferenceService:
+    ``model-storage-uri: "true"``), checked by :mod:`forgetmi_operator.cluster.targets`."""
+
     kind: Literal["Deployment", "InferenceService"] = Field(description="Kind of the serving object to patch.")
     name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Name in the request's namespace.")
-    container: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63,
-                                  description="Deployment container (default: the first).")
-    env: str = Field(default="FORGETMI_MODEL_URI", pattern=ENV_NAME_PATTERN, max_length=253,
-                     description="Deployment env var that receives the model URI.")
+    container: str | None = Field(default=None, pattern=DNS_LABEL, max_length=63, description=(
+        f"Deployment container; must be the one its annotation {MODEL_CONTAINER_ANNOTATION} names (the default)."))
+    env: str = Field(default="FORGETMI_MODEL_URI", pattern=ENV_NAME_PATTERN, max_length=253, description=(
+        f"Deployment env var that receives the model URI; its annotation {MODEL_ENV_ANNOTATION} must name it."))
 
     @model_validator(mode="after")
     def _container_for_deployment(self) -> TargetSpec:
@@ -193,9 +198,11 @@ class UnlearnRequestSpec(Spec):
 
 
 def parse_spec(spec: Mapping[str, Any]) -> UnlearnRequestSpec:
-    """The spec as the pydantic model; ``InvalidSpec`` names every bad field (``spec.a.b: …``)."""
+    """The spec as the pydantic model; ``InvalidSpec`` names every bad field (``spec.a.b: …``) and
+    says what it must be, in the sentences ``forgetmi validate`` uses (never a regex nor the value)."""
     try:
         return UnlearnRequestSpec.model_validate(dict(spec))
     except ValidationError as err:
-        problems = validation_problems(err, lambda loc: ".".join(["spec", *(str(part) for part in loc)]))
+        problems = [f"{'.'.join(['spec', *(str(part) for part in error['loc'])])}: {problem_message(error)}"
+                    for error in err.errors(include_url=False, include_input=False)]
         raise InvalidSpec(f"The spec is invalid: {'; '.join(problems)}.") from err

@@ -30,7 +30,8 @@ SUBJECTS_DIR = "/var/run/forgetmi/subjects"
 SUBJECTS_PATH = f"{SUBJECTS_DIR}/{SUBJECTS_KEY}"
 TERMINATION_LOG = "/dev/termination-log"
 TRAINER_COMMAND = ["python", "-m", "forgetmi_trainer", "run", "--config", CONFIG_PATH]
-RUN_AS_ID = 1000
+RUN_AS_ID = 10001
+"""The UID and GID of the trainer pod: the trainer image's USER (Dockerfile), as the chart's operator pod."""
 SECRET_FILE_MODE = 0o440
 
 

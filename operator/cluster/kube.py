@@ -6,7 +6,11 @@ the API server sends them (no generated model classes), so the pure modules (``j
 ``jobs``) can work on the same shapes Kopf hands to handlers. It is the cluster's
 :class:`~forgetmi_operator.lifecycle.ports.SecretStore`.
 
-Errors: a missing object is ``None`` (a missing serving target
+Serving targets opt in: a Deployment or InferenceService is patched only when its annotations
+allow it (:func:`opted_in_container`, :func:`opted_in_inferenceservice`), checked on every read
+and tested again by the JSON patch itself.
+
+Errors: a missing object is ``None`` (a missing serving target, or one that did not opt in,
 :class:`~forgetmi_operator.api.errors.ServingTargetError`); an object or patch the API server
 refuses as invalid (HTTP 400/413/422) is :class:`~forgetmi_operator.api.errors.ObjectRejected` (not
 retried, with the server's message); anything else the API server or the network answers
@@ -28,7 +32,9 @@ from kubernetes.client.exceptions import ApiException
 
 from forgetmi_operator import GROUP, PLURAL, VERSION
 from forgetmi_operator.api.errors import ClusterUnavailable, ObjectRejected, OperatorError, ServingTargetError
+from forgetmi_operator.api.naming import MODEL_CONTAINER_ANNOTATION, MODEL_ENV_ANNOTATION, MODEL_STORAGE_URI_ANNOTATION
 from forgetmi_operator.api.settings import Settings
+from forgetmi_operator.cluster import optin
 from forgetmi_operator.cluster.jobstate import job_name_of_pod
 
 KSERVE = ("serving.kserve.io", "v1beta1", "inferenceservices")
@@ -183,35 +189,36 @@ class Kube:
 
     # ---- serving targets -----------------------------------------------------------------------
 
-    async def _deployment_container(self, namespace: str, name: str,
-                                    container: str | None) -> tuple[int, Mapping[str, Any]]:
-        """The index and spec of ``container`` (default: the first) in Deployment ``namespace/name``."""
+    async def _deployment_container(self, namespace: str, name: str, container: str | None,
+                                    env: str) -> tuple[int, Mapping[str, Any]]:
+        """Read Deployment ``namespace/name`` and return the index and spec of the container it lets
+        the operator patch (:func:`opted_in_container`)."""
         what = f"Deployment {namespace}/{name}"
         deployment = await self._call(f"read {what}", self.apps.read_namespaced_deployment, name, namespace)
         if deployment is None:
             raise ServingTargetError(f"Serving target {what} does not exist.")
-        containers = deployment.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or []
-        names = [c.get("name") for c in containers]
-        if not containers or (container is not None and container not in names):
-            raise ServingTargetError(f"Serving target {what} has no container {container or '(none)'}.")
-        index = names.index(container) if container is not None else 0
-        return index, containers[index]
+        return optin.opted_in_container(deployment, what, container, env)
 
-    async def check_deployment(self, namespace: str, name: str, container: str | None) -> None:
-        """Raise ``ServingTargetError`` unless Deployment ``namespace/name`` exists with ``container``."""
-        await self._deployment_container(namespace, name, container)
+    async def check_deployment(self, namespace: str, name: str, container: str | None, env: str) -> None:
+        """Raise ``ServingTargetError`` unless Deployment ``namespace/name`` exists and lets the
+        operator set ``env`` of ``container`` (its annotations, :func:`opted_in_container`)."""
+        await self._deployment_container(namespace, name, container, env)
 
     async def patch_deployment_env(self, namespace: str, name: str, container: str | None, env: str,
                                    value: str) -> None:
-        """Set env var ``env`` of ``container`` (default: the first) in Deployment ``namespace/name``.
+        """Set env var ``env`` of the opted-in container of Deployment ``namespace/name``.
 
-        A JSON patch that first tests the container's name, so a concurrent reorder is refused
-        rather than patching the wrong container."""
+        Read and checked again (the Deployment may have changed since :meth:`check_deployment`), then
+        a JSON patch that first tests both annotations and the container's name, so a Deployment whose
+        annotations were removed or a container reordered meanwhile is refused by the API server
+        rather than patched."""
         what = f"Deployment {namespace}/{name}"
-        index, spec = await self._deployment_container(namespace, name, container)
+        index, spec = await self._deployment_container(namespace, name, container, env)
         current = [dict(e) for e in spec.get("env") or [] if e.get("name") != env]
         base = f"/spec/template/spec/containers/{index}"
-        ops = [{"op": "test", "path": f"{base}/name", "value": spec.get("name")},
+        ops = [{"op": "test", "path": optin.annotation_path(MODEL_ENV_ANNOTATION), "value": env},
+               {"op": "test", "path": optin.annotation_path(MODEL_CONTAINER_ANNOTATION), "value": spec.get("name")},
+               {"op": "test", "path": f"{base}/name", "value": spec.get("name")},
                {"op": "add", "path": f"{base}/env", "value": [*current, {"name": env, "value": value}]}]
         result = await self._call(f"patch {what}", self.apps.patch_namespaced_deployment, name, namespace, ops,
                                   _content_type=JSON_PATCH)
@@ -219,23 +226,26 @@ class Kube:
             raise ServingTargetError(f"Serving target {what} does not exist.")
 
     async def check_inferenceservice(self, namespace: str, name: str) -> None:
-        """Raise ``ServingTargetError`` unless KServe InferenceService ``namespace/name`` exists and
-        serves through ``spec.predictor.model`` (the field whose ``storageUri`` is set)."""
+        """Raise ``ServingTargetError`` unless KServe InferenceService ``namespace/name`` exists, lets
+        the operator set its storage URI (:func:`opted_in_inferenceservice`) and serves through
+        ``spec.predictor.model``."""
         what = f"InferenceService {namespace}/{name}"
         found = await self._call(f"read {what}", self.custom.get_namespaced_custom_object, *KSERVE[:2], namespace,
                                  KSERVE[2], name)
         if found is None:
             raise ServingTargetError(f"Serving target {what} does not exist.")
-        predictor = (found.get("spec") or {}).get("predictor") or {}
-        if not isinstance(predictor.get("model"), Mapping):
-            raise ServingTargetError(f"Serving target {what} has no spec.predictor.model, whose storageUri the "
-                                     "operator sets.")
+        optin.opted_in_inferenceservice(found, what)
 
     async def patch_inferenceservice_storage_uri(self, namespace: str, name: str, uri: str) -> None:
-        """Set ``spec.predictor.model.storageUri`` of KServe InferenceService ``namespace/name``."""
+        """Set ``spec.predictor.model.storageUri`` of KServe InferenceService ``namespace/name``.
+
+        Checked again first, then a JSON patch that tests the annotation, so an InferenceService that
+        withdrew it since is refused by the API server rather than patched."""
         what = f"InferenceService {namespace}/{name}"
-        body = {"spec": {"predictor": {"model": {"storageUri": uri}}}}
+        await self.check_inferenceservice(namespace, name)
+        ops = [{"op": "test", "path": optin.annotation_path(MODEL_STORAGE_URI_ANNOTATION), "value": "true"},
+               {"op": "add", "path": "/spec/predictor/model/storageUri", "value": uri}]
         result = await self._call(f"patch {what}", self.custom.patch_namespaced_custom_object, *KSERVE[:2],
-                                  namespace, KSERVE[2], name, body, _content_type=MERGE_PATCH)
+                                  namespace, KSERVE[2], name, ops, _content_type=JSON_PATCH)
         if result is None:
             raise ServingTargetError(f"Serving target {what} does not exist.")

@@ -20,8 +20,8 @@ from forgetmi_operator.api import naming
 from forgetmi_operator.api.errors import OperatorError
 from forgetmi_operator.api.naming import JobKind
 from forgetmi_operator.api.settings import Settings
-from forgetmi_operator.api.spec import UnlearnRequestSpec
-from forgetmi_operator.cluster import jobs
+from forgetmi_operator.api.spec import UnlearnRequestSpec, parse_spec
+from forgetmi_operator.cluster import jobs, policy
 from forgetmi_operator.cluster.context import Cluster
 from forgetmi_operator.cluster.kube import Kube
 from forgetmi_operator.lifecycle import launch, subjects
@@ -37,6 +37,7 @@ class ClusterTrainers:
 
     async def start(self, body: Mapping[str, Any], spec: UnlearnRequestSpec, base_version: str,
                     kind: JobKind) -> Started:
+        policy.check_pod_policy(spec, self.settings)  # also for a retrain, under the policy as it is now
         meta = body["metadata"]
         built = jobs.build_launch(spec, self.settings, name=meta["name"], namespace=meta["namespace"],
                                   uid=meta["uid"], base_version=base_version, owner=body, kind=kind)
@@ -67,6 +68,7 @@ async def unsuspend(cluster: Cluster, body: Mapping[str, Any], old: Any, new: An
 
 async def _launch(cluster: Cluster, body: Mapping[str, Any]) -> Step:
     try:
+        policy.check_pod_policy(parse_spec(body.get("spec") or {}), cluster.settings)  # before anything is read
         return await launch.launch(cluster.ports, body)
     except OperatorError as err:
         if err.retryable:

@@ -32,11 +32,13 @@ from forgetmi_operator.lifecycle.conclude import conclude
 from forgetmi_operator.lifecycle.decisions import Decision, is_approved
 from forgetmi_operator.lifecycle.steps import Step, failure, job_failed, job_running
 from forgetmi_operator.registry.paths import request_paths
-from forgetmi_trainer import storage
 from forgetmi_trainer.contract import Progress
 from forgetmi_trainer.errors import StorageError
+from forgetmi_trainer.storage import Objects
 
 log = logging.getLogger(__name__)
+PROGRESS_MAX_BYTES = 64 * 1024
+"""The most of the trainer's progress file the operator reads (it holds one line of ≈ 150 bytes)."""
 
 
 async def look(cluster: Cluster, entry: Entry) -> None:
@@ -116,11 +118,13 @@ async def _conclude(cluster: Cluster, body: Mapping[str, Any]) -> Step:
     return outcome.step
 
 
-async def read_progress(uri: str) -> dict[str, Any] | None:
+async def read_progress(objects: Objects, uri: str) -> dict[str, Any] | None:
     """The trainer's latest progress line as ``status.progress``; None when there is none yet."""
     try:
-        text = await storage_call(storage.read_text, uri)
-        line = [row for row in text.splitlines() if row.strip()][-1]
+        data = await storage_call(objects.read_at_most, uri, PROGRESS_MAX_BYTES + 1)
+        if len(data) > PROGRESS_MAX_BYTES:  # the trainer writes one short line; this is not its
+            return None
+        line = [row for row in data.decode("utf-8", errors="replace").splitlines() if row.strip()][-1]
         return jobstate.progress_status(Progress.model_validate_json(line)).model_dump(by_alias=True,
                                                                                         exclude_none=True)
     except (StorageError, OperatorError, IndexError, ValidationError):
@@ -138,7 +142,8 @@ async def track_job(cluster: Cluster, body: Mapping[str, Any],
         job = await kube.get_job(namespace, job_name)
     kind = naming.job_kind(meta["name"], meta["uid"], job_name)
     paths = request_paths(spec.model.registry_uri, spec.model.name, meta["uid"], kind=kind)
-    if job is None and await storage_call(storage.exists, paths.report):
+    objects = await cluster.ports.storage_for(body)
+    if job is None and await storage_call(objects.exists, paths.report):
         # The trainer writes its report last, so the Job completed and was removed since (its TTL ran
         # out while the operator was down): conclude from the report rather than fail a finished run.
         state = jobstate.JobState("succeeded")
@@ -148,7 +153,7 @@ async def track_job(cluster: Cluster, body: Mapping[str, Any],
                                    pending_pod_timeout_seconds=cluster.settings.pending_pod_timeout_seconds)
     step = Step()
     if state.phase in ("running", "succeeded"):
-        progress = await read_progress(paths.progress)
+        progress = await read_progress(objects, paths.progress)
         if progress is not None and progress != status.get("progress"):
             step.status["progress"] = progress
     if state.phase == "running" and cond.reason_of(status.get("conditions") or [], "Unlearned") != cond.JOB_RUNNING:

@@ -4,7 +4,14 @@ re-pointed at the new model after it moved.
 
 Serving targets are patched only when the operator enables them (chart value
 ``servingTargets.enabled``); otherwise a request with a target is promoted and says that its target
-was not patched. A retryable failure of the patch is tried again (:data:`TARGET_ATTEMPTS`).
+was not patched. And only a target that opted in is patched: a Deployment whose annotations
+``unlearning.forgetmi.io/model-env`` and ``…/model-container`` name the request's env var and
+container, an InferenceService with ``unlearning.forgetmi.io/model-storage-uri: "true"``
+(:func:`~forgetmi_operator.cluster.optin.opted_in_container`,
+:func:`~forgetmi_operator.cluster.optin.opted_in_inferenceservice`). Anything else is a
+``ServingTargetError`` from :meth:`ClusterTargets.check`, before the alias moves; the patch checks
+again, and its JSON patch tests the annotations once more. A retryable failure of the patch is
+tried again (:data:`TARGET_ATTEMPTS`).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ class ClusterTargets:
             return (f"Serving target {target.kind} {namespace}/{target.name} was not patched: serving targets are "
                     "disabled in this operator (chart value servingTargets.enabled).")
         if target.kind == "Deployment":
-            await self.kube.check_deployment(namespace, target.name, target.container)
+            await self.kube.check_deployment(namespace, target.name, target.container, target.env)
         else:
             await self.kube.check_inferenceservice(namespace, target.name)
         return None

@@ -2,7 +2,8 @@
 that Kopf's handlers call).
 
 - :func:`startup` assembles the :class:`~forgetmi_operator.cluster.context.Cluster`: the API client,
-  the lifecycle's ports (Secrets, Jobs, serving targets, the receipt key), the look scheduler and its
+  the lifecycle's ports (Secrets, Jobs, serving targets, each request's storage identity, the receipt
+  key), the look scheduler and its
   sweep every ``FORGETMI_PROGRESS_INTERVAL_SECONDS``, and the metrics server; :func:`cleanup` stops them;
 - :func:`request_event`: every request event updates the phase gauges and the scheduler's copy of
   the request; a request is looked at now when it first shows a Job (new, retrained, or seen again
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from forgetmi_operator.api.settings import Settings
-from forgetmi_operator.cluster import jobstate, launcher, outcome
+from forgetmi_operator.cluster import identity, jobstate, launcher, outcome
 from forgetmi_operator.cluster.context import Cluster, PostEvent
 from forgetmi_operator.cluster.kube import Kube
 from forgetmi_operator.cluster.metrics import METRICS, serve
@@ -42,7 +43,9 @@ async def startup(settings: Settings, post_event: PostEvent) -> Cluster:
     """Connect to the API server and start the looks, their sweep and the metrics server."""
     kube = Kube.from_settings(settings)
     ports = Ports(settings=settings, secrets=kube, trainers=launcher.ClusterTrainers(kube, settings),
-                  targets=ClusterTargets(kube, settings), receipt_key=lambda: subjects.receipt_key(kube, settings))
+                  targets=ClusterTargets(kube, settings),
+                  storage_for=lambda body: identity.storage_for(kube, settings, body),
+                  receipt_key=lambda: subjects.receipt_key(kube, settings))
     cluster = Cluster(settings=settings, kube=kube, ports=ports, phases=PHASES, post_event=post_event,
                       scheduler=LookScheduler(lambda entry: outcome.look(cluster, entry), is_open=is_open,
                                               concurrency=LOOK_CONCURRENCY))

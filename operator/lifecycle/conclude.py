@@ -32,9 +32,10 @@ from forgetmi_operator.lifecycle.decisions import Decision, decide, is_approved
 from forgetmi_operator.lifecycle.ports import Ports
 from forgetmi_operator.lifecycle.steps import Step, with_condition
 from forgetmi_operator.registry import artifacts, promotion
-from forgetmi_operator.registry.aliases import RequestRef
+from forgetmi_operator.registry.aliases import RequestRef, VerifiedVersion
 from forgetmi_operator.registry.paths import RequestPaths, request_paths
 from forgetmi_trainer.contract import Report, now
+from forgetmi_trainer.storage import Objects
 
 
 @dataclass(frozen=True)
@@ -46,15 +47,17 @@ class Outcome:
     gates: list[GateStatus]
     mia: float | None
     test_auc_drop: float | None
+    report: Report
 
 
 @dataclass(frozen=True)
 class _Verdict:
     """What a verified report says about a request, and what was decided."""
 
+    objects: Objects
     spec: UnlearnRequestSpec
     base: ModelVersionStatus
-    candidate: ModelVersionStatus
+    candidate: VerifiedVersion
     report: Report
     report_ref: ArtifactStatus
     paths: RequestPaths
@@ -71,7 +74,7 @@ async def conclude(ports: Ports, body: Mapping[str, Any]) -> Outcome:
     drop = gates.metric_drop(verdict.report, "testAUC")
     job = (body.get("status") or {})["jobName"]
     step.status.update(
-        candidateModel=verdict.candidate.model_dump(by_alias=True, exclude_none=True),
+        candidateModel=artifacts.candidate_status(verdict.candidate).model_dump(by_alias=True, exclude_none=True),
         # Unmeasured metrics are written as null, which a merge patch removes: a retrain's status
         # never keeps a value from the first attempt's report.
         metrics=verdict.metrics.model_dump(by_alias=True),
@@ -93,7 +96,7 @@ async def conclude(ports: Ports, body: Mapping[str, Any]) -> Outcome:
         with_condition(body, step, "Promoted", "False", err.reason, err.message)
         step.status["completionTime"] = now()
         step.events.append(("Warning", err.reason, err.message))
-    return Outcome(step, verdict.decision, verdict.gates, mia, drop)
+    return Outcome(step, verdict.decision, verdict.gates, mia, drop, verdict.report)
 
 
 async def _verdict(ports: Ports, body: Mapping[str, Any]) -> _Verdict:
@@ -103,14 +106,18 @@ async def _verdict(ports: Ports, body: Mapping[str, Any]) -> _Verdict:
     kind = naming.job_kind(meta["name"], meta["uid"], status["jobName"])
     paths = request_paths(spec.model.registry_uri, spec.model.name, meta["uid"], kind=kind)
     base = ModelVersionStatus.model_validate(status["baseModel"])
-    report = await storage_call(artifacts.load_report, paths.report, request=f"{meta['namespace']}/{meta['name']}")
+    objects = await ports.storage_for(body)
+    report, report_ref = await storage_call(artifacts.load_report, objects, paths.report,
+                                            request=f"{meta['namespace']}/{meta['name']}",
+                                            max_bytes=ports.settings.report_max_bytes)
     artifacts.check_lineage(report, base, naming.candidate_version(base.version, meta["uid"], kind=kind))
-    candidate = await storage_call(artifacts.verify_candidate, report)
-    report_ref = ArtifactStatus(uri=paths.report, sha256=await storage_call(artifacts.stream_sha256, paths.report))
+    candidate = await storage_call(artifacts.verify_candidate, objects, report, registry=spec.model.registry_uri,
+                                   model=spec.model.name)
     statuses = gates.evaluate_gates(gates.effective_gates(spec.gates, ports.settings.default_gates), report)
     decision = decide(spec.rollout.mode, statuses, is_approved(meta.get("annotations")), spec.rollout.on_gate_failure,
                       retrained=kind == "retrain")
-    return _Verdict(spec, base, candidate, report, report_ref, paths, statuses, gates.metrics_status(report), decision)
+    return _Verdict(objects, spec, base, candidate, report, report_ref, paths, statuses, gates.metrics_status(report),
+                    decision)
 
 
 async def _act(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, step: Step) -> None:
@@ -139,11 +146,11 @@ async def _promote(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, ste
     meta, spec, base, candidate = body["metadata"], verdict.spec, verdict.base, verdict.candidate
     skipped = await ports.targets.check(spec, meta["namespace"])
     ref = RequestRef(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
-    record = await storage_call(promotion.promote_candidate, spec.model, base, candidate, ref)
+    record = await storage_call(promotion.promote_candidate, verdict.objects, spec.model, base, candidate, ref)
     try:
         await ports.targets.point(spec, meta["namespace"], candidate.uri)
     except OperatorError as err:
-        undone = await storage_call(promotion.rollback_promotion, spec.model, base, candidate, ref)
+        undone = await storage_call(promotion.rollback_promotion, verdict.objects, spec.model, base, candidate, ref)
         raise ServingTargetError(f"{err.message} The rollout was undone: {undone}") from err
     message = (f"Alias '{spec.model.alias}' of model {spec.model.name} now names version {candidate.version} "
                f"(was {base.version}).")
@@ -194,11 +201,13 @@ async def _write_receipt(body: Mapping[str, Any], verdict: _Verdict, step: Step,
     receipt = receipts.build_receipt(
         uid=meta["uid"], name=meta["name"], namespace=meta["namespace"], subject_count=verdict.report.counts.subjects,
         subjects_digest=digest, method=verdict.report.method, mode=verdict.spec.rollout.mode, base=verdict.base,
-        candidate=verdict.candidate, report=verdict.report_ref, metrics=verdict.metrics, gates=verdict.gates,
+        candidate=artifacts.candidate_status(verdict.candidate), report=verdict.report_ref, metrics=verdict.metrics,
+        gates=verdict.gates,
         decision=verdict.decision, created=meta.get("creationTimestamp") or completed, completed=completed,
         promotion=moved)
     try:
-        written = await storage_call(artifacts.write_receipt, verdict.paths.receipt, receipts.receipt_json(receipt))
+        written = await storage_call(artifacts.write_receipt, verdict.objects, verdict.paths.receipt,
+                                     receipts.receipt_json(receipt))
     except OperatorError as err:
         if err.retryable or moved is None:
             raise

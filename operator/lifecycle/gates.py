@@ -21,14 +21,15 @@ Comparators (``drop`` = original − unlearned, so a positive drop means the met
   complements.
 
 Comparisons allow ``TOLERANCE`` (1e-9) for floating-point rounding, so a drop of exactly the
-threshold passes maxDrop and fails minDrop. A metric that is missing, None or NaN (of either model
+threshold passes maxDrop and fails minDrop. A metric that was not measured (None, of either model
 where needed), or a missing report, makes the gate ``Inconclusive``; Inconclusive never passes, and
-an empty list of gates never passes.
+an empty list of gates never passes. A report never holds NaN, an infinity or a value outside the
+metric's range: the contract's :class:`~forgetmi_trainer.contract.Report` refuses it, so such a
+report is ``ReportInvalid`` before any gate sees it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from forgetmi_operator.api.patterns import GateMetric, GateResult
@@ -47,16 +48,13 @@ METRIC_PATHS: dict[str, tuple[str, str]] = {
 }
 
 
-def _finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 def metric_value(metrics: ModelMetrics | None, metric: GateMetric) -> float | None:
-    """One metric of one model; None when missing, NaN or infinite."""
+    """One metric of one model; None when it was not measured."""
     if metrics is None:
         return None
     group, field = METRIC_PATHS[metric]
-    return _finite(getattr(getattr(metrics, group), field))
+    value: float | None = getattr(getattr(metrics, group), field)
+    return value
 
 
 def fmt(value: float) -> str:
@@ -156,7 +154,7 @@ def summary(statuses: Sequence[GateStatus]) -> str:
 
 
 def metrics_status(report: Report) -> MetricsStatus:
-    """The report's metrics as ``status.metrics`` (original vs unlearned; NaN becomes absent)."""
+    """The report's metrics as ``status.metrics`` (original vs unlearned; an unmeasured one is null)."""
     pairs = {
         metric: MetricPair(original=metric_value(report.original, metric),
                            unlearned=metric_value(report.unlearned, metric))

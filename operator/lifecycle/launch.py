@@ -4,7 +4,8 @@ request, copy its forget list, and start its trainer run.
 :func:`accept` validates what the request names before anything starts: the alias resolves to a
 version (pinned from then on), the manifest exists and holds training rows of every forget
 subject (its subject set read once per version of the object, :mod:`~forgetmi_operator.registry.manifests`),
-and the forget list is read (:mod:`~forgetmi_operator.lifecycle.subjects`) and copied.
+and the forget list is read (:mod:`~forgetmi_operator.lifecycle.subjects`) and copied — every object
+through the request's own storage handle (``Ports.storage_for``), and only URIs within its reach.
 :func:`launch` then starts the run through the :class:`~forgetmi_operator.lifecycle.ports.Trainers`
 port and returns the step that records it. Errors are the domain errors of
 :mod:`forgetmi_operator.api.errors`, each one sentence naming the field or object at fault.
@@ -18,7 +19,7 @@ from typing import Any
 
 from forgetmi_operator.api import conditions as cond
 from forgetmi_operator.api import naming
-from forgetmi_operator.api.errors import InputNotFound, OperatorError, SubjectsError, storage_call
+from forgetmi_operator.api.errors import InputNotFound, OperatorError, SubjectsError, UriRefused, storage_call
 from forgetmi_operator.api.spec import UnlearnRequestSpec, parse_spec
 from forgetmi_operator.api.status import ModelVersionStatus
 from forgetmi_operator.lifecycle import subjects
@@ -26,6 +27,8 @@ from forgetmi_operator.lifecycle.ports import Ports
 from forgetmi_operator.lifecycle.steps import Step, with_condition
 from forgetmi_operator.registry import aliases, manifests
 from forgetmi_trainer.contract import now
+from forgetmi_trainer.errors import OutOfReach
+from forgetmi_trainer.storage import Objects
 
 
 @dataclass(frozen=True)
@@ -36,39 +39,56 @@ class Accepted:
     subjects: list[str]
 
 
-def check_inputs(spec: UnlearnRequestSpec, forget: list[str], where: str) -> ModelVersionStatus:
-    """Resolve the alias and check the manifest holds every forget subject (blocking); the base version."""
+def check_reach(objects: Objects, spec: UnlearnRequestSpec) -> None:
+    """Every URI the spec names must be within the request's reach; UriRefused names the first that is not."""
+    named = {"spec.model.registryUri": spec.model.registry_uri, "spec.data.manifestUri": spec.data.manifest_uri,
+             "spec.forget.subjectsUri": spec.forget.subjects_uri}
+    for field, uri in named.items():
+        if uri is None:
+            continue
+        try:
+            objects.reach(uri)
+        except OutOfReach as err:
+            raise UriRefused(f"{field} is refused: {err}") from err
+
+
+def check_inputs(objects: Objects, spec: UnlearnRequestSpec, forget: list[str], where: str,
+                 limits: manifests.Limits = manifests.DEFAULT_LIMITS) -> ModelVersionStatus:
+    """Resolve the alias and check the manifest holds every forget subject (blocking); the base version.
+    A manifest the operator cannot read (or larger than ``limits``) raises InputUnreadable: the check
+    is never skipped."""
     model = spec.model
     try:
-        resolved = aliases.resolve_alias(model.registry_uri, model.name, model.alias)
+        resolved = aliases.resolve_alias(objects, model.registry_uri, model.name, model.alias)
     except aliases.RegistryError as err:
         raise InputNotFound(f"spec.model: {err}") from err
     try:
-        trained = manifests.TRAINING_SUBJECTS.get(spec.data.manifest_uri)
+        trained = manifests.TRAINING_SUBJECTS.get(objects, spec.data.manifest_uri, limits)
     except manifests.ManifestMissing as err:
         raise InputNotFound(f"spec.data.manifestUri {spec.data.manifest_uri} does not exist.") from err
-    if trained is not None:
-        unknown = sum(1 for s in forget if s not in trained)
-        if unknown:
-            raise SubjectsError(f"{unknown} of {len(forget)} forget subjects in {where} have no training "
-                                f"samples in spec.data.manifestUri {spec.data.manifest_uri}.")
+    unknown = trained.unknown(forget)
+    if unknown:
+        raise SubjectsError(f"{unknown} of {len(forget)} forget subjects in {where} have no training "
+                            f"samples in spec.data.manifestUri {spec.data.manifest_uri}.")
     return ModelVersionStatus(version=resolved.version, uri=resolved.uri, sha256=resolved.sha256)
 
 
-async def accept(ports: Ports, body: Mapping[str, Any], spec: UnlearnRequestSpec) -> Accepted:
+async def accept(ports: Ports, objects: Objects, body: Mapping[str, Any], spec: UnlearnRequestSpec) -> Accepted:
     """Check every input of the request with its referenced forget list, and copy the list (see the
     module docstring). When that list no longer passes (changed to something invalid, or gone), the
     copy an earlier attempt at this launch made (a retry, or an operator restart mid-launch) is
     accepted instead: it is what that attempt's run reads, forgets and the receipt attests."""
+    check_reach(objects, spec)
+    limits = manifests.Limits(max_bytes=ports.settings.manifest_max_bytes)
     try:
-        forget, where = await subjects.read_referenced(ports.secrets, spec, body["metadata"]["namespace"])
-        base = await storage_call(check_inputs, spec, forget, where)
+        forget, where = await subjects.read_referenced(ports.secrets, objects, spec, body["metadata"]["namespace"])
+        base = await storage_call(check_inputs, objects, spec, forget, where, limits)
     except OperatorError as err:
         found = None if err.retryable else await subjects.find_snapshot(ports.secrets, body)
         if found is None:
             raise
         forget, where = found
-        base = await storage_call(check_inputs, spec, forget, where)
+        base = await storage_call(check_inputs, objects, spec, forget, where, limits)
     return Accepted(base=base, subjects=await subjects.snapshot(ports.secrets, body, forget, where))
 
 
@@ -82,7 +102,7 @@ async def launch(ports: Ports, body: Mapping[str, Any]) -> Step:
         with_condition(body, step, "Unlearned", "Unknown", cond.NOT_STARTED, message)
         step.events.append(("Normal", "Suspended", message))
         return step
-    accepted = await accept(ports, body, spec)
+    accepted = await accept(ports, await ports.storage_for(body), body, spec)
     started = await ports.trainers.start(body, spec, accepted.base.version, "unlearn")
     with_condition(body, step, "Accepted", "True", cond.ACCEPTED,
                    f"{naming.describe(body)} was accepted: {len(accepted.subjects)} subjects to forget from "

@@ -7,6 +7,8 @@ implement them, so both go through the same lifecycle code.
   work folder locally;
 - :class:`Trainers`: starting a trainer run for a request — a ``batch/v1`` Job, or a local process;
 - :class:`ServingTargets`: checking and re-pointing the request's serving target;
+- ``storage_for``: the storage handle of a request — its namespace's identity and reach in a cluster
+  (never the operator's own), the user's own locally;
 - ``receipt_key``: the key of the receipt's HMAC of the forget list, None without one.
 """
 
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 from forgetmi_operator.api.naming import JobKind
 from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.api.spec import UnlearnRequestSpec
+from forgetmi_trainer.storage import Objects
 
 
 class SecretStore(Protocol):
@@ -68,4 +71,5 @@ class Ports:
     secrets: SecretStore
     trainers: Trainers
     targets: ServingTargets
+    storage_for: Callable[[Mapping[str, Any]], Awaitable[Objects]]
     receipt_key: Callable[[], Awaitable[bytes | None]]

@@ -32,9 +32,9 @@ from forgetmi_operator.api.errors import (
 from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.api.spec import ForgetSpec, UnlearnRequestSpec
 from forgetmi_operator.lifecycle.ports import SecretStore
-from forgetmi_trainer import storage
 from forgetmi_trainer.contract import parse_subjects, subjects_text
 from forgetmi_trainer.errors import ObjectNotFound
+from forgetmi_trainer.storage import Objects
 
 log = logging.getLogger(__name__)
 SUBJECTS_KEY = "subjects"
@@ -42,6 +42,9 @@ SUBJECTS_KEY = "subjects"
 SUBJECTS_COMPONENT = "subjects"
 MAX_SUBJECTS_BYTES = 1024 * 1024
 """What a Secret's data may hold (Kubernetes' limit), so the most a forget list's copy may take."""
+MAX_LIST_FILE_BYTES = 8 * MAX_SUBJECTS_BYTES
+"""The most of ``spec.forget.subjectsUri`` the operator reads: the list with the comments, blank
+lines and repeats its copy drops; a larger object is refused unread."""
 RELEASE_ATTEMPTS = 3
 RELEASE_RETRY_SECONDS = 1.0
 """Deleting the copy is tried this often on a retryable error, 1 s then 2 s apart."""
@@ -74,13 +77,16 @@ async def read_secret_key(store: SecretStore, namespace: str, name: str, key: st
     raise SecretNotFound(f"Secret {namespace}/{name} has no key {key!r}.")
 
 
-def read_uri(forget: ForgetSpec) -> str:
+def read_uri(objects: Objects, forget: ForgetSpec) -> str:
     """The text of ``forget.subjectsUri``, checked against ``forget.sha256`` when given (blocking)."""
     uri = str(forget.subjects_uri)
     try:
-        raw = storage.read_bytes(uri)
+        raw = objects.read_at_most(uri, MAX_LIST_FILE_BYTES + 1)
     except ObjectNotFound as err:
         raise InputNotFound(f"spec.forget.subjectsUri {uri} does not exist.") from err
+    if len(raw) > MAX_LIST_FILE_BYTES:
+        raise SubjectsError(f"spec.forget.subjectsUri {uri} is larger than {MAX_LIST_FILE_BYTES} bytes, more than "
+                            "the operator reads of a forget list: split it into several requests.")
     if forget.sha256 and hashlib.sha256(raw).hexdigest() != forget.sha256:
         raise DigestMismatch(f"spec.forget.subjectsUri {uri} does not match spec.forget.sha256.")
     try:
@@ -89,15 +95,15 @@ def read_uri(forget: ForgetSpec) -> str:
         raise SubjectsError(f"spec.forget.subjectsUri {uri} is not UTF-8 text.") from err
 
 
-async def read_referenced(store: SecretStore, spec: UnlearnRequestSpec, namespace: str) -> Found:
-    """The list the spec references (its Secret key or its object)."""
+async def read_referenced(store: SecretStore, objects: Objects, spec: UnlearnRequestSpec, namespace: str) -> Found:
+    """The list the spec references (its Secret key, or its object read through ``objects``)."""
     ref = spec.forget.subjects_secret_ref
     if ref is not None:
         raw = await read_secret_key(store, namespace, ref.name, ref.key)
         where = f"Secret {namespace}/{ref.name} key {ref.key!r}"
         return parse(raw.decode("utf-8", errors="replace"), where), where
     where = f"spec.forget.subjectsUri {spec.forget.subjects_uri}"
-    return parse(await storage_call(read_uri, spec.forget), where), where
+    return parse(await storage_call(read_uri, objects, spec.forget), where), where
 
 
 def _snapshot_where(namespace: str, name: str) -> str:

@@ -24,6 +24,7 @@ from forgetmi_operator.local import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from forgetmi_operator.local.run import LocalResult, format_result, read_secrets, run_request
 from forgetmi_operator.registry import aliases
 from forgetmi_trainer.contract import ModelRef, Row, comparison, format_comparison
+from forgetmi_trainer.storage import DEFAULT
 
 DEMO_MARKER = ".forgetmi-demo"
 DEMO_MODEL = "demo-model"
@@ -86,9 +87,9 @@ def demo_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     prepared = {**json.loads(proc.stdout.strip().splitlines()[-1]), "seed": args.seed}
     original = ModelRef.model_validate(prepared["original"])
-    sha = aliases.check_version(original.registry_uri, original.name, original.version)
-    aliases.promote(original.registry_uri, original.name, "production", new_version=original.version,
-                     new_sha256=sha, expected_token=None, request=None)
+    verified = aliases.verify_version(DEFAULT, original.registry_uri, original.name, original.version)
+    aliases.promote(DEFAULT, original.registry_uri, original.name, "production", version=verified,
+                    expected_token=None, request=None)
     request, secret = demo_request(prepared)
     (workdir / "request.yaml").write_text(yaml.safe_dump(request, sort_keys=False))
     (workdir / "secrets.yaml").write_text(yaml.safe_dump(secret, sort_keys=False))
@@ -105,7 +106,7 @@ def demo_command(args: argparse.Namespace) -> int:
         print(format_rows(rows))
         print()
         print(format_result(result))
-        alias = aliases.resolve_alias(original.registry_uri, original.name, "production")
+        alias = aliases.resolve_alias(DEFAULT, original.registry_uri, original.name, "production")
         print(f"alias production → {alias.version}")
     return EXIT_OK if result.status.phase in ("Promoted", "Held") else EXIT_FAILED
 

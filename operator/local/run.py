@@ -32,7 +32,7 @@ from forgetmi_operator.api.errors import InvalidSpec, OperatorError
 from forgetmi_operator.api.settings import Settings, load_settings
 from forgetmi_operator.api.status import UnlearnRequestStatus
 from forgetmi_operator.lifecycle import subjects
-from forgetmi_operator.lifecycle.conclude import conclude
+from forgetmi_operator.lifecycle.conclude import Outcome, conclude
 from forgetmi_operator.lifecycle.decisions import Decision
 from forgetmi_operator.lifecycle.launch import launch
 from forgetmi_operator.lifecycle.ports import Ports
@@ -41,8 +41,8 @@ from forgetmi_operator.local import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from forgetmi_operator.local.documents import DocumentError, load_documents, objects
 from forgetmi_operator.local.ports import LocalRun, LocalSecrets, LocalTargets, LocalTrainers
 from forgetmi_operator.local.schema import validate_request
-from forgetmi_operator.registry.artifacts import load_report
 from forgetmi_trainer.contract import ExitCode, ModelRef, Report, now
+from forgetmi_trainer.storage import DEFAULT, Objects
 
 HMAC_KEY_OPTION = "--hmac-key-file"
 
@@ -103,8 +103,11 @@ def run_request(body: Mapping[str, Any], *, workdir: Path, secrets: Mapping[str,
     async def key() -> bytes | None:
         return hmac_key
 
+    async def own_identity(body: Mapping[str, Any]) -> Objects:
+        return DEFAULT  # one machine: the user's own identity, file:// included
+
     ports = Ports(settings=settings or load_settings(), secrets=store, trainers=trainers, targets=LocalTargets(),
-                  receipt_key=key)
+                  storage_for=own_identity, receipt_key=key)
     result = asyncio.run(_lifecycle(request, ports, trainers))
     meta = request.body["metadata"]
     result.name, result.namespace, result.events = meta["name"], meta["namespace"], request.events
@@ -121,14 +124,12 @@ async def _lifecycle(request: _Request, ports: Ports, trainers: LocalTrainers) -
             going = _train(request, trainers, run)
             if not going:
                 break
-            report = load_report(run.config.resolved_report_uri)
-            if run.kind == "retrain":
-                result.retrain_report = report
-            else:
-                result.report = report
-            outcome: list[Decision] = []
-            going = await request.take(_concluded(ports, request.body, outcome), accepting=False)
-            result.decision = outcome[0] if outcome else None
+            concluded: list[Outcome] = []  # none when the report was refused (the request then Failed)
+            going = await request.take(_concluded(ports, request.body, concluded), accepting=False)
+            if concluded and run.kind == "retrain":
+                result.decision, result.retrain_report = concluded[0].decision, concluded[0].report
+            elif concluded:
+                result.decision, result.report = concluded[0].decision, concluded[0].report
     finally:  # the request ends with this process: its copy of the forget list goes
         await subjects.release(ports.secrets, request.body)
     return result
@@ -149,9 +150,9 @@ def _train(request: _Request, trainers: LocalTrainers, run: LocalRun) -> bool:
     return False
 
 
-async def _concluded(ports: Ports, body: Mapping[str, Any], decision: list[Decision]) -> Step:
+async def _concluded(ports: Ports, body: Mapping[str, Any], concluded: list[Outcome]) -> Step:
     outcome = await conclude(ports, body)
-    decision.append(outcome.decision)
+    concluded.append(outcome)
     return outcome.step
 
 

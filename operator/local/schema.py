@@ -22,40 +22,13 @@ import jsonschema
 from pydantic import ValidationError
 
 from forgetmi_operator import KIND
-from forgetmi_operator.api.patterns import (
-    DNS_LABEL,
-    DNS_SUBDOMAIN,
-    ENV_NAME_PATTERN,
-    IMAGE_PATTERN,
-    LABEL_VALUE_PATTERN,
-    OBJECT_URI_MESSAGE,
-    OBJECT_URI_PATTERN,
-    QUANTITY_PATTERN,
-    SECRET_KEY_PATTERN,
-)
+from forgetmi_operator.api.patterns import DNS_SUBDOMAIN, PATTERN_HINTS, pattern_message, problem_message
 from forgetmi_operator.api.spec import UnlearnRequestSpec
 from forgetmi_operator.local.cel import UNEVALUABLE, Parts, is_int64, rule_problems
 from forgetmi_operator.local.crd import API_VERSION, defaulted, openapi, to_json_schema
-from forgetmi_trainer.contract import SHA256_PATTERN, URI_PATTERN
 
-URI_MESSAGE = "must be an s3://bucket/... or file:///... URI"
-"""The CRD's message for a URI that fails its CEL rule; pydantic's pattern error is shown the same way."""
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PATIENT_HINT = re.compile(r"subject|patient", re.IGNORECASE)
-_PATTERN_HINTS = {
-    DNS_LABEL: "must be a lowercase DNS label (a-z, 0-9 and '-', starting and ending with a letter or digit)",
-    DNS_SUBDOMAIN: "must be a lowercase DNS subdomain (a-z, 0-9, '-' and '.', starting and ending with a letter "
-    "or digit)",
-    SHA256_PATTERN: "must be a sha256 digest (64 lowercase hex digits)",
-    SECRET_KEY_PATTERN: "must be a Secret key (letters, digits, '-', '_' and '.')",
-    ENV_NAME_PATTERN: "must be an environment variable name",
-    QUANTITY_PATTERN: "must be a resource quantity, such as 500m, 4 or 16Gi",
-    URI_PATTERN: URI_MESSAGE,
-    OBJECT_URI_PATTERN: OBJECT_URI_MESSAGE,
-    LABEL_VALUE_PATTERN: "must be a label value: empty, or at most 63 letters, digits, '-', '_' and '.' that starts "
-    "and ends with a letter or digit",
-    IMAGE_PATTERN: "must be an image reference: printable ASCII without whitespace",
-}
 _TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean",
                "object": "a mapping", "array": "a list"}
 _TYPE_CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
@@ -91,11 +64,6 @@ def _number(value: float) -> str:
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
-def _pattern_message(pattern: str) -> str:
-    original = pattern[:-2] + "$" if pattern.endswith(r"\Z") else pattern
-    return _PATTERN_HINTS.get(original, f"must match the pattern {original}")
-
-
 def _unknown_field_message(parts: Parts, key: str) -> str:
     if parts[:2] == ("spec", "forget") or _PATIENT_HINT.search(key):
         return "unknown field; patient IDs are never inlined: reference them with subjectsSecretRef or subjectsUri"
@@ -127,7 +95,7 @@ def _error_problems(error: jsonschema.ValidationError) -> Iterator[Problem]:
         "maxLength": lambda: f"must be at most {expected} characters",
         "maxItems": lambda: f"must have at most {expected} items",
         "maxProperties": lambda: f"must have at most {expected} entries",
-        "pattern": lambda: _pattern_message(expected),
+        "pattern": lambda: pattern_message(expected),
         "anyOf": lambda: "must be an integer or a string" if len(expected) == 2 else "has an invalid value",
     }
     message = messages.get(kind, lambda: f"is invalid ({kind})")()
@@ -160,7 +128,7 @@ def _metadata_problems(obj: Mapping[str, Any]) -> list[Problem]:
     if name is None and metadata.get("generateName") is None:
         problems.append(Problem("metadata.name", "required field is missing"))
     elif name is not None and (not isinstance(name, str) or len(name) > 253 or not re.fullmatch(DNS_SUBDOMAIN, name)):
-        problems.append(Problem("metadata.name", _PATTERN_HINTS[DNS_SUBDOMAIN] + ", at most 253 characters"))
+        problems.append(Problem("metadata.name", PATTERN_HINTS[DNS_SUBDOMAIN] + ", at most 253 characters"))
     return problems
 
 
@@ -168,17 +136,8 @@ def _pydantic_problems(spec: Any) -> list[Problem]:
     try:
         UnlearnRequestSpec.model_validate(spec)
     except ValidationError as err:
-        problems = []
-        for item in err.errors(include_url=False, include_input=False):
-            ctx = item.get("ctx") or {}
-            if item["type"] == "value_error" and ctx.get("error"):
-                message = str(ctx["error"])
-            elif item["type"] == "string_pattern_mismatch":
-                message = _PATTERN_HINTS.get(ctx.get("pattern", ""), item["msg"])
-            else:
-                message = item["msg"]
-            problems.append(Problem(format_path(("spec", *item["loc"])), message))
-        return problems
+        return [Problem(format_path(("spec", *item["loc"])), problem_message(item))
+                for item in err.errors(include_url=False, include_input=False)]
     return []
 
 

@@ -6,6 +6,12 @@ it is never atomic by itself; readers reach models only through an alias, and th
 A reader therefore sees the old or the new version, never a half-written one, and a concurrent
 change of the alias is detected (:class:`AliasConflict`) rather than overwritten.
 
+Digests are the operator's own: :func:`verify_version` hashes a version's files byte by byte as it
+reads them and checks them against the version's ``metadata.json``; stored object metadata
+(``x-amz-meta-sha256``) is never trusted, and :func:`promote` records only a digest that
+:func:`verify_version` computed. Every call takes the :class:`~forgetmi_trainer.storage.Objects`
+handle to read and write with (a request's namespace's identity, in a cluster).
+
 Errors: :class:`ModelNotFound`, :class:`AliasConflict` and :class:`RegistryError` carry one sentence
 naming the model, alias or version (the lifecycle turns them into the request's errors);
 ``forgetmi_trainer.errors.StorageUnavailable`` (transient) and other ``StorageError`` pass through
@@ -14,18 +20,24 @@ unchanged so callers can retry them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from forgetmi_operator.registry.paths import CONFIG_FILE, MODEL_FILE, alias_uri, version_uri
+from forgetmi_operator.registry.paths import CONFIG_FILE, METADATA_FILE, MODEL_FILE, alias_uri, version_uri
 from forgetmi_trainer import storage
 from forgetmi_trainer.contract import SHA256_PATTERN, VERSION_PATTERN, now, validation_problems
 from forgetmi_trainer.errors import ObjectNotFound, PreconditionFailed
+from forgetmi_trainer.storage import Objects
 
 HISTORY_LIMIT = 20
 """How many earlier versions an alias record remembers (newest first)."""
+RECORD_MAX_BYTES = 1024 * 1024
+"""The most the operator reads of an alias record or a version's metadata.json (each a few kB)."""
 
 
 class RegistryError(Exception):
@@ -91,43 +103,91 @@ class ResolvedVersion:
     record: AliasRecord
 
 
-def _read_alias(registry: str, name: str, alias: str) -> _Found:
+@dataclass(frozen=True)
+class VerifiedVersion:
+    """A version whose files the operator hashed itself (:func:`verify_version`): the weights'
+    sha256, and every file's."""
+
+    version: str
+    uri: str
+    sha256: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _read_small(objects: Objects, uri: str) -> bytes:
+    """A registry record's bytes; one larger than :data:`RECORD_MAX_BYTES` is refused unread."""
+    data = objects.read_at_most(uri, RECORD_MAX_BYTES + 1)
+    if len(data) > RECORD_MAX_BYTES:
+        raise RegistryError(f"{uri} is larger than {RECORD_MAX_BYTES} bytes; it is not a registry record.")
+    return data
+
+
+def _read_alias(objects: Objects, registry: str, name: str, alias: str) -> _Found:
     uri = alias_uri(registry, name, alias)
     try:
-        data, token = storage.read_versioned(uri)
+        data, token = objects.read_versioned(uri, RECORD_MAX_BYTES + 1)
     except ObjectNotFound:
         return None
+    if len(data) > RECORD_MAX_BYTES:
+        raise RegistryError(f"Alias record {uri} is larger than {RECORD_MAX_BYTES} bytes; it is not an alias record.")
     try:
         return AliasRecord.model_validate_json(data), token
     except ValidationError as err:
         raise RegistryError(f"Alias record {uri} is malformed: {validation_problems(err)[0]}.") from err
 
 
-def resolve_alias(registry: str, name: str, alias: str) -> ResolvedVersion:
+def resolve_alias(objects: Objects, registry: str, name: str, alias: str) -> ResolvedVersion:
     """The version ``alias`` names, after checking that its model file exists."""
-    found = _read_alias(registry, name, alias)
+    found = _read_alias(objects, registry, name, alias)
     if found is None:
         raise ModelNotFound(f"Model '{name}' has no alias '{alias}' in {registry}.")
     record, token = found
     uri = version_uri(registry, name, record.version)
-    if not storage.exists(storage.join(uri, MODEL_FILE)):
+    if not objects.exists(storage.join(uri, MODEL_FILE)):
         raise ModelNotFound(f"Version '{record.version}' of model '{name}', named by alias '{alias}', "
                             f"has no {MODEL_FILE} in {uri}.")
     return ResolvedVersion(version=record.version, uri=uri, sha256=record.sha256, token=token, record=record)
 
 
-def check_version(registry: str, name: str, version: str) -> str:
-    """The sha256 of the version's model file, after checking config.json and the model file exist."""
+def digest(objects: Objects, uri: str) -> str:
+    """The sha256 of an object's bytes, hashed as they are read (into a temporary file, never into memory)."""
+    with tempfile.TemporaryDirectory(prefix="forgetmi-verify-") as tmp:
+        return objects.download_file(uri, Path(tmp) / "object")
+
+
+def verify_version(objects: Objects, registry: str, name: str, version: str, *,
+                   complete: bool = False) -> VerifiedVersion:
+    """Hash every file of a version directory and check the digests against its ``metadata.json``:
+    each file it lists must exist with that digest and no other file may be there. Without
+    ``metadata.json`` (a version not published by the trainer) only config.json and the weights are
+    hashed, unless ``complete`` requires it. Raises ModelNotFound or RegistryError naming the file."""
     uri = version_uri(registry, name, version)
-    missing = [f for f in (CONFIG_FILE, MODEL_FILE) if not storage.exists(storage.join(uri, f))]
-    if len(missing) == 2:
+    present = {item[len(uri) + 1:] for item in objects.list_uris(uri)}
+    if not present:
         raise ModelNotFound(f"Model '{name}' has no version '{version}' in {registry}.")
-    if missing:
-        raise ModelNotFound(f"Version '{version}' of model '{name}' has no {missing[0]} in {uri}.")
-    try:
-        return storage.sha256_of(storage.join(uri, MODEL_FILE))
-    except ObjectNotFound as err:  # deleted between the two calls
-        raise ModelNotFound(f"Version '{version}' of model '{name}' has no {MODEL_FILE} in {uri}.") from err
+    for required in (CONFIG_FILE, MODEL_FILE, *((METADATA_FILE,) if complete else ())):
+        if required not in present:
+            raise ModelNotFound(f"Version '{version}' of model '{name}' has no {required} in {uri}.")
+    listed: dict[str, str] = {}
+    if METADATA_FILE in present:
+        try:
+            listed = dict(json.loads(_read_small(objects, storage.join(uri, METADATA_FILE))).get("files") or {})
+        except (ValueError, AttributeError, TypeError) as err:
+            raise RegistryError(f"{storage.join(uri, METADATA_FILE)} is not a metadata record.") from err
+        unlisted = sorted(present - set(listed) - {METADATA_FILE})
+        if unlisted or MODEL_FILE not in listed:
+            raise RegistryError(f"Version '{version}' of model '{name}' holds files its {METADATA_FILE} does not "
+                                f"list ({', '.join(unlisted) or MODEL_FILE}); it is not a published version.")
+    files = {}
+    for file in sorted(listed or {CONFIG_FILE: "", MODEL_FILE: ""}):
+        try:
+            files[file] = digest(objects, storage.join(uri, file))
+        except ObjectNotFound as err:
+            raise ModelNotFound(f"Version '{version}' of model '{name}' has no {file} in {uri}.") from err
+        if listed and files[file] != listed[file]:
+            raise RegistryError(f"{storage.join(uri, file)} has sha256 {files[file]}, but {METADATA_FILE} records "
+                                f"{listed[file]}.")
+    return VerifiedVersion(version=version, uri=uri, sha256=files[MODEL_FILE], files=files)
 
 
 def _done(found: _Found, version: str, request: RequestRef | None) -> AliasRecord | None:
@@ -143,20 +203,17 @@ def _conflict(name: str, alias: str, found: _Found) -> AliasConflict:
                          "the promotion was not written.")
 
 
-def promote(registry: str, name: str, alias: str, *, new_version: str, new_sha256: str,
+def promote(objects: Objects, registry: str, name: str, alias: str, *, version: VerifiedVersion,
             expected_token: str | None, request: RequestRef | None) -> AliasRecord:
-    """Point ``alias`` at ``new_version`` if it still has ``expected_token`` (None: create it).
+    """Point ``alias`` at ``version`` if it still has ``expected_token`` (None: create it).
 
-    The version's files and sha256 are checked first, so the alias never names a broken
-    version. Repeating a promotion that already took effect (same version, same request)
-    returns the existing record, so a retried handler does not fail.
+    ``version`` is what :func:`verify_version` hashed, and its digest is what the record keeps: the
+    alias never names a version the operator did not read byte by byte. Repeating a promotion that
+    already took effect (same version, same request) returns the existing record, so a retried
+    handler does not fail.
     """
-    actual = check_version(registry, name, new_version)
-    if actual != new_sha256:
-        raise RegistryError(f"Version '{new_version}' of model '{name}' has sha256 {actual}, expected "
-                            f"{new_sha256}; alias '{alias}' was not moved.")
-    found = _read_alias(registry, name, alias)
-    if (done := _done(found, new_version, request)) is not None:
+    found = _read_alias(objects, registry, name, alias)
+    if (done := _done(found, version.version, request)) is not None:
         return done
     if (found[1] if found else None) != expected_token:
         raise _conflict(name, alias, found)
@@ -165,14 +222,14 @@ def promote(registry: str, name: str, alias: str, *, new_version: str, new_sha25
         old = found[0]
         history = [PreviousVersion(version=old.version, sha256=old.sha256, updated_at=old.updated_at,
                                    request=old.request), *old.history][:HISTORY_LIMIT]
-    record = AliasRecord(version=new_version, sha256=new_sha256, previous=found[0].version if found else None,
-                         updated_at=now(), request=request, history=history)
+    record = AliasRecord(version=version.version, sha256=version.sha256,
+                         previous=found[0].version if found else None, updated_at=now(), request=request,
+                         history=history)
     try:
-        storage.write_if(alias_uri(registry, name, alias), record.to_json_bytes(),
-                         expected_token=expected_token)
+        objects.write_if(alias_uri(registry, name, alias), record.to_json_bytes(), expected_token=expected_token)
     except PreconditionFailed as err:
-        after = _read_alias(registry, name, alias)
-        if (done := _done(after, new_version, request)) is not None:  # our write landed, its reply was lost
+        after = _read_alias(objects, registry, name, alias)
+        if (done := _done(after, version.version, request)) is not None:  # our write landed, its reply was lost
             return done
         raise _conflict(name, alias, after) from err
     return record

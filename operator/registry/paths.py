@@ -17,6 +17,7 @@ from forgetmi_trainer import storage
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
 REPORT_FILE = "report.json"
 PROGRESS_FILE = "progress.json"
 RECEIPT_FILE = "receipt.json"

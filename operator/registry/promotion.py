@@ -1,5 +1,6 @@
-"""Moving a request's alias: from the base version it was accepted against to its candidate, and
-back when the rollout after it fails (blocking storage calls).
+"""Moving a request's alias: from the base version it was accepted against to its verified
+candidate, and back when the rollout after it fails (blocking storage calls through the request's
+:class:`~forgetmi_trainer.storage.Objects` handle).
 
 Both raise or report in the request's own terms: :class:`~forgetmi_operator.api.errors.PromotionConflict`
 when the alias names anything else, so nothing is ever overwritten.
@@ -12,14 +13,15 @@ from forgetmi_operator.api.spec import ModelSpec
 from forgetmi_operator.api.status import ModelVersionStatus
 from forgetmi_operator.registry import aliases
 from forgetmi_trainer.errors import StorageError
+from forgetmi_trainer.storage import Objects
 
 
-def promote_candidate(model: ModelSpec, base: ModelVersionStatus, candidate: ModelVersionStatus,
-                      request: aliases.RequestRef) -> aliases.AliasRecord:
+def promote_candidate(objects: Objects, model: ModelSpec, base: ModelVersionStatus,
+                      candidate: aliases.VerifiedVersion, request: aliases.RequestRef) -> aliases.AliasRecord:
     """Move ``model.alias`` from ``base`` to ``candidate``; a repeat of a promotion that already
     took effect returns its record. Raises PromotionConflict when the alias names anything else."""
     try:
-        current = aliases.resolve_alias(model.registry_uri, model.name, model.alias)
+        current = aliases.resolve_alias(objects, model.registry_uri, model.name, model.alias)
     except aliases.RegistryError as err:
         raise PromotionConflict(f"Alias '{model.alias}' of model '{model.name}' cannot be read: {err}") from err
     if current.version == candidate.version and current.record.request == request:
@@ -33,25 +35,29 @@ def promote_candidate(model: ModelSpec, base: ModelVersionStatus, candidate: Mod
         raise PromotionConflict(f"Alias '{model.alias}' of model '{model.name}' now names version "
                                 f"'{current.version}', not the base version '{base.version}'; nothing was promoted.")
     try:
-        return aliases.promote(model.registry_uri, model.name, model.alias, new_version=candidate.version,
-                               new_sha256=candidate.sha256, expected_token=current.token, request=request)
+        return aliases.promote(objects, model.registry_uri, model.name, model.alias, version=candidate,
+                               expected_token=current.token, request=request)
     except aliases.AliasConflict as err:
         raise PromotionConflict(str(err)) from err
     except aliases.RegistryError as err:
         raise DigestMismatch(str(err)) from err
 
 
-def rollback_promotion(model: ModelSpec, base: ModelVersionStatus, candidate: ModelVersionStatus,
-                       request: aliases.RequestRef) -> str:
-    """Move the alias back from ``candidate`` to ``base`` after ``request`` promoted it and the rollout
-    failed; never raises. Returns a sentence saying what the alias names now."""
+def rollback_promotion(objects: Objects, model: ModelSpec, base: ModelVersionStatus,
+                       candidate: aliases.VerifiedVersion, request: aliases.RequestRef) -> str:
+    """Move the alias back from ``candidate`` to ``base`` (hashed again) after ``request`` promoted it
+    and the rollout failed; never raises. Returns a sentence saying what the alias names now."""
     where = f"Alias '{model.alias}' of model '{model.name}'"
     try:
-        current = aliases.resolve_alias(model.registry_uri, model.name, model.alias)
+        current = aliases.resolve_alias(objects, model.registry_uri, model.name, model.alias)
         if current.version != candidate.version or current.record.request != request:
             return f"{where} names version '{current.version}', set by someone else; it was left as it is."
-        aliases.promote(model.registry_uri, model.name, model.alias, new_version=base.version,
-                        new_sha256=base.sha256, expected_token=current.token, request=request)
+        verified = aliases.verify_version(objects, model.registry_uri, model.name, base.version)
+        if verified.sha256 != base.sha256:
+            return (f"{where} was not moved back: version '{base.version}' no longer has the sha256 it was "
+                    f"accepted with; it names '{candidate.version}'.")
+        aliases.promote(objects, model.registry_uri, model.name, model.alias, version=verified,
+                        expected_token=current.token, request=request)
     except (aliases.RegistryError, StorageError) as err:
         return f"{where} could not be moved back to version '{base.version}' ({err}); it names '{candidate.version}'."
     return f"{where} was moved back to version '{base.version}'."

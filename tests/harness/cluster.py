@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import time
@@ -45,9 +46,21 @@ def install_crd(api: ApiServer) -> None:
     api.create(CRDS, None, yaml.safe_load(CRD_FILE.read_text()))
 
 
+CREDENTIALS_SECRET = "s3-credentials"
+"""The S3 keys of each test namespace (moto checks no signature): the operator reads a request's
+objects with its namespace's Secret, never with its own identity."""
+
+
+def credentials_secret() -> dict[str, Any]:
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    return {"metadata": {"name": CREDENTIALS_SECRET}, "type": "Opaque",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()}}
+
+
 def start_cluster(tmp_path: Path, setenv: Callable[[str, str], None]) -> tuple[ApiServer, str]:
-    """A started emulator with the CRD and a fresh namespace, and the operator's environment for it
-    (``$KUBECONFIG``, free ports, short intervals and timeouts) set with ``setenv``; (api, namespace)."""
+    """A started emulator with the CRD and a fresh namespace holding its S3 credentials Secret, and the
+    operator's environment for it (``$KUBECONFIG``, free ports, short intervals and timeouts, the
+    credentials Secret's name) set with ``setenv``; (api, namespace)."""
     api = ApiServer()
     url = api.start()
     install_crd(api)
@@ -56,8 +69,10 @@ def start_cluster(tmp_path: Path, setenv: Callable[[str, str], None]) -> tuple[A
     setenv("FORGETMI_METRICS_PORT", str(free_port()))
     setenv("FORGETMI_REQUEST_TIMEOUT_SECONDS", "10")
     setenv("FORGETMI_WATCH_TIMEOUT_SECONDS", "60")
+    setenv("FORGETMI_CREDENTIALS_SECRET", CREDENTIALS_SECRET)
     namespace = f"ns-{uuid.uuid4().hex[:6]}"
     api.create(NAMESPACES, None, {"metadata": {"name": namespace}})
+    api.create(SECRETS, namespace, credentials_secret())
     return api, namespace
 
 

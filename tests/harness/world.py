@@ -12,8 +12,8 @@ from typing import Any
 import boto3
 import pytest
 
-from forgetmi_operator.registry import aliases as registry
 from forgetmi_trainer import storage, synthetic
+from harness.registries import point
 
 
 @contextlib.contextmanager
@@ -41,5 +41,4 @@ def seed_model(world: dict[str, Any], name: str) -> None:
     for item in s3.list_objects_v2(Bucket=bucket, Prefix="registry/base/versions/v1/")["Contents"]:
         s3.copy_object(Bucket=bucket, Key=item["Key"].replace("registry/base/", f"registry/{name}/", 1),
                        CopySource={"Bucket": bucket, "Key": item["Key"]})
-    registry.promote(world["registry"], name, "production", new_version="v1", new_sha256=world["sha"],
-                     expected_token=None, request=None)
+    point(world["registry"], name, "production", "v1")

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from harness.clusters import make_cluster
+from harness.registries import point
 from harness.reports import make_report
 
 from forgetmi_operator.api import naming
@@ -35,6 +36,7 @@ from forgetmi_operator.registry import aliases
 from forgetmi_operator.registry.paths import request_dir_uri, request_paths, version_uri
 from forgetmi_trainer import storage
 from forgetmi_trainer.contract import JobConfig, Report
+from forgetmi_trainer.storage import DEFAULT
 
 MODEL, NAMESPACE, NAME = "cxr", "radiology", "forget-0042"
 UID = "0b3f9c2e-1111-2222-3333-444455556666"
@@ -58,8 +60,9 @@ class Case:
 def _trainer_output(config: JobConfig, case: Case) -> None:
     """What the trainer writes for ``config``: the candidate version's files, then the report."""
     weights = f"weights of {config.candidate_version}".encode()
-    storage.write_text(storage.join(config.output_uri, "config.json"), "{}\n")
-    storage.write_bytes(storage.join(config.output_uri, "model.safetensors"), weights)
+    files = {"config.json": storage.write_text(storage.join(config.output_uri, "config.json"), "{}\n"),
+             "model.safetensors": storage.write_bytes(storage.join(config.output_uri, "model.safetensors"), weights)}
+    storage.write_json(storage.join(config.output_uri, "metadata.json"), {"files": files})
     raw = make_report(unlearned=case.unlearned).model_dump()
     base_sha256 = case.base_sha256 or hashlib.sha256(b"base weights").hexdigest()
     raw.update(request=config.request, candidate_version=config.candidate_version, method=config.method.name,
@@ -153,11 +156,10 @@ def _reset(world: dict[str, Any]) -> None:
     """Alias production → v7, and nothing of an earlier request left in the registry."""
     registry = world["registry"]
     try:
-        token = aliases.resolve_alias(registry, MODEL, "production").token
+        token = aliases.resolve_alias(DEFAULT, registry, MODEL, "production").token
     except aliases.ModelNotFound:
         token = None
-    aliases.promote(registry, MODEL, "production", new_version="v7",
-                    new_sha256=hashlib.sha256(b"base weights").hexdigest(), expected_token=token, request=None)
+    point(registry, MODEL, "production", "v7", expected_token=token)
     candidates = [naming.candidate_version("v7", UID, kind=kind) for kind in ("unlearn", "retrain")]
     for uri in (request_dir_uri(registry, MODEL, UID), *(version_uri(registry, MODEL, v) for v in candidates)):
         shutil.rmtree(uri.removeprefix("file://"), ignore_errors=True)
@@ -236,7 +238,7 @@ CASES = {
     "waits for approval": Case({"rollout": {"mode": "Manual"}}, "Evaluating"),
     "approved": Case({"rollout": {"mode": "Manual"}, "annotations": APPROVED}, "Promoted"),
     "retrained": Case({"gates": GATE_FAILS, "rollout": {"onGateFailure": "Retrain"}}, "Held"),
-    "inconclusive": Case({}, "Held", unlearned={"mia_auc": float("nan")}),
+    "inconclusive": Case({}, "Held", unlearned={"mia_auc": None}),
     "neggrad-plus with options": Case({"method": {"name": "neggrad-plus", "options": {"alpha": 0.5, "bound": 2.0}}},
                                       "Promoted"),
     "trainer exits 3": Case({}, "Failed", failure=(3, "Image s1 could not be read: shard-404.npz does not exist.")),
@@ -251,7 +253,7 @@ def test_the_cluster_and_forgetmi_run_reach_the_same_status_and_receipt(
     _reset(world)
     cluster_status, api = _through_the_cluster(_request(world, **copy.deepcopy(spec)), CASES[case])
     cluster_receipt = _receipt(cluster_status)
-    cluster_alias = aliases.resolve_alias(world["registry"], MODEL, "production").version
+    cluster_alias = aliases.resolve_alias(DEFAULT, world["registry"], MODEL, "production").version
     _reset(world)
     result = _locally(world, _request(world, **copy.deepcopy(spec)), CASES[case], monkeypatch)
     local_status = result.status.model_dump(by_alias=True, exclude_none=True, exclude_defaults=False)
@@ -259,7 +261,7 @@ def test_the_cluster_and_forgetmi_run_reach_the_same_status_and_receipt(
     assert cluster_status["phase"] == phase
     assert _timeless(local_status) == _timeless(json.loads(json.dumps(cluster_status)))
     assert _receipt(local_status) == cluster_receipt
-    assert aliases.resolve_alias(world["registry"], MODEL, "production").version == cluster_alias
+    assert aliases.resolve_alias(DEFAULT, world["registry"], MODEL, "production").version == cluster_alias
     # a receipt for a decision that ends the request; none while it waits, none for a failure
     assert (cluster_receipt is not None) == (phase in ("Promoted", "Held"))
     # the request's copy of its forget list is gone once it ended (a request waiting for approval keeps it in the

@@ -31,6 +31,7 @@ from forgetmi_operator.api.patterns import APPROVAL_ANNOTATION
 from forgetmi_operator.lifecycle import receipts
 from forgetmi_operator.registry import aliases as registry
 from forgetmi_trainer import storage
+from forgetmi_trainer.storage import DEFAULT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 PASSING_GATES = [{"metric": "testAUC", "comparator": "atLeast", "threshold": 0.0, "reference": "absolute"}]
@@ -102,7 +103,7 @@ def _jobs(cluster: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _alias(cluster: dict[str, Any], model: str) -> str:
     world = cluster["world"]
-    return registry.resolve_alias(world["registry"], model, "production").version
+    return registry.resolve_alias(DEFAULT, world["registry"], model, "production").version
 
 
 def _events_text(cluster: dict[str, Any]) -> str:

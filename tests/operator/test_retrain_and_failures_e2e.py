@@ -38,6 +38,7 @@ from harness.world import fitted_world, seed_model
 from forgetmi_operator.api import naming
 from forgetmi_operator.registry import aliases as registry
 from forgetmi_trainer import storage
+from forgetmi_trainer.storage import DEFAULT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 FAILING_GATES = [{"metric": "testAUC", "comparator": "atMost", "threshold": 0.0, "reference": "absolute"}]
@@ -174,7 +175,7 @@ def _created_jobs(cluster: dict[str, Any]) -> list[str]:
 
 
 def _alias(cluster: dict[str, Any], model: str) -> registry.ResolvedVersion:
-    return registry.resolve_alias(cluster["world"]["registry"], model, "production")
+    return registry.resolve_alias(DEFAULT, cluster["world"]["registry"], model, "production")
 
 
 def test_gate_failure_with_retrain_runs_a_retrain_job_then_holds(cluster: dict[str, Any]) -> None:

@@ -182,8 +182,12 @@ def test_pods_are_filtered_to_the_job(kube: Kube) -> None:
     assert kube.core.calls[0][2]["label_selector"] == "job-name=j"  # type: ignore[attr-defined]
 
 
-def test_deployment_env_patch_tests_the_container_and_keeps_other_env(kube: Kube) -> None:
-    deployment = {"spec": {"template": {"spec": {"containers": [
+OPTED_IN = {"metadata": {"annotations": {"unlearning.forgetmi.io/model-env": "FORGETMI_MODEL_URI",
+                                          "unlearning.forgetmi.io/model-container": "server"}}}
+
+
+def test_deployment_env_patch_tests_the_annotations_and_container_and_keeps_other_env(kube: Kube) -> None:
+    deployment = {**OPTED_IN, "spec": {"template": {"spec": {"containers": [
         {"name": "sidecar"},
         {"name": "server", "env": [{"name": "KEEP", "value": "1"}, {"name": "FORGETMI_MODEL_URI", "value": "old"}]},
     ]}}}}
@@ -193,38 +197,52 @@ def test_deployment_env_patch_tests_the_container_and_keeps_other_env(kube: Kube
     name, args, kwargs = kube.apps.calls[1]  # type: ignore[attr-defined]
     assert name == "patch_namespaced_deployment"
     assert args[2] == [
+        {"op": "test", "path": "/metadata/annotations/unlearning.forgetmi.io~1model-env",
+         "value": "FORGETMI_MODEL_URI"},
+        {"op": "test", "path": "/metadata/annotations/unlearning.forgetmi.io~1model-container", "value": "server"},
         {"op": "test", "path": "/spec/template/spec/containers/1/name", "value": "server"},
         {"op": "add", "path": "/spec/template/spec/containers/1/env",
          "value": [{"name": "KEEP", "value": "1"}, {"name": "FORGETMI_MODEL_URI", "value": "s3://new"}]},
     ]
     assert kwargs["_content_type"] == "application/json-patch+json"
-    with pytest.raises(ServingTargetError, match="has no container missing"):
+    with pytest.raises(ServingTargetError, match="does not let the operator patch container missing"):
         _run(kube.patch_deployment_env("ns", "d", "missing", "FORGETMI_MODEL_URI", "s3://new"))
+    assert len(kube.apps.calls) == 3  # type: ignore[attr-defined]  # read, patch, read: no second patch
 
 
 def test_a_missing_serving_target_is_reported(kube: Kube) -> None:
     kube.apps = _Fake(read_namespaced_deployment=_raises(_api_error(404)))  # type: ignore[assignment]
     with pytest.raises(ServingTargetError, match="Deployment ns/d does not exist"):
         _run(kube.patch_deployment_env("ns", "d", None, "E", "v"))
-    kube.custom = _Fake(patch_namespaced_custom_object=_raises(_api_error(404)))  # type: ignore[assignment]
+    kube.custom = _Fake(get_namespaced_custom_object=_raises(_api_error(404)))  # type: ignore[assignment]
+    with pytest.raises(ServingTargetError, match="InferenceService ns/isvc does not exist"):
+        _run(kube.patch_inferenceservice_storage_uri("ns", "isvc", "s3://new"))
+    isvc = {"metadata": {"annotations": {"unlearning.forgetmi.io/model-storage-uri": "true"}},
+            "spec": {"predictor": {"model": {}}}}
+    kube.custom = _Fake(get_namespaced_custom_object=_returns(isvc),  # type: ignore[assignment]
+                        patch_namespaced_custom_object=_raises(_api_error(404)))  # deleted since it was read
     with pytest.raises(ServingTargetError, match="InferenceService ns/isvc does not exist"):
         _run(kube.patch_inferenceservice_storage_uri("ns", "isvc", "s3://new"))
 
 
 def test_serving_targets_are_checked_without_changing_them(kube: Kube) -> None:
-    deployment = {"spec": {"template": {"spec": {"containers": [{"name": "server"}]}}}}
+    deployment = {**OPTED_IN, "spec": {"template": {"spec": {"containers": [{"name": "server"}]}}}}
     kube.apps = _Fake(read_namespaced_deployment=_returns(deployment))  # type: ignore[assignment]
-    _run(kube.check_deployment("ns", "d", "server"))
-    _run(kube.check_deployment("ns", "d", None))
-    with pytest.raises(ServingTargetError, match="has no container other"):
-        _run(kube.check_deployment("ns", "d", "other"))
+    _run(kube.check_deployment("ns", "d", "server", "FORGETMI_MODEL_URI"))
+    _run(kube.check_deployment("ns", "d", None, "FORGETMI_MODEL_URI"))
+    with pytest.raises(ServingTargetError, match="does not let the operator patch container other"):
+        _run(kube.check_deployment("ns", "d", "other", "FORGETMI_MODEL_URI"))
+    with pytest.raises(ServingTargetError, match="does not let the operator set OTHER_ENV"):
+        _run(kube.check_deployment("ns", "d", None, "OTHER_ENV"))
     assert {name for name, _, _ in kube.apps.calls} == {"read_namespaced_deployment"}  # type: ignore[attr-defined]
-    isvc = {"spec": {"predictor": {"model": {"modelFormat": {"name": "pytorch"}, "storageUri": "s3://old"}}}}
+    opted_in = {"annotations": {"unlearning.forgetmi.io/model-storage-uri": "true"}}
+    isvc = {"metadata": opted_in,
+            "spec": {"predictor": {"model": {"modelFormat": {"name": "pytorch"}, "storageUri": "s3://old"}}}}
     kube.custom = _Fake(get_namespaced_custom_object=_returns(isvc))  # type: ignore[assignment]
     _run(kube.check_inferenceservice("ns", "isvc"))
     _, args, _ = kube.custom.calls[0]  # type: ignore[attr-defined]
     assert args == ("serving.kserve.io", "v1beta1", "ns", "inferenceservices", "isvc")
-    framework = {"spec": {"predictor": {"pytorch": {"storageUri": "s3://old"}}}}
+    framework = {"metadata": opted_in, "spec": {"predictor": {"pytorch": {"storageUri": "s3://old"}}}}
     kube.custom = _Fake(get_namespaced_custom_object=_returns(framework))  # type: ignore[assignment]
     with pytest.raises(ServingTargetError, match=r"has no spec\.predictor\.model"):
         _run(kube.check_inferenceservice("ns", "isvc"))

@@ -4,6 +4,7 @@ deciding (or promoting) again; the forget list's copy goes only once a terminal 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,9 @@ from forgetmi_operator.cluster.phases import PhaseBook
 from forgetmi_operator.cluster.scheduler import LookScheduler, is_open
 from forgetmi_operator.lifecycle.steps import Step
 from forgetmi_operator.lifecycle.subjects import build_snapshot_secret
+from forgetmi_trainer import storage
+from forgetmi_trainer.contract import Progress
+from forgetmi_trainer.storage import DEFAULT
 
 
 class _FlakyKube:
@@ -88,3 +92,16 @@ def test_a_request_waiting_for_approval_is_recognised() -> None:
     assert outcome.awaits_approval(waiting)
     assert not outcome.awaits_approval({"status": {"conditions": [{"type": "Promoted", "reason": "NotPromoted"}]}})
     assert not outcome.awaits_approval({})
+
+
+def test_progress_is_the_trainers_last_line_and_an_oversized_file_is_ignored(tmp_path: Path) -> None:
+    """The trainer's progress (advisory) is read with a bounded read: a file larger than
+    PROGRESS_MAX_BYTES gives no progress rather than a copy of it in the operator's memory."""
+    uri = (tmp_path / "progress.jsonl").as_uri()
+    line = Progress(epoch=2, epochs=5, percent=40.0, eta_seconds=3.0, loss=0.5, phase="unlearn").model_dump_json()
+    storage.write_text(uri, line + "\n")
+    assert asyncio.run(outcome.read_progress(DEFAULT, uri))["percent"] == 40.0
+    storage.write_text(uri, " " * outcome.PROGRESS_MAX_BYTES + "\n" + line + "\n")
+    assert asyncio.run(outcome.read_progress(DEFAULT, uri)) is None
+    assert asyncio.run(outcome.read_progress(DEFAULT, (tmp_path / "none.jsonl").as_uri())) is None
+    assert outcome.PROGRESS_MAX_BYTES == 64 * 1024

@@ -15,12 +15,15 @@ from typing import Any
 
 import pytest
 from harness.clusters import make_cluster
+from harness.registries import point
 from harness.reports import make_report
+from kubernetes import client
 
 from forgetmi_operator.api import conditions as cond
 from forgetmi_operator.api import naming
 from forgetmi_operator.api.errors import (
     ClusterUnavailable,
+    DigestMismatch,
     ObjectRejected,
     RegistryUnavailable,
     ReportInvalid,
@@ -29,15 +32,17 @@ from forgetmi_operator.api.errors import (
 from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.cluster import outcome, targets
 from forgetmi_operator.cluster.context import Cluster
+from forgetmi_operator.cluster.kube import Kube
 from forgetmi_operator.lifecycle import receipts
 from forgetmi_operator.lifecycle.conclude import Outcome, conclude
-from forgetmi_operator.lifecycle.steps import Step
+from forgetmi_operator.lifecycle.steps import Step, failure
 from forgetmi_operator.lifecycle.subjects import build_snapshot_secret
 from forgetmi_operator.registry import aliases as registry
 from forgetmi_operator.registry.paths import request_paths, version_uri
 from forgetmi_trainer import storage
 from forgetmi_trainer.contract import Report
 from forgetmi_trainer.errors import StorageUnavailable
+from forgetmi_trainer.storage import DEFAULT
 
 MODEL, ALIAS, NAMESPACE, NAME = "cxr", "production", "radiology", "forget-0042"
 UID = "0b3f9c2e-1111-2222-3333-444455556666"
@@ -74,8 +79,8 @@ class FakeKube:
         self._call("read_hmac_key")
         return self.hmac_key
 
-    async def check_deployment(self, namespace: str, name: str, container: str | None) -> None:
-        self._call("check_deployment", namespace, name, container)
+    async def check_deployment(self, namespace: str, name: str, container: str | None, env: str) -> None:
+        self._call("check_deployment", namespace, name, container, env)
 
     async def patch_deployment_env(self, namespace: str, name: str, container: str | None, env: str,
                                    value: str) -> None:
@@ -103,11 +108,15 @@ class FakeKube:
 
 
 def _version(root: Path, version: str, weights: bytes) -> str:
+    """A version as the trainer publishes it (its files, then metadata.json with their digests)."""
     directory = root / MODEL / "versions" / version
     directory.mkdir(parents=True)
     (directory / "config.json").write_text("{}\n")
     (directory / "model.safetensors").write_bytes(weights)
-    return hashlib.sha256(weights).hexdigest()
+    files = {"config.json": hashlib.sha256(b"{}\n").hexdigest(),
+             "model.safetensors": hashlib.sha256(weights).hexdigest()}
+    (directory / "metadata.json").write_text(json.dumps({"version": version, "files": files}))
+    return files["model.safetensors"]
 
 
 @pytest.fixture
@@ -116,7 +125,7 @@ def world(tmp_path: Path) -> dict[str, Any]:
     root = tmp_path / "registry"
     reg = f"file://{root}"
     base_sha = _version(root, "v7", b"base weights")
-    registry.promote(reg, MODEL, ALIAS, new_version="v7", new_sha256=base_sha, expected_token=None, request=None)
+    point(reg, MODEL, ALIAS, "v7")
     candidate_version = naming.candidate_version("v7", UID)
     candidate_sha = _version(root, candidate_version, b"unlearned weights")
     raw = make_report().model_dump()
@@ -149,8 +158,12 @@ def _evaluate(world: dict[str, Any], kube: FakeKube, **settings: Any) -> Outcome
     return asyncio.run(conclude(_cluster(kube, **settings).ports, world["body"]))
 
 
+def _token(world: dict[str, Any]) -> str:
+    return registry.resolve_alias(DEFAULT, world["reg"], MODEL, ALIAS).token
+
+
 def _alias(world: dict[str, Any]) -> str:
-    return registry.resolve_alias(world["reg"], MODEL, ALIAS).version
+    return registry.resolve_alias(DEFAULT, world["reg"], MODEL, ALIAS).version
 
 
 def _condition(step: Step, type: str) -> dict[str, Any]:
@@ -194,7 +207,7 @@ def test_a_rollout_that_fails_after_the_alias_moved_moves_it_back(world: dict[st
                                                         "radiology/cxr-server as invalid (HTTP 422): denied.")]
     result = _evaluate(world, kube)
     assert _alias(world) == "v7"
-    record = registry.resolve_alias(world["reg"], MODEL, ALIAS).record
+    record = registry.resolve_alias(DEFAULT, world["reg"], MODEL, ALIAS).record
     assert record.previous == world["candidate"]  # the history says what happened
     promoted = _condition(result.step, "Promoted")
     assert promoted["reason"] == "ServingTargetError"
@@ -211,9 +224,7 @@ def test_a_transient_target_error_is_tried_again_before_giving_up(world: dict[st
     assert result.step.status["phase"] == "Promoted"
     kube = FakeKube()
     world["body"]["metadata"]["uid"] = UID  # same request, alias reset below
-    registry.promote(world["reg"], MODEL, ALIAS, new_version="v7",
-                     new_sha256=world["body"]["status"]["baseModel"]["sha256"],
-                     expected_token=registry.resolve_alias(world["reg"], MODEL, ALIAS).token, request=None)
+    point(world["reg"], MODEL, ALIAS, "v7", expected_token=_token(world))
     kube.fail["patch_deployment_env"] = [ClusterUnavailable(f"down {i}") for i in range(targets.TARGET_ATTEMPTS)]
     result = _evaluate(world, kube)
     assert len(kube.patched()) == targets.TARGET_ATTEMPTS and _alias(world) == "v7"
@@ -301,16 +312,16 @@ def test_a_report_from_another_base_is_never_promoted(world: dict[str, Any]) -> 
 
 def test_a_receipt_that_cannot_be_written_yet_is_retried_and_the_retry_completes(
         world: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    real = storage.write_bytes
+    real = storage.Objects.write_bytes
     calls = {"n": 0}
 
-    def flaky(uri: str, data: bytes) -> None:
+    def flaky(self: storage.Objects, uri: str, data: bytes) -> str:
         calls["n"] += 1
         if calls["n"] == 1:
             raise StorageUnavailable("S3 answered 503")
-        real(uri, data)
+        return real(self, uri, data)
 
-    monkeypatch.setattr(storage, "write_bytes", flaky)
+    monkeypatch.setattr(storage.Objects, "write_bytes", flaky)
     with pytest.raises(RegistryUnavailable):
         _evaluate(world, FakeKube())
     assert _alias(world) == world["candidate"]  # promoted; the retry repeats it as a no-op
@@ -329,9 +340,8 @@ def test_a_promotion_replaced_before_its_status_was_written_is_reported_as_such(
     """An operator restart lost the status of a promotion, and another request moved the alias on
     meanwhile: the request says what happened and changes nothing (no target patch to an older model)."""
     assert _evaluate(world, FakeKube(), serving_targets_enabled=False).step.status["phase"] == "Promoted"
-    newer_sha = _version(Path(world["reg"].removeprefix("file://")), "v8", b"newer weights")
-    registry.promote(world["reg"], MODEL, ALIAS, new_version="v8", new_sha256=newer_sha,
-                     expected_token=registry.resolve_alias(world["reg"], MODEL, ALIAS).token, request=None)
+    _version(Path(world["reg"].removeprefix("file://")), "v8", b"newer weights")
+    point(world["reg"], MODEL, ALIAS, "v8", expected_token=_token(world))
     kube = FakeKube()
     result = _evaluate(world, kube)
     promoted = _condition(result.step, "Promoted")
@@ -342,9 +352,8 @@ def test_a_promotion_replaced_before_its_status_was_written_is_reported_as_such(
 
 
 def test_an_alias_moved_by_someone_else_is_a_conflict_and_nothing_is_promoted(world: dict[str, Any]) -> None:
-    newer_sha = _version(Path(world["reg"].removeprefix("file://")), "v8", b"newer weights")
-    registry.promote(world["reg"], MODEL, ALIAS, new_version="v8", new_sha256=newer_sha,
-                     expected_token=registry.resolve_alias(world["reg"], MODEL, ALIAS).token, request=None)
+    _version(Path(world["reg"].removeprefix("file://")), "v8", b"newer weights")
+    point(world["reg"], MODEL, ALIAS, "v8", expected_token=_token(world))
     kube = FakeKube()
     result = _evaluate(world, kube)
     assert "now names version 'v8', not the base version 'v7'; nothing was promoted" in \
@@ -364,3 +373,171 @@ def test_a_job_gone_without_a_report_fails_the_request(world: dict[str, Any]) ->
     step, state = asyncio.run(outcome.track_job(_cluster(FakeKube()), world["body"]))
     assert (state.phase, state.reason) == ("failed", "JobMissing")
     assert step.status["phase"] == "Failed"
+
+
+def _report(world: dict[str, Any], **changes: Any) -> None:
+    raw = world["report"].model_dump()
+    raw.update(changes)
+    storage.write_bytes(world["paths"].report, Report.model_validate(raw).to_json().encode())
+
+
+def test_a_report_naming_any_other_directory_is_invalid_and_nothing_is_promoted(world: dict[str, Any]) -> None:
+    """A decoy: a faithful copy of the candidate elsewhere (with the digests the report states), while
+    the version directory the operator assigned holds other bytes."""
+    root = Path(world["reg"].removeprefix("file://"))
+    _version(root, "decoy", b"unlearned weights")
+    _report(world, candidate={"uri": version_uri(world["reg"], MODEL, "decoy"),
+                              "sha256": world["report"].candidate.sha256})
+    with pytest.raises(ReportInvalid, match=r"names candidate .*/versions/decoy, not "
+                                            r".*/versions/v7-unlearned-0b3f9c2e, the version directory the "
+                                            r"operator assigned to this request"):
+        _evaluate(world, FakeKube())
+    assert _alias(world) == "v7"
+
+
+def test_a_report_pointing_at_a_decoy_while_the_assigned_directory_holds_other_bytes_is_held(
+        world: dict[str, Any]) -> None:
+    """The probe's attack: a faithful copy elsewhere for the report to name, and other weights in the
+    directory the operator assigned. The operator hashes its own directory first: DigestMismatch."""
+    root = Path(world["reg"].removeprefix("file://"))
+    _version(root, "decoy", b"unlearned weights")
+    _report(world, candidate={"uri": version_uri(world["reg"], MODEL, "decoy"),
+                              "sha256": world["report"].candidate.sha256})
+    (root / MODEL / "versions" / world["candidate"] / "model.safetensors").write_bytes(b"EVIL-WEIGHTS")
+    kube = FakeKube()
+    with pytest.raises(DigestMismatch, match=r"versions/v7-unlearned-0b3f9c2e"):
+        _evaluate(world, kube)
+    assert _alias(world) == "v7" and kube.patched() == []
+
+
+@pytest.mark.parametrize("forgery", ["other bytes", "forged metadata", "an extra file"])
+def test_a_candidate_whose_bytes_are_not_what_was_reported_is_held_with_digest_mismatch(
+        world: dict[str, Any], forgery: str) -> None:
+    directory = Path(world["reg"].removeprefix("file://")) / MODEL / "versions" / world["candidate"]
+    if forgery == "other bytes":  # new weights and a metadata.json that agrees with them: the report does not
+        (directory / "model.safetensors").write_bytes(b"EVIL-WEIGHTS")
+        metadata = json.loads((directory / "metadata.json").read_text())
+        metadata["files"]["model.safetensors"] = hashlib.sha256(b"EVIL-WEIGHTS").hexdigest()
+        (directory / "metadata.json").write_text(json.dumps(metadata))
+    elif forgery == "forged metadata":  # new weights, metadata.json left as it was
+        (directory / "model.safetensors").write_bytes(b"EVIL-WEIGHTS")
+    else:
+        (directory / "adapter.safetensors").write_bytes(b"EVIL-ADAPTER")
+    kube = FakeKube()
+    with pytest.raises(DigestMismatch) as err:
+        _evaluate(world, kube)
+    assert _alias(world) == "v7" and kube.patched() == []
+    step = failure(world["body"], err.value, accepting=False)  # what both paths record for it
+    assert step.status["phase"] == "Held"
+    promoted = _condition(step, "Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("False", "DigestMismatch")
+
+
+def _report_with(world: dict[str, Any], group: str, key: str, value: float | None) -> None:
+    """Rewrite the trainer's report with one unlearned metric replaced, as a trainer could write it."""
+    raw = json.loads(world["report"].to_json())
+    raw["unlearned"][group][key] = value
+    storage.write_bytes(world["paths"].report, json.dumps(raw).encode())  # NaN and Infinity as Python writes them
+
+
+@pytest.mark.parametrize("value", [1e308, -5.0, float("nan"), float("inf")])
+def test_a_report_with_a_metric_out_of_range_is_invalid_and_never_promoted(world: dict[str, Any],
+                                                                            value: float) -> None:
+    _report_with(world, "split", "test_auc", value)
+    kube = FakeKube()
+    with pytest.raises(ReportInvalid, match=r"is malformed: unlearned\.split\.test_auc: "):
+        _evaluate(world, kube)
+    assert _alias(world) == "v7" and kube.patched() == [] and not storage.exists(world["paths"].receipt)
+
+
+def test_an_unmeasured_metric_is_inconclusive_and_holds_the_request(world: dict[str, Any]) -> None:
+    _report_with(world, "mia", "attack_auc", None)
+    kube = FakeKube()
+    result = _evaluate(world, kube)
+    assert [gate["result"] for gate in result.step.status["gates"]] == ["Passed", "Passed", "Inconclusive"]
+    assert _condition(result.step, "GatesPassed")["reason"] == cond.GATES_INCONCLUSIVE
+    assert result.step.status["phase"] == "Held" and _alias(world) == "v7" and kube.patched() == []
+
+
+class _Deployments:
+    """The apps API a real :class:`Kube` calls: reads return ``deployment``, patches are recorded."""
+
+    def __init__(self, deployment: dict[str, Any]) -> None:
+        self.deployment, self.patches = deployment, []
+
+    def read_namespaced_deployment(self, *args: Any, **kwargs: Any) -> Any:
+        return type("Response", (), {"data": json.dumps(self.deployment).encode()})()
+
+    def patch_namespaced_deployment(self, name: str, namespace: str, body: Any, **kwargs: Any) -> Any:
+        self.patches.append(body)
+        return self.read_namespaced_deployment()
+
+
+class TargetKube(FakeKube):
+    """FakeKube whose serving-target calls are the real client's, on one Deployment."""
+
+    def __init__(self, deployment: dict[str, Any]) -> None:
+        super().__init__()
+        self.real = Kube(client.ApiClient(client.Configuration()), request_timeout_seconds=1.0)
+        self.real.apps = self.apps = _Deployments(deployment)  # type: ignore[assignment]
+
+    async def check_deployment(self, namespace: str, name: str, container: str | None, env: str) -> None:
+        self._call("check_deployment", namespace, name, container, env)
+        await self.real.check_deployment(namespace, name, container, env)
+
+    async def patch_deployment_env(self, namespace: str, name: str, container: str | None, env: str,
+                                   value: str) -> None:
+        self._call("patch_deployment_env", namespace, name, container, env, value)
+        await self.real.patch_deployment_env(namespace, name, container, env, value)
+
+
+def _deployment(annotations: dict[str, str]) -> dict[str, Any]:
+    return {"metadata": {"name": "cxr-server", "namespace": NAMESPACE, "annotations": annotations},
+            "spec": {"template": {"spec": {"containers": [
+                {"name": "server", "env": [{"name": "DATABASE_URL", "value": "postgres://db"}]}]}}}}
+
+
+@pytest.mark.parametrize(("annotations", "env", "missing"), [
+    ({}, None, "unlearning.forgetmi.io/model-env"),
+    ({naming.MODEL_ENV_ANNOTATION: "FORGETMI_MODEL_URI", naming.MODEL_CONTAINER_ANNOTATION: "server"},
+     "DATABASE_URL", "unlearning.forgetmi.io/model-env"),
+    ({naming.MODEL_ENV_ANNOTATION: "FORGETMI_MODEL_URI"}, None, "unlearning.forgetmi.io/model-container"),
+])
+def test_a_deployment_that_did_not_opt_in_holds_the_request_and_keeps_the_alias(
+        world: dict[str, Any], annotations: dict[str, str], env: str | None, missing: str) -> None:
+    if env is not None:
+        world["body"]["spec"]["rollout"]["target"]["env"] = env
+    kube = TargetKube(_deployment(annotations))
+    result = _evaluate(world, kube)
+    promoted = _condition(result.step, "Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("False", "ServingTargetError")
+    assert f"Deployment {NAMESPACE}/cxr-server" in promoted["message"] and missing in promoted["message"]
+    assert result.step.status["phase"] == "Held" and _alias(world) == "v7"
+    assert kube.apps.patches == [] and not storage.exists(world["paths"].receipt)
+
+
+def test_an_opted_in_deployment_is_patched_with_tests_on_its_annotations(world: dict[str, Any]) -> None:
+    kube = TargetKube(_deployment({naming.MODEL_ENV_ANNOTATION: "FORGETMI_MODEL_URI",
+                                   naming.MODEL_CONTAINER_ANNOTATION: "server"}))
+    result = _evaluate(world, kube)
+    assert result.step.status["phase"] == "Promoted" and _alias(world) == world["candidate"]
+    (ops,) = kube.apps.patches
+    assert {"op": "test", "path": "/metadata/annotations/unlearning.forgetmi.io~1model-env",
+            "value": "FORGETMI_MODEL_URI"} in ops
+    assert ops[-1]["value"] == [{"name": "DATABASE_URL", "value": "postgres://db"},
+                                {"name": "FORGETMI_MODEL_URI", "value": version_uri(world["reg"], MODEL,
+                                                                                     world["candidate"])}]
+
+
+def test_a_retrain_the_pod_policy_no_longer_allows_is_held_and_creates_no_job(world: dict[str, Any]) -> None:
+    """The admin narrowed the policy after the request was accepted: its retrain Job is not built."""
+    world["body"]["spec"]["priorityClassName"] = "batch-low"
+    world["body"]["spec"]["gates"] = [{"metric": "testAUC", "comparator": "atLeast", "threshold": 0.99}]
+    world["body"]["spec"]["rollout"] = {"mode": "Automatic", "onGateFailure": "Retrain"}
+    kube = FakeKube()
+    result = _evaluate(world, kube)
+    promoted = _condition(result.step, "Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("False", "Forbidden")
+    assert "spec.priorityClassName" in promoted["message"] and result.step.status["phase"] == "Held"
+    assert not [name for name, _ in kube.calls if name in ("create_or_get_configmap", "create_or_get_job")]
+    assert _alias(world) == "v7"

@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness.clusters import make_cluster
+from harness.registries import point
 
 from forgetmi_operator.api import naming
-from forgetmi_operator.api.errors import SubjectsError
+from forgetmi_operator.api.errors import InputUnreadable, SubjectsError
+from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.cluster import launcher
 from forgetmi_operator.cluster.context import Cluster
 from forgetmi_operator.lifecycle import subjects
 from forgetmi_operator.lifecycle.launch import launch
 from forgetmi_operator.lifecycle.steps import Step
-from forgetmi_operator.registry import aliases as registry
 
 MODEL, NAMESPACE, NAME = "cxr", "radiology", "forget-0042"
 UID = "0b3f9c2e-1111-2222-3333-444455556666"
@@ -87,8 +87,7 @@ def body(tmp_path: Path) -> dict[str, Any]:
     version.mkdir(parents=True)
     (version / "config.json").write_text("{}\n")
     (version / "model.safetensors").write_bytes(b"weights")
-    registry.promote(f"file://{root}", MODEL, "production", new_version="v7",
-                     new_sha256=hashlib.sha256(b"weights").hexdigest(), expected_token=None, request=None)
+    point(f"file://{root}", MODEL, "production", "v7")
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("sample_id,subject_id,split\n" + "".join(f"s{i},{p},train\n" for i, p in enumerate(PATIENTS)))
     return {
@@ -155,6 +154,18 @@ def test_a_forget_list_too_large_for_a_secret_fails_naming_its_source_and_create
     assert not kube.objects
 
 
+def test_a_manifest_larger_than_the_setting_fails_the_launch_and_creates_nothing(body: dict[str, Any]) -> None:
+    """``manifest_max_bytes`` (chart value manifestMaxBytes) is what :func:`accept` reads of a manifest."""
+    kube = FakeKube("P001\n")
+    cluster = make_cluster(kube, Settings(manifest_max_bytes=1024))
+    Path(body["spec"]["data"]["manifestUri"].removeprefix("file://")).write_text(
+        "sample_id,subject_id,split\n" + "".join(f"s{i},P001,train\n" for i in range(100)))
+    with pytest.raises(InputUnreadable, match=r"spec\.data\.manifestUri .*manifest\.csv is 1[0-9]{3} bytes, "
+                                              r"more than the 1024 the operator reads \(manifestMaxBytes\)\."):
+        asyncio.run(launch(cluster.ports, body))
+    assert not kube.objects
+
+
 def test_a_launch_that_fails_for_good_leaves_no_job_and_no_copy(body: dict[str, Any]) -> None:
     """An earlier attempt created the copy and the Job but its status was not saved; the retry
     now fails (the model's alias is gone): the request is Failed and nothing of it keeps running."""
@@ -182,3 +193,31 @@ def test_a_launched_or_ended_request_is_not_launched_again(body: dict[str, Any])
     for status in ({"jobName": "forgetmi-x"}, {"phase": "Held"}):
         assert asyncio.run(launcher.start(_cluster(kube), {**body, "status": status})).status == {}
     assert kube.calls == []
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("image", "attacker.example/evil:latest"),
+    ("serviceAccountName", "cluster-admin-sa"),
+    ("priorityClassName", "system-node-critical"),
+    ("tolerations", [{"operator": "Exists"}]),
+])
+def test_a_request_the_pod_policy_forbids_is_not_accepted_and_creates_nothing(field: str, value: Any) -> None:
+    """The cluster admin's pod policy (chart values trainer.allowed*) is checked before anything is
+    read or created: the request is Accepted=False, Failed, and no Secret copy, ConfigMap or Job exists."""
+    kube = FakeKube("P001\n")
+    request = {
+        "apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest",
+        "metadata": {"name": NAME, "namespace": NAMESPACE, "uid": UID, "generation": 1},
+        "spec": {"model": {"registryUri": "s3://models/registry", "name": MODEL},
+                 "data": {"manifestUri": "s3://data/manifest.csv"},
+                 "forget": {"subjectsSecretRef": {"name": "ids", "key": "subjects"}},
+                 field: value},
+    }
+    step = asyncio.run(launcher.start(_cluster(kube), request))
+    assert step.status["phase"] == "Failed" and [r for _, r, _ in step.events] == ["Forbidden"]
+    accepted = next(c for c in step.status["conditions"] if c["type"] == "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "Forbidden")
+    assert accepted["message"].split()[0] in (f"spec.{field}", f"spec.{field}[0]")
+    assert "is not allowed; the cluster admin allows" in accepted["message"]
+    assert not kube.objects and "read referenced" not in kube.calls
+    assert not [call for call in kube.calls if call.startswith("create")]

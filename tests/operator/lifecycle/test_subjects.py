@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,9 @@ import pytest
 from forgetmi_operator.api import naming
 from forgetmi_operator.api.errors import ClusterUnavailable, SecretNotFound, SubjectsError
 from forgetmi_operator.api.settings import Settings
+from forgetmi_operator.api.spec import ForgetSpec
 from forgetmi_operator.lifecycle import subjects
+from forgetmi_trainer.storage import Objects
 
 BODY = {"metadata": {"name": "r", "namespace": "ns", "uid": "u-1", "generation": 3}, "spec": {}}
 
@@ -150,3 +153,29 @@ def test_the_receipt_key_is_read_from_the_operator_namespace_when_configured() -
     assert asyncio.run(subjects.receipt_key(store, configured)) == b"k3y\n"
     with pytest.raises(SecretNotFound, match="FORGETMI_OPERATOR_NAMESPACE is empty"):
         asyncio.run(subjects.receipt_key(store, Settings(receipt_hmac_secret_name="hmac")))
+
+
+class _NoWholeReads(Objects):
+    """A storage handle on which reading a whole object fails the test."""
+
+    def read_bytes(self, uri: str) -> bytes:
+        raise AssertionError(f"the whole of {uri} was read")
+
+
+def _uri_spec(uri: str) -> ForgetSpec:
+    return ForgetSpec.model_validate({"subjectsUri": uri})
+
+
+def test_a_forget_list_object_is_read_up_to_its_limit_and_refused_beyond_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``spec.forget.subjectsUri`` is read with a bounded read: an object larger than the list the
+    operator reads is SubjectsError, and never held whole in memory."""
+    monkeypatch.setattr(subjects, "MAX_LIST_FILE_BYTES", 16)
+    path = tmp_path / "ids.txt"
+    path.write_text("# two patients\nP001\nP002\n")  # 25 bytes
+    with pytest.raises(SubjectsError, match=r"ids\.txt is larger than 16 bytes, more than the operator reads of a "
+                                            r"forget list: split it into several requests\.$"):
+        subjects.read_uri(_NoWholeReads(), _uri_spec(path.as_uri()))
+    path.write_text("P001\nP002\n")
+    assert subjects.read_uri(_NoWholeReads(), _uri_spec(path.as_uri())) == "P001\nP002\n"
+    assert subjects.MAX_LIST_FILE_BYTES == 16 and 8 * subjects.MAX_SUBJECTS_BYTES == 8 * 1024 * 1024

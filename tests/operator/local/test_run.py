@@ -19,13 +19,16 @@ from typing import Any
 
 import pytest
 import yaml
+from harness.registries import point
 
+from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.local import EXIT_INVALID, EXIT_OK, cli, demo
 from forgetmi_operator.local import run as local
 from forgetmi_operator.registry import aliases as registry
 from forgetmi_operator.registry.paths import alias_uri
 from forgetmi_trainer import storage
 from forgetmi_trainer.contract import COMPARISON_KEYS, ModelRef
+from forgetmi_trainer.storage import DEFAULT
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "PYTHONSAFEPATH": "1"}
@@ -44,9 +47,7 @@ def fresh_alias(prepared: dict[str, Any]) -> ModelRef:
     """Alias ``production`` → v1, whatever an earlier test promoted."""
     original = ModelRef.model_validate(prepared["original"])
     storage.delete(alias_uri(original.registry_uri, original.name, "production"))
-    sha = registry.check_version(original.registry_uri, original.name, original.version)
-    registry.promote(original.registry_uri, original.name, "production", new_version=original.version,
-                     new_sha256=sha, expected_token=None, request=None)
+    point(original.registry_uri, original.name, "production", original.version)
     return original
 
 
@@ -59,7 +60,7 @@ def _request(prepared: dict[str, Any], **spec_changes: Any) -> tuple[dict[str, A
 
 
 def _alias(original: ModelRef) -> str:
-    return registry.resolve_alias(original.registry_uri, original.name, "production").version
+    return registry.resolve_alias(DEFAULT, original.registry_uri, original.name, "production").version
 
 
 def test_passing_gates_promote_and_write_a_receipt(prepared: dict[str, Any], fresh_alias: ModelRef,
@@ -82,7 +83,7 @@ def test_passing_gates_promote_and_write_a_receipt(prepared: dict[str, Any], fre
     subjects = Path(prepared["subjects_file"]).read_text().split()
     dumped = status.model_dump_json() + receipt.decode() + "\n".join(result.events)
     assert not any(s in dumped for s in subjects), "a patient ID leaked into status, receipt or events"
-    record = registry.resolve_alias(fresh_alias.registry_uri, fresh_alias.name, "production").record
+    record = registry.resolve_alias(DEFAULT, fresh_alias.registry_uri, fresh_alias.name, "production").record
     assert record.previous == "v1" and record.request is not None and record.request.name == request["metadata"]["name"]
 
 
@@ -177,6 +178,18 @@ def test_trainer_input_error_fails_with_its_termination_message(prepared: dict[s
     assert _alias(fresh_alias) == "v1"
 
 
+def test_a_report_the_operator_refuses_fails_the_run_without_a_crash(prepared: dict[str, Any], fresh_alias: ModelRef,
+                                                                      tmp_path: Path) -> None:
+    """``forgetmi run`` reads the report only through the lifecycle: one larger than
+    ``report_max_bytes`` is ReportInvalid in the status (Failed), as in a cluster, not a traceback."""
+    request, secrets = _request(prepared)
+    result = local.run_request(request, workdir=tmp_path, secrets=secrets, settings=Settings(report_max_bytes=1024))
+    assert result.status.phase == "Failed" and result.report is None and result.decision is None
+    conditions = result.status.conditions
+    assert any(c.reason == "ReportInvalid" and "more than the 1024 bytes" in c.message for c in conditions)
+    assert _alias(fresh_alias) == "v1"
+
+
 def test_concurrent_alias_change_is_detected_not_overwritten(prepared: dict[str, Any], fresh_alias: ModelRef,
                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     request, secrets = _request(prepared, gates=[
@@ -185,10 +198,8 @@ def test_concurrent_alias_change_is_detected_not_overwritten(prepared: dict[str,
     real_conclude = local.conclude
 
     async def move_alias_then_conclude(*args: Any, **kwargs: Any) -> Any:
-        found = registry.resolve_alias(fresh_alias.registry_uri, fresh_alias.name, "production")
-        sha = registry.check_version(retrained.registry_uri, retrained.name, retrained.version)
-        registry.promote(fresh_alias.registry_uri, fresh_alias.name, "production", new_version=retrained.version,
-                         new_sha256=sha, expected_token=found.token, request=None)
+        found = registry.resolve_alias(DEFAULT, fresh_alias.registry_uri, fresh_alias.name, "production")
+        point(fresh_alias.registry_uri, fresh_alias.name, "production", retrained.version, expected_token=found.token)
         return await real_conclude(*args, **kwargs)
 
     monkeypatch.setattr(local, "conclude", move_alias_then_conclude)

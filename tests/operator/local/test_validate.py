@@ -22,9 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from forgetmi_operator.api.patterns import DNS_LABEL, pattern_message
 from forgetmi_operator.api.spec import SecretKeyRef, UnlearnRequestSpec
 from forgetmi_operator.local import EXIT_INVALID, cli, demo, documents, run
-from forgetmi_operator.local.schema import crd_problems, defaulted
+from forgetmi_operator.local.crd import openapi_schema
+from forgetmi_operator.local.schema import crd_problems, defaulted, validate_request
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = sorted((ROOT / "examples").glob("unlearnrequest-*.yaml"))
@@ -180,6 +182,11 @@ MALFORMED_CASES = [
      "spec.gates[0].threshold: must be a finite number"),
     ("apiVersion", "unlearning.forgetmi.io/v1", "apiVersion: must be unlearning.forgetmi.io/v1alpha1"),
     ("metadata.name", "Forget_Me", "metadata.name: must be a lowercase DNS subdomain"),
+    ("metadata.name", "x.y..z", "metadata.name: must be a lowercase DNS subdomain"),
+    ("metadata.name", "forget.-me", "metadata.name: must be a lowercase DNS subdomain"),
+    ("spec.serviceAccountName", "trainer..sa", "spec.serviceAccountName: must be a lowercase DNS subdomain"),
+    ("spec.resources.limits", {"memory": -1}, "spec.resources.limits.memory: must be a resource quantity"),
+    ("spec.resources.limits", {"memory": "-1Gi"}, "spec.resources.limits.memory: must be a resource quantity"),
     ("spec", None, "spec: required field is missing"),
 ]
 
@@ -508,3 +515,42 @@ def test_junk_anywhere_in_a_request_never_crashes(where: tuple[Any, ...], junk: 
                                                                        "kind": "UnlearnRequest", "spec": j})))
 def test_arbitrary_text_never_crashes(text: str) -> None:
     _check_file(text)
+
+
+QUANTITY_MESSAGE = "must be a resource quantity that is not negative, such as 500m, 4 or 16Gi"
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    ("spec.resources.limits", {"memory": -1}, [("spec.resources.limits.memory", QUANTITY_MESSAGE)]),
+    ("spec.resources.requests", {"cpu": "-500m"}, [("spec.resources.requests.cpu", QUANTITY_MESSAGE)]),
+    ("spec.resources.requests", {"cpu": "+500m"}, []),
+    ("metadata.name", "x.y..z", [("metadata.name", "must be a lowercase DNS subdomain: labels of a-z, 0-9 and '-' "
+                                  "that start and end with a letter or digit, joined by '.', at most 253 "
+                                  "characters")]),
+    ("metadata.name", "x.y.z", []),
+    ("spec.priorityClassName", "high..priority", [("spec.priorityClassName", "must be a lowercase DNS subdomain: "
+                                                   "labels of a-z, 0-9 and '-' that start and end with a letter or "
+                                                   "digit, joined by '.'")]),
+])
+def test_each_problem_is_one_sentence_naming_its_field(minimal: dict[str, Any], path: str, value: Any,
+                                                       expected: list[tuple[str, str]]) -> None:
+    _mutate(path, value)(minimal)
+    assert [tuple(problem) for problem in validate_request(minimal)] == expected
+
+
+def test_no_message_prints_a_pattern() -> None:
+    spec = openapi_schema()["properties"]["spec"]
+    patterns = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str):
+                patterns.add(node["pattern"])
+            for child in node.values():
+                walk(child)
+
+    walk(spec)
+    assert len(patterns) >= 8
+    assert [p for p in patterns if not pattern_message(p).startswith("must be ")] == []
+    assert pattern_message(r"^[a-z]+\Z") == "has an invalid format"  # the JSON Schema spelling of the CRD's $
+    assert pattern_message(DNS_LABEL.removesuffix("$") + r"\Z") == pattern_message(DNS_LABEL)
