@@ -4,6 +4,7 @@ agreement with the root CRD, the operator's settings and the Dockerfile's user."
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from forgetmi_operator.api.errors import SettingsInvalid
+from forgetmi_operator.api.patterns import DNS_SUBDOMAIN, QUANTITY_PATTERN
 from forgetmi_operator.api.settings import DEFAULT_TRAINER_IMAGE, Settings, default_gates, env_name, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +85,10 @@ def test_rendered_objects_validate_against_kubernetes_schemas(render, values: Pa
 def test_defaults_render_the_core_objects_only(render) -> None:
     kinds = sorted(m["kind"] for m in render())
     assert kinds == sorted(["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                            "ClusterRole", "ClusterRoleBinding", "Service", "Deployment", "Pod"])
+                            "ClusterRole", "ClusterRoleBinding", "Service", "Deployment", "Pod",
+                            "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"])
+    off = {m["kind"] for m in render(None, "--set", "admissionPolicy.enabled=false")}
+    assert not off & {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 
 
 def test_everything_enabled_renders_monitoring_and_namespaced_rbac(render) -> None:
@@ -124,15 +129,48 @@ def test_chart_crd_is_a_byte_identical_copy_of_the_root_crd() -> None:
     ("trainer:\n  resources:\n    limits: {cpu: '2', nvidia.com/gpu: 1}\n", "/trainer/resources/limits"),
     ("prometheusRule:\n  openRequestDeadlineSeconds: 0.5\n", "openRequestDeadlineSeconds"),
     ("prometheusRule:\n  operatorUpSelector: '{job=\"x\"}'\n", "operatorUpSelector"),
+    ("trainer:\n  allowedImages: ['registry.example/t:1 extra']\n", "/trainer/allowedImages/0"),
+    ("trainer:\n  allowedImages: ['']\n", "/trainer/allowedImages/0"),
+    ("trainer:\n  allowedImages: registry.example/t:1\n", "/trainer/allowedImages"),
+    ("trainer:\n  allowedServiceAccounts: [Trainer_SA]\n", "/trainer/allowedServiceAccounts/0"),
+    ("trainer:\n  allowedPriorityClasses: ['']\n", "/trainer/allowedPriorityClasses/0"),
+    ("trainer:\n  allowedTolerations: [{operator: Equal, value: x}]\n", "/trainer/allowedTolerations/0"),
+    ("tenants:\n  Radiology: {}\n", "Radiology"),
+    ("tenants:\n  radiology: {credentialsSecret: Bad_Name}\n", "/tenants/radiology/credentialsSecret"),
+    ("tenants:\n  radiology: {allowedUriPrefixes: ['file:///data/']}\n", "/tenants/radiology/allowedUriPrefixes/0"),
+    ("tenants:\n  radiology: {allowedUriPrefixes: ['s3://hospital-models']}\n",
+     "/tenants/radiology/allowedUriPrefixes/0"),
+    ("tenants:\n  radiology: {allowedPrefixes: ['s3://hospital-models/']}\n", "allowedPrefixes"),
+    ("admissionPolicy:\n  enabled: 'yes'\n", "/admissionPolicy/enabled"),
+    ("trainer:\n  serviceAccountName: forgetmi..trainer\n", "/trainer/serviceAccountName"),
+    ("trainer:\n  resources:\n    limits: {memory: '-1Gi'}\n", "/trainer/resources/limits/memory"),
+    ("reportMaxBytes: 100\n", "/reportMaxBytes"),
+    ("manifestMaxBytes: 2GiB\n", "/manifestMaxBytes"),
+    ("scratchSizeLimit: lots\n", "/scratchSizeLimit"),
 ], ids=["string-replicas", "two-replicas", "unknown-top-level-key", "log-format", "negative-gpus",
         "namespace-name", "gate-metric", "numeric-tag", "duration", "drop-gate-without-reference",
-        "gpu-in-trainer-limits", "fractional-deadline", "up-selector-with-braces"])
+        "gpu-in-trainer-limits", "fractional-deadline", "up-selector-with-braces", "image-with-space",
+        "empty-image", "images-not-a-list", "service-account-name", "empty-priority-class", "keyless-equal-allowed",
+        "tenant-namespace-name", "tenant-secret-name", "tenant-file-prefix", "tenant-prefix-without-bucket-slash",
+        "tenant-unknown-key", "admission-policy-switch", "empty-dns-label", "negative-quantity",
+        "tiny-report-cap", "manifest-cap-with-unit", "scratch-size-not-a-quantity"])
 def test_values_schema_rejects_bad_values(helm_cmd, tmp_path: Path, bad: str, complaint: str) -> None:
     values = tmp_path / "bad-values.yaml"
     values.write_text(bad)
     result = helm_cmd("template", "forgetmi", str(CHART), "--values", str(values))
     assert result.returncode != 0, f"helm accepted {bad!r}"
     assert "schema" in result.stderr.lower() and complaint in result.stderr, result.stderr
+
+
+def test_values_schema_patterns_are_the_operators() -> None:
+    """Names and quantities the schema checks use the operator's own patterns, so helm refuses what
+    the operator's Settings would refuse at startup (a DNS subdomain without empty labels, no
+    negative quantity)."""
+    patterns = set(re.findall(r'"pattern": "((?:[^"\\]|\\.)*)"', (CHART / "values.schema.json").read_text()))
+    patterns = {json.loads(f'"{p}"').removeprefix("^$|") for p in patterns}
+    assert {DNS_SUBDOMAIN, QUANTITY_PATTERN} <= patterns
+    assert r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$" not in patterns
+    assert not any(p.startswith(r"^(\+|-)?(([0-9]+") for p in patterns)
 
 
 def test_values_schema_is_draft_07_and_closed() -> None:
@@ -252,6 +290,33 @@ def test_values_schema_refuses_exactly_the_trainer_tolerations_the_operator_refu
     assert operator_accepts(trainer_tolerations=rendered) is accepted
 
 
+@pytest.mark.parametrize(("toleration", "accepted"), TOLERATION_CASES, ids=[
+    "exists", "equal", "keyless-exists", "implicit-equal", "empty-effect", "keyless-equal", "empty-key-equal",
+    "exists-with-value", "bad-key", "bad-value", "negative-seconds"])
+def test_values_schema_refuses_exactly_the_allowed_tolerations_the_operator_refuses(
+        helm_cmd, tmp_path: Path, toleration: dict[str, Any], accepted: bool) -> None:
+    env = render_values(helm_cmd, tmp_path, {"trainer": {"allowedTolerations": [toleration]}})
+    assert (env is not None) is accepted, f"values schema {'refused' if env is None else 'accepted'} {toleration}"
+    rendered = json.dumps([toleration]) if env is None else env["FORGETMI_TRAINER_ALLOWED_TOLERATIONS"]
+    assert operator_accepts(trainer_allowed_tolerations=rendered) is accepted
+
+
+def test_tenants_render_as_the_operators_namespace_policies(helm_cmd, tmp_path: Path) -> None:
+    tenants = {"radiology": {"credentialsSecret": "radiology-s3",
+                             "allowedUriPrefixes": ["s3://hospital-models/", "s3://hospital-datasets/cxr/"]},
+               "oncology": {"credentialsSecret": "oncology-s3"}, "pathology": {}}
+    env = render_values(helm_cmd, tmp_path, {"tenants": tenants})
+    assert env is not None
+    assert json.loads(env["FORGETMI_NAMESPACE_POLICIES"]) == {
+        "radiology": {"credentials_secret": "radiology-s3",
+                      "allowed_uri_prefixes": ["s3://hospital-models/", "s3://hospital-datasets/cxr/"]},
+        "oncology": {"credentials_secret": "oncology-s3", "allowed_uri_prefixes": []},
+        "pathology": {"credentials_secret": "", "allowed_uri_prefixes": []}}
+    policies = load_settings(namespace_policies=env["FORGETMI_NAMESPACE_POLICIES"]).namespace_policies
+    assert policies["radiology"].allowed_uri_prefixes == ["s3://hospital-models/", "s3://hospital-datasets/cxr/"]
+    assert (policies["oncology"].credentials_secret, policies["pathology"].credentials_secret) == ("oncology-s3", "")
+
+
 def test_large_integer_values_render_as_integers_the_operator_parses(helm_cmd, tmp_path: Path) -> None:
     """Helm reads numbers from a values file as floats and prints 2592000 as 2.592e+06."""
     env = render_values(helm_cmd, tmp_path, {"trainer": {"jobTtlSecondsAfterFinished": 2592000}})
@@ -259,6 +324,24 @@ def test_large_integer_values_render_as_integers_the_operator_parses(helm_cmd, t
     assert env["FORGETMI_JOB_TTL_SECONDS_AFTER_FINISHED"] == "2592000"
     assert load_settings(job_ttl_seconds_after_finished=env["FORGETMI_JOB_TTL_SECONDS_AFTER_FINISHED"]
                          ).job_ttl_seconds_after_finished == 2592000
+
+
+def test_the_input_caps_reach_the_operator_and_the_scratch_volume_holds_one_manifest(helm_cmd, render,
+                                                                                  tmp_path: Path) -> None:
+    """reportMaxBytes and manifestMaxBytes are the operator's settings (defaults included), and the
+    /tmp emptyDir the manifest is downloaded to is larger than the largest manifest it reads."""
+    env = env_of(render())
+    settings = load_settings(report_max_bytes=env["FORGETMI_REPORT_MAX_BYTES"],
+                             manifest_max_bytes=env["FORGETMI_MANIFEST_MAX_BYTES"])
+    assert (settings.report_max_bytes, settings.manifest_max_bytes) == (
+        Settings().report_max_bytes, Settings().manifest_max_bytes) == (8 * 1024**2, 2 * 1024**3)
+    volumes = only(render(), "Deployment")["spec"]["template"]["spec"]["volumes"]
+    scratch = next(v for v in volumes if v["name"] == "tmp")["emptyDir"]["sizeLimit"]
+    assert scratch.endswith("Mi") and int(scratch[:-2]) * 1024**2 > settings.manifest_max_bytes
+    assert {"name": "tmp", "mountPath": "/tmp"} in container(render())["volumeMounts"]
+    env = render_values(helm_cmd, tmp_path, {"reportMaxBytes": 33554432, "manifestMaxBytes": 8589934592})
+    assert env is not None and (env["FORGETMI_REPORT_MAX_BYTES"], env["FORGETMI_MANIFEST_MAX_BYTES"]) == (
+        "33554432", "8589934592")  # integers, never 3.3554432e+07
 
 
 def test_notes_commands_name_a_namespace(helm_cmd) -> None:
@@ -329,6 +412,10 @@ def test_env_names_are_operator_settings_and_parse(render, monkeypatch: pytest.M
                         for name in ("progress_interval_seconds", "pending_pod_timeout_seconds")}
             assert (settings.progress_interval_seconds, settings.pending_pod_timeout_seconds) == (
                 defaults["progress_interval_seconds"], defaults["pending_pod_timeout_seconds"])
+            # The pod policy by default: the default image only, nothing else a request may name.
+            assert (settings.trainer_allowed_images, settings.trainer_allowed_service_accounts,
+                    settings.trainer_allowed_priority_classes, settings.trainer_allowed_tolerations,
+                    settings.namespace_policies) == ([], [], [], [], {})
         else:
             assert settings.trainer_gpus == 2
             assert settings.trainer_tolerations[0].key == "nvidia.com/gpu"
@@ -337,6 +424,15 @@ def test_env_names_are_operator_settings_and_parse(render, monkeypatch: pytest.M
             assert settings.serving_targets_enabled is True
             assert settings.receipt_hmac_secret_key == "hmac"
             assert settings.progress_interval_seconds == 5
+            assert settings.trainer_allowed_images == ["registry.example.org/forgetmi-trainer:0.2.0"]
+            assert settings.trainer_allowed_service_accounts == ["forgetmi-trainer", "forgetmi-trainer-gpu"]
+            assert settings.trainer_allowed_priority_classes == ["batch-high"]
+            assert [(t.key, t.operator, t.effect) for t in settings.trainer_allowed_tolerations] == [
+                ("nvidia.com/gpu", "Exists", "NoSchedule")]
+            radiology = settings.namespace_policies["radiology"]
+            assert (radiology.credentials_secret, radiology.allowed_uri_prefixes) == (
+                "radiology-s3", ["s3://hospital-models/", "s3://hospital-datasets/"])
+            assert settings.namespace_policies["oncology"].allowed_uri_prefixes == []
 
 
 # ---- RBAC ---------------------------------------------------------------------------------------

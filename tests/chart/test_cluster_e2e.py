@@ -36,7 +36,15 @@ from typing import Any
 
 import pytest
 import yaml
-from harness.cluster import JOBS, REQUESTS, free_port, wait_for, write_kubeconfig
+from harness.cluster import (
+    CREDENTIALS_SECRET,
+    JOBS,
+    REQUESTS,
+    credentials_secret,
+    free_port,
+    wait_for,
+    write_kubeconfig,
+)
 from harness.emulator import ApiServer
 from harness.jobrunner import JobRunner
 from harness.world import fitted_world, seed_model
@@ -53,6 +61,7 @@ from test_dashboard import (
 from forgetmi_operator.__main__ import kopf_args
 from forgetmi_operator.registry import aliases as registry
 from forgetmi_trainer import storage
+from forgetmi_trainer.storage import DEFAULT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -120,12 +129,17 @@ def cluster(world: dict[str, Any], s3_server: str, kubectl: str, helm_cmd: Any,
     url = api.start()
     try:
         kc = Kubectl(kubectl, write_kubeconfig(tmp / "kubeconfig", url), tmp)
+        # The emulator has no admission (no admissionregistration API): the chart's
+        # ValidatingAdmissionPolicy is evaluated in test_admission_policy.py instead.
         rendered = helm_cmd("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds",
-                            "--skip-tests")
+                            "--skip-tests", "--set", f"s3.credentialsSecret={CREDENTIALS_SECRET}",
+                            "--set", "admissionPolicy.enabled=false")
         assert rendered.returncode == 0, rendered.stderr
         namespaces = "".join(f"---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n"
                              for ns in (NAMESPACE, REQUEST_NS))
-        applied = kc.apply(namespaces + rendered.stdout)
+        credentials = yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", **credentials_secret(),
+                                      "metadata": {"name": CREDENTIALS_SECRET, "namespace": REQUEST_NS}})
+        applied = kc.apply(namespaces + "---\n" + credentials + rendered.stdout)
         with JobRunner(api, tmp) as runner:
             yield {"api": api, "kubectl": kc, "runner": runner, "world": world, "s3": s3_server,
                    "applied": applied, "rendered": rendered.stdout, "tmp": tmp}
@@ -293,7 +307,7 @@ def test_example_request_is_promoted_and_kubectl_shows_it(cluster: dict[str, Any
     assert status["baseModel"]["version"] == "v1"
     assert [job["metadata"]["name"] for job in cluster["api"].list(JOBS, REQUEST_NS)
             if job["metadata"]["name"] == status["jobName"]]
-    assert registry.resolve_alias(cluster["world"]["registry"], "cxr-report-classifier",
+    assert registry.resolve_alias(DEFAULT, cluster["world"]["registry"], "cxr-report-classifier",
                                   "production").version == status["candidateModel"]["version"] != "v1"
     broken = cluster["api"].get(REQUESTS, REQUEST_NS, "broken-request-0044")["status"]
     assert cluster["runner"].exit_codes[broken["jobName"]] == [3]

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from harness.examples import minimal_spec
 
-from forgetmi_operator.api.settings import DEFAULT_TRAINER_IMAGE
+from forgetmi_operator.api.settings import DEFAULT_TRAINER_IMAGE, Settings
+from forgetmi_operator.cluster.jobs import build_job
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "forgetmi-operator"
@@ -88,3 +90,17 @@ def test_dockerignore_keeps_the_build_context_small() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".tools", "tests", "charts"} <= ignored
     assert not {"operator", "trainer", "pyproject.toml"} & ignored
+
+
+@pytest.mark.parametrize("kind", ["unlearn", "retrain"])
+def test_the_trainer_job_runs_as_the_trainer_images_user(kind: str) -> None:
+    """The Job's pod and container run as the UID:GID the trainer image's USER names (and the
+    chart's operator), so files the image owns and the volumes it writes agree."""
+    uid, gid = (int(part) for part in last(stages()["trainer"], "USER").split(":"))
+    job = build_job(minimal_spec(), Settings(), name="r", namespace="ns", uid="0b3f9c2e-1111", kind=kind)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]) == (uid, gid)
+    assert pod["securityContext"]["fsGroup"] == gid
+    assert (container["securityContext"]["runAsUser"], container["securityContext"]["runAsGroup"]) == (uid, gid)
+    assert uid == chart_values()["podSecurityContext"]["runAsUser"]

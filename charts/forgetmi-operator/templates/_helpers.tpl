@@ -134,3 +134,16 @@ namespaces) or by one Role per watched namespace. Only the verbs the operator us
 - --all-namespaces
 {{- end }}
 {{- end }}
+
+{{/*
+`tenants` as the operator's FORGETMI_NAMESPACE_POLICIES: JSON, namespace -> {credentials_secret,
+allowed_uri_prefixes} (snake_case, the fields of its NamespacePolicy).
+*/}}
+{{- define "forgetmi-operator.namespacePolicies" -}}
+{{- $policies := dict }}
+{{- range $namespace, $tenant := .Values.tenants }}
+{{- $_ := set $policies $namespace (dict "credentials_secret" (get $tenant "credentialsSecret" | default "")
+      "allowed_uri_prefixes" (get $tenant "allowedUriPrefixes" | default list)) }}
+{{- end }}
+{{- toJson $policies }}
+{{- end }}
