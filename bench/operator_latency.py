@@ -7,7 +7,9 @@ What runs:
 - the real operator as a subprocess, ``python -m forgetmi_operator run --standalone
   --namespace=bench`` with ``KUBECONFIG`` pointing at the emulator, so its RSS is its own;
 - no Job runner: created Jobs stay pending, only the time until the Job object exists counts;
-- a minimal ``file://`` registry (model ``bench``, alias ``production`` → version ``v1`` whose
+- a moto S3 server in this process (a cluster's operator refuses ``file://`` URIs and reads each
+  request's objects with its namespace's credentials: a Secret ``s3-credentials`` in ``bench``)
+  holding a minimal registry (model ``bench``, alias ``production`` → version ``v1`` whose
   ``config.json`` and ``model.safetensors`` are a few dummy bytes; accept checks only that they
   exist and resolves the alias record), a CSV manifest with ``subject_id``/``split`` columns (10
   samples, or ``--manifest-rows``: 4 per patient, 80 % of the patients training) and one Secret
@@ -30,6 +32,11 @@ Usage::
     PYTHONSAFEPATH=1 .venv/bin/python bench/operator_latency.py --requests 100 [--rate 20] [--json]
     PYTHONSAFEPATH=1 .venv/bin/python bench/operator_latency.py --requests 500 --capacity 25:200
 
+To measure other code in the operator (e.g. before a change), put copies of ``operator/`` and
+``trainer/`` named ``forgetmi_operator/`` and ``forgetmi_trainer/`` in a folder and set
+``OPERATOR_PYTHONPATH`` to it: the operator subprocess gets it as ``PYTHONPATH``, the bench keeps
+today's code.
+
 Targets (issue 3): p50 ≤ 100 ms, p99 ≤ 500 ms, RSS ≤ 200 MB.
 """
 
@@ -37,8 +44,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
+import logging
 import os
 import signal
 import statistics
@@ -55,10 +62,41 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness.cluster import JOBS, NAMESPACES, SECRETS, free_port, install_crd, write_kubeconfig  # noqa: E402
+from harness.cluster import (  # noqa: E402
+    CREDENTIALS_SECRET,
+    JOBS,
+    NAMESPACES,
+    SECRETS,
+    credentials_secret,
+    free_port,
+    install_crd,
+    write_kubeconfig,
+)
 from harness.emulator import ApiServer, Key  # noqa: E402
+from harness.procfs import rss_kb  # noqa: E402
 
 from forgetmi_operator.registry import aliases as registry  # noqa: E402
+from forgetmi_trainer import storage  # noqa: E402
+from forgetmi_trainer.storage import DEFAULT  # noqa: E402
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def moto_s3() -> dict[str, Any]:
+    """A moto S3 server on loopback with one bucket; this process's storage points at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    os.environ.update(S3_ENV)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per S3 call
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ[storage.ENDPOINT_ENV] = endpoint
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
+    return {"server": server, "bucket": "bench", "env": {**S3_ENV, storage.ENDPOINT_ENV: endpoint}}
 
 NAMESPACE = "bench"
 MODEL = "bench"
@@ -85,27 +123,24 @@ class TimedApiServer(ApiServer):
         return obj
 
 
-def prepare_storage(root: Path, manifest_rows: int = 10) -> tuple[str, str]:
-    """A file:// registry with alias production → v1 (dummy bytes) and a manifest of ``manifest_rows``
-    samples (4 per patient, 80 % of the patients training); (registry, manifest)."""
-    reg = f"file://{root / 'registry'}"
-    version = root / "registry" / MODEL / "versions" / "v1"
-    version.mkdir(parents=True)
-    (version / "config.json").write_text("{}\n")
-    weights = b"dummy weights for the latency benchmark\n"
-    (version / "model.safetensors").write_bytes(weights)
-    registry.promote(reg, MODEL, "production", new_version="v1", new_sha256=hashlib.sha256(weights).hexdigest(),
-                     expected_token=None, request=None)
-    manifest = root / "data" / "manifest.csv"
-    manifest.parent.mkdir(parents=True)
+def prepare_storage(bucket: str, manifest_rows: int = 10) -> tuple[str, str]:
+    """In ``s3://bucket``: a registry with alias production → v1 (dummy bytes) and a manifest of
+    ``manifest_rows`` samples (4 per patient, 80 % of the patients training); (registry, manifest)."""
+    reg = f"s3://{bucket}/registry"
+    version = storage.join(reg, MODEL, "versions", "v1")
+    storage.write_text(storage.join(version, "config.json"), "{}\n")
+    storage.write_bytes(storage.join(version, "model.safetensors"), b"dummy weights for the latency benchmark\n")
+    verified = registry.verify_version(DEFAULT, reg, MODEL, "v1")
+    registry.promote(DEFAULT, reg, MODEL, "production", version=verified, expected_token=None, request=None)
     rows = ["sample_id,subject_id,split,image,label"]
     patients = max(manifest_rows // 4, 10)
     rows += [
         f"s{i},P{i % patients:03d},{'train' if i % patients < 0.8 * patients else 'test'},images/{i}.png,{i % 2}"
         for i in range(max(manifest_rows, 10))
     ]
-    manifest.write_text("\n".join(rows) + "\n")
-    return reg, f"file://{manifest}"
+    manifest = f"s3://{bucket}/data/manifest.csv"
+    storage.write_text(manifest, "\n".join(rows) + "\n")
+    return reg, manifest
 
 
 def request_body(name: str, reg: str, manifest: str) -> dict[str, Any]:
@@ -131,19 +166,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of ``pid`` in kB; (0, 0) once it is gone."""
-    values = {"VmRSS": 0, "VmHWM": 0}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in values:
-                values[key] = int(rest.split()[0])
-    except OSError:
-        pass
-    return values["VmRSS"], values["VmHWM"]
 
 
 class RssSampler(threading.Thread):
@@ -187,12 +209,16 @@ def run(
     api.create(NAMESPACES, None, {"metadata": {"name": NAMESPACE}})
     api.create(SECRETS, NAMESPACE, {"metadata": {"name": "subjects"}, "type": "Opaque", "data": {
         "subjects": base64.b64encode("\n".join(SUBJECTS).encode()).decode()}})
+    api.create(SECRETS, NAMESPACE, credentials_secret())
+    s3 = moto_s3()
     with tempfile.TemporaryDirectory(prefix="forgetmi-bench-") as tmp:
         root = Path(tmp)
-        reg, manifest = prepare_storage(root, manifest_rows)
-        env = {**os.environ, "KUBECONFIG": str(write_kubeconfig(root / "kubeconfig", url)),
-               "FORGETMI_METRICS_PORT": str(free_port()),
+        reg, manifest = prepare_storage(s3["bucket"], manifest_rows)
+        env = {**os.environ, **s3["env"], "KUBECONFIG": str(write_kubeconfig(root / "kubeconfig", url)),
+               "FORGETMI_METRICS_PORT": str(free_port()), "FORGETMI_CREDENTIALS_SECRET": CREDENTIALS_SECRET,
                "PYTHONSAFEPATH": "1"}
+        if os.environ.get("OPERATOR_PYTHONPATH"):  # other code for the operator only (see the docstring)
+            env["PYTHONPATH"] = os.environ["OPERATOR_PYTHONPATH"]
         log = open(log_path or root / "operator.log", "wb")
         started = time.perf_counter()
         operator = subprocess.Popen(
@@ -232,6 +258,7 @@ def run(
                 operator.wait()
             log.close()
             api.stop()
+            s3["server"].stop()
         if operator.returncode not in (0, -signal.SIGINT, 130):
             print(f"note: the operator exited with {operator.returncode}", file=sys.stderr)
     latencies = [(api.job_created[n] - applied[n]) * 1000 for n in names]
