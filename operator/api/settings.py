@@ -27,6 +27,10 @@ from forgetmi_trainer.contract import Location, validation_problems
 
 ENV_PREFIX = "FORGETMI_"
 DEFAULT_TRAINER_IMAGE = "ghcr.io/forgetmi/forgetmi-trainer:0.1.0"
+REPORT_MAX_BYTES = 8 * 1024 * 1024
+"""The default of ``report_max_bytes`` (chart value ``reportMaxBytes``)."""
+MANIFEST_MAX_BYTES = 2 * 1024**3
+"""The default of ``manifest_max_bytes`` (chart value ``manifestMaxBytes``)."""
 _JSON_FIELDS = ("trainer_node_selector", "trainer_tolerations", "trainer_resources", "default_gates",
                 "namespace_policies", "trainer_allowed_images", "trainer_allowed_service_accounts",
                 "trainer_allowed_priority_classes", "trainer_allowed_tolerations")
@@ -118,9 +122,9 @@ class Settings(BaseSettings):
     serving_targets_enabled: bool = False
     log_format: Literal["json", "text"] = "json"
     job_ttl_seconds_after_finished: int = Field(default=86400, ge=0)
-    report_max_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description=(
+    report_max_bytes: int = Field(default=REPORT_MAX_BYTES, ge=1024, description=(
         "The largest trainer report.json the operator reads; a larger one is ReportInvalid, unread."))
-    manifest_max_bytes: int = Field(default=2 * 1024**3, ge=1024, description=(
+    manifest_max_bytes: int = Field(default=MANIFEST_MAX_BYTES, ge=1024, description=(
         "The largest manifest the operator downloads to check the forget list; a larger one is "
         "InputUnreadable, unread. Its scratch volume must hold one this large."))
 

@@ -19,15 +19,13 @@ import hashlib
 from pydantic import ValidationError
 
 from forgetmi_operator.api.errors import DigestMismatch, ReportInvalid
+from forgetmi_operator.api.settings import REPORT_MAX_BYTES
 from forgetmi_operator.api.status import ArtifactStatus, ModelVersionStatus
 from forgetmi_operator.registry import aliases
 from forgetmi_operator.registry.paths import MODEL_FILE, version_uri
 from forgetmi_trainer.contract import Report, validation_problems
 from forgetmi_trainer.errors import ObjectNotFound, StorageError, StorageUnavailable
 from forgetmi_trainer.storage import Objects
-
-REPORT_MAX_BYTES = 8 * 1024 * 1024
-"""The default of the setting ``report_max_bytes`` (chart value ``reportMaxBytes``)."""
 
 
 def load_report(objects: Objects, uri: str, *, request: str | None = None,

@@ -45,6 +45,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from forgetmi_operator.api.settings import MANIFEST_MAX_BYTES
 from forgetmi_operator.registry.manifest_formats import BATCH_ROWS, READERS, unreadable
 from forgetmi_trainer.errors import ObjectNotFound
 from forgetmi_trainer.storage import Objects
@@ -52,8 +53,6 @@ from forgetmi_trainer.storage import Objects
 CACHED_MANIFESTS = 8
 READS_AT_ONCE = 1  # manifests parsed at the same time (each takes its own memory and temporary file)
 COMPACT_IDS = 64 * 1024  # per-batch IDs gathered (at least) before they are deduplicated together
-MANIFEST_MAX_BYTES = 2 * 1024**3
-"""The default of the setting ``manifest_max_bytes`` (chart value ``manifestMaxBytes``)."""
 MAX_ID_BYTES = 64 * 1024**2
 """The most bytes of distinct training subject IDs (and their offsets) a manifest may hold: 2M
 patients with 28-character IDs; MIMIC-CXR's 65,379 take 0.8 MB."""

@@ -86,8 +86,6 @@ class Objects:
 
     def download_file(self, uri: str, path: str | Path, expected_sha256: str | None = None, *,
                       max_concurrency: int | None = None) -> str:
-        if max_concurrency is None:  # a backend of another package may not know the argument
-            return self.backend(uri).download_file(uri, path, expected_sha256)
         return self.backend(uri).download_file(uri, path, expected_sha256, max_concurrency=max_concurrency)
 
     def list_uris(self, prefix_uri: str) -> list[str]:

@@ -38,7 +38,6 @@ class S3Settings:
     credentials: S3Credentials | None = None
 
 
-
 CACHED_CLIENTS = 64
 """boto3 clients kept (each ≈ 1–2 MB): the operator makes one per namespace's credentials."""
 _CLIENTS: OrderedDict[tuple[str | None, S3Settings], Any] = OrderedDict()
