@@ -6,8 +6,11 @@ sample-specific pattern. A fraction of the labels is random: the original model 
 those by memorising the samples, which is what a membership-inference attack detects and what
 unlearning must remove. Splits are patient-disjoint.
 
-Images are written as sharded ``.npz`` archives; a manifest row's ``image_uri`` names the
-archive and the array, ``<dataset>/images/shard-000.npz#<sample_id>``.
+Images are written as sharded ``.npz`` archives (the default, the fastest to read; a manifest row's
+``image_uri`` names the archive and the array, ``<dataset>/images/shard-000.npz#<sample_id>``) or as one
+file per sample, ``images/<subject_id>/<sample_id>.png|jpg|dcm``, named by a relative ``image_uri``:
+8- or 16-bit grey PNG, JPEG (quality 95), or a 16-bit DICOM Secondary Capture whose Rescale
+Slope/Intercept and window map its stored values back to the generated pixels.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +40,10 @@ FILLER = (
 )
 _SYLLABLES = ("ka", "zu", "mi", "ro", "te", "qu", "vo", "li", "xa", "be", "no", "sy")
 SHARD_SIZE = 512
+ImageFormat = Literal["npz", "png", "jpeg", "dicom"]
+IMAGE_FORMATS: tuple[ImageFormat, ...] = ("npz", "png", "jpeg", "dicom")
+_EXTENSION = {"png": "png", "jpeg": "jpg", "dicom": "dcm"}
+DICOM_INTERCEPT = -1024.0  # stored = pixel * 257 (16 bit); value = stored + intercept; the window maps it back
 
 
 class SynthParams(BaseModel):
@@ -46,7 +54,7 @@ class SynthParams(BaseModel):
     patients: int = Field(default=150, ge=4, le=100_000)
     min_samples: int = Field(default=3, ge=1)
     max_samples: int = Field(default=8, ge=1)
-    image_size: int = Field(default=16, ge=4, le=512)
+    image_size: int = Field(default=16, ge=4, le=2048)
     num_classes: int = Field(default=4, ge=2, le=len(CLASS_WORDS))
     memorised_fraction: float = Field(default=0.35, ge=0.0, le=1.0)
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
@@ -126,9 +134,30 @@ def _report(rng: np.random.Generator, signal: int, private: list[str], n_words: 
     return " ".join(str(words[i]) for i in order)
 
 
-def write_dataset(samples: list[Sample], out_uri: str) -> str:
-    """Write image shards and ``manifest.csv`` under ``out_uri``; returns the manifest's URI."""
-    rows = []
+def write_dataset(samples: list[Sample], out_uri: str, fmt: ImageFormat = "npz", *, bit_depth: int = 8) -> str:
+    """Write the images and ``manifest.csv`` under ``out_uri``; returns the manifest's URI.
+
+    ``npz``: shards of ``SHARD_SIZE`` arrays, absolute ``image_uri`` values. ``png``/``jpeg``/``dicom``: one file per
+    sample with a relative ``image_uri`` (``images/<subject>/<sample>.<ext>``). ``bit_depth`` 16 is for PNG only."""
+    if fmt not in IMAGE_FORMATS:
+        raise ValueError(f"Image format {fmt!r} is not one of {', '.join(IMAGE_FORMATS)}.")
+    if bit_depth not in (8, 16) or (bit_depth == 16 and fmt != "png"):
+        raise ValueError(f"Bit depth {bit_depth} is not available for {fmt}: use 8, or 16 with png.")
+    rows = _write_shards(samples, out_uri) if fmt == "npz" else _write_files(samples, out_uri, fmt, bit_depth)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    writer.writerows(rows)
+    manifest_uri = storage.join(out_uri, "manifest.csv")
+    storage.write_text(manifest_uri, text.getvalue())
+    return manifest_uri
+
+
+Row = tuple[str, str, str, str, int, str]
+
+
+def _write_shards(samples: list[Sample], out_uri: str) -> list[Row]:
+    rows: list[Row] = []
     for start in range(0, len(samples), SHARD_SIZE):
         chunk = samples[start : start + SHARD_SIZE]
         shard_uri = storage.join(out_uri, "images", f"shard-{start // SHARD_SIZE:03d}.npz")
@@ -138,13 +167,72 @@ def write_dataset(samples: list[Sample], out_uri: str) -> str:
         rows += [
             (s.sample_id, s.subject_id, f"{shard_uri}#{s.sample_id}", s.report_text, s.label, s.split) for s in chunk
         ]
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    writer.writerows(rows)
-    manifest_uri = storage.join(out_uri, "manifest.csv")
-    storage.write_text(manifest_uri, text.getvalue())
-    return manifest_uri
+    return rows
+
+
+def _write_files(samples: list[Sample], out_uri: str, fmt: str, bit_depth: int) -> list[Row]:
+    rows: list[Row] = []
+    for s in samples:
+        relative = f"images/{s.subject_id}/{s.sample_id}.{_EXTENSION[fmt]}"
+        pixels = s.image[0]
+        if fmt == "png":
+            data = encode_png(pixels, bit_depth)
+        elif fmt == "jpeg":
+            data = encode_jpeg(pixels)
+        else:
+            data = encode_dicom(pixels, s.sample_id, s.subject_id)
+        storage.write_bytes(storage.join(out_uri, relative), data)
+        rows.append((s.sample_id, s.subject_id, relative, s.report_text, s.label, s.split))
+    return rows
+
+
+def encode_png(pixels: np.ndarray, bit_depth: int = 8) -> bytes:
+    """A grey (H, W) uint8 image as a PNG; at 16 bits each value v is stored as v * 257 (so v/255 decodes exactly)."""
+    from PIL import Image
+
+    array = pixels.astype(np.uint16) * 257 if bit_depth == 16 else pixels
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:
+    """A grey (H, W) uint8 image as a baseline JPEG."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def encode_dicom(pixels: np.ndarray, sample_id: str, subject_id: str) -> bytes:
+    """A grey (H, W) uint8 image as a 16-bit MONOCHROME2 Secondary Capture file (Explicit VR Little Endian).
+
+    Stored values are ``pixel * 257``; Rescale Slope 1 / Intercept ``DICOM_INTERCEPT`` give the modality values,
+    and the window (center ``intercept + 32768``, width 65536, LINEAR) maps them onto exactly ``pixel / 255``.
+    UIDs derive from the sample ID, so the file is the same on every run."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    def uid(role: str) -> str:
+        return str(generate_uid(entropy_srcs=["forgetmi-synthetic", role, sample_id]))
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, uid("sop")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid(f"study-{subject_id}"), uid("series")
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "", subject_id, "", ""
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "20240101", "", "", "", ""
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber, ds.ConversionType = "OT", 1, 1, "WSD"
+    ds.set_pixel_data(pixels.astype(np.uint16) * 257, "MONOCHROME2", 16, generate_instance_uid=False)
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, DICOM_INTERCEPT, "US"
+    ds.WindowCenter, ds.WindowWidth = DICOM_INTERCEPT + 32768, 65536
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def choose_forget_subjects(samples: list[Sample], fraction: float, seed: int) -> list[str]:
