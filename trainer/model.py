@@ -13,11 +13,14 @@ builds the joint embedding the multimodal loss terms use::
 
 Encoders are built from configs, so nothing is downloaded: the image encoder is a small
 CNN, or any ``transformers`` vision backbone (``resnet``, ``vit``, ...) given as a config
-dict; the text encoder is any ``transformers`` encoder config (BERT by default).
+dict; the text encoder is any ``transformers`` encoder config (BERT by default). A model built
+on pretrained encoders (:mod:`forgetmi_trainer.encoders`) keeps their configs here and their
+weights in its own ``model.safetensors``, so it loads from its directory alone.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import ModelOutput
 
 ImageEncoderKind = Literal["cnn", "transformers"]
@@ -73,8 +77,14 @@ class MultimodalConfig(PretrainedConfig):
         self.gate_beta = gate_beta
 
 
-def tiny_bert_config(vocab_size: int, hidden: int = 32, layers: int = 1, heads: int = 2) -> dict[str, Any]:
-    """A BERT config dict small enough for CPU tests and the demo."""
+AutoConfig.register(MultimodalConfig.model_type, MultimodalConfig, exist_ok=True)
+"""``AutoConfig`` (and so ``AutoTokenizer`` reading a model directory) knows the classifier's config."""
+
+
+def tiny_bert_config(
+    vocab_size: int, hidden: int = 32, layers: int = 1, heads: int = 2, positions: int = 64
+) -> dict[str, Any]:
+    """A BERT config dict small enough for CPU tests and the demo (``positions``: the longest text)."""
     return {
         "model_type": "bert",
         "vocab_size": vocab_size,
@@ -82,18 +92,26 @@ def tiny_bert_config(vocab_size: int, hidden: int = 32, layers: int = 1, heads: 
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "intermediate_size": 4 * hidden,
-        "max_position_embeddings": 64,
+        "max_position_embeddings": positions,
         "hidden_dropout_prob": 0.0,
         "attention_probs_dropout_prob": 0.0,
     }
 
 
-def _sub_config(spec: dict[str, Any], what: str) -> PretrainedConfig:
+def sub_config(spec: dict[str, Any], what: str) -> PretrainedConfig:
+    """The ``transformers`` config of an encoder from its config dict (with its ``model_type``)."""
     spec = dict(spec)
     model_type = spec.pop("model_type", None)
     if not model_type:
         raise ValueError(f"{what} needs a model_type (e.g. 'bert', 'resnet', 'vit')")
     return AutoConfig.for_model(model_type, **spec)
+
+
+def text_encoder_options(config: PretrainedConfig) -> dict[str, Any]:
+    """Keyword arguments that build the text encoder of ``config`` without a pooling layer (the
+    classifier reads the first token's hidden state), for the models whose constructor has one."""
+    model_class = MODEL_MAPPING[type(config)]
+    return {"add_pooling_layer": False} if "add_pooling_layer" in inspect.signature(model_class).parameters else {}
 
 
 class SmallCNN(nn.Module):
@@ -177,11 +195,10 @@ class MultimodalClassifier(PreTrainedModel):
             )
         else:
             self.image_encoder = TransformersImageEncoder(
-                _sub_config(config.image_encoder_config or {}, "image_encoder_config")
+                sub_config(config.image_encoder_config or {}, "image_encoder_config")
             )
-        self.text_encoder = AutoModel.from_config(
-            _sub_config(config.text_encoder_config, "text_encoder_config"), add_pooling_layer=False
-        )
+        text_config = sub_config(config.text_encoder_config, "text_encoder_config")
+        self.text_encoder = AutoModel.from_config(text_config, **text_encoder_options(text_config))
         text_dim = int(self.text_encoder.config.hidden_size)
         self.image_proj = nn.Linear(self.image_encoder.out_dim, config.embed_dim)  # type: ignore[arg-type]
         self.text_proj = nn.Linear(text_dim, config.embed_dim)
@@ -195,7 +212,7 @@ class MultimodalClassifier(PreTrainedModel):
         return
 
     def encode_image(self, pixel_values: Tensor) -> Tensor:
-        """(B, C, H, W) in [0, 1] -> image embedding a (B, d)."""
+        """(B, C, H, W) model input (the preprocessed image) -> image embedding a (B, d)."""
         return self.image_proj(self.image_encoder(pixel_values))
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:

@@ -1,7 +1,9 @@
-"""The text tokenizer, built from a word list and shipped inside every model directory.
+"""The text tokenizer, shipped inside every model directory.
 
-A WordPiece vocabulary with BERT's special tokens; every word of the corpus is
-one token, so reports tokenise without downloads and unknown words become ``[UNK]``.
+The tiny BERT's tokenizer is built from a word list: a WordPiece vocabulary with BERT's special
+tokens where every word of the corpus is one token, so reports tokenise without downloads and
+unknown words become ``[UNK]``. A model on a pretrained text encoder ships that encoder's own
+tokenizer (:mod:`forgetmi_trainer.encoders`); :func:`load_tokenizer` reads either.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from transformers import BertTokenizerFast, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, BertTokenizerFast, PreTrainedTokenizerBase
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 _WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
@@ -37,5 +39,5 @@ def build_tokenizer(vocabulary: list[str], directory: Path, max_length: int = 32
 
 
 def load_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
-    """The tokenizer saved next to a model (local files only)."""
-    return BertTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+    """The tokenizer saved next to a model, whichever Hugging Face tokenizer it is (local files only)."""
+    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)

@@ -15,7 +15,8 @@ handle to read and write with (a request's namespace's identity, in a cluster).
 Errors: :class:`ModelNotFound`, :class:`AliasConflict` and :class:`RegistryError` carry one sentence
 naming the model, alias or version (the lifecycle turns them into the request's errors);
 ``forgetmi_trainer.errors.StorageUnavailable`` (transient) and other ``StorageError`` pass through
-unchanged so callers can retry them.
+unchanged so callers can retry them. The record's models live in the shared contract
+(:mod:`forgetmi_trainer.contract.registry`), as the trainer's ``train --alias`` writes them too.
 """
 
 from __future__ import annotations
@@ -25,17 +26,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import ValidationError
 
 from forgetmi_operator.registry.paths import CONFIG_FILE, METADATA_FILE, MODEL_FILE, alias_uri, version_uri
 from forgetmi_trainer import storage
-from forgetmi_trainer.contract import SHA256_PATTERN, VERSION_PATTERN, now, validation_problems
+from forgetmi_trainer.contract import now, validation_problems
+from forgetmi_trainer.contract.registry import HISTORY_LIMIT, AliasRecord, RequestRef, next_record
+from forgetmi_trainer.contract.registry import PreviousVersion as PreviousVersion  # re-exported
 from forgetmi_trainer.errors import ObjectNotFound, PreconditionFailed
 from forgetmi_trainer.storage import Objects
 
-HISTORY_LIMIT = 20
-"""How many earlier versions an alias record remembers (newest first)."""
 RECORD_MAX_BYTES = 1024 * 1024
 """The most the operator reads of an alias record or a version's metadata.json (each a few kB)."""
 
@@ -50,42 +50,6 @@ class ModelNotFound(RegistryError):
 
 class AliasConflict(RegistryError):
     """The alias moved since it was resolved; the caller's promotion was not written."""
-
-
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True)
-
-
-class RequestRef(_Record):
-    """The UnlearnRequest that moved an alias."""
-
-    namespace: str
-    name: str
-    uid: str
-
-
-class PreviousVersion(_Record):
-    """A version an alias named before, with when and by whom it had been set."""
-
-    version: str = Field(pattern=VERSION_PATTERN)
-    sha256: str = Field(pattern=SHA256_PATTERN)
-    updated_at: str
-    request: RequestRef | None = None
-
-
-class AliasRecord(_Record):
-    """``aliases/<alias>.json``: the version an alias names, its digest and its history."""
-
-    version: str = Field(pattern=VERSION_PATTERN)
-    sha256: str = Field(pattern=SHA256_PATTERN, description="sha256 of the version's model.safetensors.")
-    previous: str | None = Field(default=None, description="The version the alias named before this one.")
-    updated_at: str = Field(description="RFC 3339 UTC time the alias was written.")
-    request: RequestRef | None = Field(default=None, description="The request that wrote it (none: seeded).")
-    history: list[PreviousVersion] = Field(default_factory=list,
-                                           description=f"Earlier versions, newest first (≤ {HISTORY_LIMIT}).")
-
-    def to_json_bytes(self) -> bytes:
-        return (self.model_dump_json(by_alias=True, indent=2) + "\n").encode("utf-8")
 
 
 _Found = tuple[AliasRecord, str] | None
@@ -217,14 +181,8 @@ def promote(objects: Objects, registry: str, name: str, alias: str, *, version: 
         return done
     if (found[1] if found else None) != expected_token:
         raise _conflict(name, alias, found)
-    history: list[PreviousVersion] = []
-    if found is not None:
-        old = found[0]
-        history = [PreviousVersion(version=old.version, sha256=old.sha256, updated_at=old.updated_at,
-                                   request=old.request), *old.history][:HISTORY_LIMIT]
-    record = AliasRecord(version=version.version, sha256=version.sha256,
-                         previous=found[0].version if found else None, updated_at=now(), request=request,
-                         history=history)
+    record = next_record(found[0] if found else None, version=version.version, sha256=version.sha256,
+                         updated_at=now(), request=request, limit=HISTORY_LIMIT)
     try:
         objects.write_if(alias_uri(registry, name, alias), record.to_json_bytes(), expected_token=expected_token)
     except PreconditionFailed as err:

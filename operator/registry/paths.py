@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from forgetmi_operator.api.naming import JobKind
 from forgetmi_trainer import storage
+from forgetmi_trainer.contract.registry import alias_path, version_path
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -24,11 +25,11 @@ RECEIPT_FILE = "receipt.json"
 
 
 def version_uri(registry: str, name: str, version: str) -> str:
-    return storage.join(registry, name, "versions", version)
+    return storage.join(registry, version_path(name, version))
 
 
 def alias_uri(registry: str, name: str, alias: str) -> str:
-    return storage.join(registry, name, "aliases", f"{alias}.json")
+    return storage.join(registry, alias_path(name, alias))
 
 
 def request_dir_uri(registry: str, name: str, uid: str) -> str:

@@ -14,9 +14,11 @@ from forgetmi_trainer import storage
 from forgetmi_trainer.checkpoint import CONFIG, METADATA, WEIGHTS, fetch_model, load_model, publish_model, save_model
 from forgetmi_trainer.errors import CheckpointError, StorageError
 from forgetmi_trainer.model import MultimodalConfig, build_model, tiny_bert_config
+from forgetmi_trainer.preprocess import PREPROCESSOR_FILE, ImagePreprocessing
 from forgetmi_trainer.tokenizer import build_tokenizer, build_vocabulary
 
 TEXTS = ["mild edema in the lung", "no effusion seen", "stable heart size"]
+PREPROCESSING = ImagePreprocessing(height=16, width=16, num_channels=1)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("model") / "m"
     tokenizer = build_tokenizer(build_vocabulary(TEXTS), directory, max_length=16)
     config = MultimodalConfig(num_labels=3, embed_dim=16, text_encoder_config=tiny_bert_config(len(tokenizer)))
-    save_model(build_model(config, seed=0), tokenizer, directory)
+    save_model(build_model(config, seed=0), tokenizer, PREPROCESSING, directory)
     return directory
 
 
@@ -43,12 +45,12 @@ def _inputs(tokenizer: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def test_round_trip_gives_identical_outputs(saved: Path, tmp_path: Path) -> None:
-    model, tokenizer = load_model(saved)
-    assert not model.training
+    model, tokenizer, preprocessing = load_model(saved)
+    assert not model.training and preprocessing == PREPROCESSING
     again_dir = tmp_path / "again"
-    save_model(model, tokenizer, again_dir)
-    again, tokenizer2 = load_model(again_dir)
-    assert tokenizer2.get_vocab() == tokenizer.get_vocab()
+    save_model(model, tokenizer, preprocessing, again_dir)
+    again, tokenizer2, preprocessing2 = load_model(again_dir)
+    assert tokenizer2.get_vocab() == tokenizer.get_vocab() and preprocessing2 == PREPROCESSING
     pixels, ids, mask = _inputs(tokenizer)
     with torch.no_grad():
         a, b = model(pixels, ids, mask), again(pixels, ids, mask)
@@ -108,6 +110,41 @@ def test_unreadable_weights_are_rejected(saved: Path, tmp_path: Path) -> None:
         load_model(d)
 
 
+def test_missing_preprocessing_is_rejected(saved: Path, tmp_path: Path) -> None:
+    d = _copy(saved, tmp_path / "m")
+    (d / PREPROCESSOR_FILE).unlink()
+    with pytest.raises(CheckpointError, match=r"has no preprocessor_config\.json"):
+        load_model(d)
+
+
+@pytest.mark.parametrize(
+    ("preprocessing", "message"),
+    [
+        (ImagePreprocessing(height=16, width=16, num_channels=3), r"gives 3 channels; the model takes 1"),
+        (ImagePreprocessing(height=32, width=32, num_channels=1), r"gives 32x32 images; the model.s small CNN"),
+    ],
+)
+def test_preprocessing_that_does_not_fit_the_model_is_rejected(
+    saved: Path, tmp_path: Path, preprocessing: ImagePreprocessing, message: str
+) -> None:
+    d = _copy(saved, tmp_path / "m")
+    preprocessing.save(d)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(d)
+
+
+def test_tokenizer_larger_than_the_text_encoder_is_rejected(saved: Path, tmp_path: Path) -> None:
+    d = _copy(saved, tmp_path / "m")
+    config = json.loads((d / CONFIG).read_text())
+    config["text_encoder_config"]["vocab_size"] = 4
+    (d / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="wrongly shaped"):
+        load_model(d)
+    _edit_weights(d, lambda s: s.__setitem__("text_encoder.embeddings.word_embeddings.weight", torch.zeros(4, 32)))
+    with pytest.raises(CheckpointError, match=r"The tokenizer in .* has \d+ tokens for a text encoder with 4 token"):
+        load_model(d)
+
+
 @pytest.fixture(params=["file", "s3"])
 def registry(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "s3":
@@ -130,8 +167,8 @@ def test_publish_and_fetch_round_trip(saved: Path, registry: str, tmp_path: Path
     fetched = tmp_path / "fetched"
     assert fetch_model(uri, fetched) == sha
     assert (fetched / WEIGHTS).read_bytes() == (saved / WEIGHTS).read_bytes()
-    model, _ = load_model(fetched)
-    original, _ = load_model(saved)
+    model, _, _ = load_model(fetched)
+    original, _, _ = load_model(saved)
     assert all(torch.equal(v, original.state_dict()[k]) for k, v in model.state_dict().items())
 
 
