@@ -1,51 +1,131 @@
-"""Scoring a model (FORGET_MI.md §5): image-head logits on the forget, retain and test sets →
-macro one-vs-rest ROC AUC, macro F1 and the membership-inference audit.
+"""Scoring a model (FORGET_MI.md §5) from its image-head logits on the forget, retain and test sets:
+macro one-vs-rest ROC AUC, macro F1 and the membership-inference audit, each with a 95 % interval.
 
-:func:`model_metrics` runs the model (:func:`image_logits`); every metric below it is pure
-numpy + scikit-learn on logits already computed. Every metric returns ``None`` when it cannot
-be measured on the given samples (an empty split, a single class), so a report never carries a
-number that means nothing.
+Everything here is pure numpy + scikit-learn on logits already computed (running the model over the
+streamed sets is :mod:`~forgetmi_trainer.inference`'s). Forget and test are scored in full; the
+retain side is :func:`retain_sample`'s sample, drawn once per run and the same for every model.
+Every metric returns ``None`` when it cannot be measured on the given samples (an empty split, a
+single class), so a report never carries a number that means nothing; an interval is ``None``
+wherever its figure is (and see :mod:`~forgetmi_trainer.bootstrap` for when else).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+
 import numpy as np
-import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
 from forgetmi_trainer import mia
+from forgetmi_trainer.bootstrap import Draw, Figures, MacroAuc, Side
+from forgetmi_trainer.bootstrap import intervals as bootstrap_intervals
+from forgetmi_trainer.bootstrap import macro_f1 as macro_f1_replicates
 from forgetmi_trainer.contract import ModelMetrics, SplitMetrics
-from forgetmi_trainer.data import Encoded
-from forgetmi_trainer.model import MultimodalClassifier
-from forgetmi_trainer.runtime import autocast
 
 
-def model_metrics(
-    model: MultimodalClassifier, forget: Encoded, retain: Encoded, test: Encoded, *, seed: int, precision: str = "fp32"
-) -> tuple[ModelMetrics, np.ndarray]:
-    """AUC/F1 on forget and test and the four MIA numbers; also returns the retain logits (N, C)."""
-    f, r, t = (image_logits(model, d, precision=precision) for d in (forget, retain, test))
-    yf, yr, yt = (d.labels.cpu().numpy() for d in (forget, retain, test))
-    split = split_metrics(f, yf, t, yt)
-    audit = mia.audit(
-        mia.per_sample_losses(r, yr), yr, mia.per_sample_losses(t, yt), yt, mia.per_sample_losses(f, yf), yf, seed=seed
-    )
-    return ModelMetrics(split=split, mia=audit), r
+@dataclass(frozen=True)
+class Scored:
+    """One split as the audit sees it: image-head logits (N, C), class indices (N,) and integer patient
+    codes (N,) — codes only, so no subject ID ever reaches the audit; samples of one patient share a code."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+
+    def __post_init__(self) -> None:
+        x = _as_logits(self.logits, "logits")
+        y = _as_labels(self.labels, x.shape[1], n=x.shape[0])
+        g = np.asarray(self.groups)
+        if g.shape != (x.shape[0],) or (g.size and not np.issubdtype(g.dtype, np.integer)):
+            raise ValueError(f"groups must be {x.shape[0]} integer patient codes; got shape {g.shape}, dtype {g.dtype}")
+        for name, value in (("logits", x), ("labels", y), ("groups", g.astype(np.int64))):
+            object.__setattr__(self, name, value)
 
 
-@torch.no_grad()
-def image_logits(
-    model: MultimodalClassifier, data: Encoded, *, precision: str = "fp32", batch_size: int = 512
-) -> np.ndarray:
-    """Image-head logits (N, C) as float64."""
-    model.eval()
-    device = next(model.parameters()).device
-    chunks = []
-    for start in range(0, len(data), batch_size):
-        b = data.take(torch.arange(start, min(start + batch_size, len(data)))).to(device)
-        with autocast(device, precision):
-            chunks.append(model(b.pixels, b.input_ids, b.attention_mask).image_logits.float().cpu())
-    return torch.cat(chunks).double().numpy()
+def model_metrics(forget: Scored, retain: Scored, test: Scored, *, seed: int, bootstrap: int) -> ModelMetrics:
+    """AUC/F1 on forget and test and the four MIA numbers of one model, each with its 95 % interval from
+    ``bootstrap`` replicates that resample patients (0: no intervals), seeded by ``seed``; the same
+    seed and patients give every model the same replicates. ``retain`` is the audit's retain sample: it
+    only trains the MIA attacker, so it is not resampled. The three splits share their C classes."""
+    if not forget.logits.shape[1] == retain.logits.shape[1] == test.logits.shape[1]:
+        shapes = f"{forget.logits.shape}, {retain.logits.shape} and {test.logits.shape}"
+        raise ValueError(f"forget, retain and test logits must have as many classes; got {shapes}")
+    split = split_metrics(forget.logits, forget.labels, test.logits, test.labels)
+    lf, lr, lt = (mia.per_sample_losses(s.logits, s.labels) for s in (forget, retain, test))
+    audit, mia_figures = mia.audit_figures(lr, retain.labels, lt, test.labels, lf, forget.labels, seed)
+    figures = [*_split_figures(split, forget, test), *mia_figures]
+    cis = bootstrap_intervals(figures, {"forget": forget.groups, "test": test.groups}, seed=seed,
+                              replicates=bootstrap)
+    return ModelMetrics.model_validate({
+        "split": {**split.model_dump(), **{f"{k}_ci": v for k, v in cis.items() if k in SplitMetrics.model_fields}},
+        "mia": {**audit, **{f"{k}_ci": v for k, v in cis.items() if k in audit}},
+    })
+
+
+def _split_figures(points: SplitMetrics, forget: Scored, test: Scored) -> list[Figures]:
+    """The measured split metrics as bootstrap figures: forget figures resample forget patients, test
+    figures test patients."""
+    figures: list[Figures] = []
+    sides: tuple[tuple[Side, Scored], ...] = (("forget", forget), ("test", test))
+    for side, scored in sides:
+        probs = softmax(scored.logits)
+        auc, f1 = getattr(points, f"{side}_auc"), getattr(points, f"{side}_f1")
+        if auc is not None:
+            macro = MacroAuc.of(scored.labels, probs)
+            figures.append(Figures({f"{side}_auc": auc}, (side,), partial(_auc_replicates, macro, side)))
+        if f1 is not None:
+            f1_of = partial(_f1_replicates, scored.labels, probs.argmax(axis=1), probs.shape[1], side)
+            figures.append(Figures({f"{side}_f1": f1}, (side,), f1_of))
+    return figures
+
+
+def _auc_replicates(macro: MacroAuc, side: Side, draws: Mapping[Side, Draw]) -> dict[str, np.ndarray]:
+    return {f"{side}_auc": macro(draws[side])}
+
+
+def _f1_replicates(labels: np.ndarray, preds: np.ndarray, num_classes: int, side: Side,
+                   draws: Mapping[Side, Draw]) -> dict[str, np.ndarray]:
+    return {f"{side}_f1": macro_f1_replicates(labels, preds, num_classes, draws[side])}
+
+
+def retain_sample(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Sorted positions of at most ``k`` rows of ``labels`` (N,), class-stratified: each class gets its
+    share of ``k`` in proportion to its count (largest remainders), at least one row while ``k`` allows
+    (when ``k`` is below the number of classes, one row of each of the ``k`` most frequent), never more
+    than it has; rows drawn without replacement with ``seed``. All rows when ``k >= N``. It depends on
+    the labels, ``k`` and the seed only, so one draw serves every model of a run."""
+    y = np.asarray(labels)
+    if y.ndim != 1 or (y.size and not np.issubdtype(y.dtype, np.integer)):
+        raise ValueError(f"labels must be a 1-D array of class indices; got shape {y.shape}, dtype {y.dtype}")
+    if k < 1:
+        raise ValueError(f"the retain sample needs k of at least 1; got {k}")
+    if k >= y.size:
+        return np.arange(y.size)
+    classes, counts = np.unique(y, return_counts=True)
+    take = _allocation(counts, k)
+    rng = np.random.default_rng(seed)
+    chosen = [rng.choice(np.flatnonzero(y == c), size=int(n), replace=False)
+              for c, n in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(chosen))
+
+
+def _allocation(counts: np.ndarray, k: int) -> np.ndarray:
+    """Rows per class (largest-remainder shares of ``k`` < sum(counts), each at least 1, summing to ``k``)."""
+    if k < counts.size:
+        take = np.zeros_like(counts)
+        take[np.argsort(-counts, kind="stable")[:k]] = 1
+        return take
+    quota = k * counts / counts.sum()
+    take = np.maximum(1, np.floor(quota)).astype(np.int64)
+    while take.sum() > k:  # the minimum of one row pushed the total over k: trim the most over-allocated
+        over = np.where(take > 1, take - quota, -np.inf)
+        take[int(np.argmax(over))] -= 1
+    short = k - int(take.sum())
+    room = np.where(take < counts, quota - take, -np.inf)
+    take[np.argsort(-room, kind="stable")[:short]] += 1
+    return take
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

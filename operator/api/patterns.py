@@ -23,6 +23,8 @@ __all__ = ["SHA256_PATTERN", "URI_PATTERN"]
 GateMetric = Literal["mia", "miaAUC", "forgetAUC", "forgetF1", "testAUC", "testF1"]
 Comparator = Literal["atMost", "atLeast", "maxDrop", "minDrop"]
 Reference = Literal["absolute", "original"]
+Bound = Literal["point", "upper", "lower"]
+"""Which value of the unlearned model a gate compares: the figure itself, or an end of its 95 % interval."""
 RolloutMode = Literal["Automatic", "Manual", "DryRun"]
 OnGateFailure = Literal["Hold", "Retrain"]
 Phase = Literal["Pending", "Running", "Evaluating", "Promoted", "Held", "Failed"]

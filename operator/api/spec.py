@@ -29,6 +29,7 @@ from forgetmi_operator.api.patterns import (
     LABEL_VALUE_PATTERN,
     SECRET_KEY_PATTERN,
     SHA256_PATTERN,
+    Bound,
     Comparator,
     GateMetric,
     ObjectUri,
@@ -43,6 +44,7 @@ from forgetmi_operator.api.patterns import (
     problem_message,
     raise_at,
 )
+from forgetmi_trainer.contract import RETAIN_SAMPLES_DEFAULT, RETAIN_SAMPLES_MAX
 
 
 class ModelSpec(Spec):
@@ -80,12 +82,15 @@ class ForgetSpec(Spec):
 class GateSpec(Spec):
     """One promotion gate. atMost/atLeast compare the unlearned value with an absolute threshold;
     maxDrop/minDrop compare the drop (original − unlearned) with it: maxDrop passes when the drop
-    is ≤ threshold, minDrop when it is > threshold."""
+    is ≤ threshold, minDrop when it is > threshold. ``bound`` picks the unlearned value compared: the
+    figure (point) or an end of its 95 % interval (upper, lower); the original's is always the figure."""
 
     metric: GateMetric = Field(description="Metric of the unlearned model the gate checks.")
     comparator: Comparator = Field(description="atMost/atLeast compare the value; maxDrop/minDrop the drop.")
     threshold: float = Field(ge=-1, le=1, description="Threshold in the metric's units.")
     reference: Reference = Field(default="absolute", description="absolute for atMost/atLeast, original for drops.")
+    bound: Bound = Field(default="point", description=(
+        "The unlearned value compared: point (the figure), or the upper or lower end of its 95 % interval."))
 
     @model_validator(mode="after")
     def _well_formed(self) -> GateSpec:
@@ -100,6 +105,11 @@ class GateSpec(Spec):
             problems.append((("threshold",), self.threshold, "an absolute threshold must be between 0 and 1"))
         raise_at(self, problems)
         return self
+
+
+class AuditSpec(Spec):
+    retain_samples: int = Field(default=RETAIN_SAMPLES_DEFAULT, ge=1, le=RETAIN_SAMPLES_MAX, description=(
+        "At most this many retain rows (a seeded, class-stratified sample) train the membership attack."))
 
 
 class TargetSpec(Spec):
@@ -170,6 +180,7 @@ class UnlearnRequestSpec(Spec):
     method: MethodSpec = Field(default_factory=MethodSpec, description="Unlearning method and settings.")
     gates: list[GateSpec] = Field(default_factory=list, max_length=16,
                                   description="Promotion gates; defaults apply when empty.")
+    audit: AuditSpec = Field(default_factory=AuditSpec, description="How the candidate is audited.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec, description="How the result is rolled out.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Trainer resources.")
     node_selector: dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]] = Field(

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from forgetmi_operator.api.patterns import (
     CONDITION_REASON_PATTERN,
+    Bound,
     Camel,
     Comparator,
     ConditionStatus,
@@ -63,6 +64,7 @@ class GateStatus(Camel):
     metric: GateMetric
     comparator: Comparator
     reference: Reference
+    bound: Bound = "point"
     value: float | None = None
     threshold: float
     result: GateResult

@@ -20,6 +20,13 @@ Comparators (``drop`` = original − unlearned, so a positive drop means the met
   threshold 0 the metric must fall at all. maxDrop and minDrop with the same threshold are exact
   complements.
 
+``bound`` picks the unlearned model's value: ``point`` (the default) is the figure itself; ``upper``
+and ``lower`` are the ends of its 95 % interval (``<field>_ci`` in the report: a seeded bootstrap over
+patients, docs/audit.md). For a drop, the original's figure minus the unlearned model's chosen end.
+The conservative end fails a gate a small forget set would pass by luck: ``upper`` for atMost and
+minDrop, ``lower`` for atLeast and maxDrop. A gate on a bound whose interval the report lacks (None:
+too few patients to resample, or a report from before the intervals) is ``Inconclusive``.
+
 Comparisons allow ``TOLERANCE`` (1e-9) for floating-point rounding, so a drop of exactly the
 threshold passes maxDrop and fails minDrop. A metric that was not measured (None, of either model
 where needed), or a missing report, makes the gate ``Inconclusive``; Inconclusive never passes, and
@@ -32,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from forgetmi_operator.api.patterns import GateMetric, GateResult
+from forgetmi_operator.api.patterns import Bound, GateMetric, GateResult
 from forgetmi_operator.api.spec import GateSpec
 from forgetmi_operator.api.status import GateStatus, MetricPair, MetricsStatus
 from forgetmi_trainer.contract import ModelMetrics, Report
@@ -48,13 +55,17 @@ METRIC_PATHS: dict[str, tuple[str, str]] = {
 }
 
 
-def metric_value(metrics: ModelMetrics | None, metric: GateMetric) -> float | None:
-    """One metric of one model; None when it was not measured."""
+def metric_value(metrics: ModelMetrics | None, metric: GateMetric, bound: Bound = "point") -> float | None:
+    """One metric of one model, or an end of its 95 % interval; None when it was not measured."""
     if metrics is None:
         return None
     group, field = METRIC_PATHS[metric]
-    value: float | None = getattr(getattr(metrics, group), field)
-    return value
+    values = getattr(metrics, group)
+    if bound == "point":
+        value: float | None = getattr(values, field)
+        return value
+    interval = getattr(values, f"{field}_ci")
+    return None if interval is None else float(interval.high if bound == "upper" else interval.low)
 
 
 def fmt(value: float) -> str:
@@ -69,7 +80,7 @@ def effective_gates(spec_gates: Sequence[GateSpec], defaults: Sequence[GateSpec]
 
 
 def _status(gate: GateSpec, value: float | None, result: GateResult, message: str) -> GateStatus:
-    return GateStatus(metric=gate.metric, comparator=gate.comparator, reference=gate.reference,
+    return GateStatus(metric=gate.metric, comparator=gate.comparator, reference=gate.reference, bound=gate.bound,
                       value=None if value is None else round(value, 6), threshold=gate.threshold,
                       result=result, message=message)
 
@@ -78,15 +89,16 @@ def _inconclusive(gate: GateSpec, message: str) -> GateStatus:
     return _status(gate, None, "Inconclusive", message)
 
 
-def _moved(metric: str, drop: float, original: float, unlearned: float) -> str:
+def _moved(gate: GateSpec, drop: float, original: float, unlearned: float) -> str:
+    metric, to = gate.metric, fmt(unlearned) if gate.bound == "point" else f"{gate.bound} bound {fmt(unlearned)}"
     if abs(drop) <= TOLERANCE:
-        return f"{metric} did not change ({fmt(original)} → {fmt(unlearned)})"
+        return f"{metric} did not change ({fmt(original)} → {to})"
     verb = "dropped" if drop > 0 else "rose"
-    return f"{metric} {verb} {fmt(abs(drop))} ({fmt(original)} → {fmt(unlearned)})"
+    return f"{metric} {verb} {fmt(abs(drop))} ({fmt(original)} → {to})"
 
 
 def _compare_value(gate: GateSpec, unlearned: float) -> GateStatus:
-    t, name = gate.threshold, gate.metric
+    t, name = gate.threshold, gate.metric if gate.bound == "point" else f"{gate.metric}'s {gate.bound} bound"
     if gate.comparator == "atMost":
         ok = unlearned <= t + TOLERANCE
         tail = "at most" if ok else "above the allowed"
@@ -98,7 +110,7 @@ def _compare_value(gate: GateSpec, unlearned: float) -> GateStatus:
 
 def _compare_drop(gate: GateSpec, original: float, unlearned: float) -> GateStatus:
     t, drop = gate.threshold, original - unlearned
-    moved = _moved(gate.metric, drop, original, unlearned)
+    moved = _moved(gate, drop, original, unlearned)
     if gate.comparator == "maxDrop":
         ok = drop <= t + TOLERANCE
         tail = f"at most {fmt(t)} allowed" if ok else f"more than the {fmt(t)} allowed"
@@ -115,7 +127,10 @@ def evaluate_gate(gate: GateSpec, report: Report | None) -> GateStatus:
     """One gate against the report (see the module docstring for the exact rules)."""
     if report is None:
         return _inconclusive(gate, f"No report was read, so the {gate.metric} gate is inconclusive.")
-    unlearned = metric_value(report.unlearned, gate.metric)
+    unlearned = metric_value(report.unlearned, gate.metric, gate.bound)
+    if unlearned is None and metric_value(report.unlearned, gate.metric) is not None:
+        return _inconclusive(gate, f"{gate.metric} of the unlearned model has no 95 % interval, "
+                                   f"so the gate on its {gate.bound} bound is inconclusive.")
     if unlearned is None:
         return _inconclusive(gate, f"{gate.metric} of the unlearned model was not measured, "
                                    "so the gate is inconclusive.")

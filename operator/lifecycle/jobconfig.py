@@ -40,6 +40,7 @@ def build_job_config(spec: UnlearnRequestSpec, *, uid: str, namespace: str, name
         "report_uri": paths.report,
         "candidate_version": version,
         "seed": method.seed,
+        "audit": {"retain_samples": spec.audit.retain_samples},
         "progress_uri": paths.progress,
         "progress_path": progress_path,
         "termination_message_path": termination_message_path,

@@ -218,10 +218,15 @@ GATE_CASES = [
     ({"metric": "testF1", "comparator": "atLeast", "threshold": -0.1}, False),  # absolute thresholds are >= 0
     ({"metric": "testF1", "comparator": "atLeast", "threshold": -0.1, "reference": "absolute"}, False),
     ({"metric": "mia", "comparator": "atMost", "threshold": 1.5}, False),
+    ({"metric": "miaAUC", "comparator": "atMost", "threshold": 0.6, "bound": "upper"}, True),
+    ({"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.02, "reference": "original", "bound": "lower"},
+     True),
+    ({"metric": "miaAUC", "comparator": "atMost", "threshold": 0.6, "bound": "high"}, False),
 ]
 
 
-GATE_IDS = [f"{g['comparator']}-{g.get('reference', 'unset')}-{g['threshold']}" for g, _ in GATE_CASES]
+GATE_IDS = [f"{g['comparator']}-{g.get('reference', 'unset')}-{g['threshold']}-{g.get('bound', 'point')}"
+            for g, _ in GATE_CASES]
 
 
 @pytest.mark.parametrize(("gate", "accepted"), GATE_CASES, ids=GATE_IDS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from forgetmi_trainer.contract import Report
 
 BASE_SHA = "b" * 64
@@ -13,17 +15,29 @@ UNLEARNED = {"forget_auc": 0.80, "forget_f1": 0.70, "test_auc": 0.90, "test_f1":
              "mia": 0.40, "mia_auc": 0.52}
 
 
-def _model(values: dict[str, float | None]) -> dict[str, object]:
+Values = dict[str, Any]
+"""Metric values by key (``mia``, ``mia_auc`` or a split key), and ``<key>_ci`` intervals as ``(low, high)``."""
+SPLIT_KEYS = ("forget_auc", "forget_f1", "test_auc", "test_f1")
+
+
+def _interval(values: Values, key: str) -> dict[str, float] | None:
+    ci = values.get(f"{key}_ci")
+    return None if ci is None else {"low": ci[0], "high": ci[1]}
+
+
+def _model(values: Values) -> dict[str, object]:
+    split = {key: values[key] for key in SPLIT_KEYS} | {f"{key}_ci": _interval(values, key) for key in SPLIT_KEYS}
     return {
-        "split": {key: values[key] for key in ("forget_auc", "forget_f1", "test_auc", "test_f1")},
-        "mia": {"score": values["mia"], "balanced_score": values["mia"], "attack_auc": values["mia_auc"],
+        "split": split,
+        "mia": {"score": values["mia"], "score_ci": _interval(values, "mia"), "balanced_score": values["mia"],
+                "attack_auc": values["mia_auc"], "attack_auc_ci": _interval(values, "mia_auc"),
                 "tpr_at_1pct_fpr": 0.01},
     }
 
 
-def make_report(original: dict[str, float | None] | None = None,
-                unlearned: dict[str, float | None] | None = None) -> Report:
-    """A report whose metrics are ``ORIGINAL``/``UNLEARNED`` updated with the given values."""
+def make_report(original: Values | None = None, unlearned: Values | None = None) -> Report:
+    """A report whose metrics are ``ORIGINAL``/``UNLEARNED`` updated with the given values; ``<key>_ci``
+    (a ``(low, high)`` pair) adds the 95 % interval of ``<key>`` (none by default)."""
     return Report.model_validate({
         "request": "radiology/forget-request-0042",
         "method": "forget-mi",

@@ -10,6 +10,9 @@ from pydantic import ValidationError
 
 from forgetmi_trainer.contract import (
     COMPARISON_KEYS,
+    AuditConfig,
+    Counts,
+    Interval,
     JobConfig,
     MiaResult,
     ModelMetrics,
@@ -97,8 +100,9 @@ def test_a_report_missing_a_metric_parses_with_none() -> None:
     report = Report.model_validate_json(json.dumps(raw))
     assert report.unlearned.mia.attack_auc is None and report.unlearned.split.test_f1 is None
     assert report.unlearned.mia.score == 0.4 and report.unlearned.split.forget_auc == 0.75
-    assert report.original.mia.model_dump() == {"score": None, "balanced_score": None, "attack_auc": None,
-                                                 "tpr_at_1pct_fpr": None}
+    assert report.original.mia.model_dump() == {"score": None, "score_ci": None, "balanced_score": None,
+                                                 "balanced_score_ci": None, "attack_auc": None, "attack_auc_ci": None,
+                                                 "tpr_at_1pct_fpr": None, "tpr_at_1pct_fpr_ci": None}
     assert ModelMetrics.model_validate({}).split.forget_auc is None
     assert json.loads(summary_line(report))["mia"] == [None, 0.4]
 
@@ -171,3 +175,58 @@ def test_metrics_built_in_python_are_checked_too() -> None:
     with pytest.raises(ValidationError, match="attack_auc"):
         MiaResult(attack_auc=1.5)
     assert MiaResult(attack_auc=None).attack_auc is None
+
+
+# ---- the audit: its config, its sample size and the intervals ------------------------------------------
+
+
+def test_the_audit_config_defaults_and_bounds() -> None:
+    assert JobConfig.model_validate(CONFIG).audit == AuditConfig(retain_samples=5000, bootstrap=1000)
+    config = JobConfig.model_validate({**CONFIG, "audit": {"retain_samples": 1}})
+    assert config.audit.retain_samples == 1 and config.audit.bootstrap == 1000
+    for audit in ({"retain_samples": 0}, {"retain_samples": 1_000_001}, {"bootstrap": 99}, {"bootstrap": 20_001},
+                  {"retain_samples": 10, "patients": 3}):
+        with pytest.raises(ValidationError, match=r"audit\."):
+            JobConfig.model_validate({**CONFIG, "audit": audit})
+
+
+def test_counts_record_the_audit_sample_and_older_reports_still_parse() -> None:
+    raw = json.loads(_report(retrained=False).to_json())
+    assert Report.model_validate(raw).counts.audit_retain_samples is None
+    raw["counts"]["audit_retain_samples"] = 100
+    assert Report.model_validate(raw).counts.audit_retain_samples == 100
+    with pytest.raises(ValidationError, match="audit_retain_samples"):
+        Counts(subjects=1, forget_samples=1, retain_samples=1, test_samples=1, audit_retain_samples=-1)
+
+
+CIS = [(group, f"{key}_ci") for group, key in FRACTIONS]
+
+
+@pytest.mark.parametrize(("group", "key"), CIS)
+def test_every_figure_has_an_interval_that_round_trips(group: str, key: str) -> None:
+    point = key.removesuffix("_ci")
+    raw = json.loads(_with(("unlearned", group, point), 0.5))
+    raw["unlearned"][group][key] = {"low": 0.25, "high": 0.75}
+    report = Report.model_validate(raw)
+    assert getattr(getattr(report.unlearned, group), key) == Interval(low=0.25, high=0.75)
+    assert Report.model_validate_json(report.to_json()) == report
+
+
+@pytest.mark.parametrize(("group", "key"), CIS)
+@pytest.mark.parametrize(("interval", "point", "problem"), [
+    ({"low": 0.6, "high": 0.4}, 0.5, "must not exceed"),
+    ({"low": 0.6, "high": 0.8}, 0.5, "does not contain"),
+    ({"low": 0.1, "high": 0.4}, 0.5, "does not contain"),
+    ({"low": 0.1, "high": 0.9}, None, "is set but"),
+    ({"low": -0.1, "high": 0.9}, 0.5, "greater than or equal"),
+    ({"low": 0.1, "high": math.inf}, 0.5, "finite"),
+    ({"low": 0.1}, 0.5, "high"),
+    ({"low": 0.1, "high": 0.9, "level": 0.95}, 0.5, "Extra inputs"),
+])
+def test_an_impossible_interval_makes_the_report_invalid(group: str, key: str, interval: dict, point: float | None,
+                                                         problem: str) -> None:
+    raw = json.loads(_with(("unlearned", group, key.removesuffix("_ci")), point))
+    raw["unlearned"][group][key] = interval
+    with pytest.raises(ValidationError, match=problem) as err:
+        Report.model_validate_json(json.dumps(raw))
+    assert all(e["loc"][:2] == ("unlearned", group) for e in err.value.errors())

@@ -1,16 +1,16 @@
-"""Scoring (FORGET_MI.md §5): AUC/F1 of the image head against hand-computed cases, and a model's logits and metrics."""
+"""Scoring (FORGET_MI.md §5): AUC/F1 of the image head against hand-computed cases, the retain sample, and a
+model's metrics with their intervals (the bootstrap itself: tests/trainer/test_bootstrap.py)."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
-from forgetmi_trainer import evaluate
-from forgetmi_trainer.contract import SplitMetrics
-from forgetmi_trainer.data import Encoded
-from forgetmi_trainer.model import MultimodalClassifier, MultimodalConfig, build_model, tiny_bert_config
+from forgetmi_trainer import bootstrap, evaluate, mia
+from forgetmi_trainer.contract import ModelMetrics, SplitMetrics
 
 # One sample per class; per-class one-vs-rest AUCs worked out by hand:
 # class 0: 0.7 beats 0.2, 0.1, 0.1 -> 1; class 1: 0.5 beats 0.1, 0.1, loses to 0.6 -> 2/3;
@@ -146,27 +146,199 @@ def test_logit_distance_treats_zero_vectors_as_orthogonal_and_guards_shapes() ->
         evaluate.logit_distance(np.zeros((0, 3)), np.zeros((0, 3)))
 
 
-def _tiny_model_and_data(n: int = 13) -> tuple[MultimodalClassifier, Encoded]:
-    """An untrained small model with 3 classes and ``n`` random samples."""
-    model = build_model(MultimodalConfig(num_labels=3, image_size=16, text_encoder_config=tiny_bert_config(40)), 0)
-    g = torch.Generator().manual_seed(0)
-    pixels, ids = torch.rand(n, 1, 16, 16, generator=g), torch.randint(5, 40, (n, 8), generator=g)
-    return model, Encoded(pixels, ids, torch.ones(n, 8, dtype=torch.long), torch.arange(n) % 3)
+# ---- the retain sample ---------------------------------------------------------------------------
 
 
-def test_image_logits_are_the_image_heads_in_float64_whatever_the_batch_size() -> None:
-    model, data = _tiny_model_and_data()
-    logits = evaluate.image_logits(model, data, batch_size=4)
-    with torch.no_grad():
-        expected = model.eval()(data.pixels, data.input_ids, data.attention_mask).image_logits
-    assert logits.dtype == np.float64 and logits.shape == (13, 3)
-    np.testing.assert_allclose(logits, expected.double().numpy(), rtol=1e-5, atol=1e-6)
+def _labels(counts: list[int], seed: int = 0) -> np.ndarray:
+    """Class indices with the given count of each class, shuffled."""
+    return np.random.default_rng(seed).permutation(np.repeat(np.arange(len(counts)), counts))
 
 
-def test_model_metrics_score_forget_and_test_and_return_the_retain_logits() -> None:
-    model, data = _tiny_model_and_data()
-    metrics, retain_logits = evaluate.model_metrics(model, data, data, data, seed=0)
-    np.testing.assert_array_equal(retain_logits, evaluate.image_logits(model, data))
-    labels = data.labels.numpy()
-    assert metrics.split == evaluate.split_metrics(retain_logits, labels, retain_logits, labels)
-    assert metrics.split.forget_auc == metrics.split.test_auc
+@pytest.mark.parametrize(("counts", "k", "expected"), [
+    ([700, 200, 90, 10], 100, [70, 20, 9, 1]),  # exact shares
+    ([500, 300, 200], 7, [4, 2, 1]),  # quotas 3.5, 2.1, 1.4: largest remainders
+    ([9990, 5, 5], 10, [8, 1, 1]),  # a class whose share rounds to 0 keeps one row
+    ([985, 10, 5], 50, [48, 1, 1]),
+    ([6, 1, 1, 1, 1], 5, [1, 1, 1, 1, 1]),
+])
+def test_retain_sample_keeps_class_proportions_and_every_class(counts: list[int], k: int,
+                                                                expected: list[int]) -> None:
+    labels = _labels(counts)
+    rows = evaluate.retain_sample(labels, k, seed=3)
+    assert rows.size == k and np.all(np.diff(rows) > 0)  # sorted, distinct positions
+    assert np.bincount(labels[rows], minlength=len(counts)).tolist() == expected
+
+
+def test_retain_sample_with_fewer_rows_than_classes_takes_one_of_each_most_frequent_class() -> None:
+    labels = _labels([5, 50, 20, 1])
+    rows = evaluate.retain_sample(labels, 2, seed=0)
+    assert sorted(labels[rows].tolist()) == [1, 2]
+
+
+def test_retain_sample_is_every_row_when_k_covers_the_set() -> None:
+    labels = _labels([3, 4])
+    np.testing.assert_array_equal(evaluate.retain_sample(labels, 7, seed=0), np.arange(7))
+    np.testing.assert_array_equal(evaluate.retain_sample(labels, 5000, seed=0), np.arange(7))
+    assert evaluate.retain_sample(np.array([], dtype=int), 5, seed=0).size == 0
+
+
+def test_retain_sample_is_seeded_and_depends_on_nothing_else() -> None:
+    labels = _labels([800, 150, 50])
+    first = evaluate.retain_sample(labels, 100, seed=11)
+    np.testing.assert_array_equal(evaluate.retain_sample(labels.copy(), 100, seed=11), first)
+    assert not np.array_equal(evaluate.retain_sample(labels, 100, seed=12), first)
+
+
+def test_retain_sample_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        evaluate.retain_sample(np.array([0, 1]), 0, seed=0)
+    with pytest.raises(ValueError, match="class indices"):
+        evaluate.retain_sample(np.array([0.5, 1.0]), 1, seed=0)
+
+
+# ---- a model's metrics and their intervals -------------------------------------------------------
+
+
+def _split(rng: np.random.Generator, patients: int, per_patient: int, shift: float, classes: int = 3,
+           first_code: int = 0) -> evaluate.Scored:
+    """``patients`` patients with one class each and ``per_patient`` samples, logits ``shift`` towards the truth."""
+    patient_labels = rng.integers(0, classes, patients)
+    labels = np.repeat(patient_labels, per_patient)
+    logits = rng.normal(size=(labels.size, classes)) + shift * np.eye(classes)[labels]
+    return evaluate.Scored(logits, labels, np.repeat(np.arange(patients) + first_code, per_patient))
+
+
+def _sets(seed: int = 0, forget_patients: int = 20, test_patients: int = 100) -> tuple[evaluate.Scored, ...]:
+    rng = np.random.default_rng(seed)
+    return (_split(rng, forget_patients, 5, 3.0), _split(rng, 300, 4, 2.5, first_code=10_000),
+            _split(rng, test_patients, 5, 1.0, first_code=20_000))
+
+
+FIGURES = [("split", "forget_auc"), ("split", "forget_f1"), ("split", "test_auc"), ("split", "test_f1"),
+           ("mia", "score"), ("mia", "balanced_score"), ("mia", "attack_auc"), ("mia", "tpr_at_1pct_fpr")]
+
+
+def test_model_metrics_give_every_figure_an_interval_that_contains_it() -> None:
+    forget, retain, test = _sets()
+    metrics = evaluate.model_metrics(forget, retain, test, seed=0, bootstrap=500)
+    assert isinstance(metrics, ModelMetrics)
+    points = evaluate.split_metrics(forget.logits, forget.labels, test.logits, test.labels)
+    assert metrics.split.model_dump(exclude={k for k in SplitMetrics.model_fields if k.endswith("_ci")}) == \
+        points.model_dump(exclude_none=True)
+    lf, lr, lt = (mia.per_sample_losses(s.logits, s.labels) for s in (forget, retain, test))
+    assert metrics.mia.attack_auc == mia.attack_auc(lf, lt)
+    assert metrics.mia.score == mia.paper_score(lr, lt, lf, seed=0)
+    for group, name in FIGURES:
+        point, ci = getattr(getattr(metrics, group), name), getattr(getattr(metrics, group), f"{name}_ci")
+        assert point is not None and ci is not None, name
+        assert ci.low <= point <= ci.high, name
+    assert metrics.split.test_auc_ci is not None and metrics.split.test_auc_ci.high > metrics.split.test_auc_ci.low
+
+
+def test_without_bootstrap_there_are_no_intervals() -> None:
+    metrics = evaluate.model_metrics(*_sets(), seed=0, bootstrap=0)
+    dumped = metrics.model_dump()
+    assert all(dumped[group][f"{name}_ci"] is None for group, name in FIGURES)
+    assert metrics.split.test_auc is not None
+
+
+def test_intervals_are_seeded_and_the_same_resamples_serve_every_model() -> None:
+    forget, retain, test = _sets()
+    first = evaluate.model_metrics(forget, retain, test, seed=4, bootstrap=300)
+    assert evaluate.model_metrics(forget, retain, test, seed=4, bootstrap=300) == first
+    assert evaluate.model_metrics(forget, retain, test, seed=5, bootstrap=300).split.test_auc_ci != \
+        first.split.test_auc_ci
+    # another model (other test logits, same patients): the forget figures are resampled exactly alike
+    other_test = evaluate.Scored(test.logits[::-1].copy(), test.labels[::-1].copy(), test.groups)
+    other = evaluate.model_metrics(forget, retain, other_test, seed=4, bootstrap=300)
+    assert other.split.forget_auc_ci == first.split.forget_auc_ci
+    assert other.split.forget_f1_ci == first.split.forget_f1_ci
+
+
+def test_an_interval_narrows_with_more_patients() -> None:
+    def width(patients: int) -> float:
+        forget, retain, test = _sets(seed=1, test_patients=patients)
+        ci = evaluate.model_metrics(forget, retain, test, seed=0, bootstrap=400).split.test_auc_ci
+        assert ci is not None
+        return ci.high - ci.low
+
+    assert width(400) < 0.6 * width(40)
+
+
+def test_the_bootstrap_resamples_patients_not_samples() -> None:
+    """Ten identical copies of each patient's one sample carry no more evidence than the sample itself:
+    the intervals are exactly those of the one-sample set, and only a per-sample bootstrap (each copy its
+    own 'patient') would narrow them."""
+    rng = np.random.default_rng(2)
+    forget, retain = _split(rng, 12, 1, 2.0), _split(rng, 200, 2, 2.0, first_code=1000)
+    test = _split(rng, 60, 1, 1.0, first_code=5000)
+    copies = evaluate.Scored(np.repeat(test.logits, 10, axis=0), np.repeat(test.labels, 10),
+                             np.repeat(test.groups, 10))
+    once = evaluate.model_metrics(forget, retain, test, seed=0, bootstrap=400)
+    tenfold = evaluate.model_metrics(forget, retain, copies, seed=0, bootstrap=400)
+    for key in ("test_auc_ci", "test_f1_ci"):
+        a, b = getattr(once.split, key), getattr(tenfold.split, key)
+        assert (b.low, b.high) == pytest.approx((a.low, a.high), abs=1e-12), key
+    per_sample = evaluate.Scored(copies.logits, copies.labels, np.arange(copies.labels.size))
+    narrow = evaluate.model_metrics(forget, retain, per_sample, seed=0, bootstrap=400).split.test_auc_ci
+    assert narrow is not None and once.split.test_auc_ci is not None
+    assert narrow.high - narrow.low < 0.6 * (once.split.test_auc_ci.high - once.split.test_auc_ci.low)
+
+
+def test_an_interval_is_none_where_it_cannot_be_resampled_or_measured() -> None:
+    rng = np.random.default_rng(3)
+    _, retain, test = _sets()
+    one_patient = _split(rng, 1, 6, 2.0, first_code=90_000)  # one patient: nothing to resample
+    metrics = evaluate.model_metrics(one_patient, retain, test, seed=0, bootstrap=300)
+    assert metrics.split.forget_f1 is not None and metrics.split.forget_f1_ci is None
+    assert metrics.mia.attack_auc is not None and metrics.mia.attack_auc_ci is None
+    assert metrics.split.forget_auc is None and metrics.split.forget_auc_ci is None  # one class: no point
+    assert metrics.split.test_auc_ci is not None  # the test patients are still resampled
+    # two patients of class 0 and one of class 1: ~30 % of the resamples hold one class only
+    three = evaluate.Scored(rng.normal(size=(6, 3)), np.array([0, 0, 0, 0, 1, 1]), np.array([0, 0, 1, 1, 2, 2]))
+    metrics = evaluate.model_metrics(three, retain, test, seed=0, bootstrap=300)
+    assert metrics.split.forget_auc is not None and metrics.split.forget_auc_ci is None
+    assert metrics.split.forget_f1_ci is not None
+
+
+def test_scored_sets_are_validated() -> None:
+    with pytest.raises(ValueError, match="integer patient codes"):
+        evaluate.Scored(np.zeros((2, 3)), np.array([0, 1]), np.array(["P1", "P2"]))
+    with pytest.raises(ValueError, match="2 integer patient codes"):
+        evaluate.Scored(np.zeros((2, 3)), np.array([0, 1]), np.array([0]))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        evaluate.Scored(np.zeros((2, 3)), np.array([0, 3]), np.array([0, 1]))
+    forget, retain, test = _sets()
+    narrow = evaluate.Scored(test.logits[:, :2], test.labels.clip(0, 1), test.groups)
+    with pytest.raises(ValueError, match="as many classes"):
+        evaluate.model_metrics(forget, retain, narrow, seed=0, bootstrap=0)
+
+
+def test_all_intervals_of_one_model_take_well_under_a_second() -> None:
+    """The audit's size (5,000 retain, 2,000 test, 100 forget samples; 1,000 replicates, 4 classes):
+    the bootstrap of all eight figures, without the two SVC fits that the points need anyway."""
+    rng = np.random.default_rng(0)
+    forget, retain, test = _split(rng, 20, 5, 3.0, 4), _split(rng, 1000, 5, 2.0, 4), _split(rng, 400, 5, 1.0, 4)
+    split = evaluate.split_metrics(forget.logits, forget.labels, test.logits, test.labels)
+    lf, lr, lt = (mia.per_sample_losses(s.logits, s.labels) for s in (forget, retain, test))
+    _, mia_figures = mia.audit_figures(lr, retain.labels, lt, test.labels, lf, forget.labels, seed=0)
+    figures = [*evaluate._split_figures(split, forget, test), *mia_figures]
+    seconds = []
+    for _ in range(2):
+        start = time.perf_counter()
+        cis = bootstrap.intervals(figures, {"forget": forget.groups, "test": test.groups}, seed=0, replicates=1000)
+        seconds.append(time.perf_counter() - start)
+    assert len(cis) == 8 and all(ci is not None for ci in cis.values())
+    assert min(seconds) < 1.0
+
+
+def test_an_empty_split_leaves_its_figures_and_intervals_unmeasured() -> None:
+    forget, retain, test = _sets()
+    empty = evaluate.Scored(np.zeros((0, 3)), np.zeros(0, dtype=int), np.zeros(0, dtype=int))
+    no_test = evaluate.model_metrics(forget, retain, empty, seed=0, bootstrap=200)
+    assert no_test.split.test_auc is None and no_test.split.test_auc_ci is None
+    assert no_test.mia.attack_auc is None and no_test.mia.score_ci is None
+    assert no_test.split.forget_auc_ci is not None
+    no_retain = evaluate.model_metrics(forget, empty, test, seed=0, bootstrap=200)
+    assert no_retain.mia.score is None and no_retain.mia.score_ci is None  # the attacker has no members
+    assert no_retain.mia.attack_auc_ci is not None

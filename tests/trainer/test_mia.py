@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.svm import SVC
 
-from forgetmi_trainer import mia
+from forgetmi_trainer import bootstrap, mia
 from forgetmi_trainer.contract import MiaResult
 
 
@@ -197,3 +197,74 @@ def test_audit_and_losses_reject_malformed_input() -> None:
         mia.attack_auc(losses[:, None], losses)
     with pytest.raises(ValueError, match="non-finite"):
         mia.paper_score(np.array([np.inf]), losses, losses)
+
+
+# ---- intervals -----------------------------------------------------------------------------------
+
+
+def _unit(n: int) -> bootstrap.Draw:
+    return bootstrap.Draw(np.ones((1, n)), np.arange(n))
+
+
+def test_member_votes_are_the_paper_scores_per_forget_sample() -> None:
+    rng = np.random.default_rng(7)
+    retain, test, forget = _members(rng, 300), _non_members(rng, 100), np.r_[_members(rng, 30), _non_members(rng, 10)]
+    votes = mia.member_votes(retain, test, forget, seed=2)
+    assert votes is not None and votes.shape == (40,) and set(np.unique(votes)) <= {0.0, 1.0}
+    assert votes.mean() == mia.paper_score(retain, test, forget, seed=2)
+    assert votes[:30].mean() >= 0.95 and votes[30:].mean() <= 0.05
+    assert mia.member_votes(retain, test, np.zeros(0)) is None
+
+
+def test_the_loss_attack_replicates_are_attack_auc_and_tpr_for_unit_weights() -> None:
+    test = np.arange(1.0, 101.0)
+    forget = np.array([0.5, 0.6, 1.5, 50.0, 200.0, 1.0])  # 1.0 ties a test loss
+    attack = mia.LossAttack.of(forget, test)
+    got = attack({"forget": _unit(6), "test": _unit(100)})
+    assert got["attack_auc"][0] == pytest.approx(mia.attack_auc(forget, test), abs=1e-12)
+    assert got["tpr_at_1pct_fpr"][0] == pytest.approx(mia.tpr_at_fpr(forget, test, 0.01))
+    rng = np.random.default_rng(8)
+    for _ in range(5):
+        f, t = rng.integers(0, 30, 40).astype(float), rng.integers(5, 60, 300).astype(float)  # ties everywhere
+        got = mia.LossAttack.of(f, t)({"forget": _unit(40), "test": _unit(300)})
+        assert got["attack_auc"][0] == pytest.approx(mia.attack_auc(f, t), abs=1e-12)
+        assert got["tpr_at_1pct_fpr"][0] == pytest.approx(mia.tpr_at_fpr(f, t, 0.01), abs=1e-12)
+
+
+def test_the_loss_attack_replicates_are_those_of_the_repeated_samples() -> None:
+    rng = np.random.default_rng(9)
+    f, t = rng.gamma(1.0, 1.0, 30).round(1), rng.gamma(2.0, 1.0, 400).round(1)
+    f_patient, t_patient = rng.integers(0, 8, 30), rng.integers(0, 90, 400)
+    f_counts, t_counts = rng.integers(0, 3, (4, 8)).astype(float), rng.integers(0, 3, (4, 90)).astype(float)
+    f_counts[:, 0] += 1
+    got = mia.LossAttack.of(f, t)({"forget": bootstrap.Draw(f_counts, f_patient),
+                                   "test": bootstrap.Draw(t_counts, t_patient)})
+    for b in range(4):
+        rf, rt = np.repeat(f, f_counts[b, f_patient].astype(int)), np.repeat(t, t_counts[b, t_patient].astype(int))
+        assert got["attack_auc"][b] == pytest.approx(mia.attack_auc(rf, rt), abs=1e-12)
+        assert got["tpr_at_1pct_fpr"][b] == pytest.approx(mia.tpr_at_fpr(rf, rt, 0.01), abs=1e-12)
+
+
+def test_audit_intervals_contain_the_numbers_and_the_attacker_is_trained_once(
+        recording_svc: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    rng = np.random.default_rng(10)
+    retain, test = rng.normal(1.0, 0.5, 800).clip(0), rng.normal(1.5, 0.5, 300).clip(0)
+    forget = rng.normal(1.2, 0.5, 60).clip(0)
+    labels = {n: rng.integers(0, 3, n) for n in (800, 300, 60)}
+    groups = {"forget_groups": np.repeat(np.arange(20), 3), "test_groups": np.repeat(np.arange(100), 3)}
+    result = mia.audit(retain, labels[800], test, labels[300], forget, labels[60], seed=1, **groups, replicates=1000)
+    assert len(recording_svc) == 2  # plain and balanced, whatever the number of replicates
+    plain = mia.audit(retain, labels[800], test, labels[300], forget, labels[60], seed=1)
+    assert result.model_dump(include={"score", "balanced_score", "attack_auc", "tpr_at_1pct_fpr"}) == \
+        plain.model_dump(include={"score", "balanced_score", "attack_auc", "tpr_at_1pct_fpr"})
+    assert plain.score_ci is None and plain.attack_auc_ci is None
+    for name in ("score", "balanced_score", "attack_auc", "tpr_at_1pct_fpr"):
+        point, ci = getattr(result, name), getattr(result, f"{name}_ci")
+        assert ci is not None and ci.low <= point <= ci.high and ci.high > ci.low, name
+
+
+def test_audit_checks_the_groups_against_the_losses() -> None:
+    losses, labels = np.array([0.1, 0.2]), np.array([0, 1])
+    with pytest.raises(ValueError, match="forget losses and groups"):
+        mia.audit(losses, labels, losses, labels, losses, labels, forget_groups=np.array([0]),
+                  test_groups=np.array([0, 1]), replicates=10)

@@ -9,10 +9,17 @@ needs torch:
 - :mod:`~forgetmi_trainer.contract.config`: the job config (operator → trainer);
 - :mod:`~forgetmi_trainer.contract.report`: the report and progress (trainer → operator);
 - :mod:`~forgetmi_trainer.contract.formats`: URIs, digests, the forget list, timestamps, exit
-  codes and validation messages, written alike by both.
+  codes and validation messages, written alike by both;
+- :mod:`~forgetmi_trainer.contract.registry`: the registry's layout and its alias record (the
+  operator's promotion and ``train --alias`` write it alike).
 """
 
 from forgetmi_trainer.contract.config import (
+    BOOTSTRAP_DEFAULT,
+    RETAIN_SAMPLES_DEFAULT,
+    RETAIN_SAMPLES_MAX,
+    AuditConfig,
+    DataConfig,
     ForgetSubjects,
     JobConfig,
     LossWeights,
@@ -40,11 +47,22 @@ from forgetmi_trainer.contract.formats import (
     timestamp,
     validation_problems,
 )
+from forgetmi_trainer.contract.registry import (
+    ALIAS_PATTERN,
+    HISTORY_LIMIT,
+    AliasRecord,
+    PreviousVersion,
+    RequestRef,
+    alias_path,
+    next_record,
+    version_path,
+)
 from forgetmi_trainer.contract.report import (
     COMPARISON_KEYS,
     Artifact,
     Counts,
     Environment,
+    Interval,
     MiaResult,
     ModelMetrics,
     Progress,
@@ -59,10 +77,12 @@ from forgetmi_trainer.contract.report import (
 )
 
 __all__ = [
-    "COMPARISON_KEYS", "FAIL_FAST_EXIT_CODES", "SCHEMA_VERSION", "SHA256_PATTERN", "SUBJECT_ID_PATTERN",
-    "URI_PATTERN", "VERSION_PATTERN", "Artifact", "Counts", "Environment", "ExitCode", "ForgetSubjects",
-    "JobConfig", "Location", "LossWeights", "MethodConfig", "MethodName", "MiaResult", "ModelMetrics", "ModelRef",
-    "NoiseConfig", "PresetName", "Progress", "Report", "Row", "Selection", "SelectionRule", "SelectionRuleName",
-    "SplitMetrics", "Timings", "comparison", "dotted", "format_comparison", "now", "parse_subjects",
-    "subjects_text", "summary_line", "timestamp", "validation_problems",
+    "ALIAS_PATTERN", "BOOTSTRAP_DEFAULT", "COMPARISON_KEYS", "FAIL_FAST_EXIT_CODES", "HISTORY_LIMIT",
+    "RETAIN_SAMPLES_DEFAULT", "RETAIN_SAMPLES_MAX", "SCHEMA_VERSION", "SHA256_PATTERN", "SUBJECT_ID_PATTERN",
+    "URI_PATTERN", "VERSION_PATTERN", "AliasRecord", "Artifact", "AuditConfig", "Counts", "DataConfig", "Environment",
+    "ExitCode", "ForgetSubjects", "Interval", "JobConfig", "Location", "LossWeights", "MethodConfig", "MethodName",
+    "MiaResult", "ModelMetrics", "ModelRef", "NoiseConfig", "PresetName", "PreviousVersion", "Progress", "Report",
+    "RequestRef", "Row", "Selection", "SelectionRule", "SelectionRuleName", "SplitMetrics", "Timings", "alias_path",
+    "comparison", "dotted", "format_comparison", "next_record", "now", "parse_subjects", "subjects_text",
+    "summary_line", "timestamp", "validation_problems", "version_path",
 ]

@@ -93,6 +93,43 @@ class MethodConfig(_Model):
     options: dict[str, float] = Field(default_factory=dict, description="Method-specific settings.")
 
 
+class DataConfig(_Model):
+    """How the trainer streams the manifest's samples (docs/data.md, "Streaming")."""
+
+    workers: int | None = Field(
+        default=None, ge=0, le=64,
+        description="DataLoader worker processes that read and preprocess images; 0 = in the main process; "
+        "unset = half the CPUs, at most 4.")
+    prefetch_batches: int = Field(default=2, ge=1, le=64, description="Batches each worker reads ahead.")
+    fetch_threads: int = Field(default=4, ge=1, le=64, description="Concurrent image reads per worker.")
+    cache_mib: int = Field(
+        default=1024, ge=16, le=1_048_576,
+        description="Most MiB of S3 images kept on local disk (least recently used go first).")
+    memory_cache_mib: int = Field(
+        default=128, ge=0, le=1_048_576,
+        description="Most MiB of preprocessed images kept in memory between passes (0 = none).")
+    max_image_mib: int = Field(default=256, ge=1, le=4096, description="Largest image file read, MiB.")
+    eval_batch_size: int = Field(default=256, ge=1, le=65_536, description="Batch size of the audit's passes.")
+
+
+RETAIN_SAMPLES_DEFAULT = 5000
+RETAIN_SAMPLES_MAX = 1_000_000
+BOOTSTRAP_DEFAULT = 1000
+
+
+class AuditConfig(_Model):
+    """How the models are audited. Forget and test are scored in full; the retain side (the MIA
+    attacker's members and the distance to a retrained reference) is a seeded, class-stratified sample
+    of at most ``retain_samples`` retain rows, drawn once per run and the same for every model, so the
+    audit's cost does not grow with the training set. Every AUC, F1 and MIA figure gets a 95 %
+    percentile interval from ``bootstrap`` replicates that resample patients (seeded by the job's seed)."""
+
+    retain_samples: int = Field(default=RETAIN_SAMPLES_DEFAULT, ge=1, le=RETAIN_SAMPLES_MAX,
+                                description="At most this many retain rows are scored (class-stratified sample).")
+    bootstrap: int = Field(default=BOOTSTRAP_DEFAULT, ge=100, le=20_000,
+                           description="Bootstrap replicates (over patients) behind each 95 % interval.")
+
+
 class JobConfig(_Model):
     """Everything one trainer run needs. Written by the operator, read by the Job."""
 
@@ -102,12 +139,14 @@ class JobConfig(_Model):
     manifest_uri: str = Field(pattern=URI_PATTERN)
     forget: ForgetSubjects
     method: MethodConfig = MethodConfig()
+    data: DataConfig = DataConfig()
     output_uri: str = Field(pattern=URI_PATTERN, description="Where the candidate model directory is written.")
     report_uri: str | None = Field(
         default=None, pattern=URI_PATTERN, description="report.json location; default <output_uri>/report.json."
     )
     candidate_version: str = Field(pattern=VERSION_PATTERN)
     retrained: ModelRef | None = Field(default=None, description="A retrained reference model to compare with.")
+    audit: AuditConfig = AuditConfig()
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"

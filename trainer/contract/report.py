@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forgetmi_trainer.contract.config import MethodName, SelectionRuleName
 from forgetmi_trainer.contract.formats import SCHEMA_VERSION, SHA256_PATTERN
@@ -28,26 +28,67 @@ class Artifact(_Model):
     sha256: str = Field(pattern=SHA256_PATTERN)
 
 
-class SplitMetrics(_Model):
+class Interval(_Model):
+    """A 95 % interval of a figure in [0, 1]: the 2.5th and 97.5th percentiles of a seeded bootstrap that
+    resamples patients (with replacement, within each split), widened where needed to contain the figure
+    itself, so ``low <= value <= high`` always holds (docs/audit.md)."""
+
+    low: Fraction
+    high: Fraction
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Interval:
+        if self.low > self.high:
+            raise ValueError(f"an interval's low ({self.low}) must not exceed its high ({self.high})")
+        return self
+
+
+class _WithIntervals(_Model):
+    """Metrics whose ``<name>_ci`` field is the 95 % interval of ``<name>``: None where the figure is None
+    (or could not be resampled), and otherwise containing it."""
+
+    @model_validator(mode="after")
+    def _intervals_hold_their_figures(self) -> _WithIntervals:
+        for name in type(self).model_fields:
+            ci = getattr(self, name) if name.endswith("_ci") else None
+            if ci is None:
+                continue
+            point = getattr(self, name.removesuffix("_ci"))
+            if point is None:
+                raise ValueError(f"{name} is set but {name.removesuffix('_ci')} is not")
+            if not ci.low <= point <= ci.high:
+                raise ValueError(f"{name} [{ci.low}, {ci.high}] does not contain {name.removesuffix('_ci')} {point}")
+        return self
+
+
+class SplitMetrics(_WithIntervals):
     """Macro one-vs-rest AUC and macro F1 of the image head, each in [0, 1]; None when unmeasurable or
     missing (a gate on a None metric is Inconclusive, so it never promotes). NaN, an infinity or a
     value outside [0, 1] makes the report invalid: the trainer writes None for what it cannot measure."""
 
     forget_auc: Fraction | None = None
+    forget_auc_ci: Interval | None = None
     forget_f1: Fraction | None = None
+    forget_f1_ci: Interval | None = None
     test_auc: Fraction | None = None
+    test_auc_ci: Interval | None = None
     test_f1: Fraction | None = None
+    test_f1_ci: Interval | None = None
 
 
-class MiaResult(_Model):
+class MiaResult(_WithIntervals):
     """Membership-inference results, each in [0, 1]; None when unmeasurable or missing (as for
     :class:`SplitMetrics`, anything else makes the report invalid)."""
 
     score: Fraction | None = Field(default=None, description="Paper MIA: fraction of forget samples labelled member.")
+    score_ci: Interval | None = None
     balanced_score: Fraction | None = Field(default=None, description="Same, with a class-balanced attacker.")
+    balanced_score_ci: Interval | None = None
     attack_auc: Fraction | None = Field(
         default=None, description="AUC of forget (positive) vs test by loss; 0.5 = no signal.")
+    attack_auc_ci: Interval | None = None
     tpr_at_1pct_fpr: Fraction | None = None
+    tpr_at_1pct_fpr_ci: Interval | None = None
 
 
 class ModelMetrics(_Model):
@@ -83,6 +124,10 @@ class Counts(_Model):
     forget_samples: int = Field(ge=0)
     retain_samples: int = Field(ge=0)
     test_samples: int = Field(ge=0)
+    audit_retain_samples: int | None = Field(
+        default=None, ge=0,
+        description="Retain rows in the audit's sample (at most audit.retain_samples); None in reports written "
+        "before the audit sampled the retain set.")
 
 
 class Report(_Model):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from harness.reports import make_report
+from pydantic import ValidationError
 
 from forgetmi_operator.api.settings import default_gates
 from forgetmi_operator.api.spec import GateSpec
@@ -18,11 +19,12 @@ from forgetmi_operator.lifecycle.decisions import Decision, decide
 from forgetmi_trainer.contract import Report
 
 
-def _gate(metric: str, comparator: str, threshold: float, reference: str | None = None) -> GateSpec:
+def _gate(metric: str, comparator: str, threshold: float, reference: str | None = None,
+          bound: str = "point") -> GateSpec:
     if reference is None:
         reference = "original" if comparator in ("maxDrop", "minDrop") else "absolute"
     return GateSpec.model_validate({"metric": metric, "comparator": comparator, "threshold": threshold,
-                                    "reference": reference})
+                                    "reference": reference, "bound": bound})
 
 
 def _one(gate: GateSpec, **report: Any) -> GateStatus:
@@ -136,7 +138,8 @@ def test_status_echoes_the_gate_and_serialises_camel_case() -> None:
     status = _one(_gate("forgetAUC", "minDrop", 0.05))
     assert (status.metric, status.comparator, status.reference) == ("forgetAUC", "minDrop", "original")
     dumped = status.model_dump(by_alias=True)
-    assert set(dumped) == {"metric", "comparator", "reference", "value", "threshold", "result", "message"}
+    assert set(dumped) == {"metric", "comparator", "reference", "bound", "value", "threshold", "result", "message"}
+    assert dumped["bound"] == "point"
 
 
 def test_summary_names_the_first_gate_that_did_not_pass() -> None:
@@ -192,3 +195,73 @@ def test_a_missing_metric_group_makes_its_gates_inconclusive() -> None:
     assert [s.result for s in statuses] == ["Inconclusive", "Inconclusive", "Passed"]
     assert "original model" in statuses[0].message
     assert decide("Automatic", statuses, approved=False, on_gate_failure="Retrain") is Decision.RETRAIN
+
+
+# ---- bound: an end of the 95 % interval ------------------------------------------------------------
+
+
+def test_a_gate_on_the_upper_bound_fails_where_the_point_passes_by_luck() -> None:
+    unlearned = {"mia_auc": 0.52, "mia_auc_ci": (0.45, 0.63)}
+    point = _one(_gate("miaAUC", "atMost", 0.6), unlearned=unlearned)
+    assert (point.result, point.value, point.bound) == ("Passed", 0.52, "point")
+    upper = _one(_gate("miaAUC", "atMost", 0.6, bound="upper"), unlearned=unlearned)
+    assert (upper.result, upper.value, upper.bound) == ("Failed", 0.63, "upper")
+    assert upper.message == "miaAUC's upper bound is 0.63, above the allowed 0.6."
+    passed = _one(_gate("miaAUC", "atMost", 0.65, bound="upper"), unlearned=unlearned)
+    assert (passed.result, passed.message) == ("Passed", "miaAUC's upper bound is 0.63, at most 0.65.")
+    lower = _one(_gate("miaAUC", "atMost", 0.5, bound="lower"), unlearned=unlearned)  # the lenient end
+    assert (lower.result, lower.value) == ("Passed", 0.45)
+
+
+def test_a_gate_on_the_lower_bound_of_at_least() -> None:
+    unlearned = {"test_auc": 0.9, "test_auc_ci": (0.86, 0.93)}
+    assert _one(_gate("testAUC", "atLeast", 0.88), unlearned=unlearned).result == "Passed"
+    lower = _one(_gate("testAUC", "atLeast", 0.88, bound="lower"), unlearned=unlearned)
+    assert (lower.result, lower.value) == ("Failed", 0.86)
+    assert lower.message == "testAUC's lower bound is 0.86, below the required 0.88."
+
+
+def test_a_drop_gate_subtracts_the_chosen_end_from_the_originals_figure() -> None:
+    unlearned = {"test_auc": 0.9, "test_auc_ci": (0.86, 0.93)}
+    assert _one(_gate("testAUC", "maxDrop", 0.02), unlearned=unlearned).result == "Passed"  # 0.91 - 0.9
+    lower = _one(_gate("testAUC", "maxDrop", 0.02, bound="lower"), unlearned=unlearned)
+    assert (lower.result, lower.value) == ("Failed", pytest.approx(0.05))
+    assert lower.message == "testAUC dropped 0.05 (0.91 → lower bound 0.86), more than the 0.02 allowed."
+    forget = {"forget_auc": 0.8, "forget_auc_ci": (0.7, 0.97)}
+    assert _one(_gate("forgetAUC", "minDrop", 0.0), unlearned=forget).result == "Passed"
+    upper = _one(_gate("forgetAUC", "minDrop", 0.0, bound="upper"), unlearned=forget)
+    assert (upper.result, upper.value) == ("Failed", pytest.approx(-0.02))
+    assert upper.message == "forgetAUC rose 0.02 (0.95 → upper bound 0.97), but it had to drop."
+
+
+@pytest.mark.parametrize("bound", ["upper", "lower"])
+def test_a_gate_on_a_bound_without_an_interval_is_inconclusive_and_never_promotes(bound: str) -> None:
+    gate = _gate("miaAUC", "atMost", 0.6, bound=bound)
+    status = _one(gate)  # the report has the figure but no interval
+    assert (status.result, status.value) == ("Inconclusive", None)
+    assert status.message == (f"miaAUC of the unlearned model has no 95 % interval, so the gate on its {bound} "
+                              "bound is inconclusive.")
+    for mode in ("Automatic", "Manual"):
+        assert decide(mode, [status], approved=True, on_gate_failure="Hold") is Decision.HOLD
+    unmeasured = _one(gate, unlearned={"mia_auc": None})
+    assert unmeasured.message == "miaAUC of the unlearned model was not measured, so the gate is inconclusive."
+
+
+def test_a_point_gate_ignores_the_interval() -> None:
+    assert _one(_gate("mia", "atMost", 0.45), unlearned={"mia": 0.4, "mia_ci": (0.1, 0.9)}).result == "Passed"
+
+
+@pytest.mark.parametrize(("metric", "key"), [("mia", "mia"), ("miaAUC", "mia_auc"), ("forgetAUC", "forget_auc"),
+                                             ("forgetF1", "forget_f1"), ("testAUC", "test_auc"),
+                                             ("testF1", "test_f1")])
+def test_every_metric_reads_its_own_interval(metric: str, key: str) -> None:
+    unlearned = {key: 0.5, f"{key}_ci": (0.25, 0.75)}
+    assert _one(_gate(metric, "atMost", 0.8, bound="upper"), unlearned=unlearned).value == 0.75
+    assert _one(_gate(metric, "atMost", 0.8, bound="lower"), unlearned=unlearned).value == 0.25
+
+
+def test_a_gate_bound_is_validated_and_defaults_to_point() -> None:
+    assert GateSpec.model_validate({"metric": "mia", "comparator": "atMost", "threshold": 0.5}).bound == "point"
+    with pytest.raises(ValidationError) as err:
+        GateSpec.model_validate({"metric": "mia", "comparator": "atMost", "threshold": 0.5, "bound": "upperBound"})
+    assert [e["loc"] for e in err.value.errors()] == [("bound",)]

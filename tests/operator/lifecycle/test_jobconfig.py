@@ -57,6 +57,16 @@ def test_the_trainer_reads_the_accepted_list_from_the_mounted_file_never_the_ids
     assert local.forget.file == "/tmp/subjects.txt"
 
 
+def test_the_audit_sample_size_reaches_the_trainer_on_every_path() -> None:
+    assert _config(minimal_spec(), base_version="v7").audit.retain_samples == 5000  # the default
+    spec = minimal_spec(audit={"retainSamples": 1200})
+    cluster = jobs.build_launch(spec, Settings(), name=NAME, namespace=NAMESPACE, uid=UID, base_version="v7").config
+    local = _config(spec, base_version="v7", subjects_file="/tmp/subjects.txt")
+    retrain = _config(spec, base_version="v7", kind="retrain")
+    assert cluster.audit.retain_samples == local.audit.retain_samples == retrain.audit.retain_samples == 1200
+    assert cluster.audit.bootstrap == 1000  # the trainer's default; not a request field
+
+
 def test_a_retrain_config_uses_the_retrain_method_and_its_own_folder() -> None:
     config = _config(full_spec(), base_version="v7", kind="retrain")
     assert config.method.name == "retrain"

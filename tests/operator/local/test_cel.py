@@ -110,6 +110,7 @@ IMMUTABLE = [
     ("method.epochs", 10, "method"),
     ("method.noise.imageStd", 0.2, "method"),
     ("gates", [], "gates"),
+    ("audit.retainSamples", 100, "audit"),
     ("rollout.onGateFailure", "Retrain", "rollout.onGateFailure"),
     ("rollout.target.name", "another-server", "rollout.target"),
     ("rollout.target", None, "rollout.target"),
