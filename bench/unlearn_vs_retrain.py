@@ -60,17 +60,22 @@ import numpy as np
 import torch
 
 from forgetmi_trainer import data, synthetic
-from forgetmi_trainer.contract import MethodConfig, SelectionRule
+from forgetmi_trainer.contract import DataConfig, MethodConfig, SelectionRule
+from forgetmi_trainer.data import Encoded
 from forgetmi_trainer.demo import DEMO_METHOD
+from forgetmi_trainer.encoders import TINY_TEXT_LENGTH
 from forgetmi_trainer.errors import DivergedError
-from forgetmi_trainer.evaluate import model_metrics
+from forgetmi_trainer.evaluate import Scored, model_metrics
+from forgetmi_trainer.inference import image_logits
 from forgetmi_trainer.job import NOISY_TEXT_COPIES
-from forgetmi_trainer.manifest import read_manifest, split
+from forgetmi_trainer.manifest import Manifest, read_manifest, split
 from forgetmi_trainer.methods import MethodContext, UnlearnInputs, get_method
 from forgetmi_trainer.model import build_model
+from forgetmi_trainer.preprocess import ImagePreprocessing
 from forgetmi_trainer.runtime import resolve_device, resolve_precision, seed_everything
+from forgetmi_trainer.streaming import SampleStream, native_shape
 from forgetmi_trainer.tokenizer import build_tokenizer, build_vocabulary
-from forgetmi_trainer.train import MAX_TOKENS, TrainConfig, train_model
+from forgetmi_trainer.train import TrainConfig, train_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's own modules (run with -P)
 from bench_output import METRICS, format_tables, json_safe, plot
@@ -171,6 +176,15 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def read_all(manifest: Manifest, manifest_uri: str, tokenizer: object, cache: Path) -> Encoded:
+    """Every sample of the manifest in memory on the CPU (this bench compares methods on small sets)."""
+    c, h, w = native_shape(manifest, manifest_uri, 0, cache, DataConfig())
+    prep = ImagePreprocessing(height=h, width=w, num_channels=c)  # type: ignore[arg-type]
+    with SampleStream(manifest, manifest_uri, prep, tokenizer, max_length=TINY_TEXT_LENGTH,
+                      device=torch.device("cpu"), settings=DataConfig(workers=0), cache_dir=cache) as stream:
+        return stream.view(np.arange(len(manifest))).all()
+
+
 class World:
     """One seed's dataset, encoded once, on which :meth:`train_original` trains the original."""
 
@@ -184,10 +198,11 @@ class World:
         manifest_uri = synthetic.write_dataset(self.samples, (workdir / f"data-{seed}").as_uri())
         self.manifest = read_manifest(manifest_uri)
         self.tokenizer = build_tokenizer(
-            build_vocabulary(self.manifest.texts), workdir / f"tok-{seed}", max_length=MAX_TOKENS
+            build_vocabulary(self.manifest.texts), workdir / f"tok-{seed}", max_length=TINY_TEXT_LENGTH
         )
-        images = data.load_images(self.manifest.image_uris)
-        self.encoded = data.encode(images, self.manifest.texts, self.manifest.labels, self.tokenizer, MAX_TOKENS)
+        self.encoded = read_all(self.manifest, manifest_uri, self.tokenizer, workdir / f"cache-{seed}")
+        images = self.encoded.pixels
+        self.groups = np.unique(np.asarray(self.manifest.subject_ids), return_inverse=True)[1]
         self.config = model_config(
             args, int(self.manifest.labels.max()) + 1, int(images.shape[-1]), int(images.shape[1]), len(self.tokenizer)
         )
@@ -225,7 +240,8 @@ class World:
     def inputs(self, fraction: float, noise_level: float) -> UnlearnInputs:
         subjects = synthetic.choose_forget_subjects(self.samples, fraction, self.seed)
         sets = split(self.manifest, subjects)
-        forget, retain, test = (self.encoded.take(ix).to(self.device) for ix in (sets.forget, sets.retain, sets.test))
+        self.rows = (sets.forget, sets.retain, sets.test)
+        forget, retain, test = (self.encoded.take(ix).to(self.device) for ix in self.rows)
         pool = data.noisy_text_pool(
             [self.manifest.texts[i] for i in sets.forget],
             noise_level,
@@ -233,19 +249,16 @@ class World:
             self.seed,
             str(self.tokenizer.mask_token),
         )
-        noisy = [tuple(t.to(self.device) for t in data.tokenize(self.tokenizer, p, MAX_TOKENS)) for p in pool]
+        noisy = [tuple(t.to(self.device) for t in data.tokenize(self.tokenizer, p, TINY_TEXT_LENGTH)) for p in pool]
         return UnlearnInputs(forget, retain, test, noisy)  # type: ignore[arg-type]
 
 
 def score(model: torch.nn.Module, inputs: UnlearnInputs, world: World, seconds: float) -> dict[str, float]:
-    metrics, _ = model_metrics(
-        model,  # type: ignore[arg-type]
-        inputs.forget,
-        inputs.retain,
-        inputs.test,
-        seed=world.seed,
-        precision=world.precision,
-    )
+    sets = (inputs.forget, inputs.retain, inputs.test)
+    logits = [image_logits([model], d, precision=world.precision)[0] for d in sets]  # type: ignore[list-item]
+    scored = [Scored(x, d.labels.cpu().numpy(), world.groups[rows])  # type: ignore[union-attr]
+              for x, d, rows in zip(logits, sets, world.rows, strict=True)]
+    metrics = model_metrics(*scored, seed=world.seed, bootstrap=0)
     s, m = metrics.split, metrics.mia
     values = {
         "forget_auc": s.forget_auc,

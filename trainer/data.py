@@ -1,23 +1,23 @@
-"""Model inputs: images, encoded sets, tokenisation and the perturbations of FORGET_MI.md §3.
+"""Model inputs: encoded sets, tokenisation and the perturbations of FORGET_MI.md §3.
 
-An ``image_uri`` (a manifest column, :mod:`forgetmi_trainer.manifest`) is a ``.npy`` file or an
-array in an ``.npz`` archive (``.../shard-000.npz#sample_id``); images are scaled to [0, 1].
-The perturbations apply to the forget inputs only.
+An :class:`Encoded` holds a set's model inputs in memory: ``pixels`` are the model's input (the
+image after the model's preprocessing, :mod:`forgetmi_trainer.preprocess`), as a Hugging Face
+image processor outputs it. Images are read by :mod:`forgetmi_trainer.images` and streamed by
+:mod:`forgetmi_trainer.streaming`. The perturbations apply to the forget inputs only; the image
+noise is added to the [0, 1] image, before normalisation.
 """
 
 from __future__ import annotations
 
-import io
 import random
-from collections import defaultdict
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from forgetmi_trainer import storage
-from forgetmi_trainer.errors import InputError
+from forgetmi_trainer.preprocess import ImagePreprocessing
 from forgetmi_trainer.tokenizer import words
 
 # Clinical keywords the text perturbation masks (FORGET_MI.md §3): common chest X-ray findings and
@@ -29,43 +29,6 @@ CLINICAL_KEYWORDS = frozenset(
 )
 
 
-def load_images(uris: list[str]) -> np.ndarray:
-    """Images (N, C, H, W) float32 in [0, 1]; each archive is read once."""
-    by_archive: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for i, uri in enumerate(uris):
-        base, _, key = uri.partition("#")
-        by_archive[base].append((i, key))
-    images: list[np.ndarray | None] = [None] * len(uris)
-    for base, items in by_archive.items():
-        raw = storage.read_bytes(base)
-        try:
-            if base.endswith(".npz"):
-                with np.load(io.BytesIO(raw), allow_pickle=False) as archive:
-                    for i, key in items:
-                        if key not in archive.files:
-                            raise InputError(f"Image archive {base} has no array {key!r}.")
-                        images[i] = archive[key]
-            elif base.endswith(".npy"):
-                array = np.load(io.BytesIO(raw), allow_pickle=False)
-                for i, _ in items:
-                    images[i] = array
-            else:
-                raise InputError(f"Image {base} has an unsupported format; use .npy or .npz#<key>.")
-        except (ValueError, OSError) as err:
-            raise InputError(f"Image {base} could not be decoded ({err}).") from err
-    return np.stack([_to_unit(img, uris[i]) for i, img in enumerate(images)])  # type: ignore[arg-type]
-
-
-def _to_unit(image: np.ndarray, uri: str) -> np.ndarray:
-    if image.ndim == 2:
-        image = image[None]
-    if image.ndim != 3:
-        raise InputError(f"Image {uri} has shape {image.shape}; expected (H, W) or (C, H, W).")
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    return np.clip(image.astype(np.float32), 0.0, 1.0)
-
-
 @dataclass
 class Encoded:
     """Model inputs for a set of samples: pixels (N, C, H, W), ids and mask (N, L), labels (N,)."""
@@ -74,6 +37,7 @@ class Encoded:
     input_ids: Tensor
     attention_mask: Tensor
     labels: Tensor
+    FIELDS: ClassVar[tuple[str, ...]] = ("pixels", "input_ids", "attention_mask", "labels")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -84,6 +48,12 @@ class Encoded:
 
     def to(self, device: torch.device | str) -> Encoded:
         return Encoded(*(t.to(device) for t in (self.pixels, self.input_ids, self.attention_mask, self.labels)))
+
+
+def text_length(tokenizer: object, default: int = 32) -> int:
+    """The length reports are padded or cut to: the tokenizer's ``model_max_length`` (saved with the
+    model), at most 512."""
+    return min(int(getattr(tokenizer, "model_max_length", default) or default), 512)
 
 
 def tokenize(tokenizer: object, texts: list[str], max_length: int = 32) -> tuple[Tensor, Tensor]:
@@ -101,13 +71,20 @@ def encode(
 # --- perturbations (FORGET_MI.md §3): forget inputs only -------------------------------------
 
 
-def noisy_images(pixels: Tensor, mean: float, std: float, generator: torch.Generator) -> Tensor:
-    """i.i.d. Gaussian noise per pixel, then clip to [0, 1]; a new draw on every call.
+def noisy_images(
+    pixels: Tensor, mean: float, std: float, generator: torch.Generator, preprocessing: ImagePreprocessing | None = None
+) -> Tensor:
+    """i.i.d. Gaussian noise per pixel of the [0, 1] image, then clip to [0, 1]; a new draw on every call.
 
-    The noise is drawn on the generator's device and then moved to the pixels' (torch refuses a
-    CPU generator for a CUDA draw), so a seed gives the same noise on CPU and GPU."""
-    noise = torch.randn(pixels.shape, generator=generator, device=generator.device).to(pixels.device) * std + mean
-    return (pixels + noise).clamp(0.0, 1.0)
+    ``pixels`` are model inputs: with a normalising ``preprocessing`` they are taken back to the
+    [0, 1] image first and normalised again after the noise. The noise is drawn on the
+    generator's device and then moved to the pixels' (torch refuses a CPU generator for a CUDA
+    draw), so a seed gives the same noise on CPU and GPU."""
+    normalised = preprocessing is not None and preprocessing.do_normalize
+    unit = preprocessing.unnormalize(pixels) if normalised else pixels  # type: ignore[union-attr]
+    noise = torch.randn(unit.shape, generator=generator, device=generator.device).to(unit.device) * std + mean
+    noisy = (unit + noise).clamp(0.0, 1.0)
+    return preprocessing.normalize(noisy) if normalised else noisy  # type: ignore[union-attr]
 
 
 def perturb_text(text: str, level: float, rng: random.Random, mask_token: str = "[MASK]") -> str:

@@ -19,18 +19,18 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from forgetmi_trainer import data
 from forgetmi_trainer.checkpoint import publish_model, save_model
-from forgetmi_trainer.data import Encoded
+from forgetmi_trainer.contract import DataConfig
+from forgetmi_trainer.data import Encoded, text_length
+from forgetmi_trainer.encoders import EncoderChoice, architecture, build_pretrained
 from forgetmi_trainer.errors import DivergedError, InputError
 from forgetmi_trainer.manifest import Manifest, read_manifest
-from forgetmi_trainer.model import MultimodalClassifier, MultimodalConfig, build_model, tiny_bert_config
+from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.progress import ProgressReporter
 from forgetmi_trainer.runtime import adamw, autocast, resolve_device, resolve_precision, seed_everything
-from forgetmi_trainer.tokenizer import build_tokenizer, build_vocabulary
+from forgetmi_trainer.streaming import Samples, SampleStream, load_batches, native_shape
 
 log = logging.getLogger(__name__)
-MAX_TOKENS = 24
 
 
 class TrainConfig(BaseModel):
@@ -60,7 +60,7 @@ def train_loss(model: MultimodalClassifier, batch: Encoded, align_weight: float)
 
 def train_model(
     model: MultimodalClassifier,
-    data: Encoded,
+    data: Samples | Encoded,
     config: TrainConfig,
     *,
     generator: torch.Generator,
@@ -68,9 +68,8 @@ def train_model(
     precision: str = "fp32",
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> MultimodalClassifier:
-    """Train ``model`` in place on ``data`` and return it (in eval mode)."""
+    """Train ``model`` in place on ``data`` (in memory or streamed) and return it (in eval mode)."""
     model.to(device).train()
-    data = data.to(device)
     optimizer = adamw(model, config.learning_rate, config.weight_decay)
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -80,8 +79,8 @@ def train_model(
     for epoch in range(1, config.epochs + 1):
         order = torch.randperm(len(data), generator=generator)
         total = 0.0
-        for step in range(steps_per_epoch):
-            batch = data.take(order[step * config.batch_size : (step + 1) * config.batch_size].to(device))
+        plan = [order[step * config.batch_size : (step + 1) * config.batch_size] for step in range(steps_per_epoch)]
+        for _, batch in load_batches(data, plan):
             with autocast(device, precision):
                 loss = train_loss(model, batch, config.align_weight)
             if not torch.isfinite(loss):
@@ -113,38 +112,46 @@ def fit_and_publish(
     device: str = "auto",
     precision: str = "auto",
     metadata: dict[str, str] | None = None,
+    encoders: EncoderChoice | None = None,
+    settings: DataConfig | None = None,
 ) -> tuple[str, float]:
-    """Train on the manifest's training samples (minus ``exclude``d subjects) and publish the
-    model directory to ``out_uri``; returns (weights sha256, training seconds).
+    """Train on the manifest's training samples (minus ``exclude``d subjects), streamed, and
+    publish the model directory to ``out_uri``; returns (weights sha256, training seconds).
 
-    The tokenizer's vocabulary is built from every report of the manifest and shipped inside the
-    model directory. ``exclude`` subjects (a retrained reference) are left out of training."""
-    recipe = recipe or TrainConfig()
+    ``encoders`` chooses the encoders (default: the small CNN at the images' size and the tiny
+    BERT whose vocabulary is built from every report of the manifest; :mod:`forgetmi_trainer.encoders`);
+    the tokenizer and the preprocessing ship inside the model directory. ``exclude`` subjects
+    (a retrained reference) are left out of training."""
+    recipe, settings = recipe or TrainConfig(), settings or DataConfig()
     torch_device = resolve_device(device)
     prec = resolve_precision(precision, torch_device)
     manifest = read_manifest(manifest_uri)
     excluded = set(exclude or [])
     idx = _training_rows(manifest, excluded, manifest_uri)
-    images = data.load_images([manifest.image_uris[i] for i in idx])
     with tempfile.TemporaryDirectory(prefix="forgetmi-fit-") as tmp:
-        directory = Path(tmp) / "model"
-        tokenizer = build_tokenizer(build_vocabulary(manifest.texts), directory, max_length=MAX_TOKENS)
-        encoded = data.encode(images, [manifest.texts[i] for i in idx], manifest.labels[idx], tokenizer, MAX_TOKENS)
-        model = build_model(_model_config(manifest, images, len(tokenizer)), seed)
+        directory, cache = Path(tmp) / "model", Path(tmp) / "cache"
+        channels, height, width = native_shape(manifest, manifest_uri, int(idx[0]), cache, settings)
+        arch = architecture(encoders or EncoderChoice(), num_labels=int(manifest.labels.max()) + 1,
+                            texts=manifest.texts, native_size=(height, width), native_channels=channels,
+                            workdir=Path(tmp) / "encoders")
+        model = build_pretrained(arch, seed)
         generator = seed_everything(seed)
         reporter = ProgressReporter("train" if not excluded else "retrain")
         start = time.perf_counter()
-        train_model(
-            model,
-            encoded,
-            recipe,
-            generator=generator,
-            device=torch_device,
-            precision=prec,
-            on_epoch=lambda epoch, loss: reporter.update(epoch, recipe.epochs, loss),
-        )
+        with SampleStream(manifest, manifest_uri, arch.preprocessing, arch.tokenizer,
+                          max_length=text_length(arch.tokenizer), device=torch_device, settings=settings,
+                          cache_dir=cache) as stream:
+            train_model(
+                model,
+                stream.view(idx),
+                recipe,
+                generator=generator,
+                device=torch_device,
+                precision=prec,
+                on_epoch=lambda epoch, loss: reporter.update(epoch, recipe.epochs, loss),
+            )
         seconds = time.perf_counter() - start
-        save_model(model.to(torch.device("cpu")), tokenizer, directory)
+        save_model(model.to(torch.device("cpu")), arch.tokenizer, arch.preprocessing, directory)
         counts = {"trained_samples": str(idx.size), "excluded_subjects": str(len(excluded))}
         sha = publish_model(directory, out_uri, {**(metadata or {}), **counts})
     log.info("Trained on %d samples in %.1fs and published %s", idx.size, seconds, out_uri)
@@ -160,13 +167,3 @@ def _training_rows(manifest: Manifest, excluded: set[str], uri: str) -> np.ndarr
     if idx.size == 0:
         raise InputError(f"Manifest {uri} has no training samples left to train on.")
     return idx
-
-
-def _model_config(manifest: Manifest, images: np.ndarray, vocab_size: int) -> MultimodalConfig:
-    """The small CNN + tiny BERT for ``images`` (N, C, H, W) and the manifest's classes."""
-    return MultimodalConfig(
-        num_labels=int(manifest.labels.max()) + 1,
-        image_size=int(images.shape[-1]),
-        image_channels=int(images.shape[1]),
-        text_encoder_config=tiny_bert_config(vocab_size),
-    )

@@ -242,7 +242,8 @@ def test_trainer_storage_error_fails_with_termination_message(cluster: dict[str,
     assert unlearned["status"] == "False"
     assert cluster["runner"].exit_codes[done["status"]["jobName"]] == [3]
     assert unlearned["reason"] == "StorageOrInputError"
-    assert "gone" in unlearned["message"]
+    assert "could not be read from storage (it does not exist)" in unlearned["message"]
+    assert "gone" not in unlearned["message"]  # a sample is named, never an image's path
 
 
 def test_invalid_spec_is_not_accepted_and_creates_no_job(cluster: dict[str, Any]) -> None:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
-import pytest
 import torch
 
 from forgetmi_trainer import data
 from forgetmi_trainer.data import CLINICAL_KEYWORDS
-from forgetmi_trainer.errors import InputError
 
 
 def test_noisy_images_clip_and_redraw() -> None:
@@ -73,16 +70,3 @@ def test_noisy_text_pool_is_deterministic() -> None:
     assert len(pool) == 3 and all(len(copy) == 3 for copy in pool)
     assert pool != data.noisy_text_pool(texts, 0.5, 3, seed=5, mask_token="[MASK]")
     assert len({copy[0] for copy in pool}) > 1  # copies differ
-
-
-def test_load_images_errors(tmp_path) -> None:
-    path = tmp_path / "img.npz"
-    np.savez(path, a=np.zeros((4, 4), dtype=np.uint8))
-    uri = path.as_uri()
-    images = data.load_images([f"{uri}#a"])
-    assert images.shape == (1, 1, 4, 4) and images.dtype == np.float32
-    with pytest.raises(InputError, match="has no array 'b'"):
-        data.load_images([f"{uri}#b"])
-    (tmp_path / "img.png").write_bytes(b"x")
-    with pytest.raises(InputError, match="unsupported format"):
-        data.load_images([(tmp_path / "img.png").as_uri()])

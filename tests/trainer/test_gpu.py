@@ -42,3 +42,31 @@ def test_noisy_images_on_cuda_with_a_cpu_generator() -> None:
     on_gpu = data.noisy_images(pixels.cuda(), 0.0, 0.3, torch.Generator().manual_seed(5))
     assert on_gpu.device.type == "cuda"
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=0, atol=1e-6)
+
+
+def test_a_streamed_png_set_arrives_on_cuda_as_on_the_cpu(s3_bucket: str, tmp_path: Path) -> None:
+    """The DataLoader path on CUDA: PNG files read from S3 by two workers, pinned and copied
+    non-blocking, arrive on the GPU holding exactly what the CPU stream holds."""
+    import numpy as np
+
+    from forgetmi_trainer import synthetic
+    from forgetmi_trainer.contract import DataConfig
+    from forgetmi_trainer.manifest import read_manifest
+    from forgetmi_trainer.preprocess import ImagePreprocessing
+    from forgetmi_trainer.streaming import SampleStream
+    from forgetmi_trainer.tokenizer import build_tokenizer, build_vocabulary
+
+    samples = synthetic.generate(synthetic.SynthParams(patients=10, seed=0))
+    uri = synthetic.write_dataset(samples, storage.join(s3_bucket, "gpu-png"), "png")
+    manifest = read_manifest(uri)
+    tokenizer = build_tokenizer(build_vocabulary(manifest.texts), tmp_path / "tok", max_length=16)
+    prep = ImagePreprocessing(height=32, width=32, num_channels=3, do_normalize=True, image_mean=(0.5,) * 3,
+                              image_std=(0.25,) * 3)
+    got = {}
+    for device, workers in (("cuda", 2), ("cpu", 0)):
+        with SampleStream(manifest, uri, prep, tokenizer, max_length=16, device=torch.device(device),
+                          settings=DataConfig(workers=workers), cache_dir=tmp_path / device) as stream:
+            batches = list(stream.view(np.arange(len(manifest))).in_order(8))
+        assert all(b.pixels.device.type == device and b.input_ids.device.type == device for b in batches)
+        got[device] = torch.cat([b.pixels for b in batches]).cpu()
+    assert torch.equal(got["cuda"], got["cpu"])

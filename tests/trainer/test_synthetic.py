@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness.samples import encode_manifest
 
-from forgetmi_trainer import data, synthetic
+from forgetmi_trainer import synthetic
 from forgetmi_trainer.data import CLINICAL_KEYWORDS
-from forgetmi_trainer.manifest import read_manifest
+from forgetmi_trainer.manifest import Manifest, read_manifest
 from forgetmi_trainer.synthetic import SynthParams, choose_forget_subjects, generate, write_dataset
+from forgetmi_trainer.tokenizer import build_tokenizer, build_vocabulary
 
 
 def test_generate_is_deterministic_per_seed() -> None:
@@ -65,16 +67,22 @@ def test_write_dataset_round_trips_through_manifest(tmp_path: Path) -> None:
     assert manifest.texts == [s.report_text for s in samples]
     assert manifest.splits == [s.split for s in samples]
     assert manifest.labels.tolist() == [s.label for s in samples]
-    images = data.load_images(manifest.image_uris)
+    images = encode_manifest(manifest, uri, _tokenizer(manifest, tmp_path)).pixels.numpy()
     expected = np.stack([s.image for s in samples]).astype(np.float32) / 255.0
     np.testing.assert_array_equal(images, expected)
 
 
-def test_write_dataset_to_s3(s3_bucket: str) -> None:
+def test_write_dataset_to_s3(s3_bucket: str, tmp_path: Path) -> None:
     samples = generate(SynthParams(patients=6, seed=0))
-    manifest = read_manifest(write_dataset(samples, f"{s3_bucket}/ds"))
+    uri = write_dataset(samples, f"{s3_bucket}/ds")
+    manifest = read_manifest(uri)
     assert len(manifest) == len(samples)
-    assert data.load_images(manifest.image_uris[:2]).shape == (2, 1, 16, 16)
+    images = encode_manifest(manifest, uri, _tokenizer(manifest, tmp_path), rows=np.arange(2)).pixels
+    assert images.shape == (2, 1, 16, 16)
+
+
+def _tokenizer(manifest: Manifest, directory: Path) -> object:
+    return build_tokenizer(build_vocabulary(manifest.texts), directory / "tok")
 
 
 def test_choose_forget_subjects_are_train_patients_near_fraction() -> None:

@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from harness.samples import encode_manifest
 
-from forgetmi_trainer import data, storage, synthetic
+from forgetmi_trainer import storage, synthetic
 from forgetmi_trainer.checkpoint import fetch_model, load_model
+from forgetmi_trainer.encoders import TINY_TEXT_LENGTH, EncoderChoice
 from forgetmi_trainer.errors import InputError
 from forgetmi_trainer.manifest import read_manifest, split
-from forgetmi_trainer.train import MAX_TOKENS, TrainConfig, fit_and_publish, train_loss
+from forgetmi_trainer.train import TrainConfig, fit_and_publish, train_loss
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,9 @@ def test_fit_and_publish_leaves_out_the_excluded_subjects(dataset: tuple, tmp_pa
     assert meta["version"] == "v1" and meta["sha256"] == sha and seconds > 0
     assert (meta["trained_samples"], meta["excluded_subjects"]) == (str(kept), str(len(exclude)))
     assert fetch_model(out, tmp_path / "fetched") == sha
-    model, tokenizer = load_model(tmp_path / "fetched")
-    assert tokenizer.model_max_length == MAX_TOKENS
+    model, tokenizer, preprocessing = load_model(tmp_path / "fetched")
+    assert tokenizer.model_max_length == TINY_TEXT_LENGTH
+    assert (preprocessing.height, preprocessing.num_channels, preprocessing.do_normalize) == (16, 1, False)
     assert model.config.num_labels == 1 + max(s.label for s in samples)
 
 
@@ -50,12 +53,11 @@ def test_train_loss_is_three_heads_cross_entropy_plus_weighted_alignment(dataset
     out = (tmp_path / "m").as_uri()
     fit_and_publish(manifest_uri, out, recipe=TrainConfig(epochs=1), seed=0, device="cpu")
     fetch_model(out, tmp_path / "fetched")
-    model, tokenizer = load_model(tmp_path / "fetched")
+    model, tokenizer, preprocessing = load_model(tmp_path / "fetched")
     manifest = read_manifest(manifest_uri)
     a_patient = next(s.subject_id for s in samples if s.split == "train")
     rows = split(manifest, [a_patient]).retain[:8]
-    images = data.load_images([manifest.image_uris[i] for i in rows])
-    batch = data.encode(images, [manifest.texts[i] for i in rows], manifest.labels[rows], tokenizer, MAX_TOKENS)
+    batch = encode_manifest(manifest, manifest_uri, tokenizer, preprocessing, rows)
     with torch.no_grad():
         outputs = model(batch.pixels, batch.input_ids, batch.attention_mask)
         heads = (outputs.image_logits, outputs.text_logits, model.image_head(outputs.joint_embeds))
@@ -63,3 +65,17 @@ def test_train_loss_is_three_heads_cross_entropy_plus_weighted_alignment(dataset
         align = 1 - F.cosine_similarity(outputs.image_embeds, outputs.text_embeds, dim=-1).mean()
         torch.testing.assert_close(train_loss(model, batch, 0.0), ce)
         torch.testing.assert_close(train_loss(model, batch, 0.5), ce + 0.5 * align)
+
+
+def test_a_png_dataset_trains_streamed_at_the_size_asked_for(tmp_path: Path) -> None:
+    """``train`` reads PNG files through the stream and builds the small CNN at ``image_size``,
+    saving the preprocessing that resizes the stored 16 px images to it."""
+    samples = synthetic.generate(synthetic.SynthParams(patients=8, seed=4))
+    manifest_uri = synthetic.write_dataset(samples, (tmp_path / "data").as_uri(), "png")
+    out = (tmp_path / "m").as_uri()
+    fit_and_publish(manifest_uri, out, recipe=TrainConfig(epochs=1), seed=0, device="cpu",
+                    encoders=EncoderChoice(image_size=24, channels=3))
+    fetch_model(out, tmp_path / "fetched")
+    model, _, preprocessing = load_model(tmp_path / "fetched")
+    assert (preprocessing.height, preprocessing.width, preprocessing.num_channels) == (24, 24, 3)
+    assert (model.config.image_size, model.config.image_channels) == (24, 3)

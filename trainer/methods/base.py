@@ -25,6 +25,8 @@ from forgetmi_trainer.contract import MethodConfig, Selection, dotted, validatio
 from forgetmi_trainer.data import Encoded
 from forgetmi_trainer.errors import ConfigError, DivergedError
 from forgetmi_trainer.model import MultimodalClassifier
+from forgetmi_trainer.preprocess import ImagePreprocessing
+from forgetmi_trainer.streaming import Samples, chunks
 
 EpochCallback = Callable[[int, int, float], None]
 """Called after every epoch with (epoch, planned epochs, mean loss)."""
@@ -32,13 +34,17 @@ EpochCallback = Callable[[int, int, float], None]
 
 @dataclass
 class UnlearnInputs:
-    """Encoded sets on the target device; ``noisy_texts[k]`` is the k-th perturbed copy of the
-    forget reports as (input_ids, attention_mask), each (N_f, L), aligned with ``forget``."""
+    """The sets of a run: the forget set in memory on the target device, the retain and test sets
+    streamed (:class:`~forgetmi_trainer.streaming.Samples`; in memory too in unit tests);
+    ``noisy_texts[k]`` is the k-th perturbed copy of the forget reports as (input_ids,
+    attention_mask), each (N_f, L), aligned with ``forget``; ``preprocessing`` is the model's
+    (the image noise goes on the [0, 1] image)."""
 
     forget: Encoded
-    retain: Encoded
-    test: Encoded
+    retain: Samples | Encoded
+    test: Samples | Encoded
     noisy_texts: list[tuple[torch.Tensor, torch.Tensor]]
+    preprocessing: ImagePreprocessing | None = None
 
 
 @dataclass
@@ -151,9 +157,16 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.d
     return [order[s * batch_size : (s + 1) * batch_size].to(device) for s in range(math.ceil(n / batch_size))]
 
 
-def random_batch(data: Encoded, size: int, generator: torch.Generator, device: torch.device) -> Encoded:
-    """``size`` samples of ``data`` drawn uniformly with replacement."""
-    return data.take(torch.randint(len(data), (size,), generator=generator).to(device))
+def random_batch(data: Samples | Encoded, size: int, generator: torch.Generator, device: torch.device) -> Encoded:
+    """``size`` samples of ``data`` drawn uniformly with replacement, on ``device``."""
+    return take(data, torch.randint(len(data), (size,), generator=generator))
+
+
+def take(data: Samples | Encoded, positions: torch.Tensor) -> Encoded:
+    """The samples of ``data`` at ``positions`` in memory, on ``data``'s device (read if streamed)."""
+    if isinstance(data, Samples):
+        return data.take(positions)
+    return data.take(positions.to(data.labels.device))
 
 
 def task_logits(model: MultimodalClassifier, batch: Encoded) -> list[torch.Tensor]:
@@ -163,12 +176,11 @@ def task_logits(model: MultimodalClassifier, batch: Encoded) -> list[torch.Tenso
 
 
 @torch.no_grad()
-def mean_image_loss(model: MultimodalClassifier, data: Encoded, batch_size: int = 512) -> float:
-    """Mean image-head cross-entropy over ``data``. The image head reads only the image
-    embedding, so the text encoder is not run."""
+def mean_image_loss(model: MultimodalClassifier, data: Samples | Encoded, batch_size: int = 512) -> float:
+    """Mean image-head cross-entropy over ``data`` (streamed when it is). The image head reads
+    only the image embedding, so the text encoder is not run."""
     total = 0.0
-    for start in range(0, len(data), batch_size):
-        b = data.take(torch.arange(start, min(start + batch_size, len(data)), device=data.labels.device))
+    for b in chunks(data, batch_size, text=False):
         logits = model.image_head(model.encode_image(b.pixels)).float()
         total += float(F.cross_entropy(logits, b.labels, reduction="sum"))
     return total / max(len(data), 1)

@@ -2,7 +2,7 @@
 
 The loss is the training loss of :func:`forgetmi_trainer.train.train_loss` (image, text and
 joint CE plus the alignment term). Every parameter trains, heads and fusion gate included
-(unlike Forget-MI, which leaves the heads and the gate alone). One epoch is one pass over D_r;
+(unlike Forget-MI, which leaves the heads and the gate alone). One epoch is one pass over D_r (streamed);
 AdamW (eps 1e-6, no decay on biases and norm weights) at a constant learning rate; gradients
 clipped to norm 1; train mode. Checkpoint selection follows ``method.selection``.
 """
@@ -25,6 +25,7 @@ from forgetmi_trainer.methods.base import (
     student_copy,
 )
 from forgetmi_trainer.runtime import adamw, autocast
+from forgetmi_trainer.streaming import load_batches
 from forgetmi_trainer.train import train_loss
 
 
@@ -39,13 +40,13 @@ def run_finetune(ctx: MethodContext) -> UnlearnResult:
     start = time.perf_counter()
     model = student_copy(ctx.original, ctx.device)
     optimizer = adamw(model, ctx.method.learning_rate, opts.weight_decay)
-    retain = ctx.inputs.retain.to(ctx.device)
+    retain = ctx.inputs.retain
     history: list[dict[str, float]] = []
     for epoch in range(1, epochs + 1):
         total, steps = 0.0, 0
-        for idx in batches(len(retain), ctx.method.batch_size, ctx.generator, ctx.device):
+        for _, batch in load_batches(retain, batches(len(retain), ctx.method.batch_size, ctx.generator, ctx.device)):
             with autocast(ctx.device, ctx.precision):
-                loss = checked(train_loss(model, retain.take(idx), opts.align_weight), "finetune", epoch)
+                loss = checked(train_loss(model, batch, opts.align_weight), "finetune", epoch)
             optimise(optimizer, model, loss)
             total, steps = total + float(loss.detach()), steps + 1
         if end_epoch(ctx, model, history, epoch, epochs, total / steps):

@@ -40,8 +40,10 @@ from forgetmi_trainer.methods.base import (
     planned_epochs,
     read_options,
     student_copy,
+    take,
 )
 from forgetmi_trainer.model import MultimodalClassifier
+from forgetmi_trainer.preprocess import ImagePreprocessing
 from forgetmi_trainer.runtime import adamw, autocast
 
 
@@ -88,7 +90,7 @@ def _start(ctx: MethodContext) -> _Run:
     for p in (*f_ul.fusion.parameters(), *f_ul.image_head.parameters(), *f_ul.text_head.parameters()):
         p.requires_grad_(False)
     f_ul.eval()
-    og_retain = RetainEmbeddings(f_og, ctx.inputs.retain, f_og.fusion, ctx.precision)
+    og_retain = RetainEmbeddings(f_og, len(ctx.inputs.retain), f_og.fusion, ctx.precision)
     return _Run(f_og, f_ul, adamw(f_ul, ctx.method.learning_rate), weights, og_retain)
 
 
@@ -98,11 +100,12 @@ def _epoch(ctx: MethodContext, run: _Run, epoch: int) -> float:
     n = len(forget)
     order = torch.randperm(n, generator=ctx.generator).to(device)
     ids, mask = ctx.inputs.noisy_texts[(epoch - 1) % len(ctx.inputs.noisy_texts)]
-    noisy_pixels, retain_ids = draw_epoch(forget.pixels, order, bs, len(retain), ctx.method.noise, ctx.generator)
-    retain_ids = retain_ids.to(device)
+    noisy_pixels, retain_ids = draw_epoch(forget.pixels, order, bs, len(retain), ctx.method.noise, ctx.generator,
+                                          ctx.inputs.preprocessing)
+    drawn = take(retain, retain_ids)  # the epoch's retain batches, in step order (read once)
     noisy = Encoded(noisy_pixels, ids[order], mask[order], forget.labels[order])  # in step order
     og_noisy_u, og_noisy_j = frozen_embeddings(run.f_og, noisy, run.gate, ctx.precision)
-    run.og_retain.need(retain_ids)
+    run.og_retain.need(retain_ids, drawn)
     total = 0.0
     for s in range(math.ceil(n / bs)):
         rows = slice(s * bs, (s + 1) * bs)
@@ -111,7 +114,7 @@ def _epoch(ctx: MethodContext, run: _Run, epoch: int) -> float:
             terms = step_terms(
                 run.f_ul,
                 forget.take(idx),
-                retain.take(ridx),
+                drawn.take(torch.arange(rows.start, rows.start + len(idx), device=drawn.labels.device)),
                 (og_noisy_u[rows], og_noisy_j[rows]),
                 run.og_retain.take(ridx),
                 run.gate,
@@ -151,34 +154,46 @@ class RetainEmbeddings:
     and kept for the rest of the run.
 
     A run that stops after a few epochs touches only a few times |D_f| retain samples, far fewer
-    than |D_r| when few patients are forgotten, so nothing is computed for samples no step uses;
-    each epoch computes its new ones in one batched pass."""
+    than |D_r| when few patients are forgotten, so nothing is computed (or read) for samples no
+    step uses; each epoch computes its new ones in one batched pass over the samples it read.
+    Memory is one slot index per retain sample plus the embeddings of the samples touched."""
 
-    def __init__(self, f_og: MultimodalClassifier, retain: Encoded, gate: torch.nn.Module, precision: str) -> None:
-        self.f_og, self.retain, self.gate, self.precision = f_og, retain, gate, precision
-        device = retain.labels.device
-        self.known = torch.zeros(len(retain), dtype=torch.bool, device=device)
+    def __init__(self, f_og: MultimodalClassifier, size: int, gate: torch.nn.Module, precision: str) -> None:
+        self.f_og, self.gate, self.precision = f_og, gate, precision
+        self.slot = torch.full((size,), -1, dtype=torch.long)
         self.units: torch.Tensor | None = None
         self.joints: torch.Tensor | None = None
 
-    def need(self, idx: torch.Tensor) -> None:
-        """Make sure the embeddings of the retain samples ``idx`` are known."""
-        missing = torch.unique(idx)
-        missing = missing[~self.known[missing]]
-        if len(missing) == 0:
+    def need(self, idx: torch.Tensor, samples: Encoded) -> None:
+        """Make sure the embeddings of the retain samples ``idx`` (B,) are known; ``samples`` are
+        those samples, aligned with ``idx``."""
+        ids = idx.cpu()
+        fresh = self.slot[ids] < 0
+        if not bool(fresh.any()):
             return
-        units, joints = frozen_embeddings(self.f_og, self.retain.take(missing), self.gate, self.precision)
-        if self.units is None or self.joints is None:
-            self.units = units.new_zeros((len(self.retain), units.shape[1]))
-            self.joints = joints.new_zeros((len(self.retain), joints.shape[1]))
-        self.units[missing], self.joints[missing] = units, joints
-        self.known[missing] = True
+        new_ids, first = _first_positions(ids[fresh], torch.nonzero(fresh).flatten())
+        units, joints = frozen_embeddings(self.f_og, samples.take(first.to(samples.labels.device)), self.gate,
+                                          self.precision)
+        start = 0 if self.units is None else len(self.units)
+        self.units = units if self.units is None else torch.cat([self.units, units])
+        self.joints = joints if self.joints is None else torch.cat([self.joints, joints])
+        self.slot[new_ids] = torch.arange(start, start + len(new_ids))
 
     def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unimodal (B, 2d) and joint (B, d) embeddings of retain samples already asked for by :meth:`need`."""
-        if self.units is None or self.joints is None or not bool(self.known[idx].all()):
+        slots = self.slot[idx.cpu()]
+        if self.units is None or self.joints is None or bool((slots < 0).any()):
             raise RuntimeError("RetainEmbeddings.take() before need() for these samples")
-        return self.units[idx], self.joints[idx]
+        slots = slots.to(self.units.device)
+        return self.units[slots], self.joints[slots]
+
+
+def _first_positions(ids: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct ``ids`` (sorted) and, for each, the position of its first occurrence."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    first = torch.full((len(unique),), len(ids), dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(len(ids)), reduce="amin")
+    return unique, positions[first]
 
 
 def draw_epoch(
@@ -188,6 +203,7 @@ def draw_epoch(
     retain_size: int,
     noise: NoiseConfig,
     generator: torch.Generator,
+    preprocessing: ImagePreprocessing | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """An epoch's random draws, made up front in the order the steps use them: for each step the
     noisy copy of its forget batch (``order`` cut into batches), then the indices of its retain
@@ -197,7 +213,7 @@ def draw_epoch(
     noisy, retain_ids = [], []
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size].to(pixels.device)
-        noisy.append(noisy_images(pixels[idx], noise.image_mean, noise.image_std, generator))
+        noisy.append(noisy_images(pixels[idx], noise.image_mean, noise.image_std, generator, preprocessing))
         retain_ids.append(torch.randint(retain_size, (len(idx),), generator=generator))
     return torch.cat(noisy), torch.cat(retain_ids)
 

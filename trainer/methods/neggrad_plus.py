@@ -2,7 +2,8 @@
 bounded gradient ascent on the forget set, in one loss.
 
 Each step takes a forget batch x (one epoch = one pass over D_f, as for Forget-MI) and a random
-retain batch r of the same size and minimises
+retain batch r of the same size (an epoch's retain batches are read together at its start) and
+minimises
 
     alpha · L_train(r) − (1 − alpha) · mean_i Σ_h min(CE_h(x_i), bound)
 
@@ -33,9 +34,9 @@ from forgetmi_trainer.methods.base import (
     finish,
     optimise,
     planned_epochs,
-    random_batch,
     read_options,
     student_copy,
+    take,
     task_logits,
 )
 from forgetmi_trainer.model import MultimodalClassifier
@@ -74,12 +75,17 @@ def run_neggrad_plus(ctx: MethodContext) -> UnlearnResult:
     start = time.perf_counter()
     model = student_copy(ctx.original, ctx.device)
     optimizer = adamw(model, ctx.method.learning_rate, opts.weight_decay)
-    forget, retain = ctx.inputs.forget.to(ctx.device), ctx.inputs.retain.to(ctx.device)
+    forget, retain = ctx.inputs.forget.to(ctx.device), ctx.inputs.retain
     history: list[dict[str, float]] = []
     for epoch in range(1, epochs + 1):
         total = 0.0
-        for idx in batches(len(forget), ctx.method.batch_size, ctx.generator, ctx.device):
-            r = random_batch(retain, len(idx), ctx.generator, ctx.device)
+        plan = batches(len(forget), ctx.method.batch_size, ctx.generator, ctx.device)
+        # Each step's retain batch, drawn in the order a step-by-step loop draws them and read at once.
+        draws = [torch.randint(len(retain), (len(idx),), generator=ctx.generator) for idx in plan]
+        drawn = take(retain, torch.cat(draws))
+        offsets = torch.cumsum(torch.tensor([0] + [len(d) for d in draws]), 0).tolist()
+        for s, idx in enumerate(plan):
+            r = drawn.take(torch.arange(offsets[s], offsets[s + 1], device=drawn.labels.device))
             with autocast(ctx.device, ctx.precision):
                 loss = opts.alpha * train_loss(model, r, opts.align_weight) - (1 - opts.alpha) * bounded_forget_loss(
                     model, forget.take(idx), opts.bound

@@ -5,7 +5,7 @@ parameter trains, heads and gate included). Each epoch is
 
 * a **max step** (only in the first ``msteps`` epochs): one pass over D_f minimising
   ``−KL(teacher ‖ student)`` — the student moves away from the teacher on forget data;
-* a **min step**: one pass over D_r minimising ``alpha · KL(teacher ‖ student) + gamma · L_train``
+* a **min step**: one pass over D_r (streamed) minimising ``alpha · KL(teacher ‖ student) + gamma · L_train``
   — it stays close to the teacher and keeps its task performance on retain data.
 
 The KL is taken at temperature T on the softened logits of the three heads (image, text and
@@ -40,6 +40,7 @@ from forgetmi_trainer.methods.base import (
 )
 from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.runtime import adamw, autocast
+from forgetmi_trainer.streaming import load_batches
 from forgetmi_trainer.train import train_loss
 
 
@@ -77,7 +78,7 @@ def run_scrub(ctx: MethodContext) -> UnlearnResult:
     teacher = freeze(ctx.original.to(ctx.device))
     student = student_copy(teacher, ctx.device)
     optimizer = adamw(student, ctx.method.learning_rate, opts.weight_decay)
-    forget, retain = ctx.inputs.forget.to(ctx.device), ctx.inputs.retain.to(ctx.device)
+    forget, retain = ctx.inputs.forget.to(ctx.device), ctx.inputs.retain
     bs, temp = ctx.method.batch_size, opts.temperature
     history: list[dict[str, float]] = []
     for epoch in range(1, epochs + 1):
@@ -89,8 +90,7 @@ def run_scrub(ctx: MethodContext) -> UnlearnResult:
                 optimise(optimizer, student, checked(loss, "scrub max-step", epoch))
                 total, steps = total + float(loss.detach()), steps + 1
         plan = batches(len(retain), bs, ctx.generator, ctx.device)
-        for idx in plan[: opts.retain_steps] if opts.retain_steps > 0 else plan:
-            r = retain.take(idx)
+        for _, r in load_batches(retain, plan[: opts.retain_steps] if opts.retain_steps > 0 else plan):
             with autocast(ctx.device, ctx.precision):
                 loss = opts.alpha * distill_kl(student, teacher, r, temp) + opts.gamma * train_loss(
                     student, r, opts.align_weight

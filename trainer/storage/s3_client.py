@@ -44,6 +44,17 @@ _CLIENTS: OrderedDict[tuple[str | None, S3Settings], Any] = OrderedDict()
 _CLIENTS_LOCK = threading.Lock()
 
 
+def _forget_clients_after_fork() -> None:
+    """A forked child (a DataLoader worker) makes its own clients: a boto3 client's connection pool
+    and the lock are not safe to share across a fork."""
+    global _CLIENTS_LOCK
+    _CLIENTS_LOCK = threading.Lock()
+    _CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_clients_after_fork)
+
+
 def resolve_endpoint(endpoint_url: str | None) -> str | None:
     for value in (endpoint_url, os.environ.get(ENDPOINT_ENV), os.environ.get("AWS_ENDPOINT_URL_S3"),
                   os.environ.get("AWS_ENDPOINT_URL")):

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,7 +175,10 @@ def test_trainer_input_error_fails_with_its_termination_message(prepared: dict[s
     result = local.run_request(request, workdir=tmp_path / "run", secrets=secrets)
     unlearned = next(c for c in result.status.conditions if c.type == "Unlearned")
     assert result.status.phase == "Failed" and unlearned.reason == "StorageOrInputError"
-    assert "shard-404.npz" in unlearned.message  # the trainer's own termination message, as a Job's would be
+    # the trainer's own termination message, as a Job's would be: it names the first sample it could
+    # not read, never the patient or the image's path
+    assert "could not be read from storage (it does not exist)" in unlearned.message
+    assert re.search(r"sample P\d{5}-S\d{2} ", unlearned.message) and "shard-404" not in unlearned.message
     assert _alias(fresh_alias) == "v1"
 
 

@@ -11,15 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from harness.samples import encode_manifest, identity_preprocessing
 
 from forgetmi_trainer import data, synthetic
-from forgetmi_trainer.contract import MethodConfig
+from forgetmi_trainer.contract import DataConfig, MethodConfig
+from forgetmi_trainer.encoders import TINY_TEXT_LENGTH
 from forgetmi_trainer.manifest import read_manifest, split
 from forgetmi_trainer.methods import MethodContext, UnlearnInputs, UnlearnResult, get_method
 from forgetmi_trainer.methods.base import EpochCallback, mean_image_loss
 from forgetmi_trainer.model import MultimodalClassifier, MultimodalConfig, build_model, tiny_bert_config
+from forgetmi_trainer.streaming import SampleStream
 from forgetmi_trainer.tokenizer import build_tokenizer, build_vocabulary
-from forgetmi_trainer.train import MAX_TOKENS, TrainConfig, train_model
+from forgetmi_trainer.train import TrainConfig, train_model
 
 CPU = torch.device("cpu")
 
@@ -30,13 +33,25 @@ class MethodWorld:
 
     original: MultimodalClassifier
     inputs: UnlearnInputs
+    manifest_uri: str
+    tokenizer: object
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray]
+    """Manifest rows of forget, retain and test."""
 
-    def run(self, method: MethodConfig, on_epoch: EpochCallback | None = None) -> UnlearnResult:
+    def stream(self, directory: Path, workers: int = 0) -> SampleStream:
+        """A stream over the world's manifest (the small CNN's preprocessing: as stored)."""
+        manifest = read_manifest(self.manifest_uri)
+        return SampleStream(manifest, self.manifest_uri, identity_preprocessing(manifest, self.manifest_uri),
+                            self.tokenizer, max_length=TINY_TEXT_LENGTH, device=CPU,
+                            settings=DataConfig(workers=workers), cache_dir=directory)
+
+    def run(self, method: MethodConfig, on_epoch: EpochCallback | None = None,
+            inputs: UnlearnInputs | None = None) -> UnlearnResult:
         """Run ``method`` through the registry on a copy of the original (seed 0) and check that
         the original is unchanged and the returned model is a frozen, moved, separate model."""
         ctx = MethodContext(
             original=copy.deepcopy(self.original),
-            inputs=self.inputs,
+            inputs=inputs or self.inputs,
             method=method,
             generator=torch.Generator().manual_seed(0),
             device=CPU,
@@ -82,13 +97,13 @@ def _world(root: Path, train_epochs: int, sets: Callable[[list[synthetic.Sample]
     """30 generated patients; an original trained ``train_epochs`` epochs on every training sample;
     ``sets(samples, manifest)`` gives the manifest indices of forget, retain and test."""
     samples = synthetic.generate(synthetic.SynthParams(patients=30, seed=0))
-    manifest = read_manifest(synthetic.write_dataset(samples, (root / "data").as_uri()))
-    tokenizer = build_tokenizer(build_vocabulary(manifest.texts), root / "tok", max_length=MAX_TOKENS)
-    images = data.load_images(manifest.image_uris)
-    encoded = data.encode(images, manifest.texts, manifest.labels, tokenizer, MAX_TOKENS)
+    manifest_uri = synthetic.write_dataset(samples, (root / "data").as_uri())
+    manifest = read_manifest(manifest_uri)
+    tokenizer = build_tokenizer(build_vocabulary(manifest.texts), root / "tok", max_length=TINY_TEXT_LENGTH)
+    encoded = encode_manifest(manifest, manifest_uri, tokenizer)
     config = MultimodalConfig(
         num_labels=int(manifest.labels.max()) + 1,
-        image_size=int(images.shape[-1]),
+        image_size=int(encoded.pixels.shape[-1]),
         image_channels=1,
         text_encoder_config=tiny_bert_config(len(tokenizer)),
     )
@@ -99,8 +114,9 @@ def _world(root: Path, train_epochs: int, sets: Callable[[list[synthetic.Sample]
     forget_ix, retain_ix, test_ix = sets(samples, manifest)
     forget, retain, test = (encoded.take(ix) for ix in (forget_ix, retain_ix, test_ix))
     pool = data.noisy_text_pool([manifest.texts[i] for i in forget_ix], 0.5, 2, 0, str(tokenizer.mask_token))
-    noisy = [data.tokenize(tokenizer, p, MAX_TOKENS) for p in pool]
-    return MethodWorld(original, UnlearnInputs(forget, retain, test, noisy))
+    noisy = [data.tokenize(tokenizer, p, TINY_TEXT_LENGTH) for p in pool]
+    rows = (np.asarray(forget_ix), np.asarray(retain_ix), np.asarray(test_ix))
+    return MethodWorld(original, UnlearnInputs(forget, retain, test, noisy), manifest_uri, tokenizer, rows)
 
 
 @pytest.fixture(scope="module")

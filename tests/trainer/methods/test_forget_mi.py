@@ -6,22 +6,26 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from harness.samples import encode_manifest
 
 from forgetmi_trainer import data, losses, synthetic
 from forgetmi_trainer.checkpoint import fetch_model, load_model
 from forgetmi_trainer.contract import MethodConfig, NoiseConfig, SelectionRule
 from forgetmi_trainer.data import Encoded
 from forgetmi_trainer.demo import DEMO_METHOD
+from forgetmi_trainer.encoders import TINY_TEXT_LENGTH
 from forgetmi_trainer.errors import ConfigError, DivergedError
-from forgetmi_trainer.evaluate import model_metrics
+from forgetmi_trainer.evaluate import Scored, model_metrics
+from forgetmi_trainer.inference import image_logits
 from forgetmi_trainer.manifest import read_manifest, split
 from forgetmi_trainer.methods import MethodContext, UnlearnInputs, UnlearnResult, forget_mi
 from forgetmi_trainer.methods.base import EpochCallback, freeze, mean_image_loss
 from forgetmi_trainer.methods.forget_mi import RetainEmbeddings, frozen_embeddings, run_forget_mi, step_terms
 from forgetmi_trainer.model import MultimodalClassifier
-from forgetmi_trainer.train import MAX_TOKENS, TrainConfig, fit_and_publish
+from forgetmi_trainer.train import TrainConfig, fit_and_publish
 
 CPU = torch.device("cpu")
 FAST = MethodConfig(preset="equal", epochs=3, learning_rate=3e-3, batch_size=16, push_bound=30.0)
@@ -35,7 +39,7 @@ class World:
 
     def fresh_original(self) -> MultimodalClassifier:
         """A new copy of the original (tests that mutate or freeze it get their own)."""
-        model, _ = load_model(self.directory)
+        model, _, _ = load_model(self.directory)
         return model
 
 
@@ -48,13 +52,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     model_uri = (root / "registry" / "m" / "versions" / "v1").as_uri()
     fit_and_publish(manifest_uri, model_uri, recipe=TrainConfig(epochs=40), seed=0, device="cpu", precision="fp32")
     fetch_model(model_uri, root / "original")
-    original, tokenizer = load_model(root / "original")
+    original, tokenizer, preprocessing = load_model(root / "original")
     manifest = read_manifest(manifest_uri)
     sets = split(manifest, forget_subjects)
-    encoded = data.encode(data.load_images(manifest.image_uris), manifest.texts, manifest.labels, tokenizer, MAX_TOKENS)
+    encoded = encode_manifest(manifest, manifest_uri, tokenizer, preprocessing)
     forget, retain, test = (encoded.take(ix) for ix in (sets.forget, sets.retain, sets.test))
     pool = data.noisy_text_pool([manifest.texts[i] for i in sets.forget], 0.5, 4, 0, str(tokenizer.mask_token))
-    noisy = [data.tokenize(tokenizer, p, MAX_TOKENS) for p in pool]
+    noisy = [data.tokenize(tokenizer, p, TINY_TEXT_LENGTH) for p in pool]
     return World(original, UnlearnInputs(forget, retain, test, noisy), root / "original")
 
 
@@ -176,7 +180,10 @@ def test_nan_inputs_diverge(world: World) -> None:
 
 
 def _metrics(world: World, model: MultimodalClassifier) -> tuple[float, float, float]:
-    m, _ = model_metrics(model, world.inputs.forget, world.inputs.retain, world.inputs.test, seed=0)
+    sets = (world.inputs.forget, world.inputs.retain, world.inputs.test)
+    logits = [image_logits([model], d)[0] for d in sets]  # type: ignore[arg-type]
+    scored = [Scored(x, d.labels.numpy(), np.arange(len(d))) for x, d in zip(logits, sets, strict=True)]
+    m = model_metrics(*scored, seed=0, bootstrap=0)
     assert m.split.forget_auc is not None and m.mia.score is not None and m.mia.attack_auc is not None
     return m.split.forget_auc, m.mia.score, m.mia.attack_auc
 
@@ -295,14 +302,19 @@ def test_retain_embeddings_are_computed_once_and_only_for_samples_asked_for(
         return real(f_og, data, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(forget_mi, "frozen_embeddings", counting)
-    cache = RetainEmbeddings(original, retain, original.fusion, "fp32")
+    cache = RetainEmbeddings(original, len(retain), original.fusion, "fp32")
     with pytest.raises(RuntimeError, match="before need"):
         cache.take(torch.tensor([0]))
-    cache.need(torch.tensor([4, 2, 4, 7]))
+
+    def need(ids: list[int]) -> None:
+        idx = torch.tensor(ids)
+        cache.need(idx, retain.take(idx))
+
+    need([4, 2, 4, 7])
     assert computed == [3]  # the repeat is computed once
-    cache.need(torch.tensor([2, 7, 9]))
+    need([2, 7, 9])
     assert computed == [3, 1]  # only the new sample
-    cache.need(torch.tensor([9, 4]))
+    need([9, 4])
     assert computed == [3, 1]  # nothing new: no pass at all
     idx = torch.tensor([9, 2, 4, 7, 2])
     units, joints = cache.take(idx)
@@ -310,7 +322,8 @@ def test_retain_embeddings_are_computed_once_and_only_for_samples_asked_for(
     torch.testing.assert_close(joints, full_joints[idx])
     with pytest.raises(RuntimeError, match="before need"):
         cache.take(torch.tensor([1]))
-    assert int(cache.known.sum()) == 4 < len(retain)
+    assert int((cache.slot >= 0).sum()) == 4 < len(retain)
+    assert cache.units is not None and len(cache.units) == 4  # memory for the samples touched only
 
 
 def test_draw_epoch_makes_the_draws_of_a_step_by_step_loop() -> None:
