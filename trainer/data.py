@@ -50,6 +50,15 @@ class Encoded:
         return Encoded(*(t.to(device) for t in (self.pixels, self.input_ids, self.attention_mask, self.labels)))
 
 
+BATCH_PIXELS = 4 * 1024 * 1024
+"""Pixel values a no-grad pass over many images takes at once: its activations stay bounded at any size."""
+
+
+def bounded_batch(per_image: int, most: int) -> int:
+    """At most ``most`` images of ``per_image`` pixel values each, and no more than :data:`BATCH_PIXELS` values."""
+    return max(1, min(most, BATCH_PIXELS // max(per_image, 1)))
+
+
 def text_length(tokenizer: object, default: int = 32) -> int:
     """The length reports are padded or cut to: the tokenizer's ``model_max_length`` (saved with the
     model), at most 512."""

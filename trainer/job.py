@@ -43,7 +43,7 @@ from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.preprocess import ImagePreprocessing
 from forgetmi_trainer.progress import ProgressReporter
 from forgetmi_trainer.runtime import resolve_device, resolve_precision, seed_everything
-from forgetmi_trainer.streaming import Samples, SampleStream
+from forgetmi_trainer.streaming import Samples, SampleStream, eval_batch_size
 
 log = logging.getLogger(__name__)
 NOISY_TEXT_COPIES = 8
@@ -152,6 +152,7 @@ def load_inputs(
     retain, test = stream.view(sets.retain), stream.view(sets.test)
     sample = retain_sample(retain.labels, config.audit.retain_samples, config.seed)
     audit_retain = retain.subset(sample)
+    stream.prefetch(np.concatenate([sets.test, audit_retain.rows]))  # the audit's images, while the method runs
     pool = data.noisy_text_pool(
         [manifest.texts[i] for i in sets.forget],
         config.method.noise.text_level,
@@ -207,7 +208,7 @@ def score(config: JobConfig, loaded: Loaded, result: UnlearnResult, tmpdir: Path
         retrained, _, _ = load_model(tmpdir / "retrained", loaded.device)
         models.append(retrained)
     sets, groups = loaded.inputs, loaded.groups
-    options = {"precision": loaded.precision, "batch_size": config.data.eval_batch_size}
+    options = {"precision": loaded.precision, "batch_size": eval_batch_size(config.data, loaded.preprocessing)}
     forget = image_logits(models, sets.forget, **options)  # type: ignore[arg-type]
     test = image_logits(models, sets.test, **options)  # type: ignore[arg-type]
     retain = image_logits(models, loaded.audit_retain, **options)  # type: ignore[arg-type]

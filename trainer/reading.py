@@ -6,12 +6,14 @@ decodes it (:func:`~forgetmi_trainer.images.decode_image`) and preprocesses it
 (:class:`~forgetmi_trainer.preprocess.ImagePreprocessing`). :class:`RowImages` is the Dataset the
 run's DataLoader reads: a batch's rows are read ``threads`` at a time, and a row that cannot be
 read comes back as its error message (raised in the main process as an :class:`InputError` naming
-the ``sample_id``, never the patient, whose ID may be part of the image's path).
+the ``sample_id``, never the patient, whose ID may be part of the image's path). :class:`PixelCache`
+keeps what was read in the main process, bounded.
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,14 @@ class ImageReader:
         except (ImageError, ValueError) as err:
             raise InputError(f"The image of sample {self.manifest.sample_ids[row]} could not be preprocessed: "
                              f"{err}.") from err
+
+    def object_uri(self, row: int) -> str | None:
+        """The storage object holding ``row``'s image (an .npz shard for a member), None when its
+        ``image_uri`` cannot be resolved (reading it reports why)."""
+        try:
+            return split_fragment(resolve_image_uri(self.manifest.image_uris[row], self.manifest_uri))[0]
+        except ImageError:
+            return None
 
     def unit(self, row: int, target: tuple[int, int] | None = None) -> np.ndarray:
         """``row``'s image as decoded, (C, H, W) float32 in [0, 1] (``target``: a size hint for JPEG)."""
@@ -117,3 +127,37 @@ def collate(items: list[tuple[int, np.ndarray | str]]) -> tuple[torch.Tensor, to
             return value
     rows = torch.tensor([row for row, _ in items], dtype=torch.long)
     return rows, torch.from_numpy(np.stack([value for _, value in items]))  # type: ignore[misc]
+
+
+class PixelCache:
+    """Tensors of recently read rows kept in memory, at most ``max_bytes`` (least recently used go
+    first; 0 keeps nothing): later epochs over a small set read (and tokenise) nothing again. The
+    stream keeps the model inputs in one and the reports' tokens in another (an eighth as large)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._rows: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, row: int) -> torch.Tensor | None:
+        pixels = self._rows.get(row)
+        if pixels is not None:
+            self._rows.move_to_end(row)
+        return pixels
+
+    def put(self, read: dict[int, torch.Tensor]) -> None:
+        if self.max_bytes <= 0:
+            return
+        for row, pixels in read.items():
+            if row in self._rows:
+                continue
+            size = pixels.numel() * pixels.element_size()
+            if size > self.max_bytes:
+                return
+            self._rows[row] = pixels.clone()  # its own storage, not a view of the batch
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, dropped = self._rows.popitem(last=False)
+                self.bytes -= dropped.numel() * dropped.element_size()

@@ -20,8 +20,9 @@ whatever the size of the manifest. A sample that cannot be read is an :class:`In
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,55 +30,29 @@ import torch
 from torch.utils.data import DataLoader
 
 from forgetmi_trainer.contract import DataConfig
-from forgetmi_trainer.data import Encoded, tokenize
+from forgetmi_trainer.data import Encoded, bounded_batch, tokenize
 from forgetmi_trainer.errors import InputError
 from forgetmi_trainer.manifest import Manifest
 from forgetmi_trainer.preprocess import ImagePreprocessing
-from forgetmi_trainer.reading import MIB, ImageReader, RowImages, collate, native_shape
+from forgetmi_trainer.reading import MIB, ImageReader, PixelCache, RowImages, collate, native_shape
 from forgetmi_trainer.storage.cache import ObjectCache
 
-__all__ = ["PixelCache", "SampleStream", "Samples", "chunks", "default_workers", "load_batches", "native_shape"]
+__all__ = ["PixelCache", "SampleStream", "Samples", "chunks", "default_workers", "eval_batch_size", "load_batches",
+           "native_shape"]
 Positions = torch.Tensor | np.ndarray | Sequence[int]
+
+
+def eval_batch_size(settings: DataConfig, preprocessing: ImagePreprocessing) -> int:
+    """``settings.eval_batch_size``, else as many images as hold ``data.BATCH_PIXELS`` values (1 to 256)."""
+    if settings.eval_batch_size is not None:
+        return settings.eval_batch_size
+    return bounded_batch(preprocessing.num_channels * preprocessing.height * preprocessing.width, 256)
 
 
 def default_workers() -> int:
     """Half the CPUs this process may use, at most 4 (0 on a single CPU)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(4, cpus // 2)
-
-
-class PixelCache:
-    """Tensors of recently read rows kept in memory, at most ``max_bytes`` (least recently used go
-    first; 0 keeps nothing): later epochs over a small set read (and tokenise) nothing again. The
-    stream keeps the model inputs in one and the reports' tokens in another (an eighth as large)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes, self.bytes = max_bytes, 0
-        self._rows: OrderedDict[int, torch.Tensor] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def get(self, row: int) -> torch.Tensor | None:
-        pixels = self._rows.get(row)
-        if pixels is not None:
-            self._rows.move_to_end(row)
-        return pixels
-
-    def put(self, read: dict[int, torch.Tensor]) -> None:
-        if self.max_bytes <= 0:
-            return
-        for row, pixels in read.items():
-            if row in self._rows:
-                continue
-            size = pixels.numel() * pixels.element_size()
-            if size > self.max_bytes:
-                return
-            self._rows[row] = pixels.clone()  # its own storage, not a view of the batch
-            self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, dropped = self._rows.popitem(last=False)
-                self.bytes -= dropped.numel() * dropped.element_size()
 
 
 class _Plan:
@@ -108,7 +83,8 @@ class SampleStream:
         self.reader = ImageReader(manifest, manifest_uri, preprocessing, cache)
         self.workers = default_workers() if settings.workers is None else settings.workers
         self._plan = _Plan()
-        self._busy = False
+        self._busy = self._stop_prefetch = False
+        self._prefetch: threading.Thread | None = None
         self._labels = torch.as_tensor(manifest.labels, dtype=torch.long)
         self._memory = PixelCache(settings.memory_cache_mib * MIB)
         self._tokens = PixelCache(settings.memory_cache_mib * MIB // 8)
@@ -124,8 +100,40 @@ class SampleStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def prefetch(self, rows: np.ndarray) -> None:
+        """Start copying the S3 images of manifest ``rows`` into the disk cache in the background
+        (``fetch_threads`` at a time, at most half the cache), so a later pass over them reads local
+        files: the audit's images arrive while the method computes. Errors are left for that pass."""
+        self._prefetch = threading.Thread(target=self._fetch_all, args=(np.asarray(rows).tolist(),),
+                                          name="forgetmi-prefetch", daemon=True)
+        self._prefetch.start()
+
+    def _fetch_all(self, rows: list[int]) -> None:
+        cache, budget = self.reader.cache, self.reader.cache.max_bytes // 2
+        uris = dict.fromkeys(self.reader.object_uri(r) for r in rows)
+        todo = [u for u in uris if u is not None and not u.startswith("file:")]
+
+        def fetch(uri: str) -> int:
+            if self._stop_prefetch:
+                return 0
+            try:
+                return cache.fetch(uri).stat().st_size
+            except Exception:  # the pass that needs the image reports its error
+                return 0
+
+        with ThreadPoolExecutor(self.settings.fetch_threads, thread_name_prefix="forgetmi-prefetch") as pool:
+            fetched = 0
+            for size in pool.map(fetch, todo):
+                fetched += size
+                if fetched > budget:
+                    self._stop_prefetch = True
+                    break
+
     def close(self) -> None:
-        """Stop the workers (a persistent DataLoader keeps them until its iterator goes)."""
+        """Stop the workers (a persistent DataLoader keeps them until its iterator goes) and the prefetch."""
+        self._stop_prefetch = True
+        if self._prefetch is not None:
+            self._prefetch.join()
         iterator = getattr(self.loader, "_iterator", None)
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()

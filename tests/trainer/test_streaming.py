@@ -149,3 +149,40 @@ def test_chunks_walk_memory_and_streams_alike(png_dataset: tuple[str, Manifest],
 def test_native_shape_is_the_stored_images_shape(png_dataset: tuple[str, Manifest], tmp_path: Path) -> None:
     uri, manifest = png_dataset
     assert native_shape(manifest, uri, 0, tmp_path / "cache", DataConfig()) == (1, 16, 16)
+
+
+def test_prefetch_copies_the_s3_images_asked_for_into_the_cache_in_the_background(
+    s3_bucket: str, tmp_path: Path
+) -> None:
+    samples = synthetic.generate(synthetic.SynthParams(patients=12, seed=2))
+    uri = synthetic.write_dataset(samples, storage.join(s3_bucket, "prefetch"), "png")
+    manifest = read_manifest(uri)
+    with _stream(uri, manifest, tmp_path, workers=0) as stream:
+        stream.prefetch(np.arange(10, 30))
+        assert stream._prefetch is not None
+        stream._prefetch.join(timeout=60)
+        cached = {p.name for p in (tmp_path / "cache").iterdir()}
+        assert len(cached) == 20
+        again = stream.view(np.arange(10, 30)).all()  # read from the cache: the same inputs
+        assert torch.equal(again.pixels[0], torch.from_numpy(_expected(uri, manifest, 10)))
+    assert {p.name for p in (tmp_path / "cache").iterdir()} == cached
+
+
+def test_prefetch_of_file_images_copies_nothing(png_dataset: tuple[str, Manifest], tmp_path: Path) -> None:
+    uri, manifest = png_dataset
+    with _stream(uri, manifest, tmp_path, workers=0) as stream:
+        stream.prefetch(np.arange(len(manifest)))
+    assert not any((tmp_path / "cache").iterdir())
+
+
+def test_the_audit_batch_holds_a_bounded_number_of_pixels_unless_set() -> None:
+    from forgetmi_trainer.streaming import eval_batch_size
+
+    def prep(side: int, channels: int = 1) -> ImagePreprocessing:
+        return ImagePreprocessing(height=side, width=side, num_channels=channels)  # type: ignore[arg-type]
+
+    assert eval_batch_size(DataConfig(), prep(64)) == 256
+    assert eval_batch_size(DataConfig(), prep(512)) == 16
+    assert eval_batch_size(DataConfig(), prep(512, 3)) == 5
+    assert eval_batch_size(DataConfig(), prep(4096)) == 1
+    assert eval_batch_size(DataConfig(eval_batch_size=7), prep(512)) == 7

@@ -106,10 +106,13 @@ class DataConfig(_Model):
         default=1024, ge=16, le=1_048_576,
         description="Most MiB of S3 images kept on local disk (least recently used go first).")
     memory_cache_mib: int = Field(
-        default=128, ge=0, le=1_048_576,
+        default=32, ge=0, le=1_048_576,
         description="Most MiB of preprocessed images kept in memory between passes (0 = none).")
     max_image_mib: int = Field(default=256, ge=1, le=4096, description="Largest image file read, MiB.")
-    eval_batch_size: int = Field(default=256, ge=1, le=65_536, description="Batch size of the audit's passes.")
+    eval_batch_size: int | None = Field(
+        default=None, ge=1, le=65_536,
+        description="Batch size of the audit's passes; unset: as many images as hold 4 Mi pixel values, at most "
+        "256 (256 at 64 px, 16 at 512 px grey), so activations stay bounded at any image size.")
 
 
 RETAIN_SAMPLES_DEFAULT = 5000

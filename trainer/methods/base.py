@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from forgetmi_trainer.contract import MethodConfig, Selection, dotted, validation_problems
-from forgetmi_trainer.data import Encoded
+from forgetmi_trainer.data import Encoded, bounded_batch
 from forgetmi_trainer.errors import ConfigError, DivergedError
 from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.preprocess import ImagePreprocessing
@@ -176,11 +176,13 @@ def task_logits(model: MultimodalClassifier, batch: Encoded) -> list[torch.Tenso
 
 
 @torch.no_grad()
-def mean_image_loss(model: MultimodalClassifier, data: Samples | Encoded, batch_size: int = 512) -> float:
-    """Mean image-head cross-entropy over ``data`` (streamed when it is). The image head reads
-    only the image embedding, so the text encoder is not run."""
+def mean_image_loss(model: MultimodalClassifier, data: Samples | Encoded, batch_size: int | None = None) -> float:
+    """Mean image-head cross-entropy over ``data`` (streamed when it is), in batches of at most 512
+    images and ``data.BATCH_PIXELS`` pixel values. The image head reads only the image embedding,
+    so the text encoder is not run."""
     total = 0.0
-    for b in chunks(data, batch_size, text=False):
+    per_image = model.config.image_channels * model.config.image_size * model.config.image_size
+    for b in chunks(data, batch_size or bounded_batch(per_image, 512), text=False):
         logits = model.image_head(model.encode_image(b.pixels)).float()
         total += float(F.cross_entropy(logits, b.labels, reduction="sum"))
     return total / max(len(data), 1)

@@ -27,7 +27,7 @@ import torch
 
 from forgetmi_trainer import losses
 from forgetmi_trainer.contract import LossWeights, NoiseConfig
-from forgetmi_trainer.data import Encoded, noisy_images
+from forgetmi_trainer.data import Encoded, bounded_batch, noisy_images
 from forgetmi_trainer.methods.base import (
     MethodContext,
     MethodOptions,
@@ -132,13 +132,16 @@ def _unimodal(out: object) -> torch.Tensor:
 
 @torch.no_grad()
 def frozen_embeddings(
-    f_og: MultimodalClassifier, data: Encoded, gate: torch.nn.Module, precision: str = "fp32", batch_size: int = 256
+    f_og: MultimodalClassifier, data: Encoded, gate: torch.nn.Module, precision: str = "fp32",
+    batch_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``F_og``'s unimodal (N, 2d) and joint (N, d) embeddings of every sample of ``data``, in float32.
 
     ``F_og`` is frozen and in eval mode, so these are the embeddings the steps would compute,
-    in a few large batches instead of one small one per step (FORGET_MI.md §9)."""
+    in a few large batches instead of one small one per step (FORGET_MI.md §9); a batch holds at most
+    256 images and ``data.BATCH_PIXELS`` pixel values."""
     device = data.labels.device
+    batch_size = batch_size or bounded_batch(data.pixels[0].numel() if len(data) else 1, 256)
     units, joints = [], []
     for start in range(0, len(data), batch_size):
         b = data.take(torch.arange(start, min(start + batch_size, len(data)), device=device))
