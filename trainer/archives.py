@@ -2,9 +2,10 @@
 
 Opening an archive parses its whole zip directory (about 4 ms for a 512-member shard), which
 would otherwise be paid for every sample read. :func:`open_npz` keeps the
-:data:`OPEN_ARCHIVES` most recently used archives open, keyed by path, inode, size and
-modification time (a replaced file is opened afresh), and hands one out under a lock (a
-zip member read seeks the shared handle). A forked child (a DataLoader worker) starts with none:
+:data:`OPEN_ARCHIVES` most recently used archives open, keyed by path, inode and size (a file
+replaced by a rename has a new inode and is opened afresh; the modification time is left out, as
+the disk cache touches it on every hit), and hands one out under a lock (a zip member read seeks
+the shared handle). A forked child (a DataLoader worker) starts with none:
 an inherited handle would share its file offset with the parent's.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 OPEN_ARCHIVES = 4
-_ARCHIVES: OrderedDict[tuple[str, int, int, int], tuple[Any, Any]] = OrderedDict()
+_ARCHIVES: OrderedDict[tuple[str, int, int], tuple[Any, Any]] = OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -31,7 +32,7 @@ def open_npz(path: Path) -> Iterator[Any]:
     """The open ``np.load`` archive at ``path``, held under the lock while the caller reads from it.
     FileNotFoundError propagates; a file that is not an archive raises ValueError."""
     stat = path.stat()
-    ident = (str(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    ident = (str(path), stat.st_ino, stat.st_size)  # not the mtime: the disk cache touches it on every hit
     with _LOCK:
         entry = _ARCHIVES.get(ident)
         if entry is None:

@@ -50,3 +50,16 @@ def test_at_most_open_archives_stay_open_and_a_broken_file_leaves_none(tmp_path:
     with pytest.raises(ImageError):
         decode_image(broken, "broken.npz#S")
     assert len(archives._ARCHIVES) == archives.OPEN_ARCHIVES
+
+
+def test_touching_a_shard_as_the_disk_cache_does_keeps_it_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shard = tmp_path / "shard.npz"
+    np.savez(shard, A=np.zeros((2, 2), dtype=np.uint8), B=np.ones((2, 2), dtype=np.uint8))
+    loads: list[object] = []
+    real = np.load
+    monkeypatch.setattr(archives.np, "load", lambda *a, **k: loads.append(a) or real(*a, **k))
+    decode_image(shard, "x.npz#A")
+    time.sleep(0.01)
+    os.utime(shard)  # ObjectCache.fetch refreshes a hit's modification time
+    decode_image(shard, "x.npz#B")
+    assert len(loads) == 1
