@@ -4,7 +4,7 @@
 ``file://`` in place, from S3 through the run's :class:`~forgetmi_trainer.storage.cache.ObjectCache`),
 decodes it (:func:`~forgetmi_trainer.images.decode_image`) and preprocesses it
 (:class:`~forgetmi_trainer.preprocess.ImagePreprocessing`). :class:`RowImages` is the Dataset the
-run's DataLoader reads: a batch's rows are read ``threads`` at a time, and a row that cannot be
+run's DataLoader reads: a batch's objects are fetched ``threads`` at a time, and a row that cannot be
 read comes back as its error message (raised in the main process as an :class:`InputError` naming
 the ``sample_id``, never the patient, whose ID may be part of the image's path). :class:`PixelCache`
 keeps what was read in the main process, bounded.
@@ -113,11 +113,23 @@ class RowImages(Dataset):
             return row, str(err)
 
     def __getitems__(self, rows: list[int]) -> list[tuple[int, np.ndarray | str]]:
-        if self.threads <= 1 or len(rows) <= 1:
-            return [self[r] for r in rows]
-        if self._pool is None or self._pid != os.getpid():  # a pool per process (workers are forked)
-            self._pool, self._pid = ThreadPoolExecutor(self.threads, thread_name_prefix="forgetmi-read"), os.getpid()
-        return list(self._pool.map(self.__getitem__, rows))
+        """The batch's objects not yet on local disk are fetched ``threads`` at a time (network
+        latency overlaps); decoding then runs in this thread (threads would only contend for the
+        GIL: local files decode about twice as fast this way)."""
+        cache = self.reader.cache
+        remote = [u for u in dict.fromkeys(self.reader.object_uri(r) for r in rows) if u and not cache.holds(u)]
+        if self.threads > 1 and len(remote) > 1:
+            if self._pool is None or self._pid != os.getpid():  # a pool per process (workers are forked)
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="forgetmi-read")
+                self._pid = os.getpid()
+            list(self._pool.map(self._warm, remote))
+        return [self[r] for r in rows]
+
+    def _warm(self, uri: str) -> None:
+        try:
+            self.reader.cache.fetch(uri)
+        except Exception:  # reading the row reports the error, naming its sample
+            return
 
 
 def collate(items: list[tuple[int, np.ndarray | str]]) -> tuple[torch.Tensor, torch.Tensor] | str:

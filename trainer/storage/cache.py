@@ -75,6 +75,10 @@ class ObjectCache:
             self.evict()
         return path
 
+    def holds(self, uri: str) -> bool:
+        """True when reading ``uri`` needs no network: a ``file://`` object, or one already cached."""
+        return uri.startswith("file:") or (self.directory / hashlib.sha256(uri.encode()).hexdigest()).exists()
+
     def open_bytes(self, uri: str) -> bytes:
         """The object's bytes through the cache (fetched again if evicted meanwhile)."""
         for attempt in (0, 1):

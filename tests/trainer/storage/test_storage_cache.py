@@ -107,3 +107,13 @@ def test_a_missing_object_raises_object_not_found(s3_bucket: str, tmp_path: Path
     with pytest.raises(ObjectNotFound):
         cache.fetch(storage.join(s3_bucket, "nothing.png"))
     assert cache.size() == 0
+
+
+def test_holds_tells_whether_a_read_needs_the_network(s3_bucket: str, tmp_path: Path) -> None:
+    uri = storage.join(s3_bucket, "held.bin")
+    storage.write_bytes(uri, b"abc")
+    cache = ObjectCache(tmp_path / "cache", 1 << 20, max_object_bytes=1 << 20)
+    assert cache.holds((tmp_path / "any.png").as_uri())
+    assert not cache.holds(uri)
+    cache.fetch(uri)
+    assert cache.holds(uri)
