@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import re
 
-from pydantic import ValidationError
-
 from forgetmi_trainer import storage
-from forgetmi_trainer.contract import VERSION_PATTERN, now, validation_problems
-from forgetmi_trainer.contract.registry import ALIAS_PATTERN, AliasRecord, alias_path, next_record, version_path
+from forgetmi_trainer.contract import VERSION_PATTERN, now
+from forgetmi_trainer.contract.registry import (
+    ALIAS_PATTERN,
+    RECORD_MAX_BYTES,
+    AliasRecord,
+    alias_path,
+    next_record,
+    parse_alias_record,
+    version_path,
+)
 from forgetmi_trainer.errors import AliasConflict, ConfigError, InputError, ObjectNotFound, PreconditionFailed
 
-RECORD_MAX_BYTES = 1024 * 1024
-"""The most read of an alias record or a version's metadata.json (each a few kB)."""
 _VERSION_URI = re.compile(r"^(?P<registry>.+)/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/?$")
 
 _Found = tuple[AliasRecord, str] | None
@@ -71,12 +75,10 @@ def _read(uri: str) -> _Found:
         data, token = storage.read_versioned(uri, RECORD_MAX_BYTES + 1)
     except ObjectNotFound:
         return None
-    if len(data) > RECORD_MAX_BYTES:
-        raise InputError(f"Alias record {uri} is larger than {RECORD_MAX_BYTES} bytes; it is not an alias record.")
     try:
-        return AliasRecord.model_validate_json(data), token
-    except ValidationError as err:
-        raise InputError(f"Alias record {uri} is malformed: {validation_problems(err)[0]}.") from err
+        return parse_alias_record(data, uri), token
+    except ValueError as err:
+        raise InputError(str(err)) from err
 
 
 def _check_published(registry: str, name: str, version: str, sha256: str) -> None:

@@ -70,13 +70,6 @@ def tokenize(tokenizer: object, texts: list[str], max_length: int = 32) -> tuple
     return enc["input_ids"], enc["attention_mask"]
 
 
-def encode(
-    images: np.ndarray, texts: list[str], labels: np.ndarray, tokenizer: object, max_length: int = 32
-) -> Encoded:
-    ids, mask = tokenize(tokenizer, texts, max_length)
-    return Encoded(torch.from_numpy(images).float(), ids, mask, torch.from_numpy(labels).long())
-
-
 # --- perturbations (FORGET_MI.md §3): forget inputs only -------------------------------------
 
 

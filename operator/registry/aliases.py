@@ -26,17 +26,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from forgetmi_operator.registry.paths import CONFIG_FILE, METADATA_FILE, MODEL_FILE, alias_uri, version_uri
 from forgetmi_trainer import storage
-from forgetmi_trainer.contract import now, validation_problems
-from forgetmi_trainer.contract.registry import HISTORY_LIMIT, AliasRecord, RequestRef, next_record
+from forgetmi_trainer.contract import now
+from forgetmi_trainer.contract.registry import HISTORY_LIMIT, AliasRecord, RequestRef, next_record, parse_alias_record
+from forgetmi_trainer.contract.registry import RECORD_MAX_BYTES as _RECORD_MAX_BYTES
 from forgetmi_trainer.contract.registry import PreviousVersion as PreviousVersion  # re-exported
 from forgetmi_trainer.errors import ObjectNotFound, PreconditionFailed
 from forgetmi_trainer.storage import Objects
 
-RECORD_MAX_BYTES = 1024 * 1024
+RECORD_MAX_BYTES = _RECORD_MAX_BYTES
 """The most the operator reads of an alias record or a version's metadata.json (each a few kB)."""
 
 
@@ -92,12 +91,10 @@ def _read_alias(objects: Objects, registry: str, name: str, alias: str) -> _Foun
         data, token = objects.read_versioned(uri, RECORD_MAX_BYTES + 1)
     except ObjectNotFound:
         return None
-    if len(data) > RECORD_MAX_BYTES:
-        raise RegistryError(f"Alias record {uri} is larger than {RECORD_MAX_BYTES} bytes; it is not an alias record.")
     try:
-        return AliasRecord.model_validate_json(data), token
-    except ValidationError as err:
-        raise RegistryError(f"Alias record {uri} is malformed: {validation_problems(err)[0]}.") from err
+        return parse_alias_record(data, uri, RECORD_MAX_BYTES), token
+    except ValueError as err:
+        raise RegistryError(str(err)) from err
 
 
 def resolve_alias(objects: Objects, registry: str, name: str, alias: str) -> ResolvedVersion:

@@ -12,13 +12,15 @@ both writers follow when they move an alias; each writes the record with a condi
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from forgetmi_trainer.contract.formats import SHA256_PATTERN, VERSION_PATTERN
+from forgetmi_trainer.contract.formats import SHA256_PATTERN, VERSION_PATTERN, validation_problems
 
 HISTORY_LIMIT = 20
 """How many earlier versions an alias record remembers (newest first)."""
+RECORD_MAX_BYTES = 1024 * 1024
+"""The most either side reads of an alias record or a version's metadata.json (each a few kB)."""
 ALIAS_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 """An alias is a DNS label (the UnlearnRequest's ``spec.model.alias``), at most 63 characters."""
 
@@ -69,6 +71,18 @@ def next_record(current: AliasRecord | None, *, version: str, sha256: str, updat
                                    request=current.request), *current.history][:limit]
     return AliasRecord(version=version, sha256=sha256, previous=current.version if current else None,
                        updated_at=updated_at, request=request, history=history)
+
+
+def parse_alias_record(data: bytes, uri: str, max_bytes: int = RECORD_MAX_BYTES) -> AliasRecord:
+    """The alias record in ``data`` (read from ``uri``, at most ``max_bytes + 1`` of it); a
+    ``ValueError`` with one sentence naming ``uri`` when it is too large or malformed (each reader
+    raises it as its own error)."""
+    if len(data) > max_bytes:
+        raise ValueError(f"Alias record {uri} is larger than {max_bytes} bytes; it is not an alias record.")
+    try:
+        return AliasRecord.model_validate_json(data)
+    except ValidationError as err:
+        raise ValueError(f"Alias record {uri} is malformed: {validation_problems(err)[0]}.") from err
 
 
 def version_path(name: str, version: str) -> str:

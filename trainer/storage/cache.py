@@ -7,9 +7,9 @@ into place, so a reader never sees half a file and several processes (a DataLoad
 can fill the same directory. A hit refreshes the file's modification time. When the files this
 process added since its last look exceed an eighth of ``max_bytes``, it lists the directory and
 deletes the least recently used files until the whole is under ``max_bytes`` — so the directory
-holds at most about ``max_bytes`` plus what the workers add between two looks. A file deleted by
-another process while this one opens it is fetched again (:meth:`ObjectCache.open_bytes` and
-callers of :meth:`fetch` that open the path themselves should retry once on FileNotFoundError).
+holds at most about ``max_bytes`` plus what the workers add between two looks. A file another
+process deletes between :meth:`ObjectCache.fetch` and its opening raises FileNotFoundError there:
+callers fetch once more (the next fetch reads the object again).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class ObjectCache:
             if not path.is_file():
                 raise ObjectNotFound(uri)
             return path
-        path = self.directory / hashlib.sha256(uri.encode()).hexdigest()
+        path = self._entry(uri)
         try:
             os.utime(path)
             return path
@@ -77,18 +77,11 @@ class ObjectCache:
 
     def holds(self, uri: str) -> bool:
         """True when reading ``uri`` needs no network: a ``file://`` object, or one already cached."""
-        return uri.startswith("file:") or (self.directory / hashlib.sha256(uri.encode()).hexdigest()).exists()
+        return uri.startswith("file:") or self._entry(uri).exists()
 
-    def open_bytes(self, uri: str) -> bytes:
-        """The object's bytes through the cache (fetched again if evicted meanwhile)."""
-        for attempt in (0, 1):
-            path = self.fetch(uri)
-            try:
-                return path.read_bytes()
-            except FileNotFoundError:
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+    def _entry(self, uri: str) -> Path:
+        """The cache file of a non-``file://`` object."""
+        return self.directory / hashlib.sha256(uri.encode()).hexdigest()
 
     def evict(self) -> int:
         """Delete the least recently used files until the directory is under ``max_bytes``; returns its size."""

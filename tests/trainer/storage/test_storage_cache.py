@@ -90,7 +90,7 @@ def test_an_entry_evicted_by_another_process_is_fetched_again(s3_bucket: str, tm
     storage.write_bytes(uri, b"abc")
     cache = ObjectCache(tmp_path / "cache", 1 << 20, max_object_bytes=1 << 20)
     cache.fetch(uri).unlink()
-    assert cache.open_bytes(uri) == b"abc"
+    assert cache.fetch(uri).read_bytes() == b"abc"
 
 
 def test_an_object_larger_than_allowed_is_an_input_error_and_is_not_kept(s3_bucket: str, tmp_path: Path) -> None:
