@@ -178,6 +178,9 @@ def running_operator(cluster: dict[str, Any]) -> Iterator[dict[str, Any]]:
             patch.setenv(name, value)
         with KopfRunner(kopf_args(args), timeout=60) as runner:
             wait_for(lambda: _http_ok(f"http://127.0.0.1:{metrics_port}/metrics"), 30, "the metrics endpoint")
+            # Kopf starts its liveness server only once its own startup is over, after the
+            # metrics server (a startup handler): on a loaded machine that is a second later.
+            wait_for(lambda: _http_ok(f"http://127.0.0.1:{health_port}/healthz"), 30, "the liveness endpoint")
             yield {"runner": runner, "metrics_port": metrics_port, "health_port": health_port}
 
 
