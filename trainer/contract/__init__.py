@@ -47,6 +47,7 @@ from forgetmi_trainer.contract.formats import (
     timestamp,
     validation_problems,
 )
+from forgetmi_trainer.contract.metrics import Interval, MiaResult, ModelMetrics, SplitMetrics
 from forgetmi_trainer.contract.registry import (
     ALIAS_PATTERN,
     HISTORY_LIMIT,
@@ -55,21 +56,21 @@ from forgetmi_trainer.contract.registry import (
     RequestRef,
     alias_path,
     next_record,
+    references_path,
     version_path,
 )
 from forgetmi_trainer.contract.report import (
     COMPARISON_KEYS,
     Artifact,
     Counts,
+    EmbeddingScale,
     Environment,
-    Interval,
-    MiaResult,
-    ModelMetrics,
     Progress,
+    ReferencesInfo,
     Report,
     Row,
     Selection,
-    SplitMetrics,
+    SplitInfo,
     Timings,
     comparison,
     format_comparison,
@@ -79,10 +80,11 @@ from forgetmi_trainer.contract.report import (
 __all__ = [
     "ALIAS_PATTERN", "BOOTSTRAP_DEFAULT", "COMPARISON_KEYS", "FAIL_FAST_EXIT_CODES", "HISTORY_LIMIT",
     "RETAIN_SAMPLES_DEFAULT", "RETAIN_SAMPLES_MAX", "SCHEMA_VERSION", "SHA256_PATTERN", "SUBJECT_ID_PATTERN",
-    "URI_PATTERN", "VERSION_PATTERN", "AliasRecord", "Artifact", "AuditConfig", "Counts", "DataConfig", "Environment",
-    "ExitCode", "ForgetSubjects", "Interval", "JobConfig", "Location", "LossWeights", "MethodConfig", "MethodName",
-    "MiaResult", "ModelMetrics", "ModelRef", "NoiseConfig", "PresetName", "PreviousVersion", "Progress", "Report",
-    "RequestRef", "Row", "Selection", "SelectionRule", "SelectionRuleName", "SplitMetrics", "Timings", "alias_path",
-    "comparison", "dotted", "format_comparison", "next_record", "now", "parse_subjects", "subjects_text",
+    "URI_PATTERN", "VERSION_PATTERN", "AliasRecord", "Artifact", "AuditConfig", "Counts", "DataConfig",
+    "EmbeddingScale", "Environment", "ExitCode", "ForgetSubjects", "Interval", "JobConfig", "Location",
+    "LossWeights", "MethodConfig", "MethodName", "MiaResult", "ModelMetrics", "ModelRef", "NoiseConfig",
+    "PresetName", "PreviousVersion", "Progress", "ReferencesInfo", "Report", "RequestRef", "Row", "Selection",
+    "SelectionRule", "SelectionRuleName", "SplitInfo", "SplitMetrics", "Timings", "alias_path", "comparison",
+    "dotted", "format_comparison", "next_record", "now", "parse_subjects", "references_path", "subjects_text",
     "summary_line", "timestamp", "validation_problems", "version_path",
 ]

@@ -85,7 +85,10 @@ class MethodConfig(_Model):
     epochs: int = Field(default=30, ge=1, le=1000)
     learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
     batch_size: int = Field(default=16, ge=1, le=4096)
-    push_bound: float | None = Field(default=None, gt=0, description="Bound m of relu(m - d) on push terms.")
+    push_bound: float | None = Field(default=None, gt=0, description=(
+        "Bound m of relu(m - d) on the push terms, relative: a multiple of the original's embedding scale "
+        "(the median distance between two different retain samples' image embeddings, measured at the start "
+        "of the run); unset: unbounded."))
     sign: Literal["push", "pull"] = Field(
         default="push", description="'pull' flips the unlearning terms (a sanity check: forgets nothing)."
     )
@@ -131,6 +134,8 @@ class AuditConfig(_Model):
                                 description="At most this many retain rows are scored (class-stratified sample).")
     bootstrap: int = Field(default=BOOTSTRAP_DEFAULT, ge=100, le=20_000,
                            description="Bootstrap replicates (over patients) behind each 95 % interval.")
+    cache: bool = Field(default=True, description=(
+        "Read the original's validation and test logits from the registry's audit cache, and write them there."))
 
 
 class JobConfig(_Model):

@@ -90,6 +90,12 @@ def version_path(name: str, version: str) -> str:
     return f"{name}/versions/{version}"
 
 
+def references_path(name: str, version: str) -> str:
+    """``<name>/references/<version>``: the reference models' statistics of a version (LiRA), beside its
+    directory, not in it (a version directory holds exactly the files its metadata.json lists)."""
+    return f"{name}/references/{version}"
+
+
 def alias_path(name: str, alias: str) -> str:
     """``<name>/aliases/<alias>.json``: an alias record, relative to the registry."""
     return f"{name}/aliases/{alias}.json"

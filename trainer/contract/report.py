@@ -3,99 +3,24 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from forgetmi_trainer.contract.config import MethodName, SelectionRuleName
 from forgetmi_trainer.contract.formats import SCHEMA_VERSION, SHA256_PATTERN
+from forgetmi_trainer.contract.metrics import Distance, ModelMetrics, Seconds
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-"""An AUC, an F1 or a fraction of samples: finite, in [0, 1]."""
-Distance = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
-"""``1 - mean cosine``: finite, in [0, 2]."""
-Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-"""A duration: finite, not negative."""
 
 
 class Artifact(_Model):
     uri: str
     sha256: str = Field(pattern=SHA256_PATTERN)
-
-
-class Interval(_Model):
-    """A 95 % interval of a figure in [0, 1]: the 2.5th and 97.5th percentiles of a seeded bootstrap that
-    resamples patients (with replacement, within each split), widened where needed to contain the figure
-    itself, so ``low <= value <= high`` always holds (docs/audit.md)."""
-
-    low: Fraction
-    high: Fraction
-
-    @model_validator(mode="after")
-    def _ordered(self) -> Interval:
-        if self.low > self.high:
-            raise ValueError(f"an interval's low ({self.low}) must not exceed its high ({self.high})")
-        return self
-
-
-class _WithIntervals(_Model):
-    """Metrics whose ``<name>_ci`` field is the 95 % interval of ``<name>``: None where the figure is None
-    (or could not be resampled), and otherwise containing it."""
-
-    @model_validator(mode="after")
-    def _intervals_hold_their_figures(self) -> _WithIntervals:
-        for name in type(self).model_fields:
-            ci = getattr(self, name) if name.endswith("_ci") else None
-            if ci is None:
-                continue
-            point = getattr(self, name.removesuffix("_ci"))
-            if point is None:
-                raise ValueError(f"{name} is set but {name.removesuffix('_ci')} is not")
-            if not ci.low <= point <= ci.high:
-                raise ValueError(f"{name} [{ci.low}, {ci.high}] does not contain {name.removesuffix('_ci')} {point}")
-        return self
-
-
-class SplitMetrics(_WithIntervals):
-    """Macro one-vs-rest AUC and macro F1 of the image head, each in [0, 1]; None when unmeasurable or
-    missing (a gate on a None metric is Inconclusive, so it never promotes). NaN, an infinity or a
-    value outside [0, 1] makes the report invalid: the trainer writes None for what it cannot measure."""
-
-    forget_auc: Fraction | None = None
-    forget_auc_ci: Interval | None = None
-    forget_f1: Fraction | None = None
-    forget_f1_ci: Interval | None = None
-    test_auc: Fraction | None = None
-    test_auc_ci: Interval | None = None
-    test_f1: Fraction | None = None
-    test_f1_ci: Interval | None = None
-
-
-class MiaResult(_WithIntervals):
-    """Membership-inference results, each in [0, 1]; None when unmeasurable or missing (as for
-    :class:`SplitMetrics`, anything else makes the report invalid)."""
-
-    score: Fraction | None = Field(default=None, description="Paper MIA: fraction of forget samples labelled member.")
-    score_ci: Interval | None = None
-    balanced_score: Fraction | None = Field(default=None, description="Same, with a class-balanced attacker.")
-    balanced_score_ci: Interval | None = None
-    attack_auc: Fraction | None = Field(
-        default=None, description="AUC of forget (positive) vs test by loss; 0.5 = no signal.")
-    attack_auc_ci: Interval | None = None
-    tpr_at_1pct_fpr: Fraction | None = None
-    tpr_at_1pct_fpr_ci: Interval | None = None
-
-
-class ModelMetrics(_Model):
-    """One model's metrics; a missing group or key reads as None (unmeasured), an unknown key is rejected."""
-
-    split: SplitMetrics = Field(default_factory=SplitMetrics)
-    mia: MiaResult = Field(default_factory=MiaResult)
 
 
 class Selection(_Model):
@@ -130,6 +55,42 @@ class Counts(_Model):
         "before the audit sampled the retain set.")
 
 
+class SplitInfo(_Model):
+    """The non-member patients' split into V (validation: the selection rule, the attackers' non-members,
+    any tuning) and T (test: every reported and gated figure). ``digest`` is the sha256 of the V and T
+    sample IDs (docs/audit.md, "Splits"); ``source`` says whether V came from ``split=val`` rows of the
+    manifest or was drawn from its test patients (by patient, stratified by class, seeded by the
+    manifest's digest, so one manifest version always splits the same way)."""
+
+    digest: str = Field(pattern=SHA256_PATTERN)
+    source: Literal["manifest", "derived"]
+    validation_patients: int = Field(ge=0)
+    validation_samples: int = Field(ge=0)
+    test_patients: int = Field(ge=0)
+    test_samples: int = Field(ge=0)
+
+
+class EmbeddingScale(_Model):
+    """The original model's embedding scale, measured at the start of the run (docs/methods.md, "Strength"):
+    the median L2 distance between the image embeddings of two different retain samples, and the absolute
+    bounds it made of the method's relative ones."""
+
+    median_distance: float = Field(ge=0, allow_inf_nan=False)
+    pairs: int = Field(ge=0, description="Pairs of distinct retain samples the median was taken over.")
+    push_bound: float | None = Field(default=None, ge=0, allow_inf_nan=False,
+                                     description="Forget-MI's bound m, absolute: method.push_bound × median_distance.")
+
+
+class ReferencesInfo(_Model):
+    """The reference models behind LiRA (docs/audit.md, "Reference models"): ``used`` when the version's
+    references were read and matched the manifest; ``missing`` or ``stale`` otherwise (LiRA figures None)."""
+
+    status: Literal["used", "missing", "stale"]
+    uri: str
+    k: int | None = Field(default=None, ge=1)
+    message: str | None = None
+
+
 class Report(_Model):
     """What the trainer writes as report.json; the operator's gates read only this. Every float in it
     is finite and within its range, so a report that parses holds no number that means nothing."""
@@ -148,6 +109,11 @@ class Report(_Model):
     )
     selection: Selection
     counts: Counts
+    splits: SplitInfo | None = Field(default=None, description="V/T split; None in reports from before it.")
+    embedding_scale: EmbeddingScale | None = None
+    references: ReferencesInfo | None = None
+    original_cached: bool = Field(default=False, description=(
+        "True when the original's test and validation figures were read from the registry's audit cache."))
     timings: Timings
     environment: Environment
     started_at: str
@@ -184,7 +150,7 @@ def summary_line(report: Report) -> str:
     )
 
 
-COMPARISON_KEYS = ("forget_auc", "forget_f1", "test_auc", "test_f1", "mia", "mia_auc", "seconds")
+COMPARISON_KEYS = ("forget_auc", "forget_f1", "test_auc", "test_f1", "mia", "attack_auc", "logit_norm_auc", "seconds")
 Row = dict[str, float | None]
 
 
@@ -197,7 +163,8 @@ def comparison(report: Report, original_seconds: float, retrained_seconds: float
     def row(metrics: ModelMetrics, seconds: float) -> Row:
         s, m = metrics.split, metrics.mia
         return {"forget_auc": s.forget_auc, "forget_f1": s.forget_f1, "test_auc": s.test_auc,
-                "test_f1": s.test_f1, "mia": m.score, "mia_auc": m.attack_auc, "seconds": round(seconds, 2)}
+                "test_f1": s.test_f1, "mia": m.score, "attack_auc": m.attack_auc, "logit_norm_auc": m.logit_norm_auc,
+                "seconds": round(seconds, 2)}
 
     return {"original": row(report.original, original_seconds),
             "retrained": row(report.retrained, retrained_seconds),
@@ -206,8 +173,9 @@ def comparison(report: Report, original_seconds: float, retrained_seconds: float
 
 def format_comparison(rows: dict[str, Row]) -> str:
     """The rows of :func:`comparison` as a fixed-width table."""
-    line = "{:<10} {:>10} {:>9} {:>8} {:>7} {:>6} {:>7} {:>8}"
-    lines = [line.format("model", "forget AUC", "forget F1", "test AUC", "test F1", "MIA", "miaAUC", "seconds")]
+    line = "{:<10} {:>10} {:>9} {:>8} {:>7} {:>6} {:>10} {:>9} {:>8}"
+    lines = [line.format("model", "forget AUC", "forget F1", "test AUC", "test F1", "MIA", "attack AUC", "norm AUC",
+                         "seconds")]
     for key, label in (("original", "original"), ("retrained", "retrained"), ("forget_mi", "Forget-MI")):
         cells = ["-" if rows[key][k] is None else f"{rows[key][k]:.1f}" if k == "seconds" else f"{rows[key][k]:.3f}"
                  for k in COMPARISON_KEYS]
