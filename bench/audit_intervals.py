@@ -1,8 +1,9 @@
 """The audit's 95 % intervals: what they cost, and how often a gate passes by luck without them.
 
-1. Cost: all eight intervals of one model (AUC and F1 on forget and test, the four MIA numbers) at
-   the audit's size (5,000 retain, 2,000 test and 100 forget samples of 400 + 20 patients, 4 classes,
-   1,000 replicates), the bootstrap alone and the whole ``evaluate.model_metrics`` (with its two SVC fits).
+1. Cost: all twelve intervals of one model (AUC and F1 on forget and test, the eight MIA figures without
+   LiRA) at the audit's size (5,000 retain, 2,000 test and validation and 100 forget samples of 400 + 20
+   patients, 4 classes, 1,000 replicates), the bootstrap alone and the whole ``evaluate.model_metrics``
+   (with its SVC fit).
 2. Luck: a simulated attack on per-sample losses with a patient effect (loss = 1 + patient + sample,
    both N(0, 0.5); 4 samples per patient; 400 test patients). A model that forgot nothing has true
    attack AUC 0.70 (its forget losses are 0.52 lower); one that forgot has 0.50. For forget sets of
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from forgetmi_trainer import bootstrap, evaluate, mia
+from forgetmi_trainer import attacks, bootstrap, evaluate, mia
 
 PER_PATIENT = 4
 SHIFT = 0.5244  # Phi(SHIFT / sqrt(2 * (0.5**2 + 0.5**2))) = 0.70
@@ -40,9 +41,9 @@ def cost(repeats: int = 3) -> dict[str, float]:
     """Best-of-``repeats`` seconds of the bootstrap alone and of the whole model_metrics."""
     rng = np.random.default_rng(0)
     forget, retain, test = _scored(rng, 20, 5, 3.0, 0), _scored(rng, 1000, 5, 2.0, 100), _scored(rng, 400, 5, 1.0, 9000)
+    validation = _scored(rng, 400, 5, 1.0, 20000)
     split = evaluate.split_metrics(forget.logits, forget.labels, test.logits, test.labels)
-    lf, lr, lt = (mia.per_sample_losses(s.logits, s.labels) for s in (forget, retain, test))
-    _, mia_figures = mia.audit_figures(lr, retain.labels, lt, test.labels, lf, forget.labels, seed=0)
+    _, mia_figures = mia.audit_figures(forget, retain, test, validation, seed=0)
     figures = [*evaluate._split_figures(split, forget, test), *mia_figures]
     groups = {"forget": forget.groups, "test": test.groups}
     out = {"intervals_seconds": float("inf"), "model_metrics_seconds": float("inf")}
@@ -51,7 +52,7 @@ def cost(repeats: int = 3) -> dict[str, float]:
         bootstrap.intervals(figures, groups, seed=0, replicates=1000)
         out["intervals_seconds"] = min(out["intervals_seconds"], time.perf_counter() - start)
         start = time.perf_counter()
-        evaluate.model_metrics(forget, retain, test, seed=0, bootstrap=1000)
+        evaluate.model_metrics(forget, retain, test, validation=validation, seed=0, bootstrap=1000)
         out["model_metrics_seconds"] = min(out["model_metrics_seconds"], time.perf_counter() - start)
     return out
 
@@ -71,12 +72,11 @@ def luck(trials: int, sizes: tuple[int, ...] = (3, 10, 30, 100)) -> list[dict[st
                 rng = np.random.default_rng([patients, trial, forgot])
                 f, f_groups = _losses(rng, patients, shift)
                 t, t_groups = _losses(rng, 400, 0.0)
-                auc = mia.attack_auc(f, t)
+                points, figures = attacks.figures(attacks.Names("attack_auc", "attack_auc_signed"), -f, -t)
+                auc = points["attack_auc_signed"]
                 assert auc is not None
-                figures = [bootstrap.Figures({"attack_auc": auc, "tpr_at_1pct_fpr": 0.0}, ("forget", "test"),
-                                             mia.LossAttack.of(f, t))]
                 ci = bootstrap.intervals(figures, {"forget": f_groups, "test": t_groups + patients}, seed=trial,
-                                         replicates=1000)["attack_auc"]
+                                         replicates=1000)["attack_auc_signed"]
                 point += auc <= THRESHOLD
                 upper += ci is not None and ci.high <= THRESHOLD
                 covered += ci is not None and ci.low <= true_auc <= ci.high

@@ -53,6 +53,10 @@ class Draw:
         np.add.at(sums, self.patient, values)
         return self.counts @ sums.reshape(sums.shape[0], -1)
 
+    def by_patient(self) -> Draw:
+        """The same replicates with one sample per patient (patient ``i`` = the ``i``-th sorted code)."""
+        return Draw(self.counts, np.arange(self.counts.shape[1]))
+
     def join(self, other: Draw) -> Draw:
         """This split's samples followed by ``other``'s, as one draw."""
         return Draw(np.concatenate([self.counts, other.counts], axis=1),
@@ -188,13 +192,15 @@ class MacroAuc:
 
 
 def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int, draw: Draw) -> np.ndarray:
-    """Replicates of the macro F1 over all ``num_classes`` (a class with no true and no predicted
-    weight scores 0, as scikit-learn's ``zero_division=0``): ``2 TP / (true + predicted)`` per class."""
+    """Replicates of the macro F1 over the classes a replicate holds in its labels or its predictions
+    (scikit-learn's default): ``2 TP / (true + predicted)`` per class with any true or predicted weight."""
     eye = np.eye(num_classes)
     per_sample = np.concatenate([eye[labels], eye[preds], eye[labels] * (labels == preds)[:, None]], axis=1)
     true, pred, hits = np.split(draw.per_patient(per_sample), 3, axis=1)
-    f1 = np.divide(2 * hits, true + pred, out=np.zeros_like(hits), where=(true + pred) > 0)
-    return f1.mean(axis=1)
+    present = (true + pred) > 0
+    f1 = np.divide(2 * hits, true + pred, out=np.zeros_like(hits), where=present)
+    count = present.sum(axis=1)
+    return np.divide(f1.sum(axis=1), count, out=np.full(count.shape, np.nan), where=count > 0)
 
 
 def weighted_mean(values: np.ndarray, draw: Draw) -> np.ndarray:

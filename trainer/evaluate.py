@@ -1,9 +1,10 @@
-"""Scoring a model (FORGET_MI.md §5) from its image-head logits on the forget, retain and test sets:
-macro one-vs-rest ROC AUC, macro F1 and the membership-inference audit, each with a 95 % interval.
+"""Scoring a model (FORGET_MI.md §5) from its image-head logits on the forget, retain, test and validation
+sets: macro one-vs-rest ROC AUC, macro F1 and the membership-inference audit (:mod:`~forgetmi_trainer.mia`),
+each with a 95 % interval.
 
 Everything here is pure numpy + scikit-learn on logits already computed (running the model over the
-streamed sets is :mod:`~forgetmi_trainer.inference`'s). Forget and test are scored in full; the
-retain side is :func:`retain_sample`'s sample, drawn once per run and the same for every model.
+streamed sets is :mod:`~forgetmi_trainer.inference`'s). Forget, test and validation are scored in full;
+the retain side is :func:`retain_sample`'s sample, drawn once per run and the same for every model.
 Every metric returns ``None`` when it cannot be measured on the given samples (an empty split, a
 single class), so a report never carries a number that means nothing; an interval is ``None``
 wherever its figure is (and see :mod:`~forgetmi_trainer.bootstrap` for when else).
@@ -23,6 +24,7 @@ from forgetmi_trainer.bootstrap import Draw, Figures, MacroAuc, Side
 from forgetmi_trainer.bootstrap import intervals as bootstrap_intervals
 from forgetmi_trainer.bootstrap import macro_f1 as macro_f1_replicates
 from forgetmi_trainer.contract import ModelMetrics, SplitMetrics
+from forgetmi_trainer.lira import LiraInputs
 
 
 @dataclass(frozen=True)
@@ -44,17 +46,20 @@ class Scored:
             object.__setattr__(self, name, value)
 
 
-def model_metrics(forget: Scored, retain: Scored, test: Scored, *, seed: int, bootstrap: int) -> ModelMetrics:
-    """AUC/F1 on forget and test and the four MIA numbers of one model, each with its 95 % interval from
-    ``bootstrap`` replicates that resample patients (0: no intervals), seeded by ``seed``; the same
-    seed and patients give every model the same replicates. ``retain`` is the audit's retain sample: it
-    only trains the MIA attacker, so it is not resampled. The three splits share their C classes."""
-    if not forget.logits.shape[1] == retain.logits.shape[1] == test.logits.shape[1]:
-        shapes = f"{forget.logits.shape}, {retain.logits.shape} and {test.logits.shape}"
-        raise ValueError(f"forget, retain and test logits must have as many classes; got {shapes}")
+def model_metrics(forget: Scored, retain: Scored, test: Scored, *, validation: Scored, seed: int, bootstrap: int,
+                  lira: LiraInputs | None = None) -> ModelMetrics:
+    """AUC/F1 on forget and test and every MIA figure of one model, each with its 95 % interval from
+    ``bootstrap`` replicates that resample patients (0: no intervals), seeded by ``seed``; the same seed and
+    patients give every model the same replicates. ``retain`` (the audit's retain sample, members) and
+    ``validation`` (the validation patients V, non-members) only train the paper's SVC, so they are not
+    resampled; the attacks compare forget with ``test`` (T). ``lira``: reference statistics aligned with
+    the forget and test rows (None: the LiRA figures are None). The four splits share their C classes."""
+    splits = {"forget": forget, "retain": retain, "test": test, "validation": validation}
+    if len({s.logits.shape[1] for s in splits.values()}) > 1:
+        shapes = ", ".join(f"{name} {s.logits.shape}" for name, s in splits.items())
+        raise ValueError(f"forget, retain, test and validation logits must have as many classes; got {shapes}")
     split = split_metrics(forget.logits, forget.labels, test.logits, test.labels)
-    lf, lr, lt = (mia.per_sample_losses(s.logits, s.labels) for s in (forget, retain, test))
-    audit, mia_figures = mia.audit_figures(lr, retain.labels, lt, test.labels, lf, forget.labels, seed)
+    audit, mia_figures = mia.audit_figures(forget, retain, test, validation, seed=seed, references=lira)
     figures = [*_split_figures(split, forget, test), *mia_figures]
     cis = bootstrap_intervals(figures, {"forget": forget.groups, "test": test.groups}, seed=seed,
                               replicates=bootstrap)
@@ -156,28 +161,38 @@ def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
 
 
 def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float | None:
-    """Macro F1 of predicted class indices over *all* ``num_classes`` classes.
+    """Macro F1 of predicted class indices over the classes present in ``labels`` or ``preds``
+    (scikit-learn's default), so a class a small forget set lacks does not cost 1/C. ``labels`` (N,),
+    ``preds`` (N,) integer class indices in ``[0, num_classes)``. ``None`` for an empty set."""
+    y, p = _labels_and_preds(labels, preds, num_classes)
+    return None if y.size == 0 else float(f1_score(y, p, average="macro", zero_division=0))
 
-    ``labels`` (N,), ``preds`` (N,) integer class indices. A class absent from both labels
-    and predictions scores 0 (scikit-learn's ``zero_division=0``), so every split is
-    averaged over the same C classes. ``None`` for an empty set.
-    """
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1; got {num_classes}")
-    y = _as_labels(labels, num_classes)
-    p = _as_labels(preds, num_classes, what="preds", n=y.shape[0])
+
+def macro_f1_all_classes(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float | None:
+    """Macro F1 over *all* ``num_classes`` classes, a class absent from labels and predictions scoring 0
+    (``zero_division=0``): every split averaged over the same C classes. ``None`` for an empty set."""
+    y, p = _labels_and_preds(labels, preds, num_classes)
     if y.size == 0:
         return None
     return float(f1_score(y, p, average="macro", labels=list(range(num_classes)), zero_division=0))
 
 
+def _labels_and_preds(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1; got {num_classes}")
+    y = _as_labels(labels, num_classes)
+    return y, _as_labels(preds, num_classes, what="preds", n=y.shape[0])
+
+
 def split_metrics(
     forget_logits: np.ndarray, forget_labels: np.ndarray, test_logits: np.ndarray, test_labels: np.ndarray
 ) -> SplitMetrics:
-    """AUC and F1 of the image head on the forget and test splits; logits (N, C), labels (N,)."""
-    forget_auc, forget_f1 = _auc_f1(forget_logits, forget_labels, "forget_logits")
-    test_auc, test_f1 = _auc_f1(test_logits, test_labels, "test_logits")
-    return SplitMetrics(forget_auc=forget_auc, forget_f1=forget_f1, test_auc=test_auc, test_f1=test_f1)
+    """AUC and F1 (present classes, and all C) of the image head on the forget and test splits; logits
+    (N, C), labels (N,)."""
+    forget = _auc_f1(forget_logits, forget_labels, "forget_logits")
+    test = _auc_f1(test_logits, test_labels, "test_logits")
+    return SplitMetrics(forget_auc=forget[0], forget_f1=forget[1], forget_f1_all_classes=forget[2],
+                        test_auc=test[0], test_f1=test[1], test_f1_all_classes=test[2])
 
 
 def logit_distance(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
@@ -198,12 +213,13 @@ def logit_distance(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
     return float(1.0 - np.clip(cos, -1.0, 1.0).mean())
 
 
-def _auc_f1(logits: np.ndarray, labels: np.ndarray, what: str) -> tuple[float | None, float | None]:
+def _auc_f1(logits: np.ndarray, labels: np.ndarray, what: str) -> tuple[float | None, float | None, float | None]:
     x = _as_logits(logits, what)
     if x.shape[0] == 0:
-        return None, None
+        return None, None, None
     probs = softmax(x)
-    return macro_auc(labels, probs), macro_f1(labels, probs.argmax(axis=1), x.shape[1])
+    preds, c = probs.argmax(axis=1), x.shape[1]
+    return macro_auc(labels, probs), macro_f1(labels, preds, c), macro_f1_all_classes(labels, preds, c)
 
 
 def _as_logits(values: np.ndarray, what: str) -> np.ndarray:

@@ -58,10 +58,18 @@ def test_weighted_macro_f1_and_mean_are_those_of_the_repeated_samples() -> None:
     means = bootstrap.weighted_mean(values, draw)
     for b in range(4):
         reps = counts[b, patient].astype(int)
-        expected = f1_score(np.repeat(labels, reps), np.repeat(preds, reps), average="macro", labels=range(5),
-                            zero_division=0)
+        # over the classes the replicate holds in its labels or predictions (class 4 never; others by chance)
+        expected = f1_score(np.repeat(labels, reps), np.repeat(preds, reps), average="macro", zero_division=0)
         assert f1[b] == pytest.approx(expected, abs=1e-12)
         assert means[b] == pytest.approx(np.repeat(values, reps).mean(), abs=1e-12)
+
+
+def test_weighted_macro_f1_skips_a_class_the_replicate_does_not_draw() -> None:
+    labels, preds = np.array([0, 0, 1, 2]), np.array([0, 0, 1, 1])
+    draw = _draw([[1, 1, 1, 0], [1, 1, 1, 1]])  # the first replicate leaves out the only sample of class 2
+    got = bootstrap.macro_f1(labels, preds, 6, draw)
+    assert got[0] == pytest.approx(1.0)  # classes 0 and 1, both perfect
+    assert got[1] == pytest.approx((1 + 2 / 3 + 0) / 3)
 
 
 def test_a_replicate_draws_patients_and_weights_their_samples_alike() -> None:

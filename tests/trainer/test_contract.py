@@ -35,7 +35,7 @@ CONFIG = {
 
 def _metrics(forget_auc: float | None, mia: float) -> dict[str, object]:
     return {"split": {"forget_auc": forget_auc, "forget_f1": 0.5, "test_auc": 0.8, "test_f1": 0.6},
-            "mia": {"score": mia, "balanced_score": mia, "attack_auc": 0.5, "tpr_at_1pct_fpr": 0.0}}
+            "mia": {"score": mia, "attack_auc": 0.5, "attack_auc_signed": 0.5, "tpr_at_1pct_fpr": 0.0}}
 
 
 def _report(retrained: bool) -> Report:
@@ -100,9 +100,8 @@ def test_a_report_missing_a_metric_parses_with_none() -> None:
     report = Report.model_validate_json(json.dumps(raw))
     assert report.unlearned.mia.attack_auc is None and report.unlearned.split.test_f1 is None
     assert report.unlearned.mia.score == 0.4 and report.unlearned.split.forget_auc == 0.75
-    assert report.original.mia.model_dump() == {"score": None, "score_ci": None, "balanced_score": None,
-                                                 "balanced_score_ci": None, "attack_auc": None, "attack_auc_ci": None,
-                                                 "tpr_at_1pct_fpr": None, "tpr_at_1pct_fpr_ci": None}
+    assert report.original.mia.model_dump() == dict.fromkeys(MiaResult.model_fields)
+    assert "lira_auc" in MiaResult.model_fields and "balanced_score" not in MiaResult.model_fields
     assert ModelMetrics.model_validate({}).split.forget_auc is None
     assert json.loads(summary_line(report))["mia"] == [None, 0.4]
 
@@ -117,7 +116,9 @@ def test_metric_fields_still_reject_unknown_keys() -> None:
 
 
 FRACTIONS = [("split", "forget_auc"), ("split", "forget_f1"), ("split", "test_auc"), ("split", "test_f1"),
-             ("mia", "score"), ("mia", "balanced_score"), ("mia", "attack_auc"), ("mia", "tpr_at_1pct_fpr")]
+             ("mia", "score"), ("mia", "attack_auc"), ("mia", "attack_auc_signed"), ("mia", "tpr_at_1pct_fpr"),
+             ("mia", "tpr_at_5pct_fpr"), ("mia", "logit_norm_auc"), ("mia", "lira_auc"),
+             ("mia", "lira_tpr_at_5pct_fpr")]
 OUT_OF_RANGE = [1e308, -5.0, 1.0000001, -1e-9, math.nan, math.inf, -math.inf]
 NOT_FINITE = [math.nan, math.inf, -math.inf]
 

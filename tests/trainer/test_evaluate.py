@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from forgetmi_trainer import bootstrap, evaluate, mia
-from forgetmi_trainer.contract import ModelMetrics, SplitMetrics
+from forgetmi_trainer import attacks, bootstrap, evaluate, mia
+from forgetmi_trainer.contract import MiaResult, ModelMetrics, SplitMetrics
 
 # One sample per class; per-class one-vs-rest AUCs worked out by hand:
 # class 0: 0.7 beats 0.2, 0.1, 0.1 -> 1; class 1: 0.5 beats 0.1, 0.1, loses to 0.6 -> 2/3;
@@ -96,12 +96,23 @@ def test_macro_f1_by_hand() -> None:
     labels, preds = np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2])
     # class 0: P 1, R 1/2 -> 2/3; class 1: P 1/2, R 1 -> 2/3; class 2: 1
     assert evaluate.macro_f1(labels, preds, 3) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
-    # a fourth class absent from labels and predictions counts as 0
-    assert evaluate.macro_f1(labels, preds, 4) == pytest.approx((2 / 3 + 2 / 3 + 1 + 0) / 4)
+    # a fourth class absent from labels and predictions is not averaged in, unless all C classes are asked for
+    assert evaluate.macro_f1(labels, preds, 4) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert evaluate.macro_f1_all_classes(labels, preds, 4) == pytest.approx((2 / 3 + 2 / 3 + 1 + 0) / 4)
+    # a class only predicted counts (F1 0): the present classes are those of labels and predictions
+    assert evaluate.macro_f1(np.array([0, 0, 1]), np.array([0, 3, 1]), 4) == pytest.approx((2 / 3 + 1 + 0) / 3)
+
+
+def test_a_class_a_small_forget_set_lacks_no_longer_costs_one_in_c() -> None:
+    """Two classes of six held by a perfectly predicted forget set: F1 1 over the classes present, 1/3 over C."""
+    labels = np.array([0, 0, 1, 1])
+    assert evaluate.macro_f1(labels, labels, 6) == 1.0
+    assert evaluate.macro_f1_all_classes(labels, labels, 6) == pytest.approx(2 / 6)
 
 
 def test_macro_f1_is_none_for_an_empty_set_and_guards_shapes() -> None:
     assert evaluate.macro_f1(np.array([], dtype=int), np.array([], dtype=int), 4) is None
+    assert evaluate.macro_f1_all_classes(np.array([], dtype=int), np.array([], dtype=int), 4) is None
     with pytest.raises(ValueError, match="preds hold 2 samples"):
         evaluate.macro_f1(np.array([0, 1, 1]), np.array([0, 1]), 2)
     with pytest.raises(ValueError, match="1-D"):
@@ -114,18 +125,19 @@ def test_split_metrics_on_hand_computed_splits() -> None:
     metrics = evaluate.split_metrics(forget_logits, np.array([1, 1]), test_logits, FOUR_CLASS_LABELS)
     assert isinstance(metrics, SplitMetrics)
     assert metrics.test_auc == pytest.approx(FOUR_CLASS_AUC)
-    # argmax [0, 1, 1, 3] against [0, 1, 2, 3]: F1 per class 1, 2/3, 0, 1
-    assert metrics.test_f1 == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
+    # argmax [0, 1, 1, 3] against [0, 1, 2, 3]: F1 per class 1, 2/3, 0, 1 (all four present)
+    assert metrics.test_f1 == metrics.test_f1_all_classes == pytest.approx((1 + 2 / 3 + 0 + 1) / 4)
     assert metrics.forget_auc is None  # one class only
-    # argmax [1, 0] against [1, 1]: class 1 has P 1, R 1/2 -> 2/3; the rest 0
-    assert metrics.forget_f1 == pytest.approx((2 / 3) / 4)
+    # argmax [1, 0] against [1, 1]: class 1 has P 1, R 1/2 -> 2/3; class 0 (predicted only) 0; 2 and 3 absent
+    assert metrics.forget_f1 == pytest.approx((2 / 3) / 2)
+    assert metrics.forget_f1_all_classes == pytest.approx((2 / 3) / 4)
 
 
 def test_split_metrics_of_an_empty_forget_split_are_none() -> None:
     metrics = evaluate.split_metrics(
         np.zeros((0, 4)), np.array([], dtype=int), np.log(FOUR_CLASS_PROBS), FOUR_CLASS_LABELS
     )
-    assert metrics.forget_auc is None and metrics.forget_f1 is None
+    assert metrics.forget_auc is None and metrics.forget_f1 is None and metrics.forget_f1_all_classes is None
     assert metrics.test_auc is not None
 
 
@@ -214,20 +226,35 @@ def _sets(seed: int = 0, forget_patients: int = 20, test_patients: int = 100) ->
             _split(rng, test_patients, 5, 1.0, first_code=20_000))
 
 
+def _validation(classes: int = 3) -> evaluate.Scored:
+    """A fixed validation split (the SVC's non-members), apart from the test split."""
+    return _split(np.random.default_rng(99), 80, 5, 1.0, classes=classes, first_code=50_000)
+
+
+def _metrics(forget: evaluate.Scored, retain: evaluate.Scored, test: evaluate.Scored, *, seed: int,
+             bootstrap: int) -> ModelMetrics:
+    validation = _validation(forget.logits.shape[1])
+    return evaluate.model_metrics(forget, retain, test, validation=validation, seed=seed, bootstrap=bootstrap)
+
+
+MIA_FIGURES = [name for name in MiaResult.model_fields if not name.endswith("_ci") and not name.startswith(
+    ("lira", "patient_lira"))]
 FIGURES = [("split", "forget_auc"), ("split", "forget_f1"), ("split", "test_auc"), ("split", "test_f1"),
-           ("mia", "score"), ("mia", "balanced_score"), ("mia", "attack_auc"), ("mia", "tpr_at_1pct_fpr")]
+           *(("mia", name) for name in MIA_FIGURES)]
 
 
 def test_model_metrics_give_every_figure_an_interval_that_contains_it() -> None:
     forget, retain, test = _sets()
-    metrics = evaluate.model_metrics(forget, retain, test, seed=0, bootstrap=500)
+    metrics = _metrics(forget, retain, test, seed=0, bootstrap=500)
     assert isinstance(metrics, ModelMetrics)
     points = evaluate.split_metrics(forget.logits, forget.labels, test.logits, test.labels)
     assert metrics.split.model_dump(exclude={k for k in SplitMetrics.model_fields if k.endswith("_ci")}) == \
         points.model_dump(exclude_none=True)
-    lf, lr, lt = (mia.per_sample_losses(s.logits, s.labels) for s in (forget, retain, test))
-    assert metrics.mia.attack_auc == mia.attack_auc(lf, lt)
-    assert metrics.mia.score == mia.paper_score(lr, lt, lf, seed=0)
+    validation = _validation()
+    lf, lr, lt, lv = (mia.per_sample_losses(s.logits, s.labels) for s in (forget, retain, test, validation))
+    assert metrics.mia.attack_auc_signed == attacks.auc(-lf, -lt)
+    assert metrics.mia.score == mia.paper_score(lr, lv, lf, seed=0, retain_labels=retain.labels,
+                                                validation_labels=validation.labels)
     for group, name in FIGURES:
         point, ci = getattr(getattr(metrics, group), name), getattr(getattr(metrics, group), f"{name}_ci")
         assert point is not None and ci is not None, name
@@ -236,7 +263,7 @@ def test_model_metrics_give_every_figure_an_interval_that_contains_it() -> None:
 
 
 def test_without_bootstrap_there_are_no_intervals() -> None:
-    metrics = evaluate.model_metrics(*_sets(), seed=0, bootstrap=0)
+    metrics = _metrics(*_sets(), seed=0, bootstrap=0)
     dumped = metrics.model_dump()
     assert all(dumped[group][f"{name}_ci"] is None for group, name in FIGURES)
     assert metrics.split.test_auc is not None
@@ -244,13 +271,13 @@ def test_without_bootstrap_there_are_no_intervals() -> None:
 
 def test_intervals_are_seeded_and_the_same_resamples_serve_every_model() -> None:
     forget, retain, test = _sets()
-    first = evaluate.model_metrics(forget, retain, test, seed=4, bootstrap=300)
-    assert evaluate.model_metrics(forget, retain, test, seed=4, bootstrap=300) == first
-    assert evaluate.model_metrics(forget, retain, test, seed=5, bootstrap=300).split.test_auc_ci != \
+    first = _metrics(forget, retain, test, seed=4, bootstrap=300)
+    assert _metrics(forget, retain, test, seed=4, bootstrap=300) == first
+    assert _metrics(forget, retain, test, seed=5, bootstrap=300).split.test_auc_ci != \
         first.split.test_auc_ci
     # another model (other test logits, same patients): the forget figures are resampled exactly alike
     other_test = evaluate.Scored(test.logits[::-1].copy(), test.labels[::-1].copy(), test.groups)
-    other = evaluate.model_metrics(forget, retain, other_test, seed=4, bootstrap=300)
+    other = _metrics(forget, retain, other_test, seed=4, bootstrap=300)
     assert other.split.forget_auc_ci == first.split.forget_auc_ci
     assert other.split.forget_f1_ci == first.split.forget_f1_ci
 
@@ -258,7 +285,7 @@ def test_intervals_are_seeded_and_the_same_resamples_serve_every_model() -> None
 def test_an_interval_narrows_with_more_patients() -> None:
     def width(patients: int) -> float:
         forget, retain, test = _sets(seed=1, test_patients=patients)
-        ci = evaluate.model_metrics(forget, retain, test, seed=0, bootstrap=400).split.test_auc_ci
+        ci = _metrics(forget, retain, test, seed=0, bootstrap=400).split.test_auc_ci
         assert ci is not None
         return ci.high - ci.low
 
@@ -274,13 +301,13 @@ def test_the_bootstrap_resamples_patients_not_samples() -> None:
     test = _split(rng, 60, 1, 1.0, first_code=5000)
     copies = evaluate.Scored(np.repeat(test.logits, 10, axis=0), np.repeat(test.labels, 10),
                              np.repeat(test.groups, 10))
-    once = evaluate.model_metrics(forget, retain, test, seed=0, bootstrap=400)
-    tenfold = evaluate.model_metrics(forget, retain, copies, seed=0, bootstrap=400)
+    once = _metrics(forget, retain, test, seed=0, bootstrap=400)
+    tenfold = _metrics(forget, retain, copies, seed=0, bootstrap=400)
     for key in ("test_auc_ci", "test_f1_ci"):
         a, b = getattr(once.split, key), getattr(tenfold.split, key)
         assert (b.low, b.high) == pytest.approx((a.low, a.high), abs=1e-12), key
     per_sample = evaluate.Scored(copies.logits, copies.labels, np.arange(copies.labels.size))
-    narrow = evaluate.model_metrics(forget, retain, per_sample, seed=0, bootstrap=400).split.test_auc_ci
+    narrow = _metrics(forget, retain, per_sample, seed=0, bootstrap=400).split.test_auc_ci
     assert narrow is not None and once.split.test_auc_ci is not None
     assert narrow.high - narrow.low < 0.6 * (once.split.test_auc_ci.high - once.split.test_auc_ci.low)
 
@@ -289,14 +316,14 @@ def test_an_interval_is_none_where_it_cannot_be_resampled_or_measured() -> None:
     rng = np.random.default_rng(3)
     _, retain, test = _sets()
     one_patient = _split(rng, 1, 6, 2.0, first_code=90_000)  # one patient: nothing to resample
-    metrics = evaluate.model_metrics(one_patient, retain, test, seed=0, bootstrap=300)
+    metrics = _metrics(one_patient, retain, test, seed=0, bootstrap=300)
     assert metrics.split.forget_f1 is not None and metrics.split.forget_f1_ci is None
     assert metrics.mia.attack_auc is not None and metrics.mia.attack_auc_ci is None
     assert metrics.split.forget_auc is None and metrics.split.forget_auc_ci is None  # one class: no point
     assert metrics.split.test_auc_ci is not None  # the test patients are still resampled
     # two patients of class 0 and one of class 1: ~30 % of the resamples hold one class only
     three = evaluate.Scored(rng.normal(size=(6, 3)), np.array([0, 0, 0, 0, 1, 1]), np.array([0, 0, 1, 1, 2, 2]))
-    metrics = evaluate.model_metrics(three, retain, test, seed=0, bootstrap=300)
+    metrics = _metrics(three, retain, test, seed=0, bootstrap=300)
     assert metrics.split.forget_auc is not None and metrics.split.forget_auc_ci is None
     assert metrics.split.forget_f1_ci is not None
 
@@ -311,34 +338,38 @@ def test_scored_sets_are_validated() -> None:
     forget, retain, test = _sets()
     narrow = evaluate.Scored(test.logits[:, :2], test.labels.clip(0, 1), test.groups)
     with pytest.raises(ValueError, match="as many classes"):
-        evaluate.model_metrics(forget, retain, narrow, seed=0, bootstrap=0)
+        _metrics(forget, retain, narrow, seed=0, bootstrap=0)
 
 
 def test_all_intervals_of_one_model_take_well_under_a_second() -> None:
-    """The audit's size (5,000 retain, 2,000 test, 100 forget samples; 1,000 replicates, 4 classes):
-    the bootstrap of all eight figures, without the two SVC fits that the points need anyway."""
+    """The audit's size (5,000 retain, 2,000 test and validation, 100 forget samples; 1,000 replicates,
+    4 classes): the bootstrap of all twelve figures, without the SVC fit that the points need anyway."""
     rng = np.random.default_rng(0)
     forget, retain, test = _split(rng, 20, 5, 3.0, 4), _split(rng, 1000, 5, 2.0, 4), _split(rng, 400, 5, 1.0, 4)
+    validation = _split(rng, 400, 5, 1.0, 4)
     split = evaluate.split_metrics(forget.logits, forget.labels, test.logits, test.labels)
-    lf, lr, lt = (mia.per_sample_losses(s.logits, s.labels) for s in (forget, retain, test))
-    _, mia_figures = mia.audit_figures(lr, retain.labels, lt, test.labels, lf, forget.labels, seed=0)
+    _, mia_figures = mia.audit_figures(forget, retain, test, validation, seed=0)
     figures = [*evaluate._split_figures(split, forget, test), *mia_figures]
     seconds = []
     for _ in range(2):
         start = time.perf_counter()
         cis = bootstrap.intervals(figures, {"forget": forget.groups, "test": test.groups}, seed=0, replicates=1000)
         seconds.append(time.perf_counter() - start)
-    assert len(cis) == 8 and all(ci is not None for ci in cis.values())
+    assert len(cis) == 12 and all(ci is not None for ci in cis.values())
     assert min(seconds) < 1.0
 
 
 def test_an_empty_split_leaves_its_figures_and_intervals_unmeasured() -> None:
     forget, retain, test = _sets()
     empty = evaluate.Scored(np.zeros((0, 3)), np.zeros(0, dtype=int), np.zeros(0, dtype=int))
-    no_test = evaluate.model_metrics(forget, retain, empty, seed=0, bootstrap=200)
+    no_test = _metrics(forget, retain, empty, seed=0, bootstrap=200)
     assert no_test.split.test_auc is None and no_test.split.test_auc_ci is None
-    assert no_test.mia.attack_auc is None and no_test.mia.score_ci is None
+    assert all(getattr(no_test.mia, name) is None for name in MIA_FIGURES if name != "score")
+    assert no_test.mia.score_ci is not None  # the SVC trains on retain and validation, never on test
     assert no_test.split.forget_auc_ci is not None
-    no_retain = evaluate.model_metrics(forget, empty, test, seed=0, bootstrap=200)
+    no_retain = _metrics(forget, empty, test, seed=0, bootstrap=200)
     assert no_retain.mia.score is None and no_retain.mia.score_ci is None  # the attacker has no members
     assert no_retain.mia.attack_auc_ci is not None
+    no_validation = evaluate.model_metrics(forget, retain, test, validation=empty, seed=0, bootstrap=200)
+    assert no_validation.mia.score is None and no_validation.mia.score_ci is None  # nor non-members
+    assert no_validation.mia.attack_auc_ci is not None

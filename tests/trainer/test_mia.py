@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.svm import SVC
 
-from forgetmi_trainer import bootstrap, mia
+from forgetmi_trainer import evaluate, mia
 from forgetmi_trainer.contract import MiaResult
 
 
@@ -61,12 +61,11 @@ def test_per_sample_losses_are_stable_and_validated() -> None:
         mia.per_sample_losses(np.array([[np.nan, 0.0]]), np.array([0]))
 
 
-@pytest.mark.parametrize("balanced", [False, True])
-def test_paper_score_labels_member_like_forget_samples_as_members(balanced: bool) -> None:
+def test_paper_score_labels_member_like_forget_samples_as_members() -> None:
     rng = np.random.default_rng(1)
-    retain, test = _members(rng, 400), _non_members(rng, 100)
-    like_members = mia.paper_score(retain, test, _members(rng, 80), balanced=balanced)
-    like_non_members = mia.paper_score(retain, test, _non_members(rng, 80), balanced=balanced)
+    retain, validation = _members(rng, 400), _non_members(rng, 100)
+    like_members = mia.paper_score(retain, validation, _members(rng, 80))
+    like_non_members = mia.paper_score(retain, validation, _non_members(rng, 80))
     assert like_members is not None and like_members >= 0.95
     assert like_non_members is not None and like_non_members <= 0.05
 
@@ -74,61 +73,42 @@ def test_paper_score_labels_member_like_forget_samples_as_members(balanced: bool
 def test_paper_score_is_none_when_a_set_is_empty() -> None:
     losses = np.array([0.1, 0.2, 3.0])
     empty = np.zeros(0)
-    for balanced in (False, True):
-        assert mia.paper_score(empty, losses, losses, balanced=balanced) is None
-        assert mia.paper_score(losses, empty, losses, balanced=balanced) is None
-        assert mia.paper_score(losses, losses, empty, balanced=balanced) is None
-    no_shared_label = mia.paper_score(
-        losses,
-        losses,
-        losses,
-        balanced=True,
-        retain_labels=np.array([0, 0, 0]),
-        test_labels=np.array([1, 1, 1]),
-    )
+    assert mia.paper_score(empty, losses, losses) is None
+    assert mia.paper_score(losses, empty, losses) is None
+    assert mia.paper_score(losses, losses, empty) is None
+    no_shared_label = mia.paper_score(losses, losses, losses, retain_labels=np.array([0, 0, 0]),
+                                      validation_labels=np.array([1, 1, 1]))
     assert no_shared_label is None
 
 
-def test_balanced_variant_corrects_the_count_imbalance_that_biases_the_paper_score() -> None:
+def test_the_score_does_not_follow_the_member_to_non_member_ratio() -> None:
+    """Overlapping losses, 25x more members than non-members: an attacker trained on that ratio says
+    "member" almost everywhere; the 1:1 sample leaves forget samples drawn like non-members as non-members."""
     rng = np.random.default_rng(2)
-    # overlapping losses, 25x more members than non-members: the plain attacker says "member"
-    # almost everywhere, even for forget samples drawn exactly like the non-members
-    retain, test = rng.normal(1.0, 0.5, 1500).clip(0), rng.normal(1.5, 0.5, 60).clip(0)
+    retain, validation = rng.normal(1.0, 0.5, 1500).clip(0), rng.normal(1.5, 0.5, 60).clip(0)
     forget = rng.normal(1.5, 0.5, 200).clip(0)
-    plain = mia.paper_score(retain, test, forget)
-    balanced = mia.paper_score(retain, test, forget, balanced=True)
-    assert plain is not None and plain >= 0.9
-    assert balanced is not None and balanced <= 0.5
+    score = mia.paper_score(retain, validation, forget)
+    assert score is not None and score <= 0.5
 
 
-def test_balanced_variant_matches_label_mix(recording_svc: list[tuple[np.ndarray, np.ndarray]]) -> None:
+def test_the_svc_sample_matches_the_label_mix(recording_svc: list[tuple[np.ndarray, np.ndarray]]) -> None:
     rng = np.random.default_rng(3)
 
     # no membership signal at all: the loss depends on the label only, and retain is 90 %
-    # label 0 (low loss) while test is 50 % label 0
+    # label 0 (low loss) while validation is 50 % label 0
     def draw(labels: np.ndarray) -> np.ndarray:
         return np.where(labels == 0, rng.exponential(0.2, labels.size), rng.exponential(2.0, labels.size) + 1)
 
-    retain_labels, test_labels = (rng.random(1000) < 0.1).astype(int), (rng.random(400) < 0.5).astype(int)
-    retain, test = draw(retain_labels), draw(test_labels)
+    retain_labels, validation_labels = (rng.random(1000) < 0.1).astype(int), (rng.random(400) < 0.5).astype(int)
+    retain, validation = draw(retain_labels), draw(validation_labels)
     forget = draw(np.zeros(200, dtype=int))  # label 0: looks "member" only through the label mix
-    label_of = dict(
-        zip(np.r_[retain, test].tolist(), np.r_[retain_labels, test_labels].tolist(), strict=True)
-    )
+    label_of = dict(zip(np.r_[retain, validation].tolist(), np.r_[retain_labels, validation_labels].tolist(),
+                        strict=True))
     unstratified, stratified = [], []
     for seed in range(5):
-        unstratified.append(mia.paper_score(retain, test, forget, seed=seed, balanced=True))
-        stratified.append(
-            mia.paper_score(
-                retain,
-                test,
-                forget,
-                seed=seed,
-                balanced=True,
-                retain_labels=retain_labels,
-                test_labels=test_labels,
-            )
-        )
+        unstratified.append(mia.paper_score(retain, validation, forget, seed=seed))
+        stratified.append(mia.paper_score(retain, validation, forget, seed=seed, retain_labels=retain_labels,
+                                          validation_labels=validation_labels))
         features, membership = recording_svc[-1]
         for label in (0, 1):
             of_label = np.array([label_of[v] == label for v in features.tolist()])
@@ -137,134 +117,78 @@ def test_balanced_variant_matches_label_mix(recording_svc: list[tuple[np.ndarray
     assert np.mean(stratified) <= 0.8
 
 
-def test_training_set_is_capped_and_seeded(recording_svc: list[tuple[np.ndarray, np.ndarray]]) -> None:
+def test_training_set_is_one_to_one_capped_and_seeded(recording_svc: list[tuple[np.ndarray, np.ndarray]]) -> None:
     rng = np.random.default_rng(4)
-    retain, test, forget = rng.normal(1.0, 0.5, 9000), rng.normal(1.5, 0.5, 3000), rng.normal(1.2, 0.5, 500)
-    first = mia.paper_score(retain, test, forget, seed=7)
-    plain_x, plain_y = recording_svc[-1]
-    assert plain_x.size == mia.MAX_TRAIN and plain_y.mean() == pytest.approx(0.75, abs=0.01)
-    assert mia.paper_score(retain, test, forget, seed=7) == first
-    np.testing.assert_array_equal(recording_svc[-1][0], plain_x)
-    mia.paper_score(retain, test, forget, seed=8)
-    assert not np.array_equal(recording_svc[-1][0], plain_x)  # the seed picks the subsample
-    mia.paper_score(retain, test, forget, seed=7, balanced=True)
-    _, balanced_y = recording_svc[-1]
-    assert balanced_y.size == mia.MAX_TRAIN and balanced_y.sum() == mia.MAX_TRAIN // 2
+    retain, validation, forget = rng.normal(1.0, 0.5, 9000), rng.normal(1.5, 0.5, 3000), rng.normal(1.2, 0.5, 500)
+    first = mia.paper_score(retain, validation, forget, seed=7)
+    x, y = recording_svc[-1]
+    assert x.size == mia.MAX_TRAIN and y.sum() == mia.MAX_TRAIN // 2  # as many members as non-members
+    assert mia.paper_score(retain, validation, forget, seed=7) == first
+    np.testing.assert_array_equal(recording_svc[-1][0], x)
+    mia.paper_score(retain, validation, forget, seed=8)
+    assert not np.array_equal(recording_svc[-1][0], x)  # the seed picks the sample
+    mia.paper_score(retain[:600], validation[:150], forget, seed=7)
+    _, small_y = recording_svc[-1]
+    assert small_y.size == 300 and small_y.sum() == 150  # never more members than non-members
 
 
-def test_attack_auc_separated_identical_and_reversed() -> None:
-    rng = np.random.default_rng(5)
-    members, non_members = _members(rng, 50), _non_members(rng, 70)
-    assert mia.attack_auc(members, non_members) == 1.0
-    assert mia.attack_auc(non_members, non_members) == 0.5
-    assert mia.attack_auc(non_members, members) == 0.0
-    assert mia.attack_auc(np.zeros(0), non_members) is None
-    assert mia.attack_auc(members, np.zeros(0)) is None
-
-
-def test_tpr_at_fpr_on_a_hand_built_case() -> None:
-    test = np.arange(1.0, 101.0)  # 100 never-seen samples with losses 1..100
-    forget = np.array([0.5, 0.6, 1.5, 50.0, 200.0])
-    # threshold below 1: no false positive, 2 of 5 forget samples caught;
-    # threshold in [1.5, 2): one false positive (FPR 0.01), 3 of 5 caught
-    assert mia.tpr_at_fpr(forget, test, 0.01) == pytest.approx(0.6)
-    assert mia.tpr_at_fpr(forget, test, 0.0) == pytest.approx(0.4)
-    assert mia.tpr_at_fpr(forget, test, 0.005) == pytest.approx(0.4)  # no interpolation
-    assert mia.tpr_at_fpr(forget, test, 1.0) == 1.0
-    assert mia.tpr_at_fpr(forget, np.zeros(0)) is None
-    with pytest.raises(ValueError, match="fpr"):
-        mia.tpr_at_fpr(forget, test, 1.5)
-
-
-def test_audit_combines_the_four_numbers_deterministically() -> None:
-    rng = np.random.default_rng(6)
-    retain, test, forget = _members(rng, 300), _non_members(rng, 100), _members(rng, 40)
-    labels = {n: rng.integers(0, 4, n) for n in (300, 100, 40)}
-    result = mia.audit(retain, labels[300], test, labels[100], forget, labels[40], seed=3)
-    assert isinstance(result, MiaResult)
-    assert result.score == mia.paper_score(retain, test, forget, seed=3)
-    assert result.score is not None and result.score >= 0.95
-    assert result.balanced_score is not None and result.balanced_score >= 0.95
-    assert result.attack_auc == 1.0 and result.tpr_at_1pct_fpr == 1.0
-    assert mia.audit(retain, labels[300], test, labels[100], forget, labels[40], seed=3) == result
-
-
-def test_audit_and_losses_reject_malformed_input() -> None:
+def test_losses_are_validated() -> None:
     losses = np.array([0.1, 0.2])
-    with pytest.raises(ValueError, match="forget losses and labels"):
-        mia.audit(losses, np.array([0, 1]), losses, np.array([0, 1]), losses, np.array([0]))
     with pytest.raises(ValueError, match="1-D"):
-        mia.attack_auc(losses[:, None], losses)
-    with pytest.raises(ValueError, match="non-finite"):
-        mia.paper_score(np.array([np.inf]), losses, losses)
-
-
-# ---- intervals -----------------------------------------------------------------------------------
-
-
-def _unit(n: int) -> bootstrap.Draw:
-    return bootstrap.Draw(np.ones((1, n)), np.arange(n))
+        mia.paper_score(losses[:, None], losses, losses)
+    with pytest.raises(ValueError, match="validation losses hold non-finite"):
+        mia.paper_score(losses, np.array([np.inf]), losses)
+    with pytest.raises(ValueError, match="as long as their losses"):
+        mia.paper_score(losses, losses, losses, retain_labels=np.array([0]), validation_labels=np.array([0, 1]))
 
 
 def test_member_votes_are_the_paper_scores_per_forget_sample() -> None:
     rng = np.random.default_rng(7)
-    retain, test, forget = _members(rng, 300), _non_members(rng, 100), np.r_[_members(rng, 30), _non_members(rng, 10)]
-    votes = mia.member_votes(retain, test, forget, seed=2)
+    retain, validation = _members(rng, 300), _non_members(rng, 100)
+    forget = np.r_[_members(rng, 30), _non_members(rng, 10)]
+    votes = mia.member_votes(retain, validation, forget, seed=2)
     assert votes is not None and votes.shape == (40,) and set(np.unique(votes)) <= {0.0, 1.0}
-    assert votes.mean() == mia.paper_score(retain, test, forget, seed=2)
+    assert votes.mean() == mia.paper_score(retain, validation, forget, seed=2)
     assert votes[:30].mean() >= 0.95 and votes[30:].mean() <= 0.05
-    assert mia.member_votes(retain, test, np.zeros(0)) is None
+    assert mia.member_votes(retain, validation, np.zeros(0)) is None
 
 
-def test_the_loss_attack_replicates_are_attack_auc_and_tpr_for_unit_weights() -> None:
-    test = np.arange(1.0, 101.0)
-    forget = np.array([0.5, 0.6, 1.5, 50.0, 200.0, 1.0])  # 1.0 ties a test loss
-    attack = mia.LossAttack.of(forget, test)
-    got = attack({"forget": _unit(6), "test": _unit(100)})
-    assert got["attack_auc"][0] == pytest.approx(mia.attack_auc(forget, test), abs=1e-12)
-    assert got["tpr_at_1pct_fpr"][0] == pytest.approx(mia.tpr_at_fpr(forget, test, 0.01))
-    rng = np.random.default_rng(8)
-    for _ in range(5):
-        f, t = rng.integers(0, 30, 40).astype(float), rng.integers(5, 60, 300).astype(float)  # ties everywhere
-        got = mia.LossAttack.of(f, t)({"forget": _unit(40), "test": _unit(300)})
-        assert got["attack_auc"][0] == pytest.approx(mia.attack_auc(f, t), abs=1e-12)
-        assert got["tpr_at_1pct_fpr"][0] == pytest.approx(mia.tpr_at_fpr(f, t, 0.01), abs=1e-12)
+# ---- the whole audit of one model ----------------------------------------------------------------
 
 
-def test_the_loss_attack_replicates_are_those_of_the_repeated_samples() -> None:
-    rng = np.random.default_rng(9)
-    f, t = rng.gamma(1.0, 1.0, 30).round(1), rng.gamma(2.0, 1.0, 400).round(1)
-    f_patient, t_patient = rng.integers(0, 8, 30), rng.integers(0, 90, 400)
-    f_counts, t_counts = rng.integers(0, 3, (4, 8)).astype(float), rng.integers(0, 3, (4, 90)).astype(float)
-    f_counts[:, 0] += 1
-    got = mia.LossAttack.of(f, t)({"forget": bootstrap.Draw(f_counts, f_patient),
-                                   "test": bootstrap.Draw(t_counts, t_patient)})
-    for b in range(4):
-        rf, rt = np.repeat(f, f_counts[b, f_patient].astype(int)), np.repeat(t, t_counts[b, t_patient].astype(int))
-        assert got["attack_auc"][b] == pytest.approx(mia.attack_auc(rf, rt), abs=1e-12)
-        assert got["tpr_at_1pct_fpr"][b] == pytest.approx(mia.tpr_at_fpr(rf, rt, 0.01), abs=1e-12)
+def _scored(losses: np.ndarray, groups: np.ndarray, classes: int = 3, seed: int = 0) -> evaluate.Scored:
+    """Logits whose per-sample loss is ``losses``: the label's logit 0, the others equal and set to match."""
+    labels = np.random.default_rng(seed).integers(0, classes, losses.size)
+    other = np.log(np.expm1(losses) / (classes - 1))  # loss = log(1 + (C - 1) e^other)
+    logits = np.repeat(other[:, None], classes, axis=1)
+    logits[np.arange(losses.size), labels] = 0.0
+    return evaluate.Scored(logits, labels, groups)
 
 
-def test_audit_intervals_contain_the_numbers_and_the_attacker_is_trained_once(
+def test_the_svc_trains_on_retain_and_validation_once_whatever_the_replicates(
         recording_svc: list[tuple[np.ndarray, np.ndarray]]) -> None:
     rng = np.random.default_rng(10)
-    retain, test = rng.normal(1.0, 0.5, 800).clip(0), rng.normal(1.5, 0.5, 300).clip(0)
-    forget = rng.normal(1.2, 0.5, 60).clip(0)
-    labels = {n: rng.integers(0, 3, n) for n in (800, 300, 60)}
-    groups = {"forget_groups": np.repeat(np.arange(20), 3), "test_groups": np.repeat(np.arange(100), 3)}
-    result = mia.audit(retain, labels[800], test, labels[300], forget, labels[60], seed=1, **groups, replicates=1000)
-    assert len(recording_svc) == 2  # plain and balanced, whatever the number of replicates
-    plain = mia.audit(retain, labels[800], test, labels[300], forget, labels[60], seed=1)
-    assert result.model_dump(include={"score", "balanced_score", "attack_auc", "tpr_at_1pct_fpr"}) == \
-        plain.model_dump(include={"score", "balanced_score", "attack_auc", "tpr_at_1pct_fpr"})
-    assert plain.score_ci is None and plain.attack_auc_ci is None
-    for name in ("score", "balanced_score", "attack_auc", "tpr_at_1pct_fpr"):
-        point, ci = getattr(result, name), getattr(result, f"{name}_ci")
-        assert ci is not None and ci.low <= point <= ci.high and ci.high > ci.low, name
+    retain = _scored(rng.normal(1.0, 0.3, 800).clip(0.05), np.arange(800), seed=1)
+    validation = _scored(rng.normal(1.5, 0.3, 300).clip(0.05), np.arange(300), seed=2)
+    test = _scored(rng.normal(1.5, 0.3, 300).clip(0.05), np.repeat(np.arange(100), 3), seed=3)
+    forget = _scored(rng.normal(1.2, 0.3, 60).clip(0.05), np.repeat(np.arange(20), 3), seed=4)
+    result = evaluate.model_metrics(forget, retain, test, validation=validation, seed=1, bootstrap=1000).mia
+    assert len(recording_svc) == 1
+    features, membership = recording_svc[0]
+    lr, lv = (mia.per_sample_losses(s.logits, s.labels) for s in (retain, validation))
+    assert np.isin(features[membership == 1], lr).all() and np.isin(features[membership == 0], lv).all()
+    expected = mia.paper_score(lr, lv, mia.per_sample_losses(forget.logits, forget.labels), seed=1,
+                               retain_labels=retain.labels, validation_labels=validation.labels)
+    assert result.score == expected
+    assert result.score_ci is not None and result.score_ci.low <= result.score <= result.score_ci.high
+    # the test patients never reach the SVC: other test losses leave the score as it was
+    other_test = _scored(rng.normal(0.2, 0.1, 300).clip(0.05), test.groups, seed=3)
+    assert evaluate.model_metrics(forget, retain, other_test, validation=validation, seed=1,
+                                  bootstrap=0).mia.score == result.score
 
 
-def test_audit_checks_the_groups_against_the_losses() -> None:
-    losses, labels = np.array([0.1, 0.2]), np.array([0, 1])
-    with pytest.raises(ValueError, match="forget losses and groups"):
-        mia.audit(losses, labels, losses, labels, losses, labels, forget_groups=np.array([0]),
-                  test_groups=np.array([0, 1]), replicates=10)
+def test_audit_figures_name_every_mia_field() -> None:
+    rng = np.random.default_rng(11)
+    splits = [_scored(rng.gamma(2.0, 0.5, n), np.arange(n), seed=n) for n in (40, 200, 100, 100)]
+    points, _ = mia.audit_figures(*splits, seed=0)
+    assert set(points) == {name for name in MiaResult.model_fields if not name.endswith("_ci")}
