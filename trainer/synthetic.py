@@ -4,7 +4,23 @@ Every sample's image and report carry a shared class signal (so test utility is 
 its patient's private fingerprint (an image pattern and two private report tokens) and a
 sample-specific pattern. A fraction of the labels is random: the original model can only fit
 those by memorising the samples, which is what a membership-inference attack detects and what
-unlearning must remove. Splits are patient-disjoint.
+unlearning must remove. Splits are patient-disjoint: ``train``, ``test`` and, with ``val_fraction``
+> 0, ``val`` patients (drawn from the non-test ones with a generator of their own).
+
+Cross-modal structure (``cross_modal`` S in [0, 1], default 0.5), so that what binds image and report
+matters, as in a real study where one finding shows in both (:mod:`~forgetmi_trainer.synthetic_cross`):
+
+- a per-patient latent shared by the modalities: a sample shows its patient's fingerprint with a sign
+  s = ±1, and its report's second private token is the one of the patient's two state tokens that
+  names s, with probability (1 + S) / 2. The image tells which patient, the pair which state.
+- class evidence only in the combination: the class's low bit (0 vs 1, 2 vs 3) is the product of an
+  image sign a = ±1 (a global pattern times a, a a fair coin) and a report word (``SIGN_WORDS``,
+  "left" −1, "right" +1); either alone is a fair coin. For a share S of the samples ("joint") the
+  unimodal class evidence names only the class pair (the pair's mean image pattern, two of the pair's
+  words), so their bit is in the image×text combination and nowhere else.
+
+S = 0 turns it off and generates the dataset of earlier versions, draw for draw: the cross-modal draws
+come from a generator of their own, so S changes nothing else (patients, labels, splits).
 
 Images are written as sharded ``.npz`` archives (the default, the fastest to read; a manifest row's
 ``image_uri`` names the archive and the array, ``<dataset>/images/shard-000.npz#<sample_id>``) or as one
@@ -21,10 +37,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forgetmi_trainer import storage
 from forgetmi_trainer.manifest import MANIFEST_COLUMNS
+from forgetmi_trainer.synthetic_cross import Draws, draw
 
 CLASS_WORDS = (
     ("clear", "normal", "unremarkable"),
@@ -62,7 +79,17 @@ class SynthParams(BaseModel):
     class_strength: float = Field(default=0.22, ge=0.0)
     patient_strength: float = Field(default=0.12, ge=0.0)
     sample_strength: float = Field(default=0.2, ge=0.0)
+    cross_modal: float = Field(default=0.5, ge=0.0, le=1.0, description=(
+        "Cross-modal structure S: how often the report's state token matches the image's fingerprint sign "
+        "((1 + S) / 2) and the share of samples whose class bit is only in the image×text combination; 0: none."))
+    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0, description="Share of patients written as split=val.")
     seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> SynthParams:
+        if self.test_fraction + self.val_fraction >= 1.0:
+            raise ValueError("test_fraction + val_fraction must leave training patients (sum below 1)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -74,6 +101,7 @@ class Sample:
     label: int
     split: str
     memorised: bool
+    joint: bool = False  # the class bit is only in the image×text combination (cross_modal > 0)
 
 
 def _smooth_pattern(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -96,41 +124,59 @@ def generate(params: SynthParams) -> list[Sample]:
     class_patterns = [_smooth_pattern(rng, size) for _ in range(c)]
     n_test = max(1, round(params.patients * params.test_fraction))
     test_patients = set(rng.choice(params.patients, size=n_test, replace=False).tolist())
+    splits = _splits(params, test_patients)
+    cross = np.random.default_rng([params.seed, 1]) if params.cross_modal > 0 else None  # its own draws
+    sign_pattern = _smooth_pattern(cross, size) if cross is not None else np.zeros((size, size))
     samples: list[Sample] = []
     for p in range(params.patients):
         subject = f"P{p:05d}"
-        split = "test" if p in test_patients else "train"
         fingerprint = rng.choice([-1.0, 1.0], size=(size, size))
         private = [_private_token(rng), _private_token(rng)]
+        tokens = (_private_token(cross), _private_token(cross)) if cross is not None else ("", "")
         for s in range(int(rng.integers(params.min_samples, params.max_samples + 1))):
             signal = int(rng.integers(c))
             memorised = bool(rng.random() < params.memorised_fraction)
             label = int(rng.integers(c)) if memorised else signal
+            draws = None if cross is None else draw(cross, params.cross_modal, signal, tokens, class_patterns,
+                                                     CLASS_WORDS)
             image = (
                 0.5
-                + params.class_strength * class_patterns[signal]
-                + params.patient_strength * fingerprint
+                + params.class_strength * (class_patterns[signal] if draws is None else draws.class_pattern)
+                + params.patient_strength * fingerprint * (1.0 if draws is None else draws.state)
                 + params.sample_strength * rng.standard_normal((size, size))
             )
+            if draws is not None:
+                image = image + params.class_strength * draws.sign * sign_pattern
             pixels = np.clip(np.round(np.clip(image, 0.0, 1.0) * 255), 0, 255).astype(np.uint8)[None]
-            samples.append(
-                Sample(
-                    sample_id=f"{subject}-S{s:02d}",
-                    subject_id=subject,
-                    image=pixels,
-                    report_text=_report(rng, signal, private, params.report_words),
-                    label=label,
-                    split=split,
-                    memorised=memorised,
-                )
-            )
+            samples.append(Sample(
+                sample_id=f"{subject}-S{s:02d}", subject_id=subject, image=pixels,
+                report_text=_report(rng, signal, private, params.report_words, draws), label=label,
+                split=splits[p], memorised=memorised, joint=draws is not None and draws.joint,
+            ))
     return samples
 
 
-def _report(rng: np.random.Generator, signal: int, private: list[str], n_words: int) -> str:
+def _splits(params: SynthParams, test_patients: set[int]) -> list[str]:
+    """Each patient's split: ``test`` as drawn, ``val`` for ``val_fraction`` of the patients (drawn from the
+    others with a generator of their own, so no other draw changes), ``train`` for the rest."""
+    val: set[int] = set()
+    n_val = round(params.patients * params.val_fraction)
+    others = [p for p in range(params.patients) if p not in test_patients]
+    if n_val:
+        if n_val >= len(others):
+            raise ValueError("val_fraction leaves no training patient")
+        val = set(np.random.default_rng([params.seed, 2]).choice(others, size=n_val, replace=False).tolist())
+    return ["test" if p in test_patients else "val" if p in val else "train" for p in range(params.patients)]
+
+
+def _report(rng: np.random.Generator, signal: int, private: list[str], n_words: int, draws: Draws | None) -> str:
     class_words = list(rng.choice(CLASS_WORDS[signal], size=2, replace=False))
     words = class_words + private + list(rng.choice(FILLER, size=n_words - 4))
     order = rng.permutation(len(words))
+    if draws is not None:  # after the draws above, so that the main generator's stream is unchanged
+        words[:2] = draws.class_words or words[:2]
+        words[3] = draws.token
+        words[-1] = draws.word
     return " ".join(str(words[i]) for i in order)
 
 

@@ -1,5 +1,8 @@
-"""The issue's acceptance on the generated dataset: Forget-MI forgets (forget AUC and MIA drop)
-while test AUC holds, averaged over seeds 0-2; and the ``demo --json`` CLI's output.
+"""The issue's acceptance on the generated dataset: Forget-MI lands close to the model retrained
+without the forgotten patients (the distance to retraining, not the size of the drop: a method that
+forgets more than retraining would is as far off as one that forgets less), averaged over seeds 0-2;
+and the ``demo --json`` CLI's output. ``DEMO_METHOD`` was tuned on seeds 100-102, so seeds 0-2 are
+held out.
 
 Seed 0 runs through the CLI in a subprocess (its JSON is both checked and counted in the
 average); seeds 1 and 2 run in-process. Each run takes ~40 s on 2 cores; how long the CLI takes
@@ -63,18 +66,24 @@ def test_demo_json_has_every_metric(demo_runs: DemoRuns) -> None:
         assert row["seconds"] > 0
 
 
-def _mean(key: str, model: str, rows: dict[int, dict[str, dict[str, float]]]) -> float:
-    return sum(rows[s][model][key] for s in SEEDS) / len(SEEDS)
+GAP_KEYS = ("forget_auc", "forget_f1", "test_auc", "attack_auc")
+"""The figures the distance to retraining averages: forget AUC and F1, test AUC, the two-sided attack AUC."""
 
 
-def test_forget_mi_forgets_and_keeps_utility(demo_runs: DemoRuns) -> None:
+def _gap(row: dict[str, float], reference: dict[str, float]) -> float:
+    """avg |x − x_retrained| over :data:`GAP_KEYS`."""
+    return sum(abs(row[k] - reference[k]) for k in GAP_KEYS) / len(GAP_KEYS)
+
+
+def test_forget_mi_lands_close_to_the_retrained_model(demo_runs: DemoRuns) -> None:
     rows = demo_runs.rows
-    table = {s: {m: {k: rows[s][m][k] for k in ("forget_auc", "test_auc", "mia")} for m in rows[s]} for s in SEEDS}
-    forget_auc_drop = _mean("forget_auc", "original", rows) - _mean("forget_auc", "forget_mi", rows)
-    mia_drop = _mean("mia", "original", rows) - _mean("mia", "forget_mi", rows)
-    test_auc_drop = _mean("test_auc", "original", rows) - _mean("test_auc", "forget_mi", rows)
-    assert forget_auc_drop >= 0.15, table
-    assert mia_drop >= 0.3, table
-    assert test_auc_drop <= 0.08, table
-    # the retrained reference never saw the forgotten patients: it is below the original too
-    assert _mean("forget_auc", "retrained", rows) < _mean("forget_auc", "original", rows), table
+    table = {s: {m: {k: round(rows[s][m][k], 3) for k in GAP_KEYS} for m in rows[s]} for s in SEEDS}
+    forget_mi = sum(_gap(rows[s]["forget_mi"], rows[s]["retrained"]) for s in SEEDS) / len(SEEDS)
+    original = sum(_gap(rows[s]["original"], rows[s]["retrained"]) for s in SEEDS) / len(SEEDS)
+    # the original is far from retraining (it memorised the forgotten patients); Forget-MI closes most of it
+    assert original >= 0.15, table
+    assert forget_mi <= 0.1, (forget_mi, original, table)
+    assert forget_mi <= original / 2, (forget_mi, original, table)
+    # and it does not buy that with utility: test AUC within 0.05 of the retrained model's on average
+    test_gap = sum(rows[s]["retrained"]["test_auc"] - rows[s]["forget_mi"]["test_auc"] for s in SEEDS) / len(SEEDS)
+    assert test_gap <= 0.05, table

@@ -27,13 +27,17 @@ def _decoded(manifest_uri: str) -> tuple[list[str], np.ndarray]:
     return manifest.image_uris, np.stack([decode_image(storage.read_bytes(u.partition("#")[0]), u) for u in uris])
 
 
-def test_generate_keeps_its_random_stream() -> None:
+@pytest.mark.parametrize(("cross_modal", "expected"), [
+    (0.0, "8573e4fb6227bce885af8e1bda559d138ef9284407cfa6ed91ad76958430ba50"),  # the stream before cross-modal data
+    (0.5, "5a199ae84d79db19ade8b84de904742dd7991d91873d89174aa039536a675dfb"),  # the default since
+])
+def test_generate_keeps_its_random_stream(cross_modal: float, expected: str) -> None:
     """The demo's numbers rest on this stream: any change to ``generate`` shows here."""
     digest = hashlib.sha256()
-    for s in generate(SynthParams(patients=8)):
+    for s in generate(SynthParams(patients=8, cross_modal=cross_modal)):
         digest.update(s.image.tobytes())
         digest.update(f"{s.sample_id}|{s.report_text}|{s.label}|{s.split}".encode())
-    assert digest.hexdigest() == "8573e4fb6227bce885af8e1bda559d138ef9284407cfa6ed91ad76958430ba50"
+    assert digest.hexdigest() == expected
 
 
 @pytest.mark.parametrize(("fmt", "bit_depth"), [("npz", 8), ("png", 8), ("png", 16), ("jpeg", 8), ("dicom", 8)])
@@ -102,3 +106,16 @@ def test_relative_png_dataset_on_s3(s3_bucket: str) -> None:
     uris, images = _decoded(manifest_uri)
     assert uris[0].startswith("images/") and images.shape == (4, 1, 16, 16)
     np.testing.assert_allclose(images[:, 0], np.stack([s.image[0] for s in SAMPLES[:4]]) / 255.0, atol=1e-7)
+
+
+def test_synth_cli_writes_val_rows_and_names_a_bad_cross_modal_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["synth", "--out", (tmp_path / "ds").as_uri(), "--patients", "20"]
+    assert main([*args, "--val-fraction", "0.2", "--cross-modal", "0.3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["cross_modal"], printed["val_fraction"]) == (0.3, 0.2)
+    manifest = read_manifest(printed["manifest_uri"])
+    assert len({manifest.subject_ids[i] for i, s in enumerate(manifest.splits) if s == "val"}) == 4
+    assert main([*args, "--cross-modal", "1.5"]) == 2
+    assert "--cross-modal: Input should be less than or equal to 1" in capsys.readouterr().err

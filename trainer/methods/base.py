@@ -6,6 +6,10 @@ A method is a function ``run(ctx: MethodContext) -> UnlearnResult``. Its own set
 names ``method.options.<key>``. The helpers below are the pieces of an epoch loop every method
 uses alike: the number of epochs to run, the trainable copy, one optimiser step, batches, the
 end of an epoch (history, progress, the ForgetReachesTest rule) and the result.
+
+The selection rule reads the validation set (V, the non-member patients kept for stopping and
+tuning) and never the test set (T, which reports and gates): a rule that read T would make the
+gated figures depend on the choice they are meant to judge.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from forgetmi_trainer.contract import MethodConfig, Selection, dotted, validation_problems
+from forgetmi_trainer.contract import EmbeddingScale, MethodConfig, Selection, dotted, validation_problems
 from forgetmi_trainer.data import Encoded, bounded_batch
 from forgetmi_trainer.errors import ConfigError, DivergedError
 from forgetmi_trainer.model import MultimodalClassifier
@@ -34,29 +38,33 @@ EpochCallback = Callable[[int, int, float], None]
 
 @dataclass
 class UnlearnInputs:
-    """The sets of a run: the forget set in memory on the target device, the retain and test sets
-    streamed (:class:`~forgetmi_trainer.streaming.Samples`; in memory too in unit tests);
-    ``noisy_texts[k]`` is the k-th perturbed copy of the forget reports as (input_ids,
+    """The sets of a run: the forget set in memory on the target device, the retain, test and
+    validation sets streamed (:class:`~forgetmi_trainer.streaming.Samples`; in memory too in unit
+    tests); ``noisy_texts[k]`` is the k-th perturbed copy of the forget reports as (input_ids,
     attention_mask), each (N_f, L), aligned with ``forget``; ``preprocessing`` is the model's
-    (the image noise goes on the [0, 1] image)."""
+    (the image noise goes on the [0, 1] image). ``validation`` (V) is what the selection rule
+    reads; no method reads ``test`` (T). ForgetReachesTest without a validation set is a config error."""
 
     forget: Encoded
     retain: Samples | Encoded
     test: Samples | Encoded
     noisy_texts: list[tuple[torch.Tensor, torch.Tensor]]
     preprocessing: ImagePreprocessing | None = None
+    validation: Samples | Encoded | None = None
 
 
 @dataclass
 class UnlearnResult:
-    """The selected model (frozen: eval mode, no gradients), how it was selected, the method's seconds and one
-    history record per epoch run (``epoch``, ``loss``; ``forget_loss``, ``test_loss`` under
-    ForgetReachesTest; empty for ``retrain``)."""
+    """The selected model (frozen: eval mode, no gradients), how it was selected, the method's seconds, one
+    history record per epoch run (``epoch``, ``loss``; ``forget_loss``, ``validation_loss`` under
+    ForgetReachesTest; empty for ``retrain``) and the original's embedding scale with the absolute
+    bound made of ``method.push_bound`` (Forget-MI only; :mod:`~forgetmi_trainer.methods.scale`)."""
 
     model: MultimodalClassifier
     selection: Selection
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    embedding_scale: EmbeddingScale | None = None
 
 
 @dataclass
@@ -118,6 +126,22 @@ def planned_epochs(method: MethodConfig) -> int:
             raise ConfigError(f"method.selection.epoch ({fixed}) exceeds method.epochs ({method.epochs}).")
         return fixed
     return method.epochs
+
+
+def check_selection(ctx: MethodContext) -> None:
+    """Refuse, before any epoch, a run whose selection rule needs a set it was not given
+    (ForgetReachesTest reads the validation set)."""
+    if ctx.method.selection.rule == "ForgetReachesTest":
+        _validation(ctx)
+
+
+def _validation(ctx: MethodContext) -> Samples | Encoded:
+    if ctx.inputs.validation is None:
+        raise ConfigError(
+            "method.selection.rule ForgetReachesTest compares the forget loss with the validation set's, "
+            "and this run has no validation set."
+        )
+    return ctx.inputs.validation
 
 
 def freeze(model: MultimodalClassifier) -> MultimodalClassifier:
@@ -197,16 +221,18 @@ def end_epoch(
     loss: float,
 ) -> bool:
     """Append the epoch to ``history``, report progress; True when ForgetReachesTest stops here
-    (the image-head forget-set loss has reached the test-set loss, both measured in eval mode)."""
+    (the image-head forget-set loss has reached the validation-set loss, both measured in eval
+    mode). The test set is never read."""
     record = {"epoch": float(epoch), "loss": loss}
     reached = False
     if ctx.method.selection.rule == "ForgetReachesTest":
+        validation = _validation(ctx)
         was_training = model.training
         model.eval()
         record["forget_loss"] = mean_image_loss(model, ctx.inputs.forget)
-        record["test_loss"] = mean_image_loss(model, ctx.inputs.test)
+        record["validation_loss"] = mean_image_loss(model, validation)
         model.train(was_training)
-        reached = record["forget_loss"] >= record["test_loss"]
+        reached = record["forget_loss"] >= record["validation_loss"]
     history.append(record)
     if ctx.on_epoch is not None:
         ctx.on_epoch(epoch, epochs, loss)
@@ -214,7 +240,8 @@ def end_epoch(
 
 
 def finish(
-    ctx: MethodContext, model: MultimodalClassifier, history: list[dict[str, float]], start: float
+    ctx: MethodContext, model: MultimodalClassifier, history: list[dict[str, float]], start: float,
+    embedding_scale: EmbeddingScale | None = None,
 ) -> UnlearnResult:
     """Check the weights, freeze the model and build the result (selected = last epoch run)."""
     if not all(torch.isfinite(p).all() for p in model.parameters()):
@@ -225,4 +252,5 @@ def finish(
         selection=Selection(rule=ctx.method.selection.rule, epoch=ran, epochs_run=ran),
         seconds=time.perf_counter() - start,
         history=history,
+        embedding_scale=embedding_scale,
     )

@@ -16,6 +16,7 @@ from forgetmi_trainer.methods.base import (
     TrainingLossOptions,
     UnlearnResult,
     batches,
+    check_selection,
     checked,
     end_epoch,
     finish,
@@ -36,6 +37,7 @@ class FinetuneOptions(TrainingLossOptions):
 def run_finetune(ctx: MethodContext) -> UnlearnResult:
     """Continue training a copy of the original on D_r for the planned epochs."""
     opts = read_options(ctx.method, FinetuneOptions)
+    check_selection(ctx)
     epochs = planned_epochs(ctx.method)
     start = time.perf_counter()
     model = student_copy(ctx.original, ctx.device)

@@ -7,6 +7,11 @@ order) and a random retain batch r of the same size, and minimises the weighted 
 gradients are clipped to norm 1 and AdamW steps once per batch. One epoch is one pass over D_f.
 The heads are never trained. A declared rule selects the checkpoint that is returned.
 
+``method.push_bound`` is relative (docs/methods.md, "Strength"): at the start of the run the
+original's embedding scale is measured (:mod:`~forgetmi_trainer.methods.scale`, the median
+distance between two different retain samples' image embeddings), and the push terms use the
+absolute bound ``push_bound × median``; both go into the result (``embedding_scale``).
+
 Where the time goes (FORGET_MI.md §9). ``F_og`` never changes, so its embeddings are computed in
 large batches outside the steps, once per epoch: of the epoch's noisy forget copy x̃, and of the
 retain samples the epoch's batches draw that no earlier epoch drew (kept for the rest of the
@@ -26,12 +31,14 @@ from dataclasses import dataclass
 import torch
 
 from forgetmi_trainer import losses
-from forgetmi_trainer.contract import LossWeights, NoiseConfig
+from forgetmi_trainer.contract import EmbeddingScale, LossWeights, NoiseConfig
 from forgetmi_trainer.data import Encoded, bounded_batch, noisy_images
+from forgetmi_trainer.methods import scale
 from forgetmi_trainer.methods.base import (
     MethodContext,
     MethodOptions,
     UnlearnResult,
+    check_selection,
     checked,
     end_epoch,
     finish,
@@ -55,6 +62,7 @@ class ForgetMiOptions(MethodOptions):
 def run_forget_mi(ctx: MethodContext) -> UnlearnResult:
     """Unlearn ``ctx.inputs.forget`` from ``ctx.original`` (frozen, weights unchanged) and return the selected model."""
     read_options(ctx.method, ForgetMiOptions)
+    check_selection(ctx)
     start = time.perf_counter()
     epochs = planned_epochs(ctx.method)
     run = _start(ctx)
@@ -62,19 +70,21 @@ def run_forget_mi(ctx: MethodContext) -> UnlearnResult:
     for epoch in range(1, epochs + 1):
         if end_epoch(ctx, run.f_ul, history, epoch, epochs, _epoch(ctx, run, epoch)):
             break
-    return finish(ctx, run.f_ul, history, start)
+    return finish(ctx, run.f_ul, history, start, run.scale)
 
 
 @dataclass
 class _Run:
     """One run's state: ``F_og`` (frozen; its gate is the shared one), ``F_ul``, its optimiser, the
-    normalised loss weights and ``F_og``'s retain embeddings computed so far."""
+    normalised loss weights, ``F_og``'s retain embeddings computed so far and its embedding scale
+    (with the absolute push bound, None when unbounded)."""
 
     f_og: MultimodalClassifier
     f_ul: MultimodalClassifier
     optimizer: torch.optim.Optimizer
     weights: LossWeights
     og_retain: RetainEmbeddings
+    scale: EmbeddingScale
 
     @property
     def gate(self) -> torch.nn.Module:
@@ -86,12 +96,13 @@ def _start(ctx: MethodContext) -> _Run:
     trainable, the heads and the fusion gate frozen, in eval mode (dropout off; gradients still flow)."""
     weights = losses.resolve_weights(ctx.method.preset, ctx.method.weights)
     f_og = freeze(ctx.original.to(ctx.device))
+    embedding_scale = scale.measure(f_og, ctx.inputs.retain, ctx.seed, ctx.precision, ctx.method.push_bound)
     f_ul = student_copy(f_og, ctx.device)
     for p in (*f_ul.fusion.parameters(), *f_ul.image_head.parameters(), *f_ul.text_head.parameters()):
         p.requires_grad_(False)
     f_ul.eval()
     og_retain = RetainEmbeddings(f_og, len(ctx.inputs.retain), f_og.fusion, ctx.precision)
-    return _Run(f_og, f_ul, adamw(f_ul, ctx.method.learning_rate), weights, og_retain)
+    return _Run(f_og, f_ul, adamw(f_ul, ctx.method.learning_rate), weights, og_retain, embedding_scale)
 
 
 def _epoch(ctx: MethodContext, run: _Run, epoch: int) -> float:
@@ -118,7 +129,7 @@ def _epoch(ctx: MethodContext, run: _Run, epoch: int) -> float:
                 (og_noisy_u[rows], og_noisy_j[rows]),
                 run.og_retain.take(ridx),
                 run.gate,
-                ctx.method.push_bound,
+                run.scale.push_bound,
             )
             loss = losses.combine(terms, run.weights, ctx.method.sign)
         optimise(run.optimizer, run.f_ul, checked(loss, "unlearning", epoch))
@@ -232,7 +243,8 @@ def step_terms(
 ) -> losses.LossTerms:
     """The four terms of one step (each a scalar). ``F_og``'s embeddings (unimodal (B, 2d),
     joint (B, d)) of the noisy forget batch x̃ (``og_f``) and of the retain batch (``og_r``) come
-    from :func:`frozen_embeddings`; ``F_ul`` (in eval mode) runs once on x and r together."""
+    from :func:`frozen_embeddings`; ``F_ul`` (in eval mode) runs once on x and r together.
+    ``bound`` is the absolute push bound (``method.push_bound`` × the embedding scale), None for none."""
     out = f_ul(
         torch.cat([x.pixels, r.pixels]),
         torch.cat([x.input_ids, r.input_ids]),

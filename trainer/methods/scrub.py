@@ -28,6 +28,7 @@ from forgetmi_trainer.methods.base import (
     TrainingLossOptions,
     UnlearnResult,
     batches,
+    check_selection,
     checked,
     end_epoch,
     finish,
@@ -73,6 +74,7 @@ def distill_kl(
 def run_scrub(ctx: MethodContext) -> UnlearnResult:
     """Max steps on D_f in the first ``msteps`` epochs, then a min step on D_r every epoch."""
     opts = read_options(ctx.method, ScrubOptions)
+    check_selection(ctx)
     epochs = planned_epochs(ctx.method)
     start = time.perf_counter()
     teacher = freeze(ctx.original.to(ctx.device))

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
 import torch
 
 from forgetmi_trainer.contract import MethodConfig, SelectionRule
+from forgetmi_trainer.data import Encoded
 from forgetmi_trainer.errors import ConfigError, DivergedError
-from forgetmi_trainer.methods import MethodContext
-from forgetmi_trainer.methods.base import batches, checked, end_epoch, finish, planned_epochs, random_batch
+from forgetmi_trainer.methods import MethodContext, get_method
+from forgetmi_trainer.methods.base import (
+    batches,
+    checked,
+    end_epoch,
+    finish,
+    mean_image_loss,
+    planned_epochs,
+    random_batch,
+)
 
 MethodWorld = Any  # conftest's MethodWorld (conftest modules are not imported by name)
 
@@ -65,9 +75,58 @@ def test_end_epoch_records_reports_and_applies_forget_reaches_test(world: Method
     reached = end_epoch(rule, model, history, 2, 4, 0.5)
     assert model.training  # measured in eval mode, then put back
     record = history[-1]
-    assert set(record) == {"epoch", "loss", "forget_loss", "test_loss"}
-    assert reached is (record["forget_loss"] >= record["test_loss"])
-    assert reached is False  # the original fits its forget set better than the test set
+    assert set(record) == {"epoch", "loss", "forget_loss", "validation_loss"}
+    assert record["validation_loss"] == pytest.approx(mean_image_loss(model, world.inputs.validation))
+    assert reached is (record["forget_loss"] >= record["validation_loss"])
+    assert reached is False  # the original fits its forget set better than the validation set
+
+
+class _Poisoned:
+    """A set that fails the test as soon as anything reads it."""
+
+    def __len__(self) -> int:
+        raise AssertionError("the test set was read")
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the test set was read ({name})")
+
+
+def _relabelled(data: Encoded) -> Encoded:
+    """``data`` with every label moved to the next class: its loss under any model changes."""
+    return dataclasses.replace(data, labels=(data.labels + 1) % int(data.labels.max() + 1))
+
+
+NEGGRAD_UNTIL_CROSSING = MethodConfig(
+    name="neggrad-plus", epochs=10, learning_rate=3e-3, batch_size=16, options={"alpha": 0.5},
+    selection=SelectionRule(rule="ForgetReachesTest"),
+)
+
+
+def test_the_selection_rule_reads_the_validation_set_and_never_the_test_set(world: MethodWorld) -> None:
+    baseline = world.run(NEGGRAD_UNTIL_CROSSING)
+    assert 1 < baseline.selection.epoch < NEGGRAD_UNTIL_CROSSING.epochs  # the rule stopped the run
+    for test in (_Poisoned(), _relabelled(world.inputs.test)):  # reading T fails; other T labels change nothing
+        poisoned = world.run(NEGGRAD_UNTIL_CROSSING, inputs=dataclasses.replace(world.inputs, test=test))
+        assert poisoned.history == baseline.history
+        assert poisoned.selection == baseline.selection
+    # other validation labels do change the selection's losses: V is what the rule reads
+    moved = world.run(NEGGRAD_UNTIL_CROSSING,
+                      inputs=dataclasses.replace(world.inputs, validation=_relabelled(world.inputs.validation)))
+    assert [h["validation_loss"] for h in moved.history] != [h["validation_loss"] for h in baseline.history]
+
+
+@pytest.mark.parametrize("name", ["forget-mi", "neggrad-plus", "scrub", "finetune"])
+def test_forget_reaches_test_without_a_validation_set_is_a_config_error(world: MethodWorld, name: str) -> None:
+    method = MethodConfig(name=name, epochs=2, selection=SelectionRule(rule="ForgetReachesTest"))
+    ctx = _ctx(world, method)
+    ctx.inputs = dataclasses.replace(world.inputs, validation=None)
+    seen: list[int] = []
+    ctx.on_epoch = lambda e, n, loss: seen.append(e)
+    with pytest.raises(ConfigError, match=r"^method\.selection\.rule ForgetReachesTest .* no validation set\.$"):
+        get_method(name)(ctx)
+    assert seen == []  # refused before the first epoch
+    with pytest.raises(ConfigError, match=r"method\.selection\.rule"):
+        end_epoch(ctx, ctx.original, [], 1, 2, 0.5)
 
 
 def test_finish_freezes_the_model_and_selects_the_last_epoch_run(world: MethodWorld) -> None:

@@ -24,7 +24,8 @@ FORMER_DEFAULTS: dict[str, dict[str, float]] = {
     "forget-mi": {},
     "retrain": {"align_weight": 0.1, "weight_decay": 0.01},
     "finetune": {"align_weight": 0.1, "weight_decay": 0.01},
-    "neggrad-plus": {"alpha": 0.9, "bound": 5.0, "align_weight": 0.1, "weight_decay": 0.01},
+    # bound: 5 nats before it was relative to ln C (chance); 3.6 · ln 4 ≈ 5.0
+    "neggrad-plus": {"alpha": 0.9, "bound": 3.6, "align_weight": 0.1, "weight_decay": 0.01},
     "scrub": {
         "msteps": 3,
         "alpha": 0.001,
