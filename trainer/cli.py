@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from forgetmi_trainer.contract import ExitCode, JobConfig, dotted, summary_line, validation_problems
+from forgetmi_trainer.contract import ExitCode, JobConfig, dotted, parse_subjects, summary_line, validation_problems
 from forgetmi_trainer.errors import ConfigError, DivergedError, StorageError, TrainerError
 
 log = logging.getLogger("forgetmi_trainer")
@@ -106,17 +106,23 @@ def command_synth(args: argparse.Namespace) -> int:
     if args.bit_depth == 16 and args.format != "png":
         raise ConfigError(f"--bit-depth 16 is for --format png only, not {args.format}.")
     sizes = {} if args.image_size is None else {"image_size": args.image_size}
-    params = synthetic.SynthParams(patients=args.patients, seed=args.seed, **sizes)
+    try:
+        params = synthetic.SynthParams(patients=args.patients, seed=args.seed, cross_modal=args.cross_modal,
+                                       val_fraction=args.val_fraction, **sizes)
+    except ValidationError as err:
+        flag = lambda loc: "--" + "-".join(map(str, loc)).replace("_", "-") if loc else "synth"  # noqa: E731
+        problems = validation_problems(err, flag)
+        raise ConfigError(f"The synth arguments are invalid: {'; '.join(problems)}.") from err
     samples = synthetic.generate(params)
     manifest = synthetic.write_dataset(samples, args.out, args.format, bit_depth=args.bit_depth)
     print(json.dumps({"manifest_uri": manifest, "samples": len(samples), "patients": params.patients,
-                      "format": args.format, "image_size": params.image_size}))
+                      "format": args.format, "image_size": params.image_size, "cross_modal": params.cross_modal,
+                      "val_fraction": params.val_fraction}))
     return 0
 
 
 def command_train(args: argparse.Namespace) -> int:
     from forgetmi_trainer.aliases import registry_version, set_alias
-    from forgetmi_trainer.contract import parse_subjects
     from forgetmi_trainer.encoders import EncoderChoice
     from forgetmi_trainer.train import TrainConfig, fit_and_publish
 
@@ -148,6 +154,15 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_references(args: argparse.Namespace) -> int:
+    from forgetmi_trainer import references
+
+    exclude = parse_subjects(Path(args.exclude_subjects).read_text()) if args.exclude_subjects else []
+    meta = references.make(args.model, args.manifest, k=args.k, exclude=exclude, seed=args.seed, device=args.device)
+    print(json.dumps({"uri": references.references_uri(args.model), **meta}))
+    return 0
+
+
 def command_demo(args: argparse.Namespace) -> int:
     from forgetmi_trainer.contract import format_comparison
     from forgetmi_trainer.demo import run_demo, to_json
@@ -175,6 +190,12 @@ def _add_synth_parser(sub: argparse._SubParsersAction) -> None:
                        help="npz: sharded archives (fastest, the demo's); png/jpeg/dicom: one file per sample.")
     synth.add_argument("--image-size", type=int, default=None, help="Image side in pixels (default 16).")
     synth.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="PNG bit depth.")
+    synth.add_argument("--cross-modal", type=float, default=0.5, metavar="S",
+                       help="Cross-modal structure in [0, 1] (docs/data.md): how strongly a patient's latent binds "
+                            "image and report, and the share of samples whose class bit is only in the image×text "
+                            "combination; 0 = none, the dataset of earlier versions (default 0.5).")
+    synth.add_argument("--val-fraction", type=float, default=0.0, metavar="F",
+                       help="Share of patients written as split=val rows (patient-disjoint; default 0: none).")
     synth.set_defaults(func=command_synth)
 
 
@@ -214,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="After publishing, point this registry alias at the new version (--out must be "
                             "<registry>/<name>/versions/<version>).")
     train.set_defaults(func=command_train)
+    refs = sub.add_parser("references", help="Train K reference models for LiRA and store their statistics "
+                                              "next to a model version (<model>/references/).")
+    refs.add_argument("--model", required=True, help="The model version's URI, <registry>/<name>/versions/<v>.")
+    refs.add_argument("--manifest", required=True, help="The manifest the version was trained on.")
+    refs.add_argument("--k", type=int, default=4, help="Reference models (even; each patient in half of them).")
+    refs.add_argument("--exclude-subjects", default=None,
+                      help="File of subject IDs already forgotten: left out of every reference and of the statistics.")
+    refs.add_argument("--seed", type=int, default=0)
+    refs.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    refs.set_defaults(func=command_references)
     demo = sub.add_parser("demo", help="Generate data, train, forget, and print a before/after table.")
     demo.add_argument("--workdir", default=".demo")
     demo.add_argument("--seed", type=int, default=0)

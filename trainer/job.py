@@ -6,10 +6,12 @@
    counted, never logged;
 2. :func:`load_inputs`: download the original model (strict load) and the manifest, resolve
    forget/retain/test, read the forget set into memory on the device and open the retain and
-   test sets as streams (:mod:`forgetmi_trainer.streaming`); draw the audit's retain sample;
+   validation and test sets as streams (:mod:`forgetmi_trainer.streaming`); draw the audit's retain
+   sample; read the version's reference statistics (:mod:`forgetmi_trainer.references`);
 3. :func:`run_method`: run the method;
-4. :func:`score`: evaluate the original, the candidate (and a retrained reference if given) in
-   one streamed pass over each of forget, test and the retain sample;
+4. :func:`~forgetmi_trainer.scoring.score`: evaluate the original, the candidate (and a retrained
+   reference if given) in one streamed pass over each of forget, the retain sample, validation and
+   test, with offline LiRA when the version has reference models;
 5. :func:`publish`: publish the candidate to ``output_uri``;
 6. :func:`write_report`: build the report and write it.
 """
@@ -29,21 +31,22 @@ import numpy as np
 import torch
 import transformers
 
-from forgetmi_trainer import __version__, data, storage
+from forgetmi_trainer import __version__, data, references, storage
 from forgetmi_trainer.checkpoint import fetch_model, load_model, publish_model, save_model
-from forgetmi_trainer.contract import Artifact, Counts, Environment, JobConfig, ModelMetrics, Report, Timings, now
+from forgetmi_trainer.contract import Artifact, Counts, Environment, JobConfig, Report, SplitInfo, Timings, now
 from forgetmi_trainer.contract import parse_subjects as parse_subject_text
 from forgetmi_trainer.data import text_length
 from forgetmi_trainer.errors import InputError
-from forgetmi_trainer.evaluate import Scored, logit_distance, model_metrics, retain_sample
-from forgetmi_trainer.inference import image_logits
-from forgetmi_trainer.manifest import read_manifest, split
+from forgetmi_trainer.evaluate import retain_sample
+from forgetmi_trainer.manifest import read_manifest
 from forgetmi_trainer.methods import MethodContext, RunMethod, UnlearnInputs, UnlearnResult, get_method
 from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.preprocess import ImagePreprocessing
 from forgetmi_trainer.progress import ProgressReporter
 from forgetmi_trainer.runtime import resolve_device, resolve_precision, seed_everything
-from forgetmi_trainer.streaming import Samples, SampleStream, eval_batch_size
+from forgetmi_trainer.scoring import AuditSets, Scores, cache_uri, score
+from forgetmi_trainer.splits import resolve
+from forgetmi_trainer.streaming import SampleStream, eval_batch_size
 
 log = logging.getLogger(__name__)
 NOISY_TEXT_COPIES = 8
@@ -52,8 +55,8 @@ NOISY_TEXT_COPIES = 8
 @dataclass
 class Loaded:
     """The job's inputs (at ``precision`` on ``device``): the original model, its tokenizer,
-    preprocessing and weights' sha256, the sets (forget in memory, retain and test streamed), the
-    audit's retain sample, every row's patient as an integer code (for the audit's intervals) and
+    preprocessing and weights' sha256, the method's sets (forget in memory; retain, validation and test
+    streamed), what the audit scores (:class:`~forgetmi_trainer.scoring.AuditSets`), the V/T split and
     the counts."""
 
     original: MultimodalClassifier
@@ -61,32 +64,12 @@ class Loaded:
     preprocessing: ImagePreprocessing
     base_sha: str
     inputs: UnlearnInputs
-    audit_retain: Samples
-    groups: Groups
+    audit: AuditSets
+    splits: SplitInfo
+    manifest_sha256: str
     counts: Counts
     device: torch.device
     precision: str
-
-
-@dataclass(frozen=True)
-class Groups:
-    """Patient codes (N,) of the forget, retain-sample and test rows, aligned with their sets."""
-
-    forget: np.ndarray
-    retain: np.ndarray
-    test: np.ndarray
-
-
-@dataclass
-class Scores:
-    """The metrics of the original, the candidate and the retrained reference (if any), the
-    candidate's retain-logit distance to that reference, and the seconds they took."""
-
-    original: ModelMetrics
-    unlearned: ModelMetrics
-    retrained: ModelMetrics | None
-    distance: float | None
-    seconds: float
 
 
 def run_job(config: JobConfig, *, workdir: Path | None = None) -> Report:
@@ -102,7 +85,11 @@ def run_job(config: JobConfig, *, workdir: Path | None = None) -> Report:
         loaded = load_inputs(config, subjects, tmpdir, device, precision, stack)
         load_seconds = time.perf_counter() - t0
         result = run_method(config, method, loaded, generator)
-        scores = score(config, loaded, result, tmpdir)
+        cache = cache_uri(config, loaded.base_sha, loaded.manifest_sha256, loaded.splits.digest,
+                          precision=loaded.precision, device=loaded.device) if config.audit.cache else None
+        scores = score(config, [loaded.original, result.model], loaded.audit, tmpdir, device=loaded.device,
+                       precision=loaded.precision, batch_size=eval_batch_size(config.data, loaded.preprocessing),
+                       cache=cache)
         candidate_sha = publish(config, result, loaded, tmpdir)
     timings = Timings(
         load_seconds=load_seconds,
@@ -143,16 +130,16 @@ def load_inputs(
     base_sha = fetch_model(config.model.uri, tmpdir / "original")
     original, tokenizer, preprocessing = load_model(tmpdir / "original", device)
     manifest = read_manifest(config.manifest_uri)
-    sets = split(manifest, subjects)
+    sets = resolve(manifest, subjects)
     max_length = text_length(tokenizer)
     stream = stack.enter_context(SampleStream(
         manifest, config.manifest_uri, preprocessing, tokenizer, max_length=max_length, device=device,
         settings=config.data, cache_dir=tmpdir / "cache"))
     forget = stream.view(sets.forget).all()
-    retain, test = stream.view(sets.retain), stream.view(sets.test)
-    sample = retain_sample(retain.labels, config.audit.retain_samples, config.seed)
-    audit_retain = retain.subset(sample)
-    stream.prefetch(np.concatenate([sets.test, audit_retain.rows]))  # the audit's images, while the method runs
+    retain, validation, test = stream.view(sets.retain), stream.view(sets.validation), stream.view(sets.test)
+    audit_retain = retain.subset(retain_sample(retain.labels, config.audit.retain_samples, config.seed))
+    # the audit's images, read while the method runs
+    stream.prefetch(np.concatenate([sets.validation, sets.test, audit_retain.rows]))
     pool = data.noisy_text_pool(
         [manifest.texts[i] for i in sets.forget],
         config.method.noise.text_level,
@@ -162,18 +149,22 @@ def load_inputs(
     )
     noisy_texts = [tuple(t.to(device) for t in data.tokenize(tokenizer, p, max_length)) for p in pool]
     _, codes = np.unique(np.asarray(manifest.subject_ids), return_inverse=True)
-    groups = Groups(codes[sets.forget], codes[audit_retain.rows], codes[sets.test])
+    lira, refs = references.load(config.model.uri, base_sha, manifest, sets.forget, sets.test)
+    audit = AuditSets(forget, audit_retain, validation, test, lira=lira, references=refs, groups={
+        "forget": codes[sets.forget], "retain": codes[audit_retain.rows], "validation": codes[sets.validation],
+        "test": codes[sets.test]})
     counts = Counts(subjects=sets.subjects, forget_samples=len(forget), retain_samples=len(retain),
                     test_samples=len(test), audit_retain_samples=len(audit_retain))
     log.info(
         "Loaded model %s and a manifest of %d samples (%d to forget from %d subjects, %d retain streamed, of which "
-        "%d audited, %d test streamed) on %s/%s with %d reader worker(s)",
+        "%d audited, %d validation and %d test streamed; reference models %s) on %s/%s with %d reader worker(s)",
         config.model.version, len(manifest), counts.forget_samples, counts.subjects, counts.retain_samples,
-        counts.audit_retain_samples, counts.test_samples, device, precision, stream.workers,
+        counts.audit_retain_samples, len(validation), counts.test_samples, refs.status, device, precision,
+        stream.workers,
     )
-    inputs = UnlearnInputs(forget, retain, test, noisy_texts, preprocessing)  # type: ignore[arg-type]
-    return Loaded(original, tokenizer, preprocessing, base_sha, inputs, audit_retain, groups, counts, device,
-                  precision)
+    inputs = UnlearnInputs(forget, retain, test, noisy_texts, preprocessing, validation=validation)
+    return Loaded(original, tokenizer, preprocessing, base_sha, inputs, audit, sets.info, manifest.sha256, counts,
+                  device, precision)
 
 
 def run_method(config: JobConfig, method: RunMethod, loaded: Loaded, generator: torch.Generator) -> UnlearnResult:
@@ -196,33 +187,6 @@ def run_method(config: JobConfig, method: RunMethod, loaded: Loaded, generator: 
         result.selection.rule,
     )
     return result
-
-
-def score(config: JobConfig, loaded: Loaded, result: UnlearnResult, tmpdir: Path) -> Scores:
-    """Metrics of the original and the candidate, and of the retrained reference when the config
-    names one: every model on each batch, one pass over forget, test and the audit's retain sample."""
-    start = time.perf_counter()
-    models = [loaded.original, result.model]
-    if config.retrained is not None:
-        fetch_model(config.retrained.uri, tmpdir / "retrained")
-        retrained, _, _ = load_model(tmpdir / "retrained", loaded.device)
-        models.append(retrained)
-    sets, groups = loaded.inputs, loaded.groups
-    options = {"precision": loaded.precision, "batch_size": eval_batch_size(config.data, loaded.preprocessing)}
-    forget = image_logits(models, sets.forget, **options)  # type: ignore[arg-type]
-    test = image_logits(models, sets.test, **options)  # type: ignore[arg-type]
-    retain = image_logits(models, loaded.audit_retain, **options)  # type: ignore[arg-type]
-    labels = (sets.forget.labels.cpu().numpy(), loaded.audit_retain.labels, sets.test.labels)
-    metrics = [
-        model_metrics(
-            Scored(f, labels[0], groups.forget), Scored(r, labels[1], groups.retain), Scored(t, labels[2], groups.test),
-            seed=config.seed, bootstrap=config.audit.bootstrap,
-        )
-        for f, r, t in zip(forget, retain, test, strict=True)
-    ]
-    retrained_metrics = metrics[2] if len(metrics) > 2 else None
-    distance = logit_distance(retain[1], retain[2]) if len(retain) > 2 and len(retain[1]) else None
-    return Scores(metrics[0], metrics[1], retrained_metrics, distance, time.perf_counter() - start)
 
 
 def publish(config: JobConfig, result: UnlearnResult, loaded: Loaded, tmpdir: Path) -> str:
@@ -261,6 +225,10 @@ def write_report(
         retrained_logit_distance=scores.distance,
         selection=result.selection,
         counts=loaded.counts,
+        splits=loaded.splits,
+        embedding_scale=result.embedding_scale,
+        references=loaded.audit.references,
+        original_cached=scores.original_cached,
         timings=timings,
         environment=Environment(
             device=str(loaded.device),

@@ -1,13 +1,16 @@
 """Dataset manifests: the schema, parsing and validation, and the forget/retain/test split.
 
 A manifest (CSV or Parquet) has the columns ``sample_id, subject_id, image_uri, report_text,
-label, split``; ``split`` is ``train`` or ``test``. Selection is by patient: the forget set is
-every training sample of the given subjects. Images are read by :mod:`forgetmi_trainer.data`.
+label, split``; ``split`` is ``train``, ``val`` or ``test`` (a patient's rows all in one of train or
+val/test). Selection is by patient: the forget set is every training sample of the given subjects; the
+non-member patients split into validation and test as :mod:`forgetmi_trainer.splits` says. Images are
+read by :mod:`forgetmi_trainer.reading`.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from dataclasses import dataclass
 
@@ -17,7 +20,7 @@ from forgetmi_trainer import storage
 from forgetmi_trainer.errors import InputError
 
 MANIFEST_COLUMNS = ("sample_id", "subject_id", "image_uri", "report_text", "label", "split")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class Manifest:
     texts: list[str]
     labels: np.ndarray  # (N,) int64
     splits: list[str]
+    sha256: str = ""  # of the manifest's bytes: its version
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -54,7 +58,8 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
     bad_split = next((i for i, s in enumerate(columns["split"], start=1) if s not in SPLITS), None)
     if bad_split is not None:
         raise InputError(
-            f"Manifest {uri} row {bad_split} has split {columns['split'][bad_split - 1]!r}; expected train or test."
+            f"Manifest {uri} row {bad_split} has split {columns['split'][bad_split - 1]!r}; "
+            "expected train, val or test."
         )
     if len(set(columns["sample_id"])) != len(rows):
         raise InputError(f"Manifest {uri} column sample_id holds duplicates.")
@@ -65,6 +70,7 @@ def parse_manifest(data: bytes, uri: str) -> Manifest:
         texts=columns["report_text"],
         labels=labels,
         splits=columns["split"],
+        sha256=hashlib.sha256(data).hexdigest(),
     )
 
 
@@ -97,32 +103,3 @@ def read_manifest(uri: str) -> Manifest:
     return parse_manifest(storage.read_bytes(uri), uri)
 
 
-@dataclass(frozen=True)
-class Split:
-    """Indices into the manifest of the forget (D_f), retain (D_r) and test (D_t) sets."""
-
-    forget: np.ndarray
-    retain: np.ndarray
-    test: np.ndarray
-    subjects: int
-
-
-def split(manifest: Manifest, forget_subjects: list[str]) -> Split:
-    """Resolve the sets by patient. Raises :class:`InputError` (without naming any patient) when
-    forget subjects have no training samples or the forget set is empty."""
-    train_subjects = {s for s, sp in zip(manifest.subject_ids, manifest.splits, strict=True) if sp == "train"}
-    unknown = [s for s in forget_subjects if s not in train_subjects]
-    if unknown:
-        raise InputError(
-            f"{len(unknown)} of {len(forget_subjects)} forget subjects have no training samples in the manifest."
-        )
-    if not forget_subjects:
-        raise InputError("The forget set is empty: the subjects file lists no patient.")
-    forget_set = set(forget_subjects)
-    subj, splits = manifest.subject_ids, manifest.splits
-    forget = np.asarray([i for i in range(len(manifest)) if splits[i] == "train" and subj[i] in forget_set])
-    retain = np.asarray([i for i in range(len(manifest)) if splits[i] == "train" and subj[i] not in forget_set])
-    test = np.asarray([i for i in range(len(manifest)) if splits[i] == "test"])
-    if retain.size == 0 or test.size == 0:
-        raise InputError("The manifest needs training samples of other patients and test samples.")
-    return Split(forget=forget.astype(np.int64), retain=retain, test=test, subjects=len(forget_subjects))

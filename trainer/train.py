@@ -12,6 +12,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from forgetmi_trainer.checkpoint import publish_model, save_model
 from forgetmi_trainer.contract import DataConfig
 from forgetmi_trainer.data import Encoded, text_length
-from forgetmi_trainer.encoders import EncoderChoice, architecture, build_pretrained
+from forgetmi_trainer.encoders import Architecture, EncoderChoice, architecture, build_pretrained
 from forgetmi_trainer.errors import DivergedError, InputError
 from forgetmi_trainer.manifest import Manifest, read_manifest
 from forgetmi_trainer.model import MultimodalClassifier
@@ -102,6 +103,47 @@ def train_model(
 # --- the ``train`` command and the demo: fit on a manifest and publish -----------------------
 
 
+@dataclass
+class Fitted:
+    """A model trained by :func:`fit` (on the CPU), its architecture and the training seconds."""
+
+    model: MultimodalClassifier
+    arch: Architecture
+    seconds: float
+
+
+def fit(
+    manifest: Manifest,
+    manifest_uri: str,
+    rows: np.ndarray,
+    workdir: Path,
+    *,
+    recipe: TrainConfig,
+    seed: int,
+    device: torch.device,
+    precision: str,
+    encoders: EncoderChoice,
+    settings: DataConfig,
+    task: str = "train",
+) -> Fitted:
+    """Build the model ``encoders`` describe (from the seed) and train it on ``rows`` of the manifest,
+    streamed; what ``train``, retraining and the reference models share."""
+    cache = workdir / "cache"
+    channels, height, width = native_shape(manifest, manifest_uri, int(rows[0]), cache, settings)
+    arch = architecture(encoders, num_labels=int(manifest.labels.max()) + 1, texts=manifest.texts,
+                        native_size=(height, width), native_channels=channels, workdir=workdir / "encoders")
+    model = build_pretrained(arch, seed)
+    generator = seed_everything(seed)
+    reporter = ProgressReporter(task)
+    start = time.perf_counter()
+    with SampleStream(manifest, manifest_uri, arch.preprocessing, arch.tokenizer,
+                      max_length=text_length(arch.tokenizer), device=device, settings=settings,
+                      cache_dir=cache) as stream:
+        train_model(model, stream.view(rows), recipe, generator=generator, device=device, precision=precision,
+                    on_epoch=lambda epoch, loss: reporter.update(epoch, recipe.epochs, loss))
+    return Fitted(model.to(torch.device("cpu")), arch, time.perf_counter() - start)
+
+
 def fit_and_publish(
     manifest_uri: str,
     out_uri: str,
@@ -121,44 +163,27 @@ def fit_and_publish(
     ``encoders`` chooses the encoders (default: the small CNN at the images' size and the tiny
     BERT whose vocabulary is built from every report of the manifest; :mod:`forgetmi_trainer.encoders`);
     the tokenizer and the preprocessing ship inside the model directory. ``exclude`` subjects
-    (a retrained reference) are left out of training."""
-    recipe, settings = recipe or TrainConfig(), settings or DataConfig()
+    (a retrained reference) are left out of training. The recipe, the encoders and the seed are
+    recorded in ``metadata.json`` (``training``), so reference models can repeat them."""
+    recipe, settings, encoders = recipe or TrainConfig(), settings or DataConfig(), encoders or EncoderChoice()
     torch_device = resolve_device(device)
-    prec = resolve_precision(precision, torch_device)
     manifest = read_manifest(manifest_uri)
     excluded = set(exclude or [])
-    idx = _training_rows(manifest, excluded, manifest_uri)
+    idx = training_rows(manifest, excluded, manifest_uri)
     with tempfile.TemporaryDirectory(prefix="forgetmi-fit-") as tmp:
-        directory, cache = Path(tmp) / "model", Path(tmp) / "cache"
-        channels, height, width = native_shape(manifest, manifest_uri, int(idx[0]), cache, settings)
-        arch = architecture(encoders or EncoderChoice(), num_labels=int(manifest.labels.max()) + 1,
-                            texts=manifest.texts, native_size=(height, width), native_channels=channels,
-                            workdir=Path(tmp) / "encoders")
-        model = build_pretrained(arch, seed)
-        generator = seed_everything(seed)
-        reporter = ProgressReporter("train" if not excluded else "retrain")
-        start = time.perf_counter()
-        with SampleStream(manifest, manifest_uri, arch.preprocessing, arch.tokenizer,
-                          max_length=text_length(arch.tokenizer), device=torch_device, settings=settings,
-                          cache_dir=cache) as stream:
-            train_model(
-                model,
-                stream.view(idx),
-                recipe,
-                generator=generator,
-                device=torch_device,
-                precision=prec,
-                on_epoch=lambda epoch, loss: reporter.update(epoch, recipe.epochs, loss),
-            )
-        seconds = time.perf_counter() - start
-        save_model(model.to(torch.device("cpu")), arch.tokenizer, arch.preprocessing, directory)
+        fitted = fit(manifest, manifest_uri, idx, Path(tmp), recipe=recipe, seed=seed, device=torch_device,
+                     precision=resolve_precision(precision, torch_device), encoders=encoders, settings=settings,
+                     task="train" if not excluded else "retrain")
+        save_model(fitted.model, fitted.arch.tokenizer, fitted.arch.preprocessing, Path(tmp) / "model")
         counts = {"trained_samples": str(idx.size), "excluded_subjects": str(len(excluded))}
-        sha = publish_model(directory, out_uri, {**(metadata or {}), **counts})
-    log.info("Trained on %d samples in %.1fs and published %s", idx.size, seconds, out_uri)
-    return sha, seconds
+        training = {"recipe": recipe.model_dump(mode="json"), "encoders": encoders.model_dump(mode="json"),
+                    "seed": seed}
+        sha = publish_model(Path(tmp) / "model", out_uri, {**(metadata or {}), **counts, "training": training})
+    log.info("Trained on %d samples in %.1fs and published %s", idx.size, fitted.seconds, out_uri)
+    return sha, fitted.seconds
 
 
-def _training_rows(manifest: Manifest, excluded: set[str], uri: str) -> np.ndarray:
+def training_rows(manifest: Manifest, excluded: set[str], uri: str) -> np.ndarray:
     """Indices (N,) of the manifest's training samples whose subject is not ``excluded``."""
     idx = np.asarray(
         [i for i in range(len(manifest)) if manifest.splits[i] == "train" and manifest.subject_ids[i] not in excluded],

@@ -36,7 +36,7 @@ class S3World:
             "model": ModelRef(registry_uri=self.registry, name=MODEL, version="v1"),
             "manifest_uri": self.manifest_uri,
             "forget": ForgetSubjects(file=subjects_file),
-            "method": MethodConfig(preset="equal", epochs=3, learning_rate=3e-3, batch_size=16, push_bound=30.0),
+            "method": MethodConfig(preset="equal", epochs=3, learning_rate=3e-3, batch_size=16, push_bound=1.5),
             "output_uri": storage.join(self.registry, MODEL, "versions", "v2"),
             "candidate_version": "v2",
             "seed": 0,

@@ -1,4 +1,4 @@
-"""Manifests: parsing and validation (CSV and Parquet) and the forget/retain/test split."""
+"""Manifests: parsing and validation (CSV and Parquet); the sets of a run are tests/trainer/test_splits.py's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from forgetmi_trainer.errors import InputError
-from forgetmi_trainer.manifest import MANIFEST_COLUMNS, Manifest, parse_manifest, split
+from forgetmi_trainer.manifest import MANIFEST_COLUMNS, parse_manifest
 
 HEADER = ",".join(MANIFEST_COLUMNS)
 ROWS = [
@@ -93,34 +93,3 @@ def test_parse_manifest_rejects_non_utf8() -> None:
         parse_manifest(b"\xff\xfe\x00bad", "file:///m.csv")
 
 
-@pytest.fixture
-def manifest() -> Manifest:
-    return parse_manifest(_csv(ROWS), "file:///m.csv")
-
-
-def test_split_forget_is_all_train_samples_of_subjects(manifest: Manifest) -> None:
-    s = split(manifest, ["A"])
-    assert s.forget.tolist() == [0, 1]  # s5 of A is a test sample: never in forget
-    assert s.retain.tolist() == [2]
-    assert s.test.tolist() == [3, 4]
-    assert s.subjects == 1
-    assert s.forget.dtype == np.int64
-
-
-def test_split_unknown_subject_does_not_leak_the_id(manifest: Manifest) -> None:
-    with pytest.raises(InputError, match="1 of 2 forget subjects have no training samples") as info:
-        split(manifest, ["A", "SECRET-PATIENT-42"])
-    assert "SECRET-PATIENT-42" not in str(info.value)
-    with pytest.raises(InputError) as info:  # a test-only patient is not forgettable either
-        split(manifest, ["C"])
-    assert "C" not in str(info.value).split()
-
-
-def test_split_empty_forget_list(manifest: Manifest) -> None:
-    with pytest.raises(InputError, match="forget set is empty"):
-        split(manifest, [])
-
-
-def test_split_needs_retain_and_test(manifest: Manifest) -> None:
-    with pytest.raises(InputError, match="training samples of other patients"):
-        split(manifest, ["A", "B"])

@@ -58,7 +58,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trained]:
 
         real = train.build_pretrained
         patch.setattr(train, "build_pretrained", spy)
-        samples = synthetic.generate(synthetic.SynthParams(patients=6, seed=3))
+        samples = synthetic.generate(synthetic.SynthParams(patients=10, seed=3))  # 2 test patients: V and T
         manifest_uri = synthetic.write_dataset(samples, (root / "data").as_uri())
         registry = (root / "registry").as_uri()
         out = storage.join(registry, "m", "versions", "v1")
@@ -114,7 +114,7 @@ def test_the_job_unlearns_a_minilm_model(trained: Trained) -> None:
         model=ModelRef(registry_uri=trained.registry, name="m", version="v1"),
         manifest_uri=trained.manifest_uri,
         forget=ForgetSubjects(file=str(subjects)),
-        method=MethodConfig(preset="equal", epochs=1, batch_size=16, push_bound=30.0),
+        method=MethodConfig(preset="equal", epochs=1, batch_size=16, push_bound=1.5),
         output_uri=output,
         candidate_version="v2",
         device="cpu",

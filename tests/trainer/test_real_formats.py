@@ -52,7 +52,7 @@ def run_on(root: str, tmp_path: Path) -> tuple[str, JobConfig]:
     config = JobConfig(
         request="ns/formats", model=ModelRef(registry_uri=registry, name="m", version="v1"),
         manifest_uri=manifest_uri, forget=ForgetSubjects(file=str(subjects)),
-        method=MethodConfig(preset="equal", epochs=2, learning_rate=3e-3, batch_size=8, push_bound=30.0),
+        method=MethodConfig(preset="equal", epochs=2, learning_rate=3e-3, batch_size=8, push_bound=1.5),
         data=DataConfig(workers=1), output_uri=storage.join(registry, "m", "versions", "v2"), candidate_version="v2",
         device="cpu", precision="fp32",
     )

@@ -13,7 +13,8 @@ from forgetmi_trainer import storage, synthetic
 from forgetmi_trainer.checkpoint import fetch_model, load_model
 from forgetmi_trainer.encoders import TINY_TEXT_LENGTH, EncoderChoice
 from forgetmi_trainer.errors import InputError
-from forgetmi_trainer.manifest import read_manifest, split
+from forgetmi_trainer.manifest import read_manifest
+from forgetmi_trainer.splits import resolve as split
 from forgetmi_trainer.train import TrainConfig, fit_and_publish, train_loss
 
 
