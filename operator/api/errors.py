@@ -54,6 +54,12 @@ class InputNotFound(OperatorError):
     reason = "InputNotFound"
 
 
+class ReferencesMissing(InputNotFound):
+    """A gate needs the base version's reference models (LiRA) and the registry has none."""
+
+    reason = "ReferencesMissing"
+
+
 class SecretNotFound(OperatorError):
     """A referenced Secret, or the key within it, does not exist."""
 

@@ -62,7 +62,8 @@ class MethodOptionsSpec(Spec):
         "neggrad-plus: weight of the retain loss against the forget ascent (default 0.9); scrub: weight of the "
         "distillation term on retain data (default 0.001)."))
     bound: float | None = Field(default=None, ge=0, le=100, description=(
-        "neggrad-plus: per-sample bound in nats on each head's forget cross-entropy, 0 for none (default 5)."))
+        "neggrad-plus: per-sample cap on each head's forget cross-entropy in units of ln C (the chance-level "
+        "cross-entropy of C classes), 0 for none (default 3.6)."))
     msteps: int | None = Field(default=None, ge=0, le=1000, description=(
         "scrub: epochs that begin with a max step on the forget set (default 3)."))
     gamma: float | None = Field(default=None, ge=0, le=10, description=(
@@ -103,7 +104,9 @@ class MethodSpec(Spec):
     learning_rate: float = Field(default=1e-3, gt=0, le=1, description="AdamW learning rate.")
     batch_size: int = Field(default=16, ge=1, le=4096, description="Forget/retain batch size.")
     push_bound: float | None = Field(default=None, gt=0, le=1000,
-                                     description="Bound m of relu(m - d) on the push terms; unset: unbounded.")
+                                     description=("Bound m of relu(m - d) on the push terms, as a multiple of the "
+                                                  "original's embedding scale (the median distance between two "
+                                                  "retain samples' embeddings); unset: unbounded."))
     sign: Literal["push", "pull"] = Field(default="push", description=(
         "forget-mi: push (forget), or pull, a negative control that flips the unlearning terms and forgets nothing."))
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="Random seed.")

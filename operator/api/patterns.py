@@ -16,13 +16,18 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
-from forgetmi_trainer.contract import SHA256_PATTERN, URI_PATTERN
+from forgetmi_trainer.contract import SHA256_PATTERN, URI_PATTERN, VERSION_PATTERN
 
-__all__ = ["SHA256_PATTERN", "URI_PATTERN"]
+__all__ = ["SHA256_PATTERN", "URI_PATTERN", "VERSION_PATTERN"]
 
-GateMetric = Literal["mia", "miaAUC", "forgetAUC", "forgetF1", "testAUC", "testF1"]
+GateMetric = Literal["mia", "miaAUC", "attackAUC", "logitNormAUC", "liraTPR5", "liraAUC", "forgetAUC", "forgetF1",
+                     "testAUC", "testF1"]
+LIRA_METRICS = ("liraTPR5", "liraAUC")
+"""Gate metrics that need the base version's reference models (``forgetmi-trainer references``)."""
 Comparator = Literal["atMost", "atLeast", "maxDrop", "minDrop"]
-Reference = Literal["absolute", "original"]
+Reference = Literal["absolute", "original", "retrained"]
+"""What a gate's threshold is compared with: an absolute value, the drop from the original model, or
+(``atMost`` only) the distance to the retrained reference model named by ``spec.audit.retrainedVersion``."""
 Bound = Literal["point", "upper", "lower"]
 """Which value of the unlearned model a gate compares: the figure itself, or an end of its 95 % interval."""
 RolloutMode = Literal["Automatic", "Manual", "DryRun"]
@@ -68,6 +73,7 @@ PATTERN_HINTS = {
     DNS_SUBDOMAIN: "must be a lowercase DNS subdomain: labels of a-z, 0-9 and '-' that start and end with a letter "
     "or digit, joined by '.'",
     SHA256_PATTERN: "must be a sha256 digest (64 lowercase hex digits)",
+    VERSION_PATTERN: "must be a model version: a letter or digit, then at most 127 letters, digits, '.', '_' and '-'",
     SECRET_KEY_PATTERN: "must be a Secret key (letters, digits, '-', '_' and '.')",
     ENV_NAME_PATTERN: "must be an environment variable name",
     QUANTITY_PATTERN: QUANTITY_MESSAGE,
@@ -110,7 +116,7 @@ def label_key(key: str) -> str:
     return key
 
 
-def raise_at(model: BaseModel, problems: Sequence[tuple[tuple[str, ...], Any, str]]) -> None:
+def raise_at(model: BaseModel, problems: Sequence[tuple[tuple[str | int, ...], Any, str]]) -> None:
     """Raise ``(loc, value, message)`` problems at fields below ``model``, as a CRD rule's ``fieldPath`` does."""
     if problems:
         raise ValidationError.from_exception_data(type(model).__name__, [

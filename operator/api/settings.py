@@ -7,7 +7,7 @@ bad value fails at startup with one sentence naming the variable::
     FORGETMI_TRAINER_NODE_SELECTOR='{"gpu": "a100"}'
     FORGETMI_TRAINER_TOLERATIONS='[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]'
     FORGETMI_TRAINER_RESOURCES='{"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "32Gi"}}'
-    FORGETMI_DEFAULT_GATES='[{"metric": "miaAUC", "comparator": "atMost", "threshold": 0.55}]'
+    FORGETMI_DEFAULT_GATES='[{"metric": "attackAUC", "comparator": "atMost", "threshold": 0.55, "bound": "upper"}]'
 
 Watched namespaces are Kopf's command-line arguments, not settings.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from forgetmi_operator.api.errors import SettingsInvalid
@@ -38,12 +38,20 @@ _JSON_FIELDS = ("trainer_node_selector", "trainer_tolerations", "trainer_resourc
 
 def default_gates() -> list[GateSpec]:
     """The gates applied when a request lists none: test AUC may drop at most 0.02, forget AUC must
-    drop (strictly more than 0), and the attacker's AUC must be at most 0.6 (0.5 = no signal)."""
+    drop (strictly more than 0), and the loss attack's two-sided AUC must be within 0.1 of 0.5 (no
+    signal) at the upper end of its 95 % interval, so forgetting too much fails like too little."""
     return [
         GateSpec(metric="testAUC", comparator="maxDrop", threshold=0.02, reference="original"),
         GateSpec(metric="forgetAUC", comparator="minDrop", threshold=0.0, reference="original"),
-        GateSpec(metric="miaAUC", comparator="atMost", threshold=0.6, reference="absolute"),
+        GateSpec(metric="attackAUC", comparator="atMost", threshold=0.6, reference="absolute", bound="upper"),
     ]
+
+
+def _no_retrained_reference(gate: GateSpec) -> GateSpec:
+    if gate.reference == "retrained":
+        raise ValueError("a default gate cannot use reference: retrained (a request names its retrained model "
+                         "in spec.audit.retrainedVersion; list such a gate in spec.gates)")
+    return gate
 
 
 class ContainerResources(BaseModel):
@@ -108,7 +116,8 @@ class Settings(BaseSettings):
         "namespace's policy names one: the operator reads the request's objects with it, its Jobs get it."))
     namespace_policies: Annotated[dict[str, NamespacePolicy], NoDecode] = Field(default_factory=dict, description=(
         "Per namespace: its credentials Secret and the URI prefixes its requests may name."))
-    default_gates: Annotated[list[GateSpec], NoDecode] = Field(default_factory=default_gates, min_length=1)
+    default_gates: Annotated[list[Annotated[GateSpec, AfterValidator(_no_retrained_reference)]], NoDecode] = Field(
+        default_factory=default_gates, min_length=1)
     metrics_port: int = Field(default=8080, ge=1, le=65535)
     pending_pod_timeout_seconds: float = Field(default=600.0, gt=0)
     watch_timeout_seconds: int = Field(default=300, ge=1)

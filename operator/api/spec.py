@@ -29,6 +29,7 @@ from forgetmi_operator.api.patterns import (
     LABEL_VALUE_PATTERN,
     SECRET_KEY_PATTERN,
     SHA256_PATTERN,
+    VERSION_PATTERN,
     Bound,
     Comparator,
     GateMetric,
@@ -82,13 +83,17 @@ class ForgetSpec(Spec):
 class GateSpec(Spec):
     """One promotion gate. atMost/atLeast compare the unlearned value with an absolute threshold;
     maxDrop/minDrop compare the drop (original − unlearned) with it: maxDrop passes when the drop
-    is ≤ threshold, minDrop when it is > threshold. ``bound`` picks the unlearned value compared: the
-    figure (point) or an end of its 95 % interval (upper, lower); the original's is always the figure."""
+    is ≤ threshold, minDrop when it is > threshold; atMost with reference retrained compares the
+    distance |unlearned − retrained| with it. ``bound`` picks the unlearned value compared: the
+    figure (point) or an end of its 95 % interval (upper, lower); the original's and the retrained
+    model's are always the figure."""
 
     metric: GateMetric = Field(description="Metric of the unlearned model the gate checks.")
     comparator: Comparator = Field(description="atMost/atLeast compare the value; maxDrop/minDrop the drop.")
     threshold: float = Field(ge=-1, le=1, description="Threshold in the metric's units.")
-    reference: Reference = Field(default="absolute", description="absolute for atMost/atLeast, original for drops.")
+    reference: Reference = Field(default="absolute", description=(
+        "absolute for atMost/atLeast, original for drops, retrained (atMost only) for the distance to the "
+        "retrained model."))
     bound: Bound = Field(default="point", description=(
         "The unlearned value compared: point (the figure), or the upper or lower end of its 95 % interval."))
 
@@ -98,18 +103,28 @@ class GateSpec(Spec):
         if self.comparator in DROP_COMPARATORS and self.reference != "original":
             problems.append((("reference",), self.reference,
                              "maxDrop and minDrop measure a drop from the original model: set reference: original"))
-        if self.comparator not in DROP_COMPARATORS and self.reference != "absolute":
+        if self.comparator not in DROP_COMPARATORS and self.reference == "original":
             problems.append((("reference",), self.reference,
                              "atMost and atLeast compare with an absolute value: set reference: absolute"))
-        if self.reference == "absolute" and self.threshold < 0:
+        if self.comparator == "atLeast" and self.reference == "retrained":
+            problems.append((("reference",), self.reference, RETRAINED_AT_MOST))
+        if self.reference != "original" and self.threshold < 0:
             problems.append((("threshold",), self.threshold, "an absolute threshold must be between 0 and 1"))
         raise_at(self, problems)
         return self
 
 
+RETRAINED_AT_MOST = "reference: retrained bounds the distance to the retrained model: use comparator: atMost"
+RETRAINED_NEEDS_VERSION = ("reference: retrained compares with the retrained model: set spec.audit.retrainedVersion "
+                           "to its version")
+
+
 class AuditSpec(Spec):
     retain_samples: int = Field(default=RETAIN_SAMPLES_DEFAULT, ge=1, le=RETAIN_SAMPLES_MAX, description=(
         "At most this many retain rows (a seeded, class-stratified sample) train the membership attack."))
+    retrained_version: str | None = Field(default=None, pattern=VERSION_PATTERN, max_length=128, description=(
+        "A version of spec.model.name in the registry, retrained without the patients: scored beside the "
+        "candidate, and what gates with reference: retrained compare with."))
 
 
 class TargetSpec(Spec):
@@ -200,6 +215,13 @@ class UnlearnRequestSpec(Spec):
     backoff_limit: int = Field(default=2, ge=0, le=10, description="Job retries.")
     suspend: bool = Field(default=False, description="Pause: no new Job while true.")
 
+    @model_validator(mode="after")
+    def _retrained_gates_name_a_version(self) -> UnlearnRequestSpec:
+        if self.audit.retrained_version is None:
+            raise_at(self, [(("gates", i, "reference"), gate.reference, RETRAINED_NEEDS_VERSION)
+                            for i, gate in enumerate(self.gates) if gate.reference == "retrained"])
+        return self
+
     @field_validator("node_selector")
     @classmethod
     def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
@@ -208,12 +230,17 @@ class UnlearnRequestSpec(Spec):
         return value
 
 
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """``("gates", 0, "threshold")`` → ``spec.gates[0].threshold``, as ``forgetmi validate`` writes it."""
+    return "spec" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+
+
 def parse_spec(spec: Mapping[str, Any]) -> UnlearnRequestSpec:
-    """The spec as the pydantic model; ``InvalidSpec`` names every bad field (``spec.a.b: …``) and
+    """The spec as the pydantic model; ``InvalidSpec`` names every bad field (``spec.a[0].b: …``) and
     says what it must be, in the sentences ``forgetmi validate`` uses (never a regex nor the value)."""
     try:
         return UnlearnRequestSpec.model_validate(dict(spec))
     except ValidationError as err:
-        problems = [f"{'.'.join(['spec', *(str(part) for part in error['loc'])])}: {problem_message(error)}"
+        problems = [f"{_field_path(error['loc'])}: {problem_message(error)}"
                     for error in err.errors(include_url=False, include_input=False)]
         raise InvalidSpec(f"The spec is invalid: {'; '.join(problems)}.") from err

@@ -49,6 +49,7 @@ class ProgressStatus(Camel):
 class MetricPair(Camel):
     original: float | None = None
     unlearned: float | None = None
+    retrained: float | None = Field(default=None, description="Set when the request names spec.audit.retrainedVersion.")
 
 
 class MetricsStatus(Camel):
@@ -58,6 +59,10 @@ class MetricsStatus(Camel):
     test_f1: MetricPair = Field(default_factory=MetricPair, alias="testF1")
     mia: MetricPair = Field(default_factory=MetricPair)
     mia_auc: MetricPair = Field(default_factory=MetricPair, alias="miaAUC")
+    attack_auc: MetricPair = Field(default_factory=MetricPair, alias="attackAUC")
+    logit_norm_auc: MetricPair = Field(default_factory=MetricPair, alias="logitNormAUC")
+    lira_tpr5: MetricPair = Field(default_factory=MetricPair, alias="liraTPR5")
+    lira_auc: MetricPair = Field(default_factory=MetricPair, alias="liraAUC")
 
 
 class GateStatus(Camel):
@@ -87,6 +92,7 @@ class UnlearnRequestStatus(Camel):
     progress: ProgressStatus | None = None
     metrics: MetricsStatus | None = None
     mia: float | None = Field(default=None, description="Unlearned MIA (printer column).")
+    attack_auc: float | None = Field(default=None, description="Unlearned two-sided attack AUC (printer column).")
     test_auc_drop: float | None = Field(default=None, description="Original − unlearned test AUC (printer column).")
     gates: list[GateStatus] = Field(default_factory=list)
     report: ArtifactStatus | None = None

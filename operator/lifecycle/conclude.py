@@ -5,7 +5,8 @@ trainer run wrote its report, verify it, evaluate the gates, decide, act, and wr
 candidate version its run builds), re-hashes the candidate, evaluates every gate and decides
 (:mod:`~forgetmi_operator.lifecycle.decisions`); then it promotes (the alias with a conditional
 write, then the serving target through the :class:`~forgetmi_operator.lifecycle.ports.ServingTargets`
-port), waits for approval, ends a dry run, holds, or starts a retrain run through the
+port; the base version's reference models are retired, as they were trained on the patients just
+forgotten), waits for approval, ends a dry run, holds, or starts a retrain run through the
 :class:`~forgetmi_operator.lifecycle.ports.Trainers` port; a decision that ends the request writes
 its receipt (:mod:`~forgetmi_operator.lifecycle.receipts`) next to the report.
 
@@ -18,6 +19,7 @@ and the whole conclusion is tried again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,11 +33,14 @@ from forgetmi_operator.lifecycle import gates, receipts, subjects
 from forgetmi_operator.lifecycle.decisions import Decision, decide, is_approved
 from forgetmi_operator.lifecycle.ports import Ports
 from forgetmi_operator.lifecycle.steps import Step, with_condition
-from forgetmi_operator.registry import artifacts, promotion
+from forgetmi_operator.registry import artifacts, promotion, references
 from forgetmi_operator.registry.aliases import RequestRef, VerifiedVersion
-from forgetmi_operator.registry.paths import RequestPaths, request_paths
+from forgetmi_operator.registry.paths import RequestPaths, references_uri, request_paths
 from forgetmi_trainer.contract import Report, now
+from forgetmi_trainer.errors import StorageError
 from forgetmi_trainer.storage import Objects
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ async def conclude(ports: Ports, body: Mapping[str, Any]) -> Outcome:
         metrics=verdict.metrics.model_dump(by_alias=True),
         gates=[gate.model_dump(by_alias=True, exclude_none=True) for gate in verdict.gates],
         report=verdict.report_ref.model_dump(by_alias=True), mia=mia, testAucDrop=drop,
+        attackAuc=gates.metric_value(verdict.report.unlearned, "attackAUC"),
     )
     with_condition(body, step, "Unlearned", "True", cond.JOB_SUCCEEDED, f"Job {job} completed.")
     step.events.append(("Normal", cond.JOB_SUCCEEDED, f"Job {job} completed."))
@@ -154,12 +160,36 @@ async def _promote(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, ste
         raise ServingTargetError(f"{err.message} The rollout was undone: {undone}") from err
     message = (f"Alias '{spec.model.alias}' of model {spec.model.name} now names version {candidate.version} "
                f"(was {base.version}).")
+    retired = await _retire_references(verdict)
+    if retired:
+        message += f" {retired}"
+        step.events.append(("Normal", "ReferencesRetired", retired))
     if skipped:
         message += f" {skipped}"
         step.events.append(("Warning", "ServingTargetSkipped", skipped))
     with_condition(body, step, "Promoted", "True", cond.PROMOTED, message)
     step.events.append(("Normal", cond.PROMOTED, message))
     return receipts.Promotion(alias=spec.model.alias, version=record.version, previous=record.previous)
+
+
+async def _retire_references(verdict: _Verdict) -> str | None:
+    """After a promotion: delete the base version's reference models, trained on the patients just
+    forgotten (best effort: a failure is logged and said, never undoes the promotion). A sentence
+    for the Promoted condition, None when the base version had none."""
+    model, version = verdict.spec.model, verdict.base.version
+    where = references_uri(model.registry_uri, model.name, version)
+    try:
+        count = await storage_call(references.retire_references, verdict.objects, model.registry_uri, model.name,
+                                   version)
+    except (OperatorError, StorageError) as err:
+        log.warning("The reference models in %s could not be retired: %s", where, err)
+        return (f"The reference models of version {version} ({where}) were trained on the forgotten patients but "
+                f"could not be retired ({err}); delete them by hand.")
+    if not count:
+        return None
+    log.info("Retired %d reference objects in %s after promoting past version %s.", count, where, version)
+    return (f"The reference models of version {version} were retired ({count} objects under {where} deleted): "
+            "they were trained on the forgotten patients.")
 
 
 def _announce(body: Mapping[str, Any], verdict: _Verdict, step: Step) -> None:

@@ -1,15 +1,20 @@
 """Promotion gates: pure evaluation of the trainer's report against the request's gates.
 
-Metrics (of the original or the unlearned model, from ``report.json``):
+Metrics (of the original, the unlearned or the retrained model, from ``report.json``; docs/gates.md
+says how to read each):
 
-=========  ==================================
-mia        ``<model>.mia.score`` (paper MIA)
-miaAUC     ``<model>.mia.attack_auc``
-forgetAUC  ``<model>.split.forget_auc``
-forgetF1   ``<model>.split.forget_f1``
-testAUC    ``<model>.split.test_auc``
-testF1     ``<model>.split.test_f1``
-=========  ==================================
+============  =========================================================================
+mia           ``<model>.mia.score`` (the paper's SVC score)
+miaAUC        ``<model>.mia.attack_auc_signed`` (loss attack, signed: < 0.5 = over-forgotten)
+attackAUC     ``<model>.mia.attack_auc`` (loss attack, two-sided: 0.5 + |signed − 0.5|)
+logitNormAUC  ``<model>.mia.logit_norm_auc`` (label-free logit-norm attack, two-sided)
+liraTPR5      ``<model>.mia.lira_tpr_at_5pct_fpr`` (offline LiRA, TPR at 5 % FPR)
+liraAUC       ``<model>.mia.lira_auc`` (offline LiRA, two-sided)
+forgetAUC     ``<model>.split.forget_auc``
+forgetF1      ``<model>.split.forget_f1``
+testAUC       ``<model>.split.test_auc``
+testF1        ``<model>.split.test_f1``
+============  =========================================================================
 
 Comparators (``drop`` = original − unlearned, so a positive drop means the metric fell):
 
@@ -18,7 +23,10 @@ Comparators (``drop`` = original − unlearned, so a positive drop means the met
 - ``maxDrop`` (``original``): passes when drop ≤ threshold ("may drop at most");
 - ``minDrop`` (``original``): passes when drop > threshold ("must drop by more than"); with
   threshold 0 the metric must fall at all. maxDrop and minDrop with the same threshold are exact
-  complements.
+  complements;
+- ``atMost`` with reference ``retrained``: passes when |unlearned − retrained| ≤ threshold, the
+  unlearned model's value chosen by ``bound``, the retrained model's its figure. A report without a
+  retrained model's figures (``report.retrained``) makes it ``Inconclusive``.
 
 ``bound`` picks the unlearned model's value: ``point`` (the default) is the figure itself; ``upper``
 and ``lower`` are the ends of its 95 % interval (``<field>_ci`` in the report: a seeded bootstrap over
@@ -39,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from forgetmi_operator.api.patterns import Bound, GateMetric, GateResult
+from forgetmi_operator.api.patterns import LIRA_METRICS, Bound, GateMetric, GateResult
 from forgetmi_operator.api.spec import GateSpec
 from forgetmi_operator.api.status import GateStatus, MetricPair, MetricsStatus
 from forgetmi_trainer.contract import ModelMetrics, Report
@@ -47,7 +55,11 @@ from forgetmi_trainer.contract import ModelMetrics, Report
 TOLERANCE = 1e-9
 METRIC_PATHS: dict[str, tuple[str, str]] = {
     "mia": ("mia", "score"),
-    "miaAUC": ("mia", "attack_auc"),
+    "miaAUC": ("mia", "attack_auc_signed"),
+    "attackAUC": ("mia", "attack_auc"),
+    "logitNormAUC": ("mia", "logit_norm_auc"),
+    "liraTPR5": ("mia", "lira_tpr_at_5pct_fpr"),
+    "liraAUC": ("mia", "lira_auc"),
     "forgetAUC": ("split", "forget_auc"),
     "forgetF1": ("split", "forget_f1"),
     "testAUC": ("split", "test_auc"),
@@ -79,6 +91,11 @@ def effective_gates(spec_gates: Sequence[GateSpec], defaults: Sequence[GateSpec]
     return list(spec_gates) if spec_gates else list(defaults)
 
 
+def needs_references(gates: Sequence[GateSpec]) -> list[str]:
+    """The metrics among ``gates`` that need the base version's reference models (LiRA), in order, once."""
+    return list(dict.fromkeys(gate.metric for gate in gates if gate.metric in LIRA_METRICS))
+
+
 def _status(gate: GateSpec, value: float | None, result: GateResult, message: str) -> GateStatus:
     return GateStatus(metric=gate.metric, comparator=gate.comparator, reference=gate.reference, bound=gate.bound,
                       value=None if value is None else round(value, 6), threshold=gate.threshold,
@@ -108,6 +125,21 @@ def _compare_value(gate: GateSpec, unlearned: float) -> GateStatus:
     return _status(gate, unlearned, _result(ok), f"{name} is {fmt(unlearned)}, {tail} {fmt(t)}.")
 
 
+def _compare_retrained(gate: GateSpec, retrained: ModelMetrics | None, unlearned: float) -> GateStatus:
+    reference = metric_value(retrained, gate.metric)
+    if reference is None:
+        why = ("the report has no retrained model's figures" if retrained is None
+               else f"{gate.metric} of the retrained model was not measured")
+        return _inconclusive(gate, f"{why}, so the gate on the distance to the retrained model is inconclusive "
+                                   "(spec.audit.retrainedVersion names the model the trainer scores).")
+    t, distance = gate.threshold, abs(unlearned - reference)
+    name = gate.metric if gate.bound == "point" else f"{gate.metric}'s {gate.bound} bound"
+    ok = distance <= t + TOLERANCE
+    tail = f"within the {fmt(t)} allowed" if ok else f"more than the {fmt(t)} allowed"
+    return _status(gate, distance, _result(ok), f"{name} is {fmt(unlearned)}, {fmt(distance)} from the retrained "
+                                                f"model's {fmt(reference)}, {tail}.")
+
+
 def _compare_drop(gate: GateSpec, original: float, unlearned: float) -> GateStatus:
     t, drop = gate.threshold, original - unlearned
     moved = _moved(gate, drop, original, unlearned)
@@ -134,6 +166,8 @@ def evaluate_gate(gate: GateSpec, report: Report | None) -> GateStatus:
     if unlearned is None:
         return _inconclusive(gate, f"{gate.metric} of the unlearned model was not measured, "
                                    "so the gate is inconclusive.")
+    if gate.reference == "retrained":
+        return _compare_retrained(gate, report.retrained, unlearned)
     if gate.comparator in ("atMost", "atLeast"):
         return _compare_value(gate, unlearned)
     original = metric_value(report.original, gate.metric)
@@ -169,10 +203,12 @@ def summary(statuses: Sequence[GateStatus]) -> str:
 
 
 def metrics_status(report: Report) -> MetricsStatus:
-    """The report's metrics as ``status.metrics`` (original vs unlearned; an unmeasured one is null)."""
+    """The report's metrics as ``status.metrics`` (original vs unlearned, and the retrained model's
+    when the report has one; an unmeasured one is null)."""
     pairs = {
         metric: MetricPair(original=metric_value(report.original, metric),
-                           unlearned=metric_value(report.unlearned, metric))
+                           unlearned=metric_value(report.unlearned, metric),
+                           retrained=metric_value(report.retrained, metric))
         for metric in METRIC_PATHS
     }
     return MetricsStatus.model_validate(pairs)

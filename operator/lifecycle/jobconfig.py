@@ -2,7 +2,8 @@
 
 Subject IDs never enter it: the trainer reads the request's copy of its forget list from
 ``forget.file`` (where the Job mounts the copy, or where a local run keeps it). The method's
-``options`` go in snake_case, as the trainer's options models name them.
+``options`` go in snake_case, as the trainer's options models name them. ``spec.audit.retrainedVersion``
+becomes ``retrained``: that version of the same model, in the same registry, scored beside the candidate.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def build_job_config(spec: UnlearnRequestSpec, *, uid: str, namespace: str, name
         "candidate_version": version,
         "seed": method.seed,
         "audit": {"retain_samples": spec.audit.retain_samples},
+        "retrained": None if spec.audit.retrained_version is None else
+        {"registry_uri": registry, "name": model, "version": spec.audit.retrained_version},
         "progress_uri": paths.progress,
         "progress_path": progress_path,
         "termination_message_path": termination_message_path,

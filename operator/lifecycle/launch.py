@@ -4,6 +4,8 @@ request, copy its forget list, and start its trainer run.
 :func:`accept` validates what the request names before anything starts: the alias resolves to a
 version (pinned from then on), the manifest exists and holds training rows of every forget
 subject (its subject set read once per version of the object, :mod:`~forgetmi_operator.registry.manifests`),
+``spec.audit.retrainedVersion`` names a version the registry holds, a gate on a LiRA metric finds
+the base version's reference models (:func:`check_references`),
 and the forget list is read (:mod:`~forgetmi_operator.lifecycle.subjects`) and copied — every object
 through the request's own storage handle (``Ports.storage_for``), and only URIs within its reach.
 :func:`launch` then starts the run through the :class:`~forgetmi_operator.lifecycle.ports.Trainers`
@@ -19,13 +21,21 @@ from typing import Any
 
 from forgetmi_operator.api import conditions as cond
 from forgetmi_operator.api import naming
-from forgetmi_operator.api.errors import InputNotFound, OperatorError, SubjectsError, UriRefused, storage_call
-from forgetmi_operator.api.spec import UnlearnRequestSpec, parse_spec
+from forgetmi_operator.api.errors import (
+    InputNotFound,
+    OperatorError,
+    ReferencesMissing,
+    SubjectsError,
+    UriRefused,
+    storage_call,
+)
+from forgetmi_operator.api.spec import GateSpec, UnlearnRequestSpec, parse_spec
 from forgetmi_operator.api.status import ModelVersionStatus
-from forgetmi_operator.lifecycle import subjects
+from forgetmi_operator.lifecycle import gates, subjects
 from forgetmi_operator.lifecycle.ports import Ports
 from forgetmi_operator.lifecycle.steps import Step, with_condition
-from forgetmi_operator.registry import aliases, manifests
+from forgetmi_operator.registry import aliases, manifests, references
+from forgetmi_operator.registry.paths import MODEL_FILE, version_uri
 from forgetmi_trainer.contract import now
 from forgetmi_trainer.errors import OutOfReach
 from forgetmi_trainer.storage import Objects
@@ -73,6 +83,31 @@ def check_inputs(objects: Objects, spec: UnlearnRequestSpec, forget: list[str], 
     return ModelVersionStatus(version=resolved.version, uri=resolved.uri, sha256=resolved.sha256)
 
 
+def check_retrained(objects: Objects, spec: UnlearnRequestSpec) -> None:
+    """``spec.audit.retrainedVersion``, when set, must be a version of the model in the registry (blocking)."""
+    model, version = spec.model, spec.audit.retrained_version
+    if version is not None and not aliases.has_version(objects, model.registry_uri, model.name, version):
+        raise InputNotFound(f"spec.audit.retrainedVersion: version {version} of model {model.name} has no "
+                            f"{MODEL_FILE} in the registry ({version_uri(model.registry_uri, model.name, version)}).")
+
+
+def check_references(objects: Objects, spec: UnlearnRequestSpec, version: str, gate_list: list[GateSpec]) -> None:
+    """A gate on liraTPR5 or liraAUC needs the base version's reference models in the registry
+    (blocking); ReferencesMissing names the version and the command that makes them. Without such a
+    gate nothing is read."""
+    needing = gates.needs_references(gate_list)
+    if not needing:
+        return
+    model = spec.model
+    if references.has_references(objects, model.registry_uri, model.name, version):
+        return
+    command = references.references_command(model.registry_uri, model.name, version, spec.data.manifest_uri)
+    raise ReferencesMissing(
+        f"The gates on {' and '.join(needing)} need reference models of model {model.name} version {version}, "
+        f"but {references.meta_uri(model.registry_uri, model.name, version)} does not exist; nothing was started. "
+        f"Create them with `{command}`, then create the request again.")
+
+
 async def accept(ports: Ports, objects: Objects, body: Mapping[str, Any], spec: UnlearnRequestSpec) -> Accepted:
     """Check every input of the request with its referenced forget list, and copy the list (see the
     module docstring). When that list no longer passes (changed to something invalid, or gone), the
@@ -89,6 +124,9 @@ async def accept(ports: Ports, objects: Objects, body: Mapping[str, Any], spec: 
             raise
         forget, where = found
         base = await storage_call(check_inputs, objects, spec, forget, where, limits)
+    await storage_call(check_retrained, objects, spec)
+    await storage_call(check_references, objects, spec, base.version,
+                       gates.effective_gates(spec.gates, ports.settings.default_gates))
     return Accepted(base=base, subjects=await subjects.snapshot(ports.secrets, body, forget, where))
 
 

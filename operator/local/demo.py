@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from forgetmi_operator import KIND
 from forgetmi_operator.api.errors import InvalidSpec, OperatorError
 from forgetmi_operator.local import EXIT_FAILED, EXIT_INVALID, EXIT_OK
@@ -31,11 +33,30 @@ DEMO_MODEL = "demo-model"
 DEMO_SECRET = "demo-forget-subjects"
 
 
+DEMO_METHOD = {"name": "forget-mi", "preset": "equal", "epochs": 30, "learningRate": 0.003, "batchSize": 16,
+               "pushBound": 0.5}
+"""The demo's method settings when ``demo-prepare`` does not say (its ``method``, the trainer's DEMO_METHOD)."""
+_METHOD_KEYS = ("preset", "epochs", "learning_rate", "batch_size", "push_bound")
+
+
+def demo_method(prepared: dict[str, Any]) -> dict[str, Any]:
+    """``spec.method`` of the demo: the trainer's demo recipe (``prepared["method"]``, snake_case, as
+    ``demo-prepare`` prints it) when given, else :data:`DEMO_METHOD`; the seed is the demo's."""
+    given = prepared.get("method") or {}
+    method = {**DEMO_METHOD, **{to_camel(key): given[key] for key in _METHOD_KEYS if given.get(key) is not None}}
+    return {**method, "seed": int(prepared.get("seed", 0))}
+
+
 def demo_request(prepared: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The demo's UnlearnRequest and the Secret holding its subjects."""
+    """The demo's UnlearnRequest and the Secret holding its subjects. Test AUC may drop at most 0.05 and
+    forget AUC must drop; the privacy gate compares the two-sided attack AUC with the model retrained
+    without the patients (``spec.audit.retrainedVersion``), not with a fixed value: forgetting more
+    than retraining would is as wrong as forgetting less. (The forget AUC of the demo's dozen forgotten
+    patients swings too much from seed to seed for a tight gate on its distance to retraining.)"""
     subjects = Path(prepared["subjects_file"]).read_text()
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": DEMO_SECRET, "namespace": "demo"},
               "stringData": {"subjects": subjects}}
+    retrained = ModelRef.model_validate(prepared["retrained"])
     request = {
         "apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": KIND,
         "metadata": {"name": "forget-demo-patients", "namespace": "demo"},
@@ -43,14 +64,13 @@ def demo_request(prepared: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
             "model": {"registryUri": prepared["registry"], "name": DEMO_MODEL, "alias": "production"},
             "data": {"manifestUri": prepared["manifest_uri"]},
             "forget": {"subjectsSecretRef": {"name": DEMO_SECRET, "key": "subjects"}},
-            "method": {"name": "forget-mi", "preset": "equal", "epochs": 30, "learningRate": 0.003,
-                       "batchSize": 16, "pushBound": 30.0, "seed": int(prepared.get("seed", 0))},
+            "method": demo_method(prepared),
             "gates": [
                 {"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.05, "reference": "original"},
-                {"metric": "forgetAUC", "comparator": "minDrop", "threshold": 0.1, "reference": "original"},
-                {"metric": "mia", "comparator": "minDrop", "threshold": 0.2, "reference": "original"},
-                {"metric": "miaAUC", "comparator": "atMost", "threshold": 0.6, "reference": "absolute"},
+                {"metric": "forgetAUC", "comparator": "minDrop", "threshold": 0.0, "reference": "original"},
+                {"metric": "attackAUC", "comparator": "atMost", "threshold": 0.1, "reference": "retrained"},
             ],
+            "audit": {"retrainedVersion": retrained.version},
             "rollout": {"mode": "Automatic"},
             "resources": {"gpus": 0},
         },
@@ -94,8 +114,7 @@ def demo_command(args: argparse.Namespace) -> int:
     (workdir / "request.yaml").write_text(yaml.safe_dump(request, sort_keys=False))
     (workdir / "secrets.yaml").write_text(yaml.safe_dump(secret, sort_keys=False))
     print(f"Running UnlearnRequest {request['metadata']['name']} ({workdir / 'request.yaml'}) ...", file=sys.stderr)
-    result = run_request(request, workdir=workdir / "run", secrets=read_secrets([secret]),
-                         retrained=ModelRef.model_validate(prepared["retrained"]))
+    result = run_request(request, workdir=workdir / "run", secrets=read_secrets([secret]))
     rows = demo_rows(result, prepared)
     if args.json:
         print(json.dumps({**rows, "phase": result.status.phase,

@@ -103,7 +103,8 @@ class LocalTrainers:
                                   subjects_file=str(self.secrets.mounted(copy_name, SUBJECTS_KEY)),
                                   termination_message_path=str(self.workdir / f"{kind}-termination-log"),
                                   progress_path=str(self.workdir / f"{kind}-progress.jsonl"))
-        config = config.model_copy(update={"retrained": self.retrained})
+        if self.retrained is not None:
+            config = config.model_copy(update={"retrained": self.retrained})
         (self.workdir / f"{kind}-job.json").write_text(config.model_dump_json(indent=2))
         self.queued.append(LocalRun(job_name, kind, config))
         return Started(job_name=job_name, created=True, waiting=f"Job {job_name} waits to run as a local process.",

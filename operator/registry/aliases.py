@@ -116,6 +116,11 @@ def digest(objects: Objects, uri: str) -> str:
         return objects.download_file(uri, Path(tmp) / "object")
 
 
+def has_version(objects: Objects, registry: str, name: str, version: str) -> bool:
+    """True when the version directory holds its weights (nothing is hashed)."""
+    return objects.exists(storage.join(version_uri(registry, name, version), MODEL_FILE))
+
+
 def verify_version(objects: Objects, registry: str, name: str, version: str, *,
                    complete: bool = False) -> VerifiedVersion:
     """Hash every file of a version directory and check the digests against its ``metadata.json``:

@@ -1,6 +1,7 @@
 """Where things live in the model registry (ARCHITECTURE.md "Model registry layout"), as pure functions::
 
     <registry>/<name>/versions/<version>/{config.json, model.safetensors, metadata.json}
+    <registry>/<name>/references/<version>/{meta.json, stats.npz}   (forgetmi-trainer references)
     <registry>/<name>/aliases/<alias>.json
     <registry>/<name>/requests/<request-uid>/{report.json, progress.json, receipt.json}
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 from forgetmi_operator.api.naming import JobKind
 from forgetmi_trainer import storage
-from forgetmi_trainer.contract.registry import alias_path, version_path
+from forgetmi_trainer.contract.registry import alias_path, references_path, version_path
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -22,10 +23,17 @@ METADATA_FILE = "metadata.json"
 REPORT_FILE = "report.json"
 PROGRESS_FILE = "progress.json"
 RECEIPT_FILE = "receipt.json"
+REFERENCES_META = "meta.json"
 
 
 def version_uri(registry: str, name: str, version: str) -> str:
     return storage.join(registry, version_path(name, version))
+
+
+def references_uri(registry: str, name: str, version: str) -> str:
+    """The folder of a version's reference models (LiRA), beside the version directory:
+    ``<registry>/<name>/references/<version>``."""
+    return storage.join(registry, references_path(name, version))
 
 
 def alias_uri(registry: str, name: str, alias: str) -> str:

@@ -222,10 +222,13 @@ GATE_CASES = [
     ({"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.02, "reference": "original", "bound": "lower"},
      True),
     ({"metric": "miaAUC", "comparator": "atMost", "threshold": 0.6, "bound": "high"}, False),
+    *[({"metric": metric, "comparator": "atMost", "threshold": 0.6, "bound": "upper"}, True)
+      for metric in ("attackAUC", "logitNormAUC", "liraTPR5", "liraAUC")],
+    ({"metric": "testAUC", "comparator": "atMost", "threshold": 0.02, "reference": "retrained"}, False),
 ]
 
 
-GATE_IDS = [f"{g['comparator']}-{g.get('reference', 'unset')}-{g['threshold']}-{g.get('bound', 'point')}"
+GATE_IDS = [f"{g['metric']}-{g['comparator']}-{g.get('reference', 'unset')}-{g['threshold']}-{g.get('bound', 'point')}"
             for g, _ in GATE_CASES]
 
 
@@ -425,7 +428,8 @@ def test_env_names_are_operator_settings_and_parse(render, monkeypatch: pytest.M
             assert settings.trainer_gpus == 2
             assert settings.trainer_tolerations[0].key == "nvidia.com/gpu"
             assert settings.trainer_resources.limits == {"memory": "32Gi"}
-            assert [g.metric for g in settings.default_gates] == ["miaAUC", "testAUC"]
+            assert [(g.metric, g.bound) for g in settings.default_gates] == [("attackAUC", "upper"),
+                                                                              ("testAUC", "point")]
             assert settings.serving_targets_enabled is True
             assert settings.receipt_hmac_secret_key == "hmac"
             assert settings.progress_interval_seconds == 5

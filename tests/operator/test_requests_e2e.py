@@ -260,7 +260,7 @@ def test_invalid_spec_is_not_accepted_and_creates_no_job(cluster: dict[str, Any]
     accepted = _condition(done, "Accepted")
     assert accepted["status"] == "False"
     assert accepted["reason"] == "InvalidSpec"
-    assert "spec.gates.0" in accepted["message"]
+    assert "spec.gates[0]" in accepted["message"]
     assert not _jobs(cluster)
 
 

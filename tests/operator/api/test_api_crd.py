@@ -33,6 +33,7 @@ from forgetmi_operator.api.patterns import (
     LABEL_VALUE_PATTERN,
     QUANTITY_PATTERN,
     SECRET_KEY_PATTERN,
+    VERSION_PATTERN,
 )
 from forgetmi_operator.api.spec import UnlearnRequestSpec
 from forgetmi_operator.api.status import (
@@ -98,9 +99,10 @@ def test_printer_columns(crd: dict[str, Any]) -> None:
     assert columns == [
         ("Model", "string", ".spec.model.name", 0),
         ("Phase", "string", ".status.phase", 0),
-        ("MIA", "number", ".status.mia", 0),
+        ("Attack AUC", "number", ".status.attackAuc", 0),
         ("Test AUC Δ", "number", ".status.testAucDrop", 0),
         ("Age", "date", ".metadata.creationTimestamp", 0),
+        ("MIA", "number", ".status.mia", 1),
         ("Job", "string", ".status.jobName", 1),
         ("Version", "string", ".status.baseModel.version", 1),
     ]
@@ -348,9 +350,9 @@ def test_spec_models_are_strict_like_the_api_server_but_take_any_mapping() -> No
 
 def test_every_status_field_the_operator_can_write_is_declared() -> None:
     """A structural schema prunes undeclared fields: a fully populated status must survive intact."""
-    pair = {"original": 0.9, "unlearned": 0.5}
+    pair = {"original": 0.9, "unlearned": 0.5, "retrained": 0.52}
     status = UnlearnRequestStatus(
-        phase="Promoted", observed_generation=2, attempts=1, job_name="forgetmi-r-12345678", mia=0.41,
+        phase="Promoted", observed_generation=2, attempts=1, job_name="forgetmi-r-12345678", mia=0.41, attack_auc=0.55,
         test_auc_drop=0.01, subject_count=3, subjects_secret_name="forgetmi-r-12345678-subjects",
         start_time="2025-01-01T00:00:00Z",
         completion_time="2025-01-01T01:00:00Z",
@@ -360,7 +362,8 @@ def test_every_status_field_the_operator_can_write_is_declared() -> None:
         candidate_model=ModelVersionStatus(version="v2", uri="s3://b/m/versions/v2", sha256="b" * 64),
         progress=ProgressStatus(epoch=3, epochs=30, percent=10.0, eta_seconds=120.0),
         metrics=MetricsStatus.model_validate({k: pair for k in ("forgetAUC", "forgetF1", "testAUC", "testF1",
-                                                                     "mia", "miaAUC")}),
+                                                                     "mia", "miaAUC", "attackAUC", "logitNormAUC",
+                                                                     "liraTPR5", "liraAUC")}),
         gates=[GateStatus(metric="testAUC", comparator="maxDrop", reference="original", value=0.01,
                               threshold=0.02, result="Passed", message="Test AUC dropped 0.01.")],
         report=ArtifactStatus(uri="s3://b/m/requests/u/report.json", sha256="c" * 64),
@@ -393,6 +396,7 @@ _FILLERS = {
     r"^[0-9a-f]{64}$": lambda n: "a" * n,
     LABEL_VALUE_PATTERN: lambda n: "v" * n,
     IMAGE_PATTERN: lambda n: "i" * n,
+    VERSION_PATTERN: lambda n: "v" * n,
     "uri": lambda n: "s3://bucket/" + "k" * (n - len("s3://bucket/")),
     "label-key": _label_key,
     None: lambda n: "x" * n,
@@ -462,8 +466,9 @@ def test_crd_and_pydantic_agree_at_every_bound(full_request: dict[str, Any], par
     request["spec"]["method"]["weights"] = {"uu": 0.25, "mu": 0.25, "ur": 0.25, "mr": 0.25}
     if parts[:2] == ("forget", "subjectsUri") or parts[:2] == ("forget", "sha256"):
         request["spec"]["forget"] = {"subjectsUri": "s3://bucket/ids.txt", "sha256": "0" * 64}
-    if parts == ("gates", 0, "reference") and value == "absolute":
+    if parts == ("gates", 0, "reference") and value in ("absolute", "retrained"):
         request["spec"]["gates"][0]["comparator"] = "atMost"  # an absolute reference needs atMost or atLeast
+        request["spec"]["audit"]["retrainedVersion"] = "v1-retrained"  # reference: retrained needs a version
     if parts[:2] == ("method", "options"):
         request["spec"]["method"]["name"] = "scrub"  # the method that reads most options
         if parts[2] == "bound":

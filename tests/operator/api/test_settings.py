@@ -70,6 +70,8 @@ def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     ("FORGETMI_DEFAULT_GATES", "[]", "FORGETMI_DEFAULT_GATES: List should have at least 1 item"),
     ("FORGETMI_DEFAULT_GATES", '[{"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.02}]',
      "FORGETMI_DEFAULT_GATES[0][reference]: maxDrop and minDrop measure a drop"),
+    ("FORGETMI_DEFAULT_GATES", '[{"metric": "testAUC", "comparator": "atMost", "threshold": 0.02, '
+     '"reference": "retrained"}]', "FORGETMI_DEFAULT_GATES[0]: a default gate cannot use reference: retrained"),
     ("FORGETMI_TRAINER_SERVICE_ACCOUNT", "Not_A_Name", "FORGETMI_TRAINER_SERVICE_ACCOUNT: String should match"),
     ("FORGETMI_LOG_FORMAT", "xml", "FORGETMI_LOG_FORMAT: Input should be 'json' or 'text'"),
 ])

@@ -332,8 +332,10 @@ def test_a_receipt_that_cannot_be_written_yet_is_retried_and_the_retry_completes
 def test_unmeasured_metrics_are_written_as_null_so_a_merge_patch_removes_old_values(world: dict[str, Any]) -> None:
     result = _evaluate(world, FakeKube(), serving_targets_enabled=False)
     metrics = result.step.status["metrics"]
-    assert set(metrics) == {"forgetAUC", "forgetF1", "testAUC", "testF1", "mia", "miaAUC"}
-    assert all(set(pair) == {"original", "unlearned"} for pair in metrics.values())
+    assert set(metrics) == {"forgetAUC", "forgetF1", "testAUC", "testF1", "mia", "miaAUC", "attackAUC",
+                            "logitNormAUC", "liraTPR5", "liraAUC"}
+    assert all(set(pair) == {"original", "unlearned", "retrained"} for pair in metrics.values())
+    assert metrics["liraAUC"]["retrained"] is None  # no retrained model in this report: null, removed by the patch
 
 
 def test_a_promotion_replaced_before_its_status_was_written_is_reported_as_such(world: dict[str, Any]) -> None:
@@ -451,7 +453,9 @@ def test_a_report_with_a_metric_out_of_range_is_invalid_and_never_promoted(world
 
 
 def test_an_unmeasured_metric_is_inconclusive_and_holds_the_request(world: dict[str, Any]) -> None:
-    _report_with(world, "mia", "attack_auc", None)
+    raw = json.loads(world["report"].to_json())
+    raw["unlearned"]["mia"].update(attack_auc=None, attack_auc_ci=None)
+    storage.write_bytes(world["paths"].report, json.dumps(raw).encode())
     kube = FakeKube()
     result = _evaluate(world, kube)
     assert [gate["result"] for gate in result.step.status["gates"]] == ["Passed", "Passed", "Inconclusive"]
@@ -541,3 +545,60 @@ def test_a_retrain_the_pod_policy_no_longer_allows_is_held_and_creates_no_job(wo
     assert "spec.priorityClassName" in promoted["message"] and result.step.status["phase"] == "Held"
     assert not [name for name, _ in kube.calls if name in ("create_or_get_configmap", "create_or_get_job")]
     assert _alias(world) == "v7"
+
+
+# ---- reference models: retired on promotion --------------------------------------------------------
+
+
+def _references(world: dict[str, Any], version: str = "v7") -> Path:
+    folder = Path(world["reg"].removeprefix("file://")) / MODEL / "references" / version
+    folder.mkdir(parents=True)
+    (folder / "meta.json").write_text('{"k": 4}\n')
+    (folder / "stats.npz").write_bytes(b"per-sample statistics")
+    return folder
+
+
+def test_a_promotion_retires_the_base_versions_reference_models(world: dict[str, Any]) -> None:
+    folder = _references(world)
+    result = _evaluate(world, FakeKube())
+    assert result.step.status["phase"] == "Promoted" and _alias(world) == world["candidate"]
+    assert storage.list_uris(f"file://{folder}") == []
+    promoted = _condition(result.step, "Promoted")
+    assert promoted["message"].endswith(
+        f"The reference models of version v7 were retired (2 objects under file://{folder} deleted): they were "
+        "trained on the forgotten patients.")
+    assert ("Normal", "ReferencesRetired") in [(kind, reason) for kind, reason, _ in result.step.events]
+    base = Path(world["reg"].removeprefix("file://")) / MODEL / "versions" / "v7"
+    assert (base / "model.safetensors").exists()  # the version itself stays
+
+
+def test_references_that_cannot_be_retired_never_block_or_undo_the_promotion(world: dict[str, Any],
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _references(world)
+
+    def refuse(self: Any, uri: str) -> None:
+        raise StorageUnavailable(f"{uri}: the store did not answer")
+
+    monkeypatch.setattr(type(DEFAULT), "delete", refuse)
+    result = _evaluate(world, FakeKube())
+    assert result.step.status["phase"] == "Promoted" and _alias(world) == world["candidate"]
+    promoted = _condition(result.step, "Promoted")
+    assert f"The reference models of version v7 (file://{folder}) were trained on the forgotten patients but " \
+        "could not be retired" in promoted["message"]
+    assert promoted["message"].endswith("delete them by hand.")
+    assert (folder / "meta.json").exists()
+
+
+def test_a_held_request_keeps_the_reference_models(world: dict[str, Any]) -> None:
+    folder = _references(world)
+    raw = json.loads(world["report"].to_json())
+    raw["unlearned"]["split"]["forget_auc"] = raw["original"]["split"]["forget_auc"]  # forget AUC did not drop
+    storage.write_bytes(world["paths"].report, json.dumps(raw).encode())
+    result = _evaluate(world, FakeKube())
+    assert result.step.status["phase"] == "Held" and (folder / "meta.json").exists()
+
+
+def test_a_promotion_without_reference_models_says_nothing_about_them(world: dict[str, Any]) -> None:
+    result = _evaluate(world, FakeKube())
+    assert "reference models" not in _condition(result.step, "Promoted")["message"]
+    assert result.step.status["attackAuc"] == 0.52

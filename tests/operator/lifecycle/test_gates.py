@@ -83,12 +83,37 @@ def test_a_negative_max_drop_threshold_requires_improvement() -> None:
     assert _one(_gate("testF1", "maxDrop", -0.05), unlearned={"test_f1": 0.9}).result == "Passed"
 
 
-@pytest.mark.parametrize(("metric", "key"), [("mia", "mia"), ("miaAUC", "mia_auc"), ("forgetAUC", "forget_auc"),
-                                             ("forgetF1", "forget_f1"), ("testAUC", "test_auc"),
-                                             ("testF1", "test_f1")])
+METRIC_KEYS = [("mia", "mia"), ("miaAUC", "mia_auc"), ("attackAUC", "attack_auc"),
+               ("logitNormAUC", "logit_norm_auc"), ("liraTPR5", "lira_tpr5"), ("liraAUC", "lira_auc"),
+               ("forgetAUC", "forget_auc"), ("forgetF1", "forget_f1"), ("testAUC", "test_auc"), ("testF1", "test_f1")]
+
+
+@pytest.mark.parametrize(("metric", "key"), METRIC_KEYS)
 def test_every_metric_reads_its_own_report_field(metric: str, key: str) -> None:
-    status = _one(_gate(metric, "atMost", 0.333), unlearned={key: 0.333})
-    assert (status.value, status.result) == (0.333, "Passed")
+    status = _one(_gate(metric, "atMost", 0.666), unlearned={key: 0.666, "attack_auc_ci": None})
+    assert (status.value, status.result) == (0.666, "Passed")
+
+
+@pytest.mark.parametrize(("metric", "field"), [
+    ("miaAUC", "attack_auc_signed"), ("attackAUC", "attack_auc"), ("logitNormAUC", "logit_norm_auc"),
+    ("liraTPR5", "lira_tpr_at_5pct_fpr"), ("liraAUC", "lira_auc")])
+def test_each_attack_metric_maps_to_its_report_field(metric: str, field: str) -> None:
+    """Set every MiaResult field to a distinct value: the gate must read exactly its own."""
+    raw = make_report().model_dump(mode="json")
+    mia = raw["unlearned"]["mia"]
+    for i, name in enumerate(n for n in mia if not n.endswith("_ci")):
+        mia[name] = 0.5 + i / 100
+        mia[f"{name}_ci"] = None
+    (status,) = gates.evaluate_gates([_gate(metric, "atMost", 1.0)], Report.model_validate(raw))
+    assert status.value == mia[field]
+
+
+def test_mia_auc_keeps_the_signed_meaning_and_attack_auc_is_two_sided() -> None:
+    """Over-forgetting (signed 0.3) passes miaAUC atMost 0.6 but is 0.7 two-sided, failing attackAUC."""
+    unlearned = {"mia_auc": 0.3, "attack_auc_ci": None}
+    assert _one(_gate("miaAUC", "atMost", 0.6), unlearned=unlearned).result == "Passed"
+    failed = _one(_gate("attackAUC", "atMost", 0.6), unlearned=unlearned)
+    assert (failed.result, failed.message) == ("Failed", "attackAUC is 0.7, above the allowed 0.6.")
 
 
 def test_an_unmeasured_unlearned_metric_is_inconclusive() -> None:
@@ -116,8 +141,9 @@ def test_defaults_apply_only_when_the_request_lists_no_gates() -> None:
     custom = [_gate("mia", "atMost", 0.5)]
     assert gates.effective_gates([], defaults) == defaults
     assert gates.effective_gates(custom, defaults) == custom
-    assert [(g.metric, g.comparator, g.threshold) for g in defaults] == [
-        ("testAUC", "maxDrop", 0.02), ("forgetAUC", "minDrop", 0.0), ("miaAUC", "atMost", 0.6)]
+    assert [(g.metric, g.comparator, g.threshold, g.bound) for g in defaults] == [
+        ("testAUC", "maxDrop", 0.02, "point"), ("forgetAUC", "minDrop", 0.0, "point"),
+        ("attackAUC", "atMost", 0.6, "upper")]
 
 
 def test_default_gates_pass_on_a_good_report_and_fail_when_forget_auc_does_not_drop() -> None:
@@ -144,8 +170,8 @@ def test_status_echoes_the_gate_and_serialises_camel_case() -> None:
 
 def test_summary_names_the_first_gate_that_did_not_pass() -> None:
     statuses = gates.evaluate_gates(default_gates(), make_report(unlearned={"mia_auc": None}))
-    assert gates.summary(statuses) == ("2 of 3 gates passed; miaAUC inconclusive: miaAUC of the unlearned model "
-                                       "was not measured, so the gate is inconclusive.")
+    assert gates.summary(statuses) == ("2 of 3 gates passed; attackAUC inconclusive: attackAUC of the unlearned "
+                                       "model was not measured, so the gate is inconclusive.")
     assert gates.summary(gates.evaluate_gates(default_gates(), make_report())) == "All 3 gates passed."
     assert gates.summary([]) == "No gates were evaluated."
 
@@ -153,10 +179,16 @@ def test_summary_names_the_first_gate_that_did_not_pass() -> None:
 def test_metrics_status_pairs_original_and_unlearned() -> None:
     metrics = gates.metrics_status(make_report(unlearned={"mia": None}))
     dumped = metrics.model_dump(by_alias=True)
-    assert dumped["testAUC"] == {"original": 0.91, "unlearned": 0.9}
-    assert dumped["miaAUC"] == {"original": 0.7, "unlearned": 0.52}
-    assert dumped["mia"] == {"original": 0.9, "unlearned": None}
-    assert set(dumped) == {"forgetAUC", "forgetF1", "testAUC", "testF1", "mia", "miaAUC"}
+    assert dumped["testAUC"] == {"original": 0.91, "unlearned": 0.9, "retrained": None}
+    assert dumped["miaAUC"] == {"original": 0.7, "unlearned": 0.52, "retrained": None}
+    assert dumped["attackAUC"] == {"original": 0.7, "unlearned": 0.52, "retrained": None}
+    assert dumped["liraTPR5"] == {"original": 0.33, "unlearned": 0.06, "retrained": None}
+    assert dumped["mia"] == {"original": 0.9, "unlearned": None, "retrained": None}
+    assert set(dumped) == {"forgetAUC", "forgetF1", "testAUC", "testF1", "mia", "miaAUC", "attackAUC",
+                           "logitNormAUC", "liraTPR5", "liraAUC"}
+    with_retrained = gates.metrics_status(make_report(unlearned={"mia_auc": 0.3}, retrained={"mia_auc": 0.45}))
+    assert with_retrained.model_dump(by_alias=True)["attackAUC"] == {"original": 0.7, "unlearned": 0.7,
+                                                                     "retrained": 0.55}
 
 
 def test_metric_drop() -> None:
@@ -172,11 +204,12 @@ def test_fmt(value: float, text: str) -> None:
 
 
 @pytest.mark.parametrize(("metric", "group", "key"), [
-    ("miaAUC", "mia", "attack_auc"), ("forgetAUC", "split", "forget_auc"), ("testAUC", "split", "test_auc")])
+    ("attackAUC", "mia", "attack_auc"), ("forgetAUC", "split", "forget_auc"), ("testAUC", "split", "test_auc")])
 def test_a_metric_missing_from_report_json_is_inconclusive_and_never_promotes(metric: str, group: str,
                                                                               key: str) -> None:
     raw = make_report().model_dump(mode="json")
     del raw["unlearned"][group][key]
+    raw["unlearned"][group].pop(f"{key}_ci")
     report = Report.model_validate_json(json.dumps(raw))  # not ReportInvalid
     statuses = gates.evaluate_gates(default_gates(), report)
     (status,) = [s for s in statuses if s.metric == metric]
@@ -265,3 +298,82 @@ def test_a_gate_bound_is_validated_and_defaults_to_point() -> None:
     with pytest.raises(ValidationError) as err:
         GateSpec.model_validate({"metric": "mia", "comparator": "atMost", "threshold": 0.5, "bound": "upperBound"})
     assert [e["loc"] for e in err.value.errors()] == [("bound",)]
+
+
+# ---- reference: retrained -------------------------------------------------------------------------
+
+
+def _retrained_gate(metric: str, threshold: float, bound: str = "point") -> GateSpec:
+    return _gate(metric, "atMost", threshold, reference="retrained", bound=bound)
+
+
+def test_a_retrained_gate_passes_within_the_tolerance_of_the_retrained_model() -> None:
+    status = _one(_retrained_gate("testAUC", 0.02), unlearned={"test_auc": 0.88}, retrained={"test_auc": 0.895})
+    assert (status.result, status.value, status.reference) == ("Passed", 0.015, "retrained")
+    assert status.message == "testAUC is 0.88, 0.015 from the retrained model's 0.895, within the 0.02 allowed."
+
+
+@pytest.mark.parametrize("unlearned", [0.85, 0.95])
+def test_a_retrained_gate_fails_on_either_side_of_the_retrained_model(unlearned: float) -> None:
+    status = _one(_retrained_gate("forgetAUC", 0.03), unlearned={"forget_auc": unlearned},
+                  retrained={"forget_auc": 0.9})
+    assert (status.result, status.value) == ("Failed", pytest.approx(0.05))
+    assert status.message.endswith("from the retrained model's 0.9, more than the 0.03 allowed.")
+
+
+def test_a_retrained_gate_applies_the_bound_to_the_unlearned_value() -> None:
+    unlearned = {"mia_auc": 0.55, "attack_auc_ci": (0.5, 0.62)}
+    point = _one(_retrained_gate("attackAUC", 0.05), unlearned=unlearned, retrained={"mia_auc": 0.52})
+    assert (point.result, point.value) == ("Passed", pytest.approx(0.03))
+    upper = _one(_retrained_gate("attackAUC", 0.05, bound="upper"), unlearned=unlearned, retrained={"mia_auc": 0.52})
+    assert (upper.result, upper.value) == ("Failed", pytest.approx(0.1))
+    assert upper.message == ("attackAUC's upper bound is 0.62, 0.1 from the retrained model's 0.52, more than the "
+                             "0.05 allowed.")
+
+
+def test_a_retrained_gate_without_retrained_metrics_is_inconclusive_and_never_promotes() -> None:
+    status = _one(_retrained_gate("testAUC", 0.02))
+    assert (status.result, status.value) == ("Inconclusive", None)
+    assert status.message == ("the report has no retrained model's figures, so the gate on the distance to the "
+                              "retrained model is inconclusive (spec.audit.retrainedVersion names the model the "
+                              "trainer scores).")
+    assert decide("Automatic", [status], approved=False, on_gate_failure="Hold") is Decision.HOLD
+    unmeasured = _one(_retrained_gate("liraAUC", 0.05), retrained={"lira_auc": None})
+    assert unmeasured.result == "Inconclusive"
+    assert unmeasured.message.startswith("liraAUC of the retrained model was not measured")
+
+
+# ---- what the default gates catch -----------------------------------------------------------------
+
+
+def _old_default_gates() -> list[GateSpec]:
+    """The defaults before the two-sided attack AUC: miaAUC (then the signed AUC) at most 0.6, on the point."""
+    return [_gate("testAUC", "maxDrop", 0.02), _gate("forgetAUC", "minDrop", 0.0), _gate("miaAUC", "atMost", 0.6)]
+
+
+def test_the_default_gates_fail_an_over_forgetting_report_the_old_defaults_passed() -> None:
+    """Forget losses far above test losses: the attack ranks forgotten patients as *less* member-like than
+    never-seen ones (signed AUC 0.2), which is as distinguishable as 0.8 the other way."""
+    over_forgotten = make_report(unlearned={"mia_auc": 0.2, "mia_auc_ci": (0.12, 0.29),
+                                            "attack_auc": 0.8, "attack_auc_ci": (0.71, 0.88)})
+    old = gates.evaluate_gates(_old_default_gates(), over_forgotten)
+    assert [s.result for s in old] == ["Passed", "Passed", "Passed"]
+    assert gates.all_passed(old)
+    new = gates.evaluate_gates(default_gates(), over_forgotten)
+    assert [s.result for s in new] == ["Passed", "Passed", "Failed"]
+    assert new[2].message == "attackAUC's upper bound is 0.88, above the allowed 0.6."
+    assert not gates.all_passed(new)
+    assert decide("Automatic", new, approved=False, on_gate_failure="Hold") is Decision.HOLD
+
+
+def test_the_default_gates_hold_a_model_whose_interval_reaches_past_0_6_even_if_its_point_does_not() -> None:
+    unsure = make_report(unlearned={"mia_auc": 0.57, "attack_auc_ci": (0.5, 0.66)})
+    (_, _, attack) = gates.evaluate_gates(default_gates(), unsure)
+    assert (attack.result, attack.value) == ("Failed", 0.66)
+
+
+def test_needs_references_lists_the_lira_metrics_once() -> None:
+    listed = [_gate("liraAUC", "atMost", 0.6), _gate("testAUC", "maxDrop", 0.02), _gate("liraTPR5", "atMost", 0.1),
+              _gate("liraAUC", "atMost", 0.55, bound="upper")]
+    assert gates.needs_references(listed) == ["liraAUC", "liraTPR5"]
+    assert gates.needs_references(default_gates()) == []

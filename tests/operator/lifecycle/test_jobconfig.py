@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from harness.examples import full_spec, minimal_spec
+from harness.examples import example_spec, full_spec, minimal_spec
 
 from forgetmi_operator.api.errors import InvalidSpec
 from forgetmi_operator.api.settings import Settings
-from forgetmi_operator.api.spec import UnlearnRequestSpec
+from forgetmi_operator.api.spec import UnlearnRequestSpec, parse_spec
 from forgetmi_operator.cluster import jobs
 from forgetmi_operator.lifecycle.jobconfig import build_job_config
 from forgetmi_trainer.contract import JobConfig
@@ -87,3 +87,27 @@ def test_the_method_options_reach_the_trainer_in_its_own_names() -> None:
     # a retrain run takes the trainer's own recipe, not the unlearning method's options
     assert _config(spec, base_version="v7", kind="retrain").method.options == {}
     assert _config(minimal_spec(method={"sign": "pull"}), base_version="v7").method.sign == "pull"
+
+
+def test_the_retrained_version_reaches_the_trainer_as_a_model_of_the_same_registry() -> None:
+    spec = minimal_spec(audit={"retrainedVersion": "v7-retrained-ref"},
+                        gates=[{"metric": "testAUC", "comparator": "atMost", "threshold": 0.02,
+                                "reference": "retrained"}])
+    cluster = jobs.build_launch(spec, Settings(), name=NAME, namespace=NAMESPACE, uid=UID, base_version="v7").config
+    local = _config(spec, base_version="v7", subjects_file="/tmp/subjects.txt")
+    retrain = _config(spec, base_version="v7", kind="retrain")
+    for config in (cluster, local, retrain):
+        assert config.retrained is not None
+        assert (config.retrained.registry_uri, config.retrained.name, config.retrained.version) == (
+            spec.model.registry_uri, spec.model.name, "v7-retrained-ref")
+    assert _config(minimal_spec(), base_version="v7").retrained is None
+
+
+def test_a_retrained_gate_without_a_retrained_version_is_an_invalid_spec_naming_the_gate() -> None:
+    spec = {**example_spec("unlearnrequest-minimal.yaml"),
+            "gates": [{"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.02, "reference": "original"},
+                      {"metric": "testAUC", "comparator": "atMost", "threshold": 0.02, "reference": "retrained"}]}
+    with pytest.raises(InvalidSpec) as caught:
+        parse_spec(spec)
+    assert str(caught.value) == ("The spec is invalid: spec.gates[1].reference: reference: retrained compares with "
+                                 "the retrained model: set spec.audit.retrainedVersion to its version.")

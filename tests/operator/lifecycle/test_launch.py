@@ -221,3 +221,58 @@ def test_a_request_the_pod_policy_forbids_is_not_accepted_and_creates_nothing(fi
     assert "is not allowed; the cluster admin allows" in accepted["message"]
     assert not kube.objects and "read referenced" not in kube.calls
     assert not [call for call in kube.calls if call.startswith("create")]
+
+
+# ---- reference models (LiRA gates) ----------------------------------------------------------------
+
+LIRA_GATES = [{"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.02, "reference": "original"},
+              {"metric": "liraTPR5", "comparator": "atMost", "threshold": 0.1, "bound": "upper"}]
+
+
+def test_a_lira_gate_without_reference_models_fails_before_anything_is_created(body: dict[str, Any]) -> None:
+    kube = FakeKube("P001\n")
+    body["spec"]["gates"] = LIRA_GATES
+    step = asyncio.run(launcher.start(_cluster(kube), body))
+    assert step.status["phase"] == "Failed" and [r for _, r, _ in step.events] == ["ReferencesMissing"]
+    registry, manifest = body["spec"]["model"]["registryUri"], body["spec"]["data"]["manifestUri"]
+    assert step.error is not None
+    assert step.error.message == (
+        f"The gates on liraTPR5 need reference models of model {MODEL} version v7, but "
+        f"{registry}/{MODEL}/references/v7/meta.json does not exist; nothing was started. Create them with "
+        f"`forgetmi-trainer references --model {registry}/{MODEL}/versions/v7 --manifest {manifest} --k 4`, then "
+        "create the request again.")
+    assert not {kind for kind, _ in kube.objects} & {"Job", "Secret"}
+
+
+def test_a_lira_gate_with_reference_models_launches(body: dict[str, Any]) -> None:
+    kube = FakeKube("P001\n")
+    body["spec"]["gates"] = LIRA_GATES
+    references = Path(body["spec"]["model"]["registryUri"].removeprefix("file://")) / MODEL / "references" / "v7"
+    references.mkdir(parents=True)
+    (references / "meta.json").write_text("{}\n")
+    step = _launch(kube, body)
+    assert step.status["phase"] == "Pending" and ("Job", naming.job_name(NAME, UID)) in kube.objects
+
+
+def test_default_gates_on_lira_need_the_references_too(body: dict[str, Any]) -> None:
+    kube = FakeKube("P001\n")
+    settings = Settings(default_gates=[{"metric": "liraAUC", "comparator": "atMost", "threshold": 0.6}])
+    step = asyncio.run(launcher.start(make_cluster(kube, settings), body))
+    assert [r for _, r, _ in step.events] == ["ReferencesMissing"]
+    assert step.error is not None and "The gates on liraAUC need reference models" in step.error.message
+    assert not {kind for kind, _ in kube.objects} & {"Job", "Secret"}
+
+
+def test_a_retrained_version_the_registry_does_not_hold_fails_the_launch(body: dict[str, Any]) -> None:
+    kube = FakeKube("P001\n")
+    body["spec"]["audit"] = {"retrainedVersion": "v7-retrained"}
+    step = asyncio.run(launcher.start(_cluster(kube), body))
+    assert [r for _, r, _ in step.events] == ["InputNotFound"]
+    assert step.error is not None and step.error.message.startswith(
+        "spec.audit.retrainedVersion: version v7-retrained of model cxr has no model.safetensors in the registry")
+    assert not {kind for kind, _ in kube.objects} & {"Job", "Secret"}
+    retrained = Path(body["spec"]["model"]["registryUri"].removeprefix("file://")) / MODEL / "versions" / "v7-retrained"
+    retrained.mkdir()
+    (retrained / "model.safetensors").write_bytes(b"retrained weights")
+    step = _launch(FakeKube("P001\n"), body)
+    assert step.status["phase"] == "Pending"

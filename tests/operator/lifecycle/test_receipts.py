@@ -76,7 +76,7 @@ def test_receipt_records_request_digests_metrics_gates_decision_and_version() ->
     assert data["candidate"] == {"version": "v7-unlearned-0b3f9c2e", "sha256": CANDIDATE_SHA,
                                  "uri": "s3://models/registry/cxr/versions/v7-unlearned-0b3f9c2e"}
     assert data["report"]["sha256"] == REPORT_SHA
-    assert data["metrics"]["testAUC"] == {"original": 0.91, "unlearned": 0.9}
+    assert data["metrics"]["testAUC"] == {"original": 0.91, "unlearned": 0.9, "retrained": None}
     assert [gate["result"] for gate in data["gates"]] == ["Passed"] * 3
     assert data["decision"] == "Promote"
     assert data["mode"] == "Automatic"

@@ -26,7 +26,7 @@ from forgetmi_operator.api.patterns import (
     OBJECT_URI_PATTERN,
     problem_message,
 )
-from forgetmi_operator.api.spec import UnlearnRequestSpec
+from forgetmi_operator.api.spec import RETRAINED_AT_MOST, RETRAINED_NEEDS_VERSION, UnlearnRequestSpec
 from forgetmi_operator.local import cel
 from forgetmi_operator.local.crd import openapi_schema
 from forgetmi_operator.local.schema import Problem, defaulted, format_path, validate_request
@@ -243,6 +243,13 @@ def _gate(**gate: Any) -> Mutation:
     return _set("gates", [gate])
 
 
+def _with_retrained(mutate: Mutation) -> Mutation:
+    def both(spec: dict[str, Any]) -> None:
+        mutate(spec)
+        _set("audit.retrainedVersion", "v1-retrained")(spec)
+    return both
+
+
 GOOD_LABEL_KEYS = ["gpu", "nvidia.com/gpu.product", "a", "A_b.c-D", "x" * 63, f"{'p' * 253}/{'n' * 63}",
                    "kubernetes.io/hostname", "9/x"]
 BAD_LABEL_KEYS = ["", "gpu product", "-gpu", "gpu-", "_gpu", "x" * 64, f"{'p' * 254}/n", "/gpu", "nvidia.com/",
@@ -267,6 +274,17 @@ RULES: list[tuple[str, Mutation, str | None, str | None]] = [
      RANGE),
     ("atMost integer threshold", _gate(metric="mia", comparator="atMost", threshold=1), None, None),
     ("atLeast zero", _gate(metric="testF1", comparator="atLeast", threshold=0), None, None),
+    ("atLeast retrained", _with_retrained(_gate(metric="testAUC", comparator="atLeast", threshold=0.02,
+                                                reference="retrained")), "spec.gates[0].reference", RETRAINED_AT_MOST),
+    ("maxDrop retrained", _with_retrained(_gate(metric="testAUC", comparator="maxDrop", threshold=0.02,
+                                                reference="retrained")), "spec.gates[0].reference", DROP),
+    ("atMost retrained", _with_retrained(_gate(metric="attackAUC", comparator="atMost", threshold=0.05,
+                                               reference="retrained", bound="upper")), None, None),
+    ("retrained negative tolerance", _with_retrained(_gate(metric="testAUC", comparator="atMost", threshold=-0.01,
+                                                           reference="retrained")), "spec.gates[0].threshold", RANGE),
+    ("retrained version without a retrained gate", _set("audit.retrainedVersion", "v1-retrained"), None, None),
+    *[(f"gate on {metric}", _gate(metric=metric, comparator="atMost", threshold=0.6, bound="upper"), None, None)
+      for metric in ("attackAUC", "logitNormAUC", "liraTPR5", "liraAUC")],
     ("both forget sources", _set("forget.subjectsUri", "s3://bucket/ids.txt"), "spec.forget",
      "set exactly one of subjectsSecretRef or subjectsUri"),
     ("no forget source", _set("forget", {}), "spec.forget", "set exactly one of subjectsSecretRef or subjectsUri"),
@@ -402,3 +420,28 @@ def test_rules_skip_integers_beyond_int64_in_a_request(request_full: dict[str, A
     assert {p.path for p in validate_request(request) if p.message == "must fit in a 64-bit integer"} == {
         "spec.method.epochs", "spec.method.selection.epoch", "spec.resources.gpus",
         "spec.tolerations[0].tolerationSeconds", "spec.gates[0].threshold"}
+
+
+@pytest.mark.parametrize("index", [0, 2])
+def test_a_retrained_gate_needs_spec_audit_retrained_version(request_full: dict[str, Any], index: int) -> None:
+    """CEL cannot name a list index in a fieldPath, so the CRD reports the rule at spec.gates; the
+    operator (pydantic) names the very gate, spec.gates[i].reference, with the same sentence."""
+    request = copy.deepcopy(request_full)
+    gates = [{"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.02, "reference": "original"}] * 3
+    gates[index] = {"metric": "testAUC", "comparator": "atMost", "threshold": 0.01, "reference": "retrained"}
+    request["spec"]["gates"] = gates
+    request["spec"]["audit"].pop("retrainedVersion", None)
+    assert _rule_problems(request) == [Problem("spec.gates", RETRAINED_NEEDS_VERSION)]
+    assert _pydantic_problems(request["spec"]) == [Problem(f"spec.gates[{index}].reference", RETRAINED_NEEDS_VERSION)]
+    assert validate_request(request) == [Problem("spec.gates", RETRAINED_NEEDS_VERSION)]
+    request["spec"]["audit"]["retrainedVersion"] = "v1-retrained"
+    assert _rule_problems(request) == [] and _pydantic_problems(request["spec"]) == []
+
+
+@pytest.mark.parametrize("version", ["", "-v1", "v1/../x", "v" * 129, "v 1"])
+def test_retrained_version_must_be_a_version(request_full: dict[str, Any], version: str) -> None:
+    request = copy.deepcopy(request_full)
+    request["spec"]["audit"]["retrainedVersion"] = version
+    problems = validate_request(request)
+    assert {p.path for p in problems} == {"spec.audit.retrainedVersion"}
+    assert _pydantic_problems(request["spec"])[0].path == "spec.audit.retrainedVersion"

@@ -223,7 +223,10 @@ def test_forgetmi_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     assert result["phase"] == "Promoted"
     for row in ("original", "retrained", "forget_mi"):
         assert set(result[row]) == set(COMPARISON_KEYS)
-    assert result["original"]["forget_auc"] - result["forget_mi"]["forget_auc"] >= 0.1
+    # the privacy gate is the distance to the retrained model, not the size of the drop
+    assert abs(result["forget_mi"]["attack_auc"] - result["retrained"]["attack_auc"]) <= 0.1
+    assert [(g["metric"], g["reference"], g["result"]) for g in result["gates"]] == [
+        ("testAUC", "original", "Passed"), ("forgetAUC", "original", "Passed"), ("attackAUC", "retrained", "Passed")]
 
 
 def _run_file(request: dict[str, Any], secret: dict[str, Any], folder: Path,

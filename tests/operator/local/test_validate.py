@@ -164,7 +164,8 @@ MALFORMED_CASES = [
     ("spec.forget.subjectsUri", "s3://privacy-requests", "spec.forget.subjectsUri: must be an s3://bucket/key"),
     ("spec.forget.subjectsUri", "s3://privacy-requests/", "spec.forget.subjectsUri: must be an s3://bucket/key"),
     ("spec.gates", [{"metric": "accuracy", "comparator": "atMost", "threshold": 0.5}],
-     "spec.gates[0].metric: must be one of: mia, miaAUC, forgetAUC, forgetF1, testAUC, testF1"),
+     "spec.gates[0].metric: must be one of: mia, miaAUC, attackAUC, logitNormAUC, liraTPR5, liraAUC, forgetAUC, "
+     "forgetF1, testAUC, testF1"),
     ("spec.gates", [{"metric": "miaAUC", "comparator": "atMost", "threshold": 0.6, "bound": "high"}],
      "spec.gates[0].bound: must be one of: point, upper, lower"),
     ("spec.gates", [{"metric": "miaAUC", "comparator": "atMost", "threshold": 0.6, "bound": 1}],
