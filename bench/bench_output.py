@@ -1,5 +1,5 @@
-"""The output of ``bench/unlearn_vs_retrain.py``: the Markdown tables, the avg-gap-vs-cost plot and
-strict JSON (NaN as null)."""
+"""The output of ``bench/unlearn_vs_retrain.py``: the means and standard errors over seeds, the Markdown
+tables, the avg-gap-vs-cost plot and strict JSON (NaN as null)."""
 
 from __future__ import annotations
 
@@ -7,34 +7,75 @@ import math
 from pathlib import Path
 from typing import Any
 
-METRICS = ("forget_auc", "forget_f1", "test_auc", "test_f1", "mia", "mia_auc", "seconds")
+import numpy as np
+
+METRICS = (
+    "forget_auc", "forget_f1", "test_auc", "test_f1", "mia", "attack_auc", "attack_auc_signed", "tpr5",
+    "logit_norm_auc", "lira_auc", "lira_tpr5", "patient_lira_auc", "seconds",
+)
+# (column, key) of the printed tables; every key of a row is in results.json
+COLUMNS = (
+    ("forget AUC", "forget_auc"), ("forget F1", "forget_f1"), ("test AUC", "test_auc"), ("test F1", "test_f1"),
+    ("MIA", "mia"), ("attack AUC", "attack_auc"), ("signed", "attack_auc_signed"),
+    ("logit-norm AUC", "logit_norm_auc"), ("loss TPR@5%", "tpr5"), ("LiRA AUC", "lira_auc"),
+    ("LiRA TPR@5%", "lira_tpr5"), ("patient LiRA AUC", "patient_lira_auc"),
+    ("seconds", "seconds"), ("epochs", "epochs_run"), ("passes", "sample_passes"), ("cost", "cost_ratio"),
+    ("avg gap", "avg_gap"),
+)
+
+
+def mean_rows(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """Per row name, the mean over seeds of every key (NaN ignored: a diverged seed) and, under ``se``,
+    its standard error (sample SD ÷ sqrt(seeds measured); NaN with fewer than two)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in per_seed[0]:
+        means: dict[str, Any] = {}
+        errors: dict[str, float] = {}
+        keys = dict.fromkeys(k for r in per_seed for k in r[name])  # a diverged seed's row has fewer keys
+        for key in keys:
+            values = np.asarray([r[name].get(key, math.nan) for r in per_seed], dtype=np.float64)
+            finite = values[np.isfinite(values)]
+            means[key] = float(finite.mean()) if finite.size else math.nan
+            errors[key] = float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else math.nan
+        out[name] = {**means, "se": errors}
+    return out
+
+
+def _cell(key: str, v: float) -> str:
+    if math.isnan(v):
+        return "-"
+    if key == "seconds":
+        return f"{v:.2f}"
+    if key == "epochs_run":
+        return f"{v:.1f}"
+    if key == "sample_passes":
+        return f"{v / 1000:.1f}k"
+    if key == "cost_ratio":
+        return f"{100 * v:.1f} %"
+    return f"{v:.3f}"
 
 
 def format_tables(result: dict[str, Any]) -> str:
-    cols = ("forget AUC", "forget F1", "test AUC", "test F1", "MIA", "miaAUC", "seconds", "epochs", "cost", "avg gap")
-    keys = (*METRICS, "epochs_run", "cost_ratio", "avg_gap")
+    """One Markdown table per fraction: the mean over seeds, and ± its standard error on the avg gap."""
     out = []
     for fraction, block in result["fractions"].items():
-        out.append(f"\nforget fraction {fraction} (mean of {result['config']['seeds']} seeds)")
-        out.append("| method | " + " | ".join(cols) + " |")
-        out.append("|---" * (len(cols) + 1) + "|")
+        out.append(f"\nforget fraction {fraction} (mean of {result['config']['seeds']} seeds; avg gap ± SE)")
+        out.append("| method | " + " | ".join(c for c, _ in COLUMNS) + " |")
+        out.append("|---" * (len(COLUMNS) + 1) + "|")
         rows = {"original": block["original"], **block["methods"]}
         for name, row in rows.items():
-            cells = []
-            for k in keys:
-                v = row.get(k, math.nan)
-                if math.isnan(v):
-                    cells.append("-")
-                elif k == "seconds":
-                    cells.append(f"{v:.2f}")
-                elif k == "epochs_run":
-                    cells.append(f"{v:.1f}")
-                elif k == "cost_ratio":
-                    cells.append(f"{100 * v:.1f} %")
-                else:
-                    cells.append(f"{v:.3f}")
+            cells = [_cell(k, row.get(k, math.nan)) for _, k in COLUMNS]
+            se = row.get("se", {}).get("avg_gap", math.nan)
+            if name not in ("original", "retrain") and not math.isnan(se):
+                cells[-1] += f" ± {se:.3f}"
             out.append(f"| {name} | " + " | ".join(cells) + " |")
+        for name, record in block.get("tuned", {}).items():
+            out.append(f"tuned {name}: {record['label']} (validation avg gap {_gap(record['validation_avg_gap'])})")
     return "\n".join(out)
+
+
+def _gap(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -75,7 +116,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def json_safe(value: Any) -> Any:
-    """NaN (a diverged method, an unmeasurable metric) becomes null, so the output is strict JSON."""
+    """NaN (a diverged method, an unmeasurable metric, an SE of one seed) becomes null, so the output is
+    strict JSON."""
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
