@@ -19,14 +19,13 @@ matters, as in a real study where one finding shows in both (:mod:`~forgetmi_tra
   unimodal class evidence names only the class pair (the pair's mean image pattern, two of the pair's
   words), so their bit is in the image×text combination and nowhere else.
 
-S = 0 turns it off and generates the dataset of earlier versions, draw for draw: the cross-modal draws
-come from a generator of their own, so S changes nothing else (patients, labels, splits).
+S = 0 generates earlier versions' dataset draw for draw (the cross-modal draws have their own generator).
 
-Images are written as sharded ``.npz`` archives (the default, the fastest to read; a manifest row's
-``image_uri`` names the archive and the array, ``<dataset>/images/shard-000.npz#<sample_id>``) or as one
-file per sample, ``images/<subject_id>/<sample_id>.png|jpg|dcm``, named by a relative ``image_uri``:
-8- or 16-bit grey PNG, JPEG (quality 95), or a 16-bit DICOM Secondary Capture whose Rescale
-Slope/Intercept and window map its stored values back to the generated pixels.
+Images are written as sharded ``.npz`` archives (the default, the fastest to read; ``image_uri`` names
+the archive and the array, ``images/shard-000.npz#<sample_id>``) or one file per sample
+(``images/<subject_id>/<sample_id>.png|jpg|dcm``), relative to the manifest: 8- or 16-bit grey PNG,
+JPEG (quality 95), or a 16-bit DICOM Secondary Capture whose Rescale Slope/Intercept and window map
+its stored values back to the generated pixels.
 """
 
 from __future__ import annotations
@@ -183,8 +182,9 @@ def _report(rng: np.random.Generator, signal: int, private: list[str], n_words: 
 def write_dataset(samples: list[Sample], out_uri: str, fmt: ImageFormat = "npz", *, bit_depth: int = 8) -> str:
     """Write the images and ``manifest.csv`` under ``out_uri``; returns the manifest's URI.
 
-    ``npz``: shards of ``SHARD_SIZE`` arrays, absolute ``image_uri`` values. ``png``/``jpeg``/``dicom``: one file per
-    sample with a relative ``image_uri`` (``images/<subject>/<sample>.<ext>``). ``bit_depth`` 16 is for PNG only."""
+    ``npz``: shards of ``SHARD_SIZE`` arrays (``images/shard-<k>.npz#<sample>``); else one file per sample
+    (``images/<subject>/<sample>.<ext>``). Relative ``image_uri``s keep the manifest's bytes (its version, which
+    seeds the V/T split) the same wherever it is written. ``bit_depth`` 16 is for PNG only."""
     if fmt not in IMAGE_FORMATS:
         raise ValueError(f"Image format {fmt!r} is not one of {', '.join(IMAGE_FORMATS)}.")
     if bit_depth not in (8, 16) or (bit_depth == 16 and fmt != "png"):
@@ -206,12 +206,12 @@ def _write_shards(samples: list[Sample], out_uri: str) -> list[Row]:
     rows: list[Row] = []
     for start in range(0, len(samples), SHARD_SIZE):
         chunk = samples[start : start + SHARD_SIZE]
-        shard_uri = storage.join(out_uri, "images", f"shard-{start // SHARD_SIZE:03d}.npz")
+        shard = f"images/shard-{start // SHARD_SIZE:03d}.npz"
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **{s.sample_id: s.image for s in chunk})
-        storage.write_bytes(shard_uri, buffer.getvalue())
+        storage.write_bytes(storage.join(out_uri, shard), buffer.getvalue())
         rows += [
-            (s.sample_id, s.subject_id, f"{shard_uri}#{s.sample_id}", s.report_text, s.label, s.split) for s in chunk
+            (s.sample_id, s.subject_id, f"{shard}#{s.sample_id}", s.report_text, s.label, s.split) for s in chunk
         ]
     return rows
 

@@ -51,8 +51,11 @@ def demo_request(prepared: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     """The demo's UnlearnRequest and the Secret holding its subjects. Test AUC may drop at most 0.05 and
     forget AUC must drop; the privacy gate compares the two-sided attack AUC with the model retrained
     without the patients (``spec.audit.retrainedVersion``), not with a fixed value: forgetting more
-    than retraining would is as wrong as forgetting less. (The forget AUC of the demo's dozen forgotten
-    patients swings too much from seed to seed for a tight gate on its distance to retraining.)"""
+    than retraining would is as wrong as forgetting less. The tolerance, 0.15, is about three standard
+    errors of the difference of two AUCs on the demo's ~60 forget and ~80 test samples (half of the
+    30 never-trained patients are T): the retrained model itself reads 0.54–0.62 from one V/T draw to
+    the next. (The forget AUC of the demo's dozen forgotten patients swings too much from seed to seed
+    for a tight gate on its distance to retraining.)"""
     subjects = Path(prepared["subjects_file"]).read_text()
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": DEMO_SECRET, "namespace": "demo"},
               "stringData": {"subjects": subjects}}
@@ -68,7 +71,7 @@ def demo_request(prepared: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
             "gates": [
                 {"metric": "testAUC", "comparator": "maxDrop", "threshold": 0.05, "reference": "original"},
                 {"metric": "forgetAUC", "comparator": "minDrop", "threshold": 0.0, "reference": "original"},
-                {"metric": "attackAUC", "comparator": "atMost", "threshold": 0.1, "reference": "retrained"},
+                {"metric": "attackAUC", "comparator": "atMost", "threshold": 0.15, "reference": "retrained"},
             ],
             "audit": {"retrainedVersion": retrained.version},
             "rollout": {"mode": "Automatic"},

@@ -290,14 +290,14 @@ def test_example_request_is_promoted_and_kubectl_shows_it(cluster: dict[str, Any
                                        "broken-request-0044": "Failed", "unknown-model-0045": "Failed"}
 
     table = kc("get", "ur", "-n", REQUEST_NS).stdout.splitlines()
-    assert table[0].split() == ["NAME", "MODEL", "PHASE", "MIA", "TEST", "AUC", "Δ", "AGE"], table[0]
+    assert table[0].split() == ["NAME", "MODEL", "PHASE", "ATTACK", "AUC", "TEST", "AUC", "Δ", "AGE"], table[0]
     rows = {line.split()[0]: line.split() for line in table[1:]}
     assert set(rows) == set(requests_done["names"])
     promoted = rows["forget-request-0042"]
     assert promoted[1:3] == ["cxr-report-classifier", "Promoted"]
     obj = cluster["api"].get(REQUESTS, REQUEST_NS, "forget-request-0042")
     status = obj["status"]
-    assert float(promoted[3]) == pytest.approx(status["mia"]) and float(promoted[4]) == pytest.approx(
+    assert float(promoted[3]) == pytest.approx(status["attackAuc"]) and float(promoted[4]) == pytest.approx(
         status["testAucDrop"]), promoted
     assert rows["held-request-0043"][2] == "Held" and rows["broken-request-0044"][2] == "Failed"
 

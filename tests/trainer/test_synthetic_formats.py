@@ -51,7 +51,7 @@ def test_each_format_writes_a_manifest_whose_images_decode(fmt: str, bit_depth: 
     if fmt == "jpeg":
         assert error.mean() < 0.01
     if fmt == "npz":
-        assert all(u.startswith(out + "/images/shard-000.npz#") for u in uris)
+        assert all(u.startswith("images/shard-000.npz#") for u in uris)  # relative: the bytes do not depend on out
     else:
         ext = {"png": "png", "jpeg": "jpg", "dicom": "dcm"}[fmt]
         assert uris == [f"images/{s.subject_id}/{s.sample_id}.{ext}" for s in SAMPLES]

@@ -224,7 +224,7 @@ def test_forgetmi_demo_command_runs_end_to_end(tmp_path: Path) -> None:
     for row in ("original", "retrained", "forget_mi"):
         assert set(result[row]) == set(COMPARISON_KEYS)
     # the privacy gate is the distance to the retrained model, not the size of the drop
-    assert abs(result["forget_mi"]["attack_auc"] - result["retrained"]["attack_auc"]) <= 0.1
+    assert abs(result["forget_mi"]["attack_auc"] - result["retrained"]["attack_auc"]) <= 0.15
     assert [(g["metric"], g["reference"], g["result"]) for g in result["gates"]] == [
         ("testAUC", "original", "Passed"), ("forgetAUC", "original", "Passed"), ("attackAUC", "retrained", "Passed")]
 
