@@ -153,10 +153,15 @@ def logit_norms(logits: np.ndarray) -> np.ndarray:
     return np.linalg.norm(x, axis=1)
 
 
-def _scores(values: np.ndarray, name: str) -> np.ndarray:
+def per_sample(values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` as a finite (N,) float64 array, one per sample; a ValueError naming ``what`` otherwise."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1:
-        raise ValueError(f"{name} scores must be a 1-D array, one per sample; got shape {x.shape}")
+        raise ValueError(f"{what} must be a 1-D array, one per sample; got shape {x.shape}")
     if not np.isfinite(x).all():
-        raise ValueError(f"{name} scores hold non-finite values (NaN or inf)")
+        raise ValueError(f"{what} hold non-finite values (NaN or inf)")
     return x
+
+
+def _scores(values: np.ndarray, name: str) -> np.ndarray:
+    return per_sample(values, f"{name} scores")

@@ -154,12 +154,7 @@ def _mean_vote(votes: np.ndarray, draws: Mapping[bootstrap.Side, bootstrap.Draw]
 
 
 def _losses(values: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 1:
-        raise ValueError(f"{name} losses must be a 1-D array of per-sample losses; got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} losses hold non-finite values (NaN or inf)")
-    return x
+    return attacks.per_sample(values, f"{name} losses")
 
 
 def _subsample(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
