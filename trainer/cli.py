@@ -1,4 +1,4 @@
-"""``python -m forgetmi_trainer`` (also ``forgetmi-trainer``): run, synth, train, demo.
+"""``python -m forgetmi_trainer`` (also ``forgetmi-trainer``): run, launch, synth, train, references, demo.
 
 ``run`` is the Job's entrypoint. Its exit codes are the contract's: 0 ok, 2 bad config, 3
 storage or input error, 4 diverged; the last line it writes to the termination-message path is
@@ -18,6 +18,9 @@ from pydantic import ValidationError
 
 from forgetmi_trainer.contract import ExitCode, JobConfig, dotted, parse_subjects, summary_line, validation_problems
 from forgetmi_trainer.errors import ConfigError, DivergedError, StorageError, TrainerError
+
+RANK_MESSAGES_ENV = "FORGETMI_RANK_MESSAGES"
+"""Set by ``launch`` for its ranks: the folder where a failing rank writes its message (``rank-<RANK>``)."""
 
 log = logging.getLogger("forgetmi_trainer")
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
@@ -82,6 +85,8 @@ def command_run(args: argparse.Namespace) -> int:
         from forgetmi_trainer.job import run_job  # torch and transformers load only for a valid config
 
         report = run_job(config)
+        if report is None:  # a rank other than 0 of a distributed run: rank 0 reports
+            return ExitCode.OK
     except ConfigError as err:
         return _fail(config, args, ExitCode.BAD_CONFIG, str(err))
     except DivergedError as err:
@@ -95,8 +100,14 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def _fail(config: JobConfig | None, args: argparse.Namespace, code: ExitCode, message: str) -> int:
+    """Log and record the failure: under ``launch`` in this rank's message file (the launcher passes the
+    first failed rank's on), else at the termination-message path."""
     log.error("%s", message)
-    _terminate(_termination_path(config, args.termination_log), message)
+    messages = os.environ.get(RANK_MESSAGES_ENV)
+    if messages:
+        _terminate(Path(messages) / f"rank-{os.environ.get('RANK', '0')}", message)
+    else:
+        _terminate(_termination_path(config, args.termination_log), message)
     return int(code)
 
 
@@ -210,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Termination-message path (default {DEFAULT_TERMINATION_LOG} when writable).",
     )
     run.set_defaults(func=command_run)
+    sub.add_parser("launch", help="Run 'run' on every rank under torchrun: launch [torchrun options] -- run --config "
+                                  "F (exits with the first failed rank's code and message).", add_help=False)
     _add_synth_parser(sub)
     train = sub.add_parser("train", help="Train a model on a manifest and publish it.")
     train.add_argument("--manifest", required=True)
@@ -260,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["launch"]:  # torchrun's options are not ours to parse (forgetmi_trainer.launch)
+        from forgetmi_trainer import launch
+
+        _setup_logging()
+        return launch.main(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging()
     if args.command != "run":

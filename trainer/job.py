@@ -31,11 +31,12 @@ import numpy as np
 import torch
 import transformers
 
-from forgetmi_trainer import __version__, data, references, storage
+from forgetmi_trainer import __version__, data, distributed, references, storage
 from forgetmi_trainer.checkpoint import fetch_model, load_model, publish_model, save_model
 from forgetmi_trainer.contract import Artifact, Counts, Environment, JobConfig, Report, SplitInfo, Timings, now
 from forgetmi_trainer.contract import parse_subjects as parse_subject_text
 from forgetmi_trainer.data import text_length
+from forgetmi_trainer.distributed import World
 from forgetmi_trainer.errors import InputError
 from forgetmi_trainer.evaluate import retain_sample
 from forgetmi_trainer.manifest import read_manifest
@@ -72,10 +73,16 @@ class Loaded:
     precision: str
 
 
-def run_job(config: JobConfig, *, workdir: Path | None = None) -> Report:
-    """Execute ``config``; returns the report it also wrote to ``config.resolved_report_uri``."""
+def run_job(config: JobConfig, *, workdir: Path | None = None, world: World | None = None) -> Report | None:
+    """Execute ``config``; returns the report it also wrote to ``config.resolved_report_uri``.
+
+    Under torchrun (``world``, else read from the environment) every rank loads the inputs, runs the
+    method data-parallel and scores its shard of the audit (:mod:`~forgetmi_trainer.distributed`); rank 0
+    alone writes progress, publishes the candidate and writes the report; the others return None once
+    every rank is done."""
     started_at, t0 = now(), time.perf_counter()
-    device = resolve_device(config.device)
+    world = distributed.from_env() if world is None else world
+    device = distributed.start(world, resolve_device(config.device))
     precision = resolve_precision(config.precision, device)
     generator = seed_everything(config.seed)
     method = get_method(config.method.name)
@@ -84,20 +91,20 @@ def run_job(config: JobConfig, *, workdir: Path | None = None) -> Report:
         tmpdir = Path(tmp)
         loaded = load_inputs(config, subjects, tmpdir, device, precision, stack)
         load_seconds = time.perf_counter() - t0
-        result = run_method(config, method, loaded, generator)
+        result = run_method(config, method, loaded, generator, world)
         cache = cache_uri(config, loaded.base_sha, loaded.manifest_sha256, loaded.splits.digest,
                           precision=loaded.precision, device=loaded.device) if config.audit.cache else None
         scores = score(config, [loaded.original, result.model], loaded.audit, tmpdir, device=loaded.device,
                        precision=loaded.precision, batch_size=eval_batch_size(config.data, loaded.preprocessing),
-                       cache=cache)
-        candidate_sha = publish(config, result, loaded, tmpdir)
-    timings = Timings(
-        load_seconds=load_seconds,
-        unlearn_seconds=result.seconds,
-        eval_seconds=scores.seconds,
-        total_seconds=time.perf_counter() - t0,
-    )
-    return write_report(config, loaded, result, scores, candidate_sha, timings, started_at)
+                       cache=cache, world=world)
+        candidate_sha = publish(config, result, loaded, tmpdir) if scores is not None else ""
+    report = None
+    if scores is not None:
+        timings = Timings(load_seconds=load_seconds, unlearn_seconds=result.seconds, eval_seconds=scores.seconds,
+                          total_seconds=time.perf_counter() - t0)
+        report = write_report(config, loaded, result, scores, candidate_sha, timings, started_at, world)
+    distributed.stop(world)
+    return report
 
 
 def read_subjects(config: JobConfig) -> list[str]:
@@ -167,8 +174,9 @@ def load_inputs(
                   device, precision)
 
 
-def run_method(config: JobConfig, method: RunMethod, loaded: Loaded, generator: torch.Generator) -> UnlearnResult:
-    """Run ``method`` on the loaded inputs, reporting progress once per epoch."""
+def run_method(config: JobConfig, method: RunMethod, loaded: Loaded, generator: torch.Generator,
+               world: World = distributed.SINGLE) -> UnlearnResult:
+    """Run ``method`` on the loaded inputs, rank 0 reporting progress once per epoch."""
     reporter = ProgressReporter(config.method.name, path=config.progress_path, uri=config.progress_uri)
     ctx = MethodContext(
         original=loaded.original,
@@ -178,7 +186,8 @@ def run_method(config: JobConfig, method: RunMethod, loaded: Loaded, generator: 
         device=loaded.device,
         precision=loaded.precision,
         seed=config.seed,
-        on_epoch=reporter.update,
+        on_epoch=reporter.update if world.main else None,
+        world=world,
     )
     result = method(ctx)
     log.info(
@@ -211,6 +220,7 @@ def write_report(
     candidate_sha: str,
     timings: Timings,
     started_at: str,
+    world: World = distributed.SINGLE,
 ) -> Report:
     """Build the report and write it to ``config.resolved_report_uri``."""
     report = Report(
@@ -236,6 +246,7 @@ def write_report(
             torch_version=torch.__version__,
             transformers_version=transformers.__version__,
             trainer_version=__version__,
+            world_size=world.size,
         ),
         started_at=started_at,
         finished_at=now(),

@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from forgetmi_trainer import storage
+from forgetmi_trainer import distributed, storage
 from forgetmi_trainer.checkpoint import fetch_model, load_model
 from forgetmi_trainer.contract import JobConfig, ModelMetrics, ReferencesInfo
 from forgetmi_trainer.data import Encoded
+from forgetmi_trainer.distributed import World
 from forgetmi_trainer.errors import StorageError
 from forgetmi_trainer.evaluate import Scored, logit_distance, model_metrics
 from forgetmi_trainer.inference import image_logits
@@ -103,11 +104,29 @@ def write_cache(uri: str | None, logits: dict[str, np.ndarray]) -> None:
         log.warning("Could not write the audit cache entry %s (%s)", uri, err)
 
 
+def sharded_logits(models: list[MultimodalClassifier], data: Encoded | Samples, world: World, *, precision: str,
+                   batch_size: int) -> list[np.ndarray]:
+    """:func:`~forgetmi_trainer.inference.image_logits` of every model on ``data``; in a world each rank
+    scores its :func:`~forgetmi_trainer.distributed.shard` of the set and the rows are gathered."""
+    if not world.distributed:
+        return image_logits(models, data, precision=precision, batch_size=batch_size)
+    rows = distributed.shard(len(data), world)
+    part = data.subset(rows) if isinstance(data, Samples) else data.take(torch.from_numpy(rows))
+    if len(part):
+        local = image_logits(models, part, precision=precision, batch_size=batch_size)
+    else:
+        local = [np.zeros((0, int(m.config.num_labels))) for m in models]
+    return [distributed.gather_rows(world, rows_of_model, len(data)) for rows_of_model in local]
+
+
 def score(config: JobConfig, models: list[MultimodalClassifier], sets: AuditSets, tmpdir: Path, *,
-          device: torch.device, precision: str, batch_size: int, cache: str | None = None) -> Scores:
+          device: torch.device, precision: str, batch_size: int, cache: str | None = None,
+          world: World = distributed.SINGLE) -> Scores | None:
     """Metrics of the original and the candidate (``models``), and of the retrained reference when the
     config names one: every model on each batch, one pass over each set; the original's V and T logits
-    come from the ``cache`` entry when it holds them (and go into it when it does not)."""
+    come from the ``cache`` entry when it holds them (and go into it when it does not). In a world every
+    rank scores its shard of each set; rank 0 alone computes the metrics (None on the others) and writes
+    the cache, which is used only when every rank could read it."""
     start = time.perf_counter()
     models = list(models)
     if config.retrained is not None:
@@ -116,13 +135,18 @@ def score(config: JobConfig, models: list[MultimodalClassifier], sets: AuditSets
         models.append(retrained)
     names = ("forget", "retain", "validation", "test")
     cached = read_cache(cache, {name: len(getattr(sets, name)) for name in CACHED})
+    if not distributed.all_agree(world, cached is not None):
+        cached = None
     logits = {}
     for name in names:
         if cached is not None and name in cached:
-            rest = image_logits(models[1:], getattr(sets, name), precision=precision, batch_size=batch_size)
+            rest = sharded_logits(models[1:], getattr(sets, name), world, precision=precision, batch_size=batch_size)
             logits[name] = [cached[name], *rest]
         else:
-            logits[name] = image_logits(models, getattr(sets, name), precision=precision, batch_size=batch_size)
+            logits[name] = sharded_logits(models, getattr(sets, name), world, precision=precision,
+                                          batch_size=batch_size)
+    if not world.main:
+        return None
     if cached is None:
         write_cache(cache, {name: logits[name][0] for name in CACHED})
     labels = {"forget": sets.forget.labels.cpu().numpy(), "retain": sets.retain.labels,

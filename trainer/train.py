@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from forgetmi_trainer import distributed
 from forgetmi_trainer.checkpoint import publish_model, save_model
 from forgetmi_trainer.contract import DataConfig
 from forgetmi_trainer.data import Encoded, text_length
+from forgetmi_trainer.distributed import World
 from forgetmi_trainer.encoders import Architecture, EncoderChoice, architecture, build_pretrained
 from forgetmi_trainer.errors import DivergedError, InputError
 from forgetmi_trainer.manifest import Manifest, read_manifest
@@ -68,22 +70,28 @@ def train_model(
     device: torch.device,
     precision: str = "fp32",
     on_epoch: Callable[[int, float], None] | None = None,
+    world: World = distributed.SINGLE,
+    seed: int = 0,
 ) -> MultimodalClassifier:
-    """Train ``model`` in place on ``data`` (in memory or streamed) and return it (in eval mode)."""
+    """Train ``model`` in place on ``data`` (in memory or streamed) and return it (in eval mode). In a
+    world of several processes each rank trains on its DistributedSampler shard (seeded by ``seed`` and the
+    epoch) with batches of ``batch_size / W`` through DistributedDataParallel, and the epoch loss is averaged."""
     model.to(device).train()
     optimizer = adamw(model, config.learning_rate, config.weight_decay)
-    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    replica = distributed.data_parallel(model, world)
+    size = distributed.local_batch(config.batch_size, world)
+    steps_per_epoch = math.ceil(math.ceil(len(data) / world.size) / size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch, pct_start=0.1
     )
     start = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
-        order = torch.randperm(len(data), generator=generator)
+        order = distributed.epoch_order(len(data), world, seed, epoch, generator)
         total = 0.0
-        plan = [order[step * config.batch_size : (step + 1) * config.batch_size] for step in range(steps_per_epoch)]
+        plan = [order[step * size : (step + 1) * size] for step in range(steps_per_epoch)]
         for _, batch in load_batches(data, plan):
             with autocast(device, precision):
-                loss = train_loss(model, batch, config.align_weight)
+                loss = train_loss(replica, batch, config.align_weight)
             if not torch.isfinite(loss):
                 raise DivergedError(f"Training loss became {float(loss.detach())} at epoch {epoch}.")
             optimizer.zero_grad(set_to_none=True)
@@ -92,7 +100,7 @@ def train_model(
             optimizer.step()
             schedule.step()
             total += float(loss.detach())
-        mean = total / steps_per_epoch
+        mean = distributed.all_sum(world, [total / steps_per_epoch])[0] / world.size
         if on_epoch is not None:
             on_epoch(epoch, mean)
     rate = config.epochs * len(data) / max(time.perf_counter() - start, 1e-9)

@@ -70,3 +70,22 @@ def test_a_streamed_png_set_arrives_on_cuda_as_on_the_cpu(s3_bucket: str, tmp_pa
         assert all(b.pixels.device.type == device and b.input_ids.device.type == device for b in batches)
         got[device] = torch.cat([b.pixels for b in batches]).cpu()
     assert torch.equal(got["cuda"], got["cpu"])
+
+
+def test_two_ranks_on_two_gpus_with_nccl(s3_world: Any, s3_env: str, tmp_path: Path) -> None:
+    """``launch`` with one rank per GPU: NCCL, bf16, rank 0's report says world size 2 (needs 2 GPUs)."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices (NCCL refuses two ranks on one GPU)")
+    subjects = tmp_path / "subjects.txt"
+    subjects.write_text("\n".join(s3_world.forget) + "\n")
+    output = storage.join(s3_world.registry, "m", "versions", "gpu-ddp")
+    config = s3_world.job_config(str(subjects), device="cuda", precision="bf16", output_uri=output,
+                                 candidate_version="gpu-ddp")
+    path = tmp_path / "job.json"
+    path.write_text(config.model_dump_json())
+    term = tmp_path / "termination-log"
+    code = main(["launch", "--standalone", "--nnodes", "1", "--nproc-per-node", "2", "--",
+                 "run", "--config", str(path), "--termination-log", str(term)])
+    assert code == 0, term.read_text() if term.exists() else ""
+    report = Report.model_validate_json(storage.read_text(storage.join(output, "report.json")))
+    assert report.environment.world_size == 2 and report.environment.device.startswith("cuda")

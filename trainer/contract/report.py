@@ -42,6 +42,7 @@ class Environment(_Model):
     torch_version: str
     transformers_version: str
     trainer_version: str
+    world_size: int = Field(default=1, ge=1, description="Processes the run was data-parallel over (torchrun).")
 
 
 class Counts(_Model):

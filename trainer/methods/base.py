@@ -25,8 +25,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from forgetmi_trainer import distributed
 from forgetmi_trainer.contract import EmbeddingScale, MethodConfig, Selection, dotted, validation_problems
 from forgetmi_trainer.data import Encoded, bounded_batch
+from forgetmi_trainer.distributed import World
 from forgetmi_trainer.errors import ConfigError, DivergedError
 from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.preprocess import ImagePreprocessing
@@ -79,6 +81,12 @@ class MethodContext:
     precision: str
     seed: int
     on_epoch: EpochCallback | None = None
+    world: World = distributed.SINGLE
+
+    def parallel(self, model: MultimodalClassifier) -> torch.nn.Module:
+        """The replica a method trains through: ``model`` wrapped in DistributedDataParallel in a world
+        of several processes (each backward averages the gradients over the ranks), else ``model``."""
+        return distributed.data_parallel(model, self.world)
 
 
 # --- options --------------------------------------------------------------------------------
@@ -181,6 +189,20 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.d
     return [order[s * batch_size : (s + 1) * batch_size].to(device) for s in range(math.ceil(n / batch_size))]
 
 
+def epoch_batches(ctx: MethodContext, n: int, epoch: int) -> tuple[list[torch.Tensor], torch.Generator]:
+    """An epoch's shuffled pass over ``n`` samples as this rank's batches of positions (on the device),
+    and the generator of the epoch's other draws. In one process: :func:`batches` from ``ctx.generator``
+    and that generator. In a world of W: this rank's DistributedSampler shard in batches of
+    ``batch_size / W``, and a generator seeded by (seed, epoch, rank) (:mod:`~forgetmi_trainer.distributed`)."""
+    world = ctx.world
+    if not world.distributed:
+        return batches(n, ctx.method.batch_size, ctx.generator, ctx.device), ctx.generator
+    order = distributed.epoch_order(n, world, ctx.seed, epoch, ctx.generator)
+    size = distributed.local_batch(ctx.method.batch_size, world)
+    plan = [order[s : s + size].to(ctx.device) for s in range(0, len(order), size)]
+    return plan, distributed.epoch_generator(world, ctx.seed, epoch, ctx.generator)
+
+
 def random_batch(data: Samples | Encoded, size: int, generator: torch.Generator, device: torch.device) -> Encoded:
     """``size`` samples of ``data`` drawn uniformly with replacement, on ``device``."""
     return take(data, torch.randint(len(data), (size,), generator=generator))
@@ -212,6 +234,18 @@ def mean_image_loss(model: MultimodalClassifier, data: Samples | Encoded, batch_
     return total / max(len(data), 1)
 
 
+def selection_loss(ctx: MethodContext, model: MultimodalClassifier, data: Samples | Encoded) -> float:
+    """:func:`mean_image_loss` of ``data``; in a world each rank scores its :func:`~forgetmi_trainer.distributed.shard`
+    and the sums are all-reduced, so every rank reads the same figure."""
+    if not ctx.world.distributed:
+        return mean_image_loss(model, data)
+    rows = distributed.shard(len(data), ctx.world)
+    part = data.subset(rows) if isinstance(data, Samples) else data.take(torch.from_numpy(rows))
+    total = mean_image_loss(model, part) * len(part) if len(part) else 0.0
+    summed, count = distributed.all_sum(ctx.world, [total, float(len(part))])
+    return summed / max(count, 1.0)
+
+
 def end_epoch(
     ctx: MethodContext,
     model: MultimodalClassifier,
@@ -222,15 +256,18 @@ def end_epoch(
 ) -> bool:
     """Append the epoch to ``history``, report progress; True when ForgetReachesTest stops here
     (the image-head forget-set loss has reached the validation-set loss, both measured in eval
-    mode). The test set is never read."""
+    mode). The test set is never read. In a world ``loss`` (this rank's) is averaged over the ranks
+    and the selection losses all-reduced, so every rank stops at the same epoch."""
+    if ctx.world.distributed:  # every rank ran as many steps on as many samples: the mean of the means
+        loss = distributed.all_sum(ctx.world, [loss])[0] / ctx.world.size
     record = {"epoch": float(epoch), "loss": loss}
     reached = False
     if ctx.method.selection.rule == "ForgetReachesTest":
         validation = _validation(ctx)
         was_training = model.training
         model.eval()
-        record["forget_loss"] = mean_image_loss(model, ctx.inputs.forget)
-        record["validation_loss"] = mean_image_loss(model, validation)
+        record["forget_loss"] = selection_loss(ctx, model, ctx.inputs.forget)
+        record["validation_loss"] = selection_loss(ctx, model, validation)
         model.train(was_training)
         reached = record["forget_loss"] >= record["validation_loss"]
     history.append(record)

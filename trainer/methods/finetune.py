@@ -15,10 +15,10 @@ from forgetmi_trainer.methods.base import (
     MethodContext,
     TrainingLossOptions,
     UnlearnResult,
-    batches,
     check_selection,
     checked,
     end_epoch,
+    epoch_batches,
     finish,
     optimise,
     planned_epochs,
@@ -42,14 +42,15 @@ def run_finetune(ctx: MethodContext) -> UnlearnResult:
     start = time.perf_counter()
     model = student_copy(ctx.original, ctx.device)
     optimizer = adamw(model, ctx.method.learning_rate, opts.weight_decay)
+    replica = ctx.parallel(model)
     retain = ctx.inputs.retain
     history: list[dict[str, float]] = []
     for epoch in range(1, epochs + 1):
         total, steps = 0.0, 0
-        for _, batch in load_batches(retain, batches(len(retain), ctx.method.batch_size, ctx.generator, ctx.device)):
+        for _, batch in load_batches(retain, epoch_batches(ctx, len(retain), epoch)[0]):
             with autocast(ctx.device, ctx.precision):
-                loss = checked(train_loss(model, batch, opts.align_weight), "finetune", epoch)
-            optimise(optimizer, model, loss)
+                loss = checked(train_loss(replica, batch, opts.align_weight), "finetune", epoch)
+            optimise(optimizer, replica, loss)
             total, steps = total + float(loss.detach()), steps + 1
         if end_epoch(ctx, model, history, epoch, epochs, total / steps):
             break

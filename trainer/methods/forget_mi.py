@@ -41,6 +41,7 @@ from forgetmi_trainer.methods.base import (
     check_selection,
     checked,
     end_epoch,
+    epoch_batches,
     finish,
     freeze,
     optimise,
@@ -77,10 +78,12 @@ def run_forget_mi(ctx: MethodContext) -> UnlearnResult:
 class _Run:
     """One run's state: ``F_og`` (frozen; its gate is the shared one), ``F_ul``, its optimiser, the
     normalised loss weights, ``F_og``'s retain embeddings computed so far and its embedding scale
-    (with the absolute push bound, None when unbounded)."""
+    (with the absolute push bound, None when unbounded); ``replica`` is what the steps run ``F_ul``
+    through (``F_ul`` itself, or its DistributedDataParallel wrapper in a world of several processes)."""
 
     f_og: MultimodalClassifier
     f_ul: MultimodalClassifier
+    replica: torch.nn.Module
     optimizer: torch.optim.Optimizer
     weights: LossWeights
     og_retain: RetainEmbeddings
@@ -102,16 +105,20 @@ def _start(ctx: MethodContext) -> _Run:
         p.requires_grad_(False)
     f_ul.eval()
     og_retain = RetainEmbeddings(f_og, len(ctx.inputs.retain), f_og.fusion, ctx.precision)
-    return _Run(f_og, f_ul, adamw(f_ul, ctx.method.learning_rate), weights, og_retain, embedding_scale)
+    return _Run(f_og, f_ul, ctx.parallel(f_ul), adamw(f_ul, ctx.method.learning_rate), weights, og_retain,
+                embedding_scale)
 
 
 def _epoch(ctx: MethodContext, run: _Run, epoch: int) -> float:
-    """One pass over D_f, one step per forget batch; returns the mean loss per forget sample."""
-    forget, retain, device, bs = ctx.inputs.forget, ctx.inputs.retain, ctx.device, ctx.method.batch_size
-    n = len(forget)
-    order = torch.randperm(n, generator=ctx.generator).to(device)
+    """One pass over D_f (this rank's shard of it in a world), one step per forget batch; returns the
+    mean loss per forget sample."""
+    forget, retain, device = ctx.inputs.forget, ctx.inputs.retain, ctx.device
+    plan, generator = epoch_batches(ctx, len(forget), epoch)
+    order = torch.cat(plan).to(device) if plan else torch.zeros(0, dtype=torch.long, device=device)
+    bs = len(plan[0]) if plan else 1
+    n = len(order)
     ids, mask = ctx.inputs.noisy_texts[(epoch - 1) % len(ctx.inputs.noisy_texts)]
-    noisy_pixels, retain_ids = draw_epoch(forget.pixels, order, bs, len(retain), ctx.method.noise, ctx.generator,
+    noisy_pixels, retain_ids = draw_epoch(forget.pixels, order, bs, len(retain), ctx.method.noise, generator,
                                           ctx.inputs.preprocessing)
     drawn = take(retain, retain_ids)  # the epoch's retain batches, in step order (read once)
     noisy = Encoded(noisy_pixels, ids[order], mask[order], forget.labels[order])  # in step order
@@ -123,7 +130,7 @@ def _epoch(ctx: MethodContext, run: _Run, epoch: int) -> float:
         idx, ridx = order[rows], retain_ids[rows]
         with autocast(device, ctx.precision):
             terms = step_terms(
-                run.f_ul,
+                run.replica,
                 forget.take(idx),
                 drawn.take(torch.arange(rows.start, rows.start + len(idx), device=drawn.labels.device)),
                 (og_noisy_u[rows], og_noisy_j[rows]),
@@ -132,7 +139,7 @@ def _epoch(ctx: MethodContext, run: _Run, epoch: int) -> float:
                 run.scale.push_bound,
             )
             loss = losses.combine(terms, run.weights, ctx.method.sign)
-        optimise(run.optimizer, run.f_ul, checked(loss, "unlearning", epoch))
+        optimise(run.optimizer, run.replica, checked(loss, "unlearning", epoch))
         total += float(loss.detach()) * len(idx)
     return total / n
 
@@ -233,7 +240,7 @@ def draw_epoch(
 
 
 def step_terms(
-    f_ul: MultimodalClassifier,
+    f_ul: MultimodalClassifier | torch.nn.Module,
     x: Encoded,
     r: Encoded,
     og_f: tuple[torch.Tensor, torch.Tensor],

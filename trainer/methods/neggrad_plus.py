@@ -31,10 +31,10 @@ from forgetmi_trainer.methods.base import (
     MethodContext,
     TrainingLossOptions,
     UnlearnResult,
-    batches,
     check_selection,
     checked,
     end_epoch,
+    epoch_batches,
     finish,
     optimise,
     planned_epochs,
@@ -85,24 +85,25 @@ def run_neggrad_plus(ctx: MethodContext) -> UnlearnResult:
     start = time.perf_counter()
     model = student_copy(ctx.original, ctx.device)
     optimizer = adamw(model, ctx.method.learning_rate, opts.weight_decay)
+    replica = ctx.parallel(model)
     forget, retain = ctx.inputs.forget.to(ctx.device), ctx.inputs.retain
     cap = absolute_bound(opts.bound, ctx.original.config.num_labels)
     history: list[dict[str, float]] = []
     for epoch in range(1, epochs + 1):
         total = 0.0
-        plan = batches(len(forget), ctx.method.batch_size, ctx.generator, ctx.device)
+        plan, generator = epoch_batches(ctx, len(forget), epoch)
         # Each step's retain batch, drawn in the order a step-by-step loop draws them and read at once.
-        draws = [torch.randint(len(retain), (len(idx),), generator=ctx.generator) for idx in plan]
+        draws = [torch.randint(len(retain), (len(idx),), generator=generator) for idx in plan]
         drawn = take(retain, torch.cat(draws))
         offsets = torch.cumsum(torch.tensor([0] + [len(d) for d in draws]), 0).tolist()
         for s, idx in enumerate(plan):
             r = drawn.take(torch.arange(offsets[s], offsets[s + 1], device=drawn.labels.device))
             with autocast(ctx.device, ctx.precision):
-                loss = opts.alpha * train_loss(model, r, opts.align_weight) - (1 - opts.alpha) * bounded_forget_loss(
-                    model, forget.take(idx), cap
+                loss = opts.alpha * train_loss(replica, r, opts.align_weight) - (1 - opts.alpha) * bounded_forget_loss(
+                    replica, forget.take(idx), cap
                 )
-            optimise(optimizer, model, checked(loss, "neggrad-plus", epoch))
+            optimise(optimizer, replica, checked(loss, "neggrad-plus", epoch))
             total += float(loss.detach()) * len(idx)
-        if end_epoch(ctx, model, history, epoch, epochs, total / len(forget)):
+        if end_epoch(ctx, model, history, epoch, epochs, total / max(offsets[-1], 1)):
             break
     return finish(ctx, model, history, start)

@@ -48,6 +48,8 @@ def run_retrain(ctx: MethodContext) -> UnlearnResult:
         device=ctx.device,
         precision=ctx.precision,
         on_epoch=on_epoch,
+        world=ctx.world,
+        seed=ctx.seed,
     )
     return UnlearnResult(
         model=freeze(model),

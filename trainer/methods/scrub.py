@@ -27,10 +27,10 @@ from forgetmi_trainer.methods.base import (
     MethodContext,
     TrainingLossOptions,
     UnlearnResult,
-    batches,
     check_selection,
     checked,
     end_epoch,
+    epoch_batches,
     finish,
     freeze,
     optimise,
@@ -60,7 +60,7 @@ class ScrubOptions(TrainingLossOptions):
 
 
 def distill_kl(
-    student: MultimodalClassifier, teacher: MultimodalClassifier, batch: Encoded, temperature: float
+    student: MultimodalClassifier | torch.nn.Module, teacher: MultimodalClassifier, batch: Encoded, temperature: float
 ) -> torch.Tensor:
     """Σ_heads KL(softmax(t/T) ‖ softmax(s/T)) · T², averaged over the batch (a scalar)."""
     with torch.no_grad():
@@ -80,24 +80,25 @@ def run_scrub(ctx: MethodContext) -> UnlearnResult:
     teacher = freeze(ctx.original.to(ctx.device))
     student = student_copy(teacher, ctx.device)
     optimizer = adamw(student, ctx.method.learning_rate, opts.weight_decay)
+    replica = ctx.parallel(student)
     forget, retain = ctx.inputs.forget.to(ctx.device), ctx.inputs.retain
-    bs, temp = ctx.method.batch_size, opts.temperature
+    temp = opts.temperature
     history: list[dict[str, float]] = []
     for epoch in range(1, epochs + 1):
         total, steps = 0.0, 0
         if epoch <= opts.msteps:
-            for idx in batches(len(forget), bs, ctx.generator, ctx.device):
+            for idx in epoch_batches(ctx, len(forget), epoch)[0]:
                 with autocast(ctx.device, ctx.precision):
-                    loss = -distill_kl(student, teacher, forget.take(idx), temp)
-                optimise(optimizer, student, checked(loss, "scrub max-step", epoch))
+                    loss = -distill_kl(replica, teacher, forget.take(idx), temp)
+                optimise(optimizer, replica, checked(loss, "scrub max-step", epoch))
                 total, steps = total + float(loss.detach()), steps + 1
-        plan = batches(len(retain), bs, ctx.generator, ctx.device)
+        plan = epoch_batches(ctx, len(retain), epoch)[0]
         for _, r in load_batches(retain, plan[: opts.retain_steps] if opts.retain_steps > 0 else plan):
             with autocast(ctx.device, ctx.precision):
-                loss = opts.alpha * distill_kl(student, teacher, r, temp) + opts.gamma * train_loss(
-                    student, r, opts.align_weight
+                loss = opts.alpha * distill_kl(replica, teacher, r, temp) + opts.gamma * train_loss(
+                    replica, r, opts.align_weight
                 )
-            optimise(optimizer, student, checked(loss, "scrub min-step", epoch))
+            optimise(optimizer, replica, checked(loss, "scrub min-step", epoch))
             total, steps = total + float(loss.detach()), steps + 1
         if end_epoch(ctx, student, history, epoch, epochs, total / max(steps, 1)):
             break
