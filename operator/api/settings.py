@@ -21,7 +21,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from forgetmi_operator.api.errors import SettingsInvalid
-from forgetmi_operator.api.patterns import DNS_SUBDOMAIN, GPU_RESOURCE, IMAGE_PATTERN, SECRET_KEY_PATTERN, Quantity
+from forgetmi_operator.api.patterns import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    GPU_RESOURCE,
+    IMAGE_PATTERN,
+    SECRET_KEY_PATTERN,
+    Quantity,
+)
 from forgetmi_operator.api.spec import GateSpec, Toleration
 from forgetmi_trainer.contract import Location, validation_problems
 
@@ -33,7 +40,11 @@ MANIFEST_MAX_BYTES = 2 * 1024**3
 """The default of ``manifest_max_bytes`` (chart value ``manifestMaxBytes``)."""
 _JSON_FIELDS = ("trainer_node_selector", "trainer_tolerations", "trainer_resources", "default_gates",
                 "namespace_policies", "trainer_allowed_images", "trainer_allowed_service_accounts",
-                "trainer_allowed_priority_classes", "trainer_allowed_tolerations")
+                "trainer_allowed_priority_classes", "trainer_allowed_tolerations", "allowed_runtimes")
+DEFAULT_TRAINJOB_RUNTIME = "torch-distributed"
+"""Kubeflow Trainer v2's built-in ClusterTrainingRuntime for PyTorch (chart value ``trainJob.runtime``)."""
+RUNTIME_ENTRY_PATTERN = r"^(TrainingRuntime/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""An allowed runtime: a ClusterTrainingRuntime's name, or ``TrainingRuntime/<name>`` for a namespace's."""
 
 
 def default_gates() -> list[GateSpec]:
@@ -110,6 +121,14 @@ class Settings(BaseSettings):
         "PriorityClasses a request may name in spec.priorityClassName; none: it may name none."))
     trainer_allowed_tolerations: Annotated[list[Toleration], NoDecode] = Field(default_factory=list, description=(
         "Tolerations a request may carry, each equal to one of these (operator defaulting to Equal)."))
+    trainjob_enabled: bool = Field(default=True, description=(
+        "Whether requests needing several processes or nodes may run as Kubeflow Trainer v2 TrainJobs."))
+    trainjob_runtime: str = Field(default=DEFAULT_TRAINJOB_RUNTIME, pattern=DNS_LABEL, max_length=63, description=(
+        "The ClusterTrainingRuntime of a TrainJob whose request names no spec.runtimeRef (always allowed)."))
+    allowed_runtimes: Annotated[list[Annotated[str, Field(pattern=RUNTIME_ENTRY_PATTERN, max_length=80)]],
+                                NoDecode] = Field(default_factory=list, description=(
+        "Runtimes a request may name in spec.runtimeRef besides trainjob_runtime: ClusterTrainingRuntime "
+        "names, or TrainingRuntime/<name> for a TrainingRuntime in the request's namespace."))
     s3_endpoint_url: str = Field(default="", description="S3 endpoint for the operator and its Jobs.")
     credentials_secret: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253, description=(
         "Secret (in the request's namespace) with that namespace's S3 keys, when neither the request nor its "

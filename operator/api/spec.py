@@ -152,16 +152,47 @@ class RolloutSpec(Spec):
     on_gate_failure: OnGateFailure = Field(default="Hold", description="Hold, or Retrain without the patients.")
 
 
+Engine = Literal["Auto", "Job", "TrainJob"]
+"""How the trainer runs: Auto picks a ``batch/v1`` Job for one process on one node, else a TrainJob."""
+PROCESSES_PER_GPU = "processesPerNode must equal gpus (one process per GPU) when gpus > 0"
+NODES_NEED_TRAINJOB = "nodes > 1 requires the TrainJob engine"
+BATCH_PER_WORLD = "method.batchSize must be a multiple of the world size, nodes × processesPerNode"
+
+
 class ResourcesSpec(Spec):
+    """Per trainer node (pod): its GPUs, processes and container resources; ``nodes`` such pods."""
+
     gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per trainer pod.")
+    nodes: int = Field(default=1, ge=1, le=64, description="Trainer nodes (pods); more than 1 needs a TrainJob.")
+    processes_per_node: int | None = Field(default=None, ge=1, le=64, description=(
+        "Trainer processes per node (torchrun ranks); default gpus, or 1 without GPUs."))
+    engine: Engine = Field(default="Auto", description="Auto, Job (one node) or TrainJob (Kubeflow Trainer v2).")
     requests: dict[str, Quantity] = Field(default_factory=dict, max_length=16,
                                           description="Container resource requests.")
     limits: dict[str, Quantity] = Field(default_factory=dict, max_length=16, description="Container resource limits.")
 
+    @property
+    def processes(self) -> int:
+        """Processes per node: ``processesPerNode``, else one per GPU, else 1."""
+        if self.processes_per_node is not None:
+            return self.processes_per_node
+        return self.gpus if self.gpus >= 1 else 1
+
+    @property
+    def world_size(self) -> int:
+        """Trainer processes in all: nodes × processes per node."""
+        return self.nodes * self.processes
+
     @model_validator(mode="after")
-    def _gpus_in_one_place(self) -> ResourcesSpec:
+    def _consistent(self) -> ResourcesSpec:
         if GPU_RESOURCE in self.requests or GPU_RESOURCE in self.limits:
             raise ValueError("set GPUs with resources.gpus, not in requests or limits")
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = []
+        if self.gpus > 0 and self.processes_per_node is not None and self.processes_per_node != self.gpus:
+            problems.append((("processesPerNode",), self.processes_per_node, PROCESSES_PER_GPU))
+        if self.engine == "Job" and self.nodes != 1:
+            problems.append((("nodes",), self.nodes, NODES_NEED_TRAINJOB))
+        raise_at(self, problems)
         return self
 
 
@@ -186,6 +217,14 @@ class Toleration(Spec):
 
 class LocalObjectRef(Spec):
     name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253, description="Object name in the request's namespace.")
+
+
+class RuntimeRef(Spec):
+    """The Kubeflow Trainer runtime a TrainJob runs on (the cluster admin allows which)."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63, description="Name of the runtime.")
+    kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = Field(
+        default="ClusterTrainingRuntime", description="ClusterTrainingRuntime, or TrainingRuntime (the namespace's).")
 
 
 class UnlearnRequestSpec(Spec):
@@ -214,12 +253,18 @@ class UnlearnRequestSpec(Spec):
     active_deadline_seconds: int = Field(default=21600, ge=60, le=604800, description="Job deadline.")
     backoff_limit: int = Field(default=2, ge=0, le=10, description="Job retries.")
     suspend: bool = Field(default=False, description="Pause: no new Job while true.")
+    runtime_ref: RuntimeRef | None = Field(default=None, description=(
+        "Kubeflow Trainer runtime of a TrainJob (default from the operator)."))
 
     @model_validator(mode="after")
-    def _retrained_gates_name_a_version(self) -> UnlearnRequestSpec:
+    def _cross_field(self) -> UnlearnRequestSpec:
+        problems: list[tuple[tuple[str | int, ...], Any, str]] = []
         if self.audit.retrained_version is None:
-            raise_at(self, [(("gates", i, "reference"), gate.reference, RETRAINED_NEEDS_VERSION)
-                            for i, gate in enumerate(self.gates) if gate.reference == "retrained"])
+            problems += [(("gates", i, "reference"), gate.reference, RETRAINED_NEEDS_VERSION)
+                         for i, gate in enumerate(self.gates) if gate.reference == "retrained"]
+        if self.method.batch_size % self.resources.world_size:
+            problems.append((("method", "batchSize"), self.method.batch_size, BATCH_PER_WORLD))
+        raise_at(self, problems)
         return self
 
     @field_validator("node_selector")

@@ -1,5 +1,7 @@
 """Pure builders of what a request's run is in a cluster: the ConfigMap holding the trainer's
-``JobConfig`` and the ``batch/v1`` Job that mounts it and the request's copy of its forget list.
+``JobConfig`` and the ``batch/v1`` Job that mounts it and the request's copy of its forget list
+(:func:`build_launch` builds a TrainJob instead when :func:`~forgetmi_operator.cluster.trainjobs.engine_of`
+says so). A Job runs one process, or several of one node under torchrun ``--standalone``.
 
 Nothing here touches the cluster or storage; :mod:`~forgetmi_operator.cluster.launcher` creates
 what these return. Where a request and the operator's settings both say something, the request
@@ -17,22 +19,35 @@ from forgetmi_operator.api import naming
 from forgetmi_operator.api.naming import TRAINER_CONTAINER, JobKind
 from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.api.spec import UnlearnRequestSpec
+from forgetmi_operator.cluster import pods, trainjobs
+from forgetmi_operator.cluster.pods import (
+    CONFIG_DIR,
+    CONFIG_KEY,
+    CONFIG_PATH,
+    LAUNCH_COMMAND_STANDALONE,
+    RUN_AS_ID,
+    SECRET_FILE_MODE,
+    SUBJECTS_DIR,
+    SUBJECTS_PATH,
+    TERMINATION_LOG,
+    TRAINER_COMMAND,
+    TRAINJOB_COMMAND,
+    standalone_command,
+)
 from forgetmi_operator.cluster.resources import container_resources
+from forgetmi_operator.cluster.trainjobs import Engine
 from forgetmi_operator.lifecycle.jobconfig import build_job_config
-from forgetmi_operator.lifecycle.subjects import SUBJECTS_KEY
-from forgetmi_trainer import storage
 from forgetmi_trainer.contract import FAIL_FAST_EXIT_CODES, JobConfig
 
-CONFIG_DIR = "/etc/forgetmi"
-CONFIG_KEY = "job.json"
-CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
-SUBJECTS_DIR = "/var/run/forgetmi/subjects"
-SUBJECTS_PATH = f"{SUBJECTS_DIR}/{SUBJECTS_KEY}"
-TERMINATION_LOG = "/dev/termination-log"
-TRAINER_COMMAND = ["python", "-m", "forgetmi_trainer", "run", "--config", CONFIG_PATH]
-RUN_AS_ID = 10001
-"""The UID and GID of the trainer pod: the trainer image's USER (Dockerfile), as the chart's operator pod."""
-SECRET_FILE_MODE = 0o440
+__all__ = ["CONFIG_DIR", "CONFIG_KEY", "CONFIG_PATH", "LAUNCH_COMMAND_STANDALONE", "RUN_AS_ID", "SECRET_FILE_MODE",
+           "SUBJECTS_DIR", "SUBJECTS_PATH", "TERMINATION_LOG", "TRAINER_COMMAND", "TRAINJOB_COMMAND", "Launch",
+           "build_configmap", "build_job", "build_launch", "job_command", "standalone_command"]
+
+
+def job_command(spec: UnlearnRequestSpec) -> list[str]:
+    """A Job's command: the trainer for one process, torchrun ``--standalone`` for several on its one node."""
+    processes = spec.resources.processes
+    return standalone_command(processes) if processes > 1 else list(TRAINER_COMMAND)
 
 
 def build_configmap(config: JobConfig, *, name: str, namespace: str, owner: Mapping[str, Any],
@@ -53,53 +68,20 @@ def build_configmap(config: JobConfig, *, name: str, namespace: str, owner: Mapp
     }
 
 
-def _env(settings: Settings) -> list[dict[str, str]]:
-    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
-    if settings.s3_endpoint_url:
-        env.append({"name": storage.ENDPOINT_ENV, "value": settings.s3_endpoint_url})
-    return env
-
-
-def _volumes(configmap: str, subjects_secret: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": configmap, "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}]}},
-        {"name": "subjects", "secret": {"secretName": subjects_secret,
-                                        "items": [{"key": SUBJECTS_KEY, "path": SUBJECTS_KEY}],
-                                        "defaultMode": SECRET_FILE_MODE}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "subjects", "mountPath": SUBJECTS_DIR, "readOnly": True},
-        {"name": "dshm", "mountPath": "/dev/shm"},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
-    return volumes, mounts
-
-
 def _container(spec: UnlearnRequestSpec, settings: Settings, image: str,
                mounts: list[dict[str, Any]]) -> dict[str, Any]:
-    secret = spec.credentials_secret_ref.name if spec.credentials_secret_ref else settings.credentials_secret
+    secret = pods.credentials_secret(spec, settings)
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": list(TRAINER_COMMAND),
-        "env": _env(settings),
+        "command": job_command(spec),
+        "env": pods.trainer_env(settings),
         "resources": container_resources(spec, settings),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "File",  # never the log tail: a traceback may name a patient
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_ID,
-            "runAsGroup": RUN_AS_ID,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pods.container_security_context(),
     }
     if secret:
         container["envFrom"] = [{"secretRef": {"name": secret}}]
@@ -119,34 +101,18 @@ def build_job(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namesp
     may hold a traceback naming a patient); without one the operator says which exit code it was."""
     ref = naming.owner_reference(owner if owner is not None else {"name": name, "uid": uid})
     job = naming.job_name(name, uid, kind=kind)
-    volumes, mounts = _volumes(configmap_name or naming.configmap_name(name, uid, kind=kind),
-                               naming.subjects_secret_name(name, uid))
+    volumes, mounts = pods.volumes(configmap_name or naming.configmap_name(name, uid, kind=kind),
+                                   naming.subjects_secret_name(name, uid))
     pod_labels = naming.labels_for(name, uid=uid, kind=kind)
-    service_account = spec.service_account_name or settings.trainer_service_account
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_ID,
-            "runAsGroup": RUN_AS_ID,
-            "fsGroup": RUN_AS_ID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pods.pod_security_context(),
         "containers": [_container(spec, settings, image or spec.image or settings.trainer_image, mounts)],
         "volumes": volumes,
+        **pods.placement(spec, settings),
     }
-    node_selector = spec.node_selector or settings.trainer_node_selector
-    if node_selector:
-        pod_spec["nodeSelector"] = dict(node_selector)
-    tolerations = spec.tolerations or settings.trainer_tolerations
-    if tolerations:
-        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in tolerations]
-    if spec.priority_class_name:
-        pod_spec["priorityClassName"] = spec.priority_class_name
-    if service_account:
-        pod_spec["serviceAccountName"] = service_account
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -174,7 +140,8 @@ def build_job(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namesp
 
 @dataclass(frozen=True)
 class Launch:
-    """Everything one launch creates: the trainer config, its ConfigMap and the Job."""
+    """Everything one launch creates: the trainer config, its ConfigMap and the workload (``job``): a
+    ``batch/v1`` Job or a Kubeflow Trainer TrainJob (:attr:`engine` says which)."""
 
     config: JobConfig
     configmap: dict[str, Any]
@@ -184,15 +151,24 @@ class Launch:
     def job_name(self) -> str:
         return str(self.job["metadata"]["name"])
 
+    @property
+    def engine(self) -> Engine:
+        return "TrainJob" if self.job["kind"] == trainjobs.TRAINJOB_KIND else "Job"
+
 
 def build_launch(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namespace: str, uid: str,
                  base_version: str, owner: Mapping[str, Any] | None = None, kind: JobKind = "unlearn") -> Launch:
-    """:func:`build_job_config` + :func:`build_configmap` + :func:`build_job`, consistently named."""
+    """:func:`build_job_config` + :func:`build_configmap` + the workload :func:`trainjobs.engine_of` picks
+    (:func:`build_job` or :func:`trainjobs.build_trainjob`), consistently named."""
     config = build_job_config(spec, uid=uid, namespace=namespace, name=name, base_version=base_version, kind=kind,
                               subjects_file=SUBJECTS_PATH, termination_message_path=TERMINATION_LOG)
     ref = owner if owner is not None else {"name": name, "uid": uid}
     configmap_name = naming.configmap_name(name, uid, kind=kind)
     configmap = build_configmap(config, name=configmap_name, namespace=namespace, owner=ref, kind=kind)
-    job = build_job(spec, settings, name=name, namespace=namespace, uid=uid, owner=ref,
-                    configmap_name=configmap_name, kind=kind)
+    if trainjobs.engine_of(spec) == "TrainJob":
+        job = trainjobs.build_trainjob(spec, settings, name=name, namespace=namespace, uid=uid, owner=ref,
+                                       configmap_name=configmap_name, kind=kind)
+    else:
+        job = build_job(spec, settings, name=name, namespace=namespace, uid=uid, owner=ref,
+                        configmap_name=configmap_name, kind=kind)
     return Launch(config=config, configmap=configmap, job=job)

@@ -152,6 +152,10 @@ PRIORITY = message("priorityClassName", "batch-high", "allowedPriorityClasses")
 TOLERATION = ("spec.tolerations lists a toleration that is not allowed; the cluster admin allows "
               f"{POLICY_TOLERATIONS} (chart value trainer.allowedTolerations).", "Forbidden")
 FILE = (FILE_MESSAGE, "Forbidden")
+RUNTIME = ("spec.runtimeRef.name is not allowed; the cluster admin allows torch-distributed, torch-nccl, "
+           "TrainingRuntime/radiology-torch (chart value trainJob.allowedRuntimes, besides trainJob.runtime).",
+           "Forbidden")
+SCALED = {"nodes": 2, "gpus": 4}
 RADIOLOGY = (f"{URI_FIELDS} of a request in namespace radiology must start with s3://hospital-models/ or "
              "s3://hospital-datasets/cxr-reports/ or s3://privacy-requests/ (chart value "
              "tenants.radiology.allowedUriPrefixes).", "Forbidden")
@@ -233,6 +237,11 @@ FORBIDDEN: list[tuple[str, dict[str, Any], Refusal]] = [
                                             "tolerationSeconds": 3601}]}, TOLERATION),
     ("toleration-forever", {"tolerations": [{"key": "dedicated", "value": "training", "effect": "NoExecute"}]},
      TOLERATION),
+    ("runtime-elsewhere", {"resources": SCALED, "runtimeRef": {"name": "torch-privileged"}}, RUNTIME),
+    ("runtime-allowed-cluster-wide-only", {"resources": SCALED, "runtimeRef": {"name": "torch-nccl",
+                                                                              "kind": "TrainingRuntime"}}, RUNTIME),
+    ("runtime-allowed-in-a-namespace-only", {"resources": SCALED, "runtimeRef": {"name": "radiology-torch"}},
+     RUNTIME),
 ]
 ALLOWED_POD_FIELDS: list[tuple[str, dict[str, Any]]] = [
     ("nothing-named", {}),
@@ -245,6 +254,11 @@ ALLOWED_POD_FIELDS: list[tuple[str, dict[str, Any]]] = [
                                          "tolerationSeconds": 3600}]}),
     ("explicit-equal", {"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "training",
                                          "effect": "NoExecute", "tolerationSeconds": 3600}]}),
+    ("default-runtime", {"resources": SCALED, "runtimeRef": {"name": "torch-distributed"}}),
+    ("allowed-runtime", {"resources": SCALED, "runtimeRef": {"name": "torch-nccl"}}),
+    ("allowed-namespace-runtime", {"resources": SCALED, "runtimeRef": {"name": "radiology-torch",
+                                                                      "kind": "TrainingRuntime"}}),
+    ("scaled-out-on-the-default-runtime", {"resources": SCALED}),
 ]
 
 
@@ -338,3 +352,12 @@ def test_values_with_quotes_backslashes_and_markup_stay_exact_cel_literals(polic
                                f"{odd_image} (chart value trainer.allowedImages)."
     (uri_refusal,) = policy.admit(request_of(MINIMAL, **{**inside, "data": {"manifestUri": "s3://bucket-a/it"}}))
     assert f"must start with {odd_prefix} (chart value tenants.radiology.allowedUriPrefixes)." in uri_refusal[0]
+
+
+def test_the_default_values_allow_only_the_default_runtime(policy_for) -> None:
+    message = ("spec.runtimeRef.name is not allowed; the cluster admin allows torch-distributed (chart value "
+               "trainJob.allowedRuntimes, besides trainJob.runtime).", "Forbidden")
+    assert policy_for().admit(request_of(MINIMAL, runtimeRef={"name": "torch-nccl"})) == [message]
+    assert policy_for().admit(request_of(MINIMAL, runtimeRef={"name": "torch-distributed"})) == []
+    assert policy_for(None, "--set", "trainJob.runtime=torch-nccl").admit(
+        request_of(MINIMAL, runtimeRef={"name": "torch-nccl"})) == []

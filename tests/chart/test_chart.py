@@ -147,13 +147,18 @@ def test_chart_crd_is_a_byte_identical_copy_of_the_root_crd() -> None:
     ("reportMaxBytes: 100\n", "/reportMaxBytes"),
     ("manifestMaxBytes: 2GiB\n", "/manifestMaxBytes"),
     ("scratchSizeLimit: lots\n", "/scratchSizeLimit"),
+    ("trainJob:\n  enabled: 'yes'\n", "/trainJob/enabled"),
+    ("trainJob:\n  runtime: Torch_Distributed\n", "/trainJob/runtime"),
+    ("trainJob:\n  allowedRuntimes: [ClusterTrainingRuntime/torch]\n", "/trainJob/allowedRuntimes/0"),
+    ("trainJob:\n  runtimes: [torch]\n", "runtimes"),
 ], ids=["string-replicas", "two-replicas", "unknown-top-level-key", "log-format", "negative-gpus",
         "namespace-name", "gate-metric", "numeric-tag", "duration", "drop-gate-without-reference",
         "gpu-in-trainer-limits", "fractional-deadline", "up-selector-with-braces", "image-with-space",
         "empty-image", "images-not-a-list", "service-account-name", "empty-priority-class", "keyless-equal-allowed",
         "tenant-namespace-name", "tenant-secret-name", "tenant-file-prefix", "tenant-prefix-without-bucket-slash",
         "tenant-unknown-key", "admission-policy-switch", "empty-dns-label", "negative-quantity",
-        "tiny-report-cap", "manifest-cap-with-unit", "scratch-size-not-a-quantity"])
+        "tiny-report-cap", "manifest-cap-with-unit", "scratch-size-not-a-quantity", "trainjob-switch",
+        "trainjob-runtime-name", "trainjob-allowed-runtime-kind", "trainjob-unknown-key"])
 def test_values_schema_rejects_bad_values(helm_cmd, tmp_path: Path, bad: str, complaint: str) -> None:
     values = tmp_path / "bad-values.yaml"
     values.write_text(bad)
@@ -503,6 +508,36 @@ def test_watch_namespaces_gives_roles_in_those_namespaces_only(render) -> None:
                               "verbs": ["list", "watch"]}]
     assert [m["roleRef"]["name"] for m in manifests if m["kind"] == "ClusterRoleBinding"] == [
         "forgetmi-forgetmi-operator-crd-observer"]
+
+
+@pytest.mark.parametrize("values", [None, NAMESPACED_VALUES], ids=["all-namespaces", "namespaced"])
+def test_trainjob_rbac_only_when_trainjobs_are_enabled(render, values: Path | None) -> None:
+    """TrainJobs are created or read by name, watched and deleted, like Jobs; never patched or updated.
+    Discovery (GET /apis/trainer.kubeflow.org/v1alpha1) needs no rule: system:discovery allows it."""
+    enabled = render(values)
+    assert verbs_on(rules_of(enabled), "trainer.kubeflow.org", "trainjobs") == {
+        "create", "get", "list", "watch", "delete"}
+    kinds = {m["kind"] for m in enabled if m["kind"] in ("Role", "ClusterRole")
+             and any("trainer.kubeflow.org" in r["apiGroups"] for r in m["rules"])}
+    assert kinds == ({"ClusterRole"} if values is None else {"Role"})
+    env = env_of(enabled)
+    assert (env["FORGETMI_TRAINJOB_ENABLED"], env["FORGETMI_TRAINJOB_RUNTIME"], env["FORGETMI_ALLOWED_RUNTIMES"]) == (
+        "true", "torch-distributed", "[]")
+    disabled = render(values, "--set", "trainJob.enabled=false")
+    assert not [r for r in rules_of(disabled) if "trainer.kubeflow.org" in r["apiGroups"]]
+    assert env_of(disabled)["FORGETMI_TRAINJOB_ENABLED"] == "false"
+
+
+def test_trainjob_values_reach_the_operator(render, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = env_of(render(None, "--set", "trainJob.runtime=torch-nccl", "--set-json",
+                        'trainJob.allowedRuntimes=["torch-ib","TrainingRuntime/team-torch"]'))
+    with monkeypatch.context() as patch:
+        for name, value in env.items():
+            if isinstance(value, str):
+                patch.setenv(name, value)
+        settings = Settings()
+    assert (settings.trainjob_enabled, settings.trainjob_runtime, settings.allowed_runtimes) == (
+        True, "torch-nccl", ["torch-ib", "TrainingRuntime/team-torch"])
 
 
 def test_rbac_and_service_account_follow_their_switches(render) -> None:

@@ -101,6 +101,15 @@ namespaces) or by one Role per watched namespace. Only the verbs the operator us
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "delete"]
+{{- if .Values.trainJob.enabled }}
+# Kubeflow Trainer v2 TrainJobs (a request needing several processes or nodes; one per request,
+# owned by it; created or read by name, watched for their status, deleted with a deleted request).
+# Whether the cluster serves them is read from API discovery (GET /apis/trainer.kubeflow.org/v1alpha1),
+# which every authenticated user may read (the built-in system:discovery role): no rule needed.
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+  verbs: ["create", "get", "list", "watch", "delete"]
+{{- end }}
 {{- if .Values.servingTargets.enabled }}
 # Serving targets named in spec.rollout.target: read and patch the model URI.
 - apiGroups: ["apps"]

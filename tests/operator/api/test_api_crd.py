@@ -475,6 +475,8 @@ def test_crd_and_pydantic_agree_at_every_bound(full_request: dict[str, Any], par
             request["spec"]["method"]["name"] = "neggrad-plus"
     if parts[:2] == ("method", "sign") and value == "pull":
         request["spec"]["method"]["name"] = "forget-mi"
+    if parts == ("resources", "processesPerNode"):
+        request["spec"]["resources"]["gpus"] = 0  # with GPUs it must equal gpus
     _set(request["spec"], parts, value)
     path = format_path(("spec", *parts))
     crd_ok = not [p for p in schema.schema_problems(schema.defaulted(request)) if p.path == path]
@@ -490,7 +492,9 @@ def test_bound_cases_cover_the_spec() -> None:
     ids = {p.id.split("=")[0] for p in _bound_cases()}
     for expected in ("spec.gates[0].threshold", "spec.method.learningRate", "spec.resources.gpus",
                      "spec.tolerations[0].value", "spec.model.name", "spec.rollout.mode", "spec.image",
-                     "spec.resources.requests.cpu", "spec.nodeSelector[example.com/key]", "spec.queueName"):
+                     "spec.resources.requests.cpu", "spec.nodeSelector[example.com/key]", "spec.queueName",
+                     "spec.resources.nodes", "spec.resources.processesPerNode", "spec.resources.engine",
+                     "spec.runtimeRef.name", "spec.runtimeRef.kind"):
         assert expected in ids
 
 
