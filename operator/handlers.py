@@ -8,8 +8,9 @@ recorded).
 
 - create/resume: accept and launch (idempotent: the Job's name is deterministic, a second attempt
   finds it); un-suspending a request that never launched launches it;
-- request, Job and Pod events: the look scheduler follows every open request's Job (progress,
-  failures, and on success gates → promote / hold / retrain → receipt);
+- request, Job, TrainJob and Pod events: the look scheduler follows every open request's Job or
+  TrainJob (progress, failures, and on success gates → promote / hold / retrain → receipt); a
+  cluster without Kubeflow Trainer's CRDs simply has no TrainJobs to watch;
 - delete: the Job is deleted (its ownerReference would too); the registry, and a promoted model,
   stay. No finalizer: nothing has to happen before a request goes, so deleting one never waits for
   the operator.
@@ -29,6 +30,7 @@ from forgetmi_operator.api.errors import OperatorError
 from forgetmi_operator.api.settings import load_settings
 from forgetmi_operator.cluster import launcher, watches
 from forgetmi_operator.cluster.metrics import METRICS
+from forgetmi_operator.cluster.trainjobs import TRAINJOB_API as TRAINJOBS
 from forgetmi_operator.lifecycle.steps import Step
 
 RESOURCE = (GROUP, VERSION, PLURAL)
@@ -41,7 +43,8 @@ class _QuietWatchHandlers(logging.Filter):
     """Drops Kopf's "Handler 'request_event' succeeded." (and 'job_event', 'pod_event') line: logged
     once per watch event, it is noise at INFO and costs CPU under load; failures are still logged."""
 
-    NOISE = frozenset({f"Handler '{name}' succeeded." for name in ("request_event", "job_event", "pod_event")})
+    NOISE = frozenset({f"Handler '{name}' succeeded."
+                       for name in ("request_event", "job_event", "trainjob_event", "pod_event")})
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.msg not in self.NOISE
@@ -90,7 +93,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.networking.request_timeout = ours.request_timeout_seconds
     settings.posting.level = logging.WARNING  # Kopf's own INFO lines are not worth an Event each
     selector = ",".join(f"{key}={value}" for key, value in TRAINER_LABELS.items())
-    for resource in (("batch", "jobs"), ("", "pods")):
+    for resource in (("batch", "jobs"), ("", "pods"), (TRAINJOBS[0], TRAINJOBS[2])):
         settings.watching.label_selectors[resource] = selector
     memo.cluster = await watches.startup(ours, _post_event)
 
@@ -123,6 +126,14 @@ async def request_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER_LABELS)
 async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     watches.job_event(memo.cluster, event["object"], deleted=event.get("type") == "DELETED")
+
+
+@kopf.on.event(*TRAINJOBS, labels=TRAINER_LABELS)
+async def trainjob_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    """A TrainJob of ours changed. On a cluster without Kubeflow Trainer's CRDs Kopf finds no such
+    resource and watches nothing here (it logs "Unresolved resources cannot be served"); once the
+    CRD is created, its watch of CRDs starts this one."""
+    watches.trainjob_event(memo.cluster, event["object"], deleted=event.get("type") == "DELETED")
 
 
 @kopf.on.event("", "v1", "pods", labels=TRAINER_LABELS)

@@ -156,6 +156,13 @@ class InputUnreadable(OperatorError):
     reason = "InputUnreadable"
 
 
+class EngineUnavailable(OperatorError):
+    """The request needs a TrainJob (more than one node or process) and the cluster serves no Kubeflow
+    Trainer v2 TrainJobs, or the operator runs with ``trainJob.enabled`` false; nothing was created."""
+
+    reason = "EngineUnavailable"
+
+
 async def retry(call: Callable[[], Awaitable[T]], *, attempts: int, delay_seconds: float) -> T:
     """``await call()``, tried again after a retryable :class:`OperatorError` up to ``attempts`` times in
     all, waiting ``delay_seconds`` before the second try and twice as long before each further one;

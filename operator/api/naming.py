@@ -75,8 +75,9 @@ def job_name(request_name: str, uid: str, *, kind: JobKind = "unlearn") -> str:
 
 
 def job_kind(request_name: str, uid: str, job: str) -> JobKind:
-    """Which of the request's Jobs ``job`` is: its retrain Job, or else its unlearn Job."""
-    return "retrain" if job == job_name(request_name, uid, kind="retrain") else "unlearn"
+    """Which of the request's Jobs (or TrainJobs) ``job`` is: its retrain one, or else its unlearn one. Both
+    names end with the uid's suffix and the kind's (a TrainJob's may keep less of the request's name)."""
+    return "retrain" if job.endswith(f"-{uid_suffix(uid)}{_KIND_SUFFIX['retrain']}") else "unlearn"
 
 
 def configmap_name(request_name: str, uid: str, *, kind: JobKind = "unlearn") -> str:

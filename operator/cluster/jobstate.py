@@ -47,6 +47,8 @@ JOB_FAILURE_REASONS = frozenset(
     {"BackoffLimitExceeded", "DeadlineExceeded", "PodFailurePolicy", "MaxFailedIndexesExceeded"}
 )
 MESSAGE_LIMIT = 1024
+TRAINER_CONTAINERS = (TRAINER_CONTAINER, "node")
+"""The trainer's container: ours in a Job; in a TrainJob's Pods, Kubeflow Trainer's runtimes name it ``node``."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,12 @@ def job_state(
     if job is None:
         return JobState("failed", "JobMissing", "The trainer Job no longer exists.")
     pods = list(pods)
-    name = _name(job)
+    name = name_of(job)
     status = job.get("status") or {}
     conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
     if "Complete" in conditions or "SuccessCriteriaMet" in conditions or _succeeded_count(job):
         return JobState("succeeded", "Completed", f"Job {name} completed.")
-    terminated = _terminated_failures(pods)
+    terminated = terminated_failures(pods)
     failed = conditions.get("Failed") or conditions.get("FailureTarget")
     if failed is not None:
         return _failed_job(name, failed, terminated)
@@ -89,10 +91,10 @@ def job_state(
     backoff_limit = (job.get("spec") or {}).get("backoffLimit", 6)
     if int(status.get("failed") or 0) > int(backoff_limit):
         return _failed_job(name, {"reason": "BackoffLimitExceeded", "message": ""}, terminated)
-    stuck = _stuck_pod(pods, now=now, pending_pod_timeout_seconds=pending_pod_timeout_seconds)
+    stuck = stuck_pod(pods, now=now, pending_pod_timeout_seconds=pending_pod_timeout_seconds)
     if stuck is not None:
         return stuck
-    if any(_pod_phase(p) == "Running" for p in pods):
+    if any(pod_phase(p) == "Running" for p in pods):
         return JobState("running", "Running", f"Job {name} is running.")
     return JobState("pending", "Pending", f"Job {name} is waiting for its Pod to start.")
 
@@ -126,11 +128,13 @@ def job_name_of_pod(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _name(obj: Mapping[str, Any]) -> str:
+def name_of(obj: Mapping[str, Any]) -> str:
+    """An object's ``metadata.name`` (``?`` when it has none)."""
     return str((obj.get("metadata") or {}).get("name", "?"))
 
 
-def _pod_phase(pod: Mapping[str, Any]) -> str:
+def pod_phase(pod: Mapping[str, Any]) -> str:
+    """A Pod's ``status.phase`` (empty when it has none yet)."""
     return str((pod.get("status") or {}).get("phase", ""))
 
 
@@ -144,7 +148,7 @@ def _container_statuses(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
 
 
-class _Exit(NamedTuple):
+class Exit(NamedTuple):
     """A container that exited non-zero: its termination message, and a sentence to use without one."""
 
     finished_at: str
@@ -153,9 +157,9 @@ class _Exit(NamedTuple):
     sentence: str
 
 
-def _terminated_failures(pods: list[Mapping[str, Any]]) -> list[_Exit]:
+def terminated_failures(pods: list[Mapping[str, Any]]) -> list[Exit]:
     """Each container that exited non-zero, most recently finished first."""
-    found: list[_Exit] = []
+    found: list[Exit] = []
     for pod in pods:
         for cs in _container_statuses(pod):
             for state_key in ("state", "lastState"):
@@ -164,14 +168,14 @@ def _terminated_failures(pods: list[Mapping[str, Any]]) -> list[_Exit]:
                     code = int(term["exitCode"])
                     why = str(term.get("reason") or "")
                     detail = f" ({why})" if why and why != "Error" else ""
-                    found.append(_Exit(str(term.get("finishedAt") or ""), code,
-                                       _clip(str(term.get("message") or "").strip()),
-                                       f"The trainer in Pod {_name(pod)} exited with code {code}{detail}."))
+                    found.append(Exit(str(term.get("finishedAt") or ""), code,
+                                       clip(str(term.get("message") or "").strip()),
+                                       f"The trainer in Pod {name_of(pod)} exited with code {code}{detail}."))
     found.sort(key=lambda item: item.finished_at, reverse=True)
     return found
 
 
-def _failed_job(name: str, condition: Mapping[str, Any], terminated: list[_Exit]) -> JobState:
+def _failed_job(name: str, condition: Mapping[str, Any], terminated: list[Exit]) -> JobState:
     reason = str(condition.get("reason") or "JobFailed")
     if reason not in JOB_FAILURE_REASONS:
         reason = "JobFailed"
@@ -184,12 +188,12 @@ def _failed_job(name: str, condition: Mapping[str, Any], terminated: list[_Exit]
             return JobState("failed", reason, last.message)
         if reason != "DeadlineExceeded":
             return JobState("failed", reason, last.sentence)
-    return JobState("failed", reason, _clip(k8s_message) or f"Job {name} failed ({reason}).")
+    return JobState("failed", reason, clip(k8s_message) or f"Job {name} failed ({reason}).")
 
 
 def _container_label(cs: Mapping[str, Any]) -> str:
     name = str(cs.get("name") or "")
-    return "The trainer container" if name in ("", TRAINER_CONTAINER) else f"Container {name}"
+    return "The trainer container" if name in ("", *TRAINER_CONTAINERS) else f"Container {name}"
 
 
 def _pending_since(pod: Mapping[str, Any]) -> tuple[datetime | None, str]:
@@ -202,9 +206,10 @@ def _pending_since(pod: Mapping[str, Any]) -> tuple[datetime | None, str]:
     return _parse_time((pod.get("metadata") or {}).get("creationTimestamp")), "created"
 
 
-def _stuck_pod(pods: list[Mapping[str, Any]], *, now: datetime, pending_pod_timeout_seconds: float) -> JobState | None:
+def stuck_pod(pods: list[Mapping[str, Any]], *, now: datetime, pending_pod_timeout_seconds: float) -> JobState | None:
+    """The failed state of the first Pod that will not start (the module docstring's rules), else None."""
     for pod in pods:
-        if _pod_phase(pod) in ("Succeeded", "Failed"):
+        if pod_phase(pod) in ("Succeeded", "Failed"):
             continue
         waiting_containers: list[tuple[Mapping[str, Any], Mapping[str, Any]]] = []
         for cs in _container_statuses(pod):
@@ -216,18 +221,18 @@ def _stuck_pod(pods: list[Mapping[str, Any]], *, now: datetime, pending_pod_time
             reason = waiting.get("reason")
             if reason in STUCK_WAITING_REASONS:
                 detail = str(waiting.get("message") or "").strip()
-                message = f"{_container_label(cs)} of Pod {_name(pod)} cannot start: {reason}"
-                return JobState("failed", str(reason), _clip(f"{message}: {detail}" if detail else f"{message}."))
-        if waiting_containers and _pod_phase(pod) == "Pending":
+                message = f"{_container_label(cs)} of Pod {name_of(pod)} cannot start: {reason}"
+                return JobState("failed", str(reason), clip(f"{message}: {detail}" if detail else f"{message}."))
+        if waiting_containers and pod_phase(pod) == "Pending":
             since, event = _pending_since(pod)
             if since is not None and (now - since).total_seconds() > pending_pod_timeout_seconds:
                 cs, waiting = waiting_containers[0]
                 reason = str(waiting.get("reason") or "").strip() or "Waiting"
                 detail = str(waiting.get("message") or "").strip()
-                message = (f"{_container_label(cs)} of Pod {_name(pod)} has been waiting ({reason}) for more than "
+                message = (f"{_container_label(cs)} of Pod {name_of(pod)} has been waiting ({reason}) for more than "
                            f"{pending_pod_timeout_seconds:g} s since the Pod was {event}")
                 return JobState("failed", START_TIMEOUT_REASON,
-                                _clip(f"{message}: {detail}" if detail else f"{message}."))
+                                clip(f"{message}: {detail}" if detail else f"{message}."))
         for cond in (pod.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and (
                 cond.get("reason") == "Unschedulable"
@@ -236,10 +241,10 @@ def _stuck_pod(pods: list[Mapping[str, Any]], *, now: datetime, pending_pod_time
                     (pod.get("metadata") or {}).get("creationTimestamp"))
                 if since is not None and (now - since).total_seconds() > pending_pod_timeout_seconds:
                     detail = str(cond.get("message") or "").strip()
-                    message = (f"Pod {_name(pod)} could not be scheduled for more than "
+                    message = (f"Pod {name_of(pod)} could not be scheduled for more than "
                                f"{pending_pod_timeout_seconds:g} s")
                     text = f"{message}: {detail}" if detail else f"{message}."
-                    return JobState("failed", "Unschedulable", _clip(text))
+                    return JobState("failed", "Unschedulable", clip(text))
     return None
 
 
@@ -254,7 +259,8 @@ def _parse_time(value: Any) -> datetime | None:
         return None
 
 
-def _clip(text: str) -> str:
+def clip(text: str) -> str:
+    """``text`` shortened to :data:`MESSAGE_LIMIT` characters (a condition message's bound here)."""
     return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 1] + "…"
 
 

@@ -1,4 +1,5 @@
-"""The operator's Kubernetes API client: the only module that calls the API server (besides Kopf).
+"""The operator's Kubernetes API client: with its TrainJob half (:mod:`~forgetmi_operator.cluster.kube_trainjobs`),
+the only module that calls the API server (besides Kopf).
 
 A thin async layer over the official ``kubernetes`` client: each call runs in a worker thread
 (``asyncio.to_thread``) with an explicit request timeout, and returns plain camelCase dicts as
@@ -36,6 +37,7 @@ from forgetmi_operator.api.naming import MODEL_CONTAINER_ANNOTATION, MODEL_ENV_A
 from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.cluster import optin
 from forgetmi_operator.cluster.jobstate import job_name_of_pod
+from forgetmi_operator.cluster.kube_trainjobs import TrainJobCalls
 
 KSERVE = ("serving.kserve.io", "v1beta1", "inferenceservices")
 MERGE_PATCH = "application/merge-patch+json"
@@ -81,7 +83,7 @@ def load_api_client() -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-class Kube:
+class Kube(TrainJobCalls):
     """Async calls the operator makes; ``request_timeout_seconds`` bounds every call."""
 
     def __init__(self, api_client: client.ApiClient, *, request_timeout_seconds: float) -> None:

@@ -1,12 +1,16 @@
 """What the operator creates in the cluster for a request's runs, and deletes again.
 
 :class:`ClusterTrainers` is the cluster's :class:`~forgetmi_operator.lifecycle.ports.Trainers`: a
-run is a ConfigMap (the trainer's ``job.json``) and a ``batch/v1`` Job (:mod:`~forgetmi_operator.cluster.jobs`),
-both with deterministic names and owned by the request, so creating them twice finds the first.
-:func:`start` and :func:`unsuspend` launch a request (:func:`forgetmi_operator.lifecycle.launch.launch`);
-a launch that fails for good leaves nothing running: an earlier attempt (a retry, or one a restart
-cut short before its status was saved) may have created the Job and the copy of the forget list,
-and both are deleted. :func:`remove` stops the Job of a deleted request at once.
+run is a ConfigMap (the trainer's ``job.json``) and its workload, a ``batch/v1`` Job or, for a
+request that needs several processes or nodes, a Kubeflow Trainer v2 TrainJob
+(:func:`~forgetmi_operator.cluster.trainjobs.engine_of`, :mod:`~forgetmi_operator.cluster.jobs`), both
+with deterministic names and owned by the request, so creating them twice finds the first.
+:func:`start` and :func:`unsuspend` launch a request (:func:`forgetmi_operator.lifecycle.launch.launch`).
+A request needing a TrainJob on an operator with ``trainJob.enabled`` false, or on a cluster that
+serves no TrainJobs, ends ``Accepted=False`` (``EngineUnavailable``) before anything is read or
+created. A launch that fails for good leaves nothing running: an earlier attempt (a retry, or one a
+restart cut short before its status was saved) may have created the workload and the copy of the
+forget list, and both are deleted. :func:`remove` stops the workload of a deleted request at once.
 """
 
 from __future__ import annotations
@@ -17,18 +21,20 @@ from typing import Any
 
 from forgetmi_operator.api import conditions as cond
 from forgetmi_operator.api import naming
-from forgetmi_operator.api.errors import OperatorError
+from forgetmi_operator.api.errors import EngineUnavailable, OperatorError
 from forgetmi_operator.api.naming import JobKind
 from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.api.spec import UnlearnRequestSpec, parse_spec
-from forgetmi_operator.cluster import jobs, policy
+from forgetmi_operator.cluster import jobs, policy, trainjobs
 from forgetmi_operator.cluster.context import Cluster
 from forgetmi_operator.cluster.kube import Kube
+from forgetmi_operator.cluster.trainjobstate import engine_of_request
 from forgetmi_operator.lifecycle import launch, subjects
 from forgetmi_operator.lifecycle.ports import Started
 from forgetmi_operator.lifecycle.steps import Step, failure
 
 log = logging.getLogger(__name__)
+ENGINE_UNAVAILABLE = "TrainJob needs Kubeflow Trainer v2; install it or use nodes: 1"
 
 
 class ClusterTrainers:
@@ -43,10 +49,16 @@ class ClusterTrainers:
         built = jobs.build_launch(spec, self.settings, name=meta["name"], namespace=meta["namespace"],
                                   uid=meta["uid"], base_version=base_version, owner=body, kind=kind)
         await self.kube.create_or_get_configmap(meta["namespace"], built.configmap)
-        _, created = await self.kube.create_or_get_job(meta["namespace"], built.job)
-        what = "retrain Job" if kind == "retrain" else "Job"
+        if built.engine == "TrainJob":
+            _, created = await self.kube.create_or_get_trainjob(meta["namespace"], built.job)
+            workload = "TrainJob"
+            waits = f"its queue {spec.queue_name} to admit it (Kueue)" if spec.queue_name else "its Pods to start"
+        else:
+            _, created = await self.kube.create_or_get_job(meta["namespace"], built.job)
+            workload, waits = "Job", "its Pod to start"
+        what = f"retrain {workload}" if kind == "retrain" else workload
         return Started(job_name=built.job_name, created=created,
-                       waiting=f"Job {built.job_name} was created and waits for its Pod to start.",
+                       waiting=f"{workload} {built.job_name} was created and waits for {waits}.",
                        event=f"Created {what} {built.job_name} for model {spec.model.name} version {base_version}.")
 
 
@@ -69,8 +81,12 @@ async def unsuspend(cluster: Cluster, body: Mapping[str, Any], old: Any, new: An
 
 async def _launch(cluster: Cluster, body: Mapping[str, Any]) -> Step:
     try:
-        policy.check_pod_policy(parse_spec(body.get("spec") or {}), cluster.settings)  # before anything is read
+        spec = parse_spec(body.get("spec") or {})
+        policy.check_pod_policy(spec, cluster.settings)  # before anything is read
+        await check_engine(cluster, spec)
         return await launch.launch(cluster.ports, body)
+    except EngineUnavailable as err:  # decided before anything was read or created: nothing to undo
+        return failure(body, err, accepting=True)
     except OperatorError as err:
         if err.retryable:
             raise
@@ -79,28 +95,57 @@ async def _launch(cluster: Cluster, body: Mapping[str, Any]) -> Step:
         return failure(body, err, accepting=True)
 
 
+async def check_engine(cluster: Cluster, spec: UnlearnRequestSpec) -> None:
+    """Raise ``EngineUnavailable`` when ``spec`` needs a TrainJob and the operator may not create one
+    (``trainJob.enabled`` false) or the cluster serves none (Kubeflow Trainer v2 is not installed)."""
+    if trainjobs.engine_of(spec) != "TrainJob":
+        return
+    if not cluster.settings.trainjob_enabled:
+        why = "the operator runs with trainJob.enabled=false"
+    elif not await cluster.kube.api_available(*trainjobs.TRAINJOB_API):
+        group, version, plural = trainjobs.TRAINJOB_API
+        why = f"the cluster serves no {group}/{version} {plural}: Trainer's CRDs are not installed"
+    else:
+        return
+    resources = spec.resources
+    raise EngineUnavailable(f"{ENGINE_UNAVAILABLE} (spec.resources asks for {resources.nodes} node(s) × "
+                            f"{resources.processes} process(es), engine {resources.engine}; {why}).")
+
+
+async def _delete_workload(kube: Kube, body: Mapping[str, Any], namespace: str, name: str) -> bool:
+    """Delete the request's Job or TrainJob ``name``; False when it was already gone."""
+    if engine_of_request(body) == "TrainJob":
+        return await kube.delete_trainjob(namespace, name)
+    return await kube.delete_job(namespace, name)
+
+
 async def delete_owned_job(kube: Kube, body: Mapping[str, Any]) -> None:
-    """Delete the unlearn Job of a request whose launch failed for good, if an earlier attempt
-    created it (only when the request owns it)."""
+    """Delete the unlearn Job (or TrainJob) of a request whose launch failed for good, if an earlier
+    attempt created it (only when the request owns it)."""
     meta = body["metadata"]
-    namespace, job_name = meta["namespace"], naming.job_name(meta["name"], meta["uid"])
+    what = engine_of_request(body)
+    name_of = trainjobs.trainjob_name if what == "TrainJob" else naming.job_name
+    namespace, job_name = meta["namespace"], name_of(meta["name"], meta["uid"])
     try:
-        job = await kube.get_job(namespace, job_name)
-        if job is not None and naming.owned_by(job, meta["uid"]) and await kube.delete_job(namespace, job_name):
-            log.info("Deleted Job %s of %s, whose launch failed", job_name, naming.describe(body))
+        job = await (kube.get_trainjob if what == "TrainJob" else kube.get_job)(namespace, job_name)
+        if job is not None and naming.owned_by(job, meta["uid"]) and await _delete_workload(
+                kube, body, namespace, job_name):
+            log.info("Deleted %s %s of %s, whose launch failed", what, job_name, naming.describe(body))
     except OperatorError as err:
-        log.warning("Job %s of %s is left to garbage collection: %s", job_name, naming.describe(body), err.message)
+        log.warning("%s %s of %s is left to garbage collection: %s", what, job_name, naming.describe(body),
+                    err.message)
 
 
 async def remove(cluster: Cluster, body: Mapping[str, Any]) -> None:
-    """A deleted request's Job goes with it (ownerReference); deleting it here too stops it at once,
-    and its forget list's copy goes too."""
+    """A deleted request's Job or TrainJob goes with it (ownerReference); deleting it here too stops it
+    at once, and its forget list's copy goes too."""
     job_name = (body.get("status") or {}).get("jobName")
     if job_name:
+        what = engine_of_request(body)
         try:
-            if await cluster.kube.delete_job(body["metadata"]["namespace"], job_name):
-                log.info("Deleted Job %s of deleted %s", job_name, naming.describe(body))
+            if await _delete_workload(cluster.kube, body, body["metadata"]["namespace"], job_name):
+                log.info("Deleted %s %s of deleted %s", what, job_name, naming.describe(body))
         except OperatorError as err:
-            log.warning("Job %s of deleted %s is left to garbage collection: %s", job_name, naming.describe(body),
-                        err.message)
+            log.warning("%s %s of deleted %s is left to garbage collection: %s", what, job_name,
+                        naming.describe(body), err.message)
     await subjects.release(cluster.kube, body)

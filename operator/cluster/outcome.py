@@ -1,9 +1,11 @@
 """A look at an open request in the cluster: what its Job is doing, and what follows from it.
 
 :func:`look` is what the :class:`~forgetmi_operator.cluster.scheduler.LookScheduler` runs for a
-request: it reads the Job (as the watch last saw it) and its Pods (:mod:`~forgetmi_operator.cluster.jobstate`),
-copies the trainer's progress into the status, fails a Job that failed or whose Pod never starts,
-and once the Job succeeded concludes the request (:func:`forgetmi_operator.lifecycle.conclude.conclude`:
+request: it reads the Job (as the watch last saw it) and its Pods (:mod:`~forgetmi_operator.cluster.jobstate`)
+— or the TrainJob and its Pods (:mod:`~forgetmi_operator.cluster.trainjobstate`) for a request that
+runs on several processes or nodes; the trainer's rank 0 writes progress and report as a single
+process does — copies the trainer's progress into the status, fails a Job that failed or whose Pod
+never starts, and once the Job succeeded concludes the request (:func:`forgetmi_operator.lifecycle.conclude.conclude`:
 gates → promote / hold / retrain → receipt) — also when it waits for approval and the approval
 came. The status is then written; one that could not be written is kept and written by the next
 look before anything is decided again. Once a terminal status is saved, the forget list's copy is
@@ -23,8 +25,9 @@ from forgetmi_operator.api import conditions as cond
 from forgetmi_operator.api import naming
 from forgetmi_operator.api.errors import OperatorError, storage_call
 from forgetmi_operator.api.spec import parse_spec
-from forgetmi_operator.cluster import jobstate
+from forgetmi_operator.cluster import jobstate, trainjobstate
 from forgetmi_operator.cluster.context import Cluster
+from forgetmi_operator.cluster.kube import Kube
 from forgetmi_operator.cluster.metrics import METRICS
 from forgetmi_operator.cluster.scheduler import Entry, wants_tracking
 from forgetmi_operator.lifecycle import subjects
@@ -86,7 +89,8 @@ async def _track(cluster: Cluster, body: Mapping[str, Any], concluded: set[str])
     job_name = status["jobName"]
     if job_name in concluded:
         return None
-    step, state = await track_job(cluster, body, cluster.scheduler.job(meta["namespace"], job_name))
+    engine = trainjobstate.engine_of_request(body)
+    step, state = await track_job(cluster, body, cluster.scheduler.job(meta["namespace"], job_name, kind=engine))
     if state.phase == "failed":
         METRICS.job_failures_total.labels(reason=state.reason).inc()
         concluded.add(job_name)
@@ -133,13 +137,14 @@ async def read_progress(objects: Objects, uri: str) -> dict[str, Any] | None:
 
 async def track_job(cluster: Cluster, body: Mapping[str, Any],
                     job: Mapping[str, Any] | None = None) -> tuple[Step, jobstate.JobState]:
-    """Look at the Job (``job`` as last seen by the watch, else read) and, when it has any, its Pods;
-    copy progress once it runs; on a finished Job the caller concludes or fails."""
+    """Look at the Job or TrainJob (``job`` as last seen by the watch, else read) and, when it has any,
+    its Pods; copy progress once it runs; on a finished one the caller concludes or fails."""
     meta, status = body["metadata"], body.get("status") or {}
     spec, job_name = parse_spec(body.get("spec") or {}), status["jobName"]
     kube, namespace = cluster.kube, meta["namespace"]
+    trainjob = trainjobstate.engine_of_request(body) == "TrainJob"
     if job is None:
-        job = await kube.get_job(namespace, job_name)
+        job = await (kube.get_trainjob if trainjob else kube.get_job)(namespace, job_name)
     kind = naming.job_kind(meta["name"], meta["uid"], job_name)
     paths = request_paths(spec.model.registry_uri, spec.model.name, meta["uid"], kind=kind)
     objects = await cluster.ports.storage_for(body)
@@ -148,9 +153,7 @@ async def track_job(cluster: Cluster, body: Mapping[str, Any],
         # out while the operator was down): conclude from the report rather than fail a finished run.
         state = jobstate.JobState("succeeded")
     else:
-        pods = await kube.list_pods_for_job(namespace, job_name) if jobstate.has_pods(job) else []
-        state = jobstate.job_state(job, pods, now=datetime.now(UTC),
-                                   pending_pod_timeout_seconds=cluster.settings.pending_pod_timeout_seconds)
+        state = await _state(cluster, job, job_name, namespace, trainjob=trainjob)
     step = Step()
     if state.phase in ("running", "succeeded"):
         progress = await read_progress(objects, paths.progress)
@@ -160,8 +163,28 @@ async def track_job(cluster: Cluster, body: Mapping[str, Any],
         job_running(body, step, job_name)
     elif state.phase == "failed":
         job_failed(body, step, job_name, state.reason, state.message)
-        if (job is not None and state.never_started and not jobstate.finished_by_kubernetes(job)
-                and await kube.delete_job(namespace, job_name)):
+        if job is not None and state.never_started and await _delete_unstarted(kube, job, namespace, job_name,
+                                                                               trainjob=trainjob):
             # A Pod that never started (unschedulable, image pull) would keep its queue slot or GPU.
-            step.events.append(("Normal", "JobDeleted", f"Deleted Job {job_name}, whose Pod never started."))
+            what, pods = ("TrainJob", "whose Pods never started") if trainjob else ("Job", "whose Pod never started")
+            step.events.append(("Normal", "JobDeleted", f"Deleted {what} {job_name}, {pods}."))
     return step, state
+
+
+async def _state(cluster: Cluster, job: Mapping[str, Any] | None, job_name: str, namespace: str, *,
+                 trainjob: bool) -> jobstate.JobState:
+    """The workload's state from it and (when it counts any) its Pods."""
+    timeout, now = cluster.settings.pending_pod_timeout_seconds, datetime.now(UTC)
+    if trainjob:
+        pods = await cluster.kube.list_pods_for_trainjob(namespace, job_name) if trainjobstate.has_pods(job) else []
+        return trainjobstate.trainjob_state(job, pods, now=now, pending_pod_timeout_seconds=timeout)
+    pods = await cluster.kube.list_pods_for_job(namespace, job_name) if jobstate.has_pods(job) else []
+    return jobstate.job_state(job, pods, now=now, pending_pod_timeout_seconds=timeout)
+
+
+async def _delete_unstarted(kube: Kube, job: Mapping[str, Any], namespace: str, job_name: str, *,
+                            trainjob: bool) -> bool:
+    """Delete a workload whose Pods never started, unless Kubernetes (or Trainer) finished it already."""
+    if trainjob:
+        return not trainjobstate.finished_by_trainer(job) and await kube.delete_trainjob(namespace, job_name)
+    return not jobstate.finished_by_kubernetes(job) and await kube.delete_job(namespace, job_name)

@@ -12,8 +12,10 @@ looked at (the look itself, :func:`forgetmi_operator.cluster.outcome.look`, is g
   given, not copied:
   each watch event and each patch result is a fresh dict that nobody changes afterwards (Kopf
   replaces, never mutates, the raw bodies it hands out; the looks only read them);
-- :meth:`LookScheduler.job_changed` keeps the latest trainer Job (so a look needs no GET of it) and says
-  which request owns it; :meth:`LookScheduler.request_of_job` finds the request of a trainer Pod's Job;
+- :meth:`LookScheduler.job_changed` keeps the latest trainer Job or TrainJob (so a look needs no GET of
+  it) and says which request owns it; :meth:`LookScheduler.request_of_job` finds the request of a
+  trainer Pod's Job or TrainJob. Jobs and TrainJobs are kept apart (a request's TrainJob has the name
+  its Job would have);
 - :meth:`LookScheduler.poke` asks for one request to be looked at now (a Job or Pod with news, a new
   Job name, an approval); :meth:`LookScheduler.sweep_forever` pokes every open request every interval
   (progress, Pods that never start, retries after an error).
@@ -34,7 +36,7 @@ import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from forgetmi_operator.api import conditions as cond
 
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 """(namespace, name)."""
 OWNER_KIND = "UnlearnRequest"
+WorkloadKind = Literal["Job", "TrainJob"]
 MAX_CLOSED = 100_000
 """Closed requests remembered (≈ 200 bytes each); the oldest close is forgotten beyond this."""
 
@@ -106,6 +109,7 @@ class LookScheduler:
         self.closed: dict[Key, dict[str, Any]] = {}
         """The metadata (uid, resourceVersion) of each closed request's newest body, until it is deleted."""
         self.jobs: dict[Key, dict[str, Any]] = {}
+        self.trainjobs: dict[Key, dict[str, Any]] = {}
         self._look = look
         self._is_open = is_open
         self._slots = asyncio.Semaphore(concurrency)
@@ -148,20 +152,24 @@ class LookScheduler:
             entry.body, entry.context = dict(body), contextvars.copy_context()
         return entry
 
-    def job_changed(self, job: Mapping[str, Any], *, deleted: bool = False) -> Key | None:
-        """Keep (or forget) the latest ``job``; the key of the request that owns it."""
+    def _kept(self, kind: WorkloadKind) -> dict[Key, dict[str, Any]]:
+        return self.trainjobs if kind == "TrainJob" else self.jobs
+
+    def job_changed(self, job: Mapping[str, Any], *, deleted: bool = False, kind: WorkloadKind = "Job") -> Key | None:
+        """Keep (or forget) the latest ``job`` (a Job, or a TrainJob); the key of the request that owns it."""
         meta = job.get("metadata") or {}
         job_key = (str(meta.get("namespace")), str(meta.get("name")))
+        kept = self._kept(kind)
         if deleted:
-            self.jobs.pop(job_key, None)
-        elif job_key not in self.jobs or is_newer(job, self.jobs[job_key]):
-            self.jobs[job_key] = dict(job)
+            kept.pop(job_key, None)
+        elif job_key not in kept or is_newer(job, kept[job_key]):
+            kept[job_key] = dict(job)
         return owner_of(job)
 
-    def request_of_job(self, namespace: str, job_name: str) -> Key | None:
-        """The open request whose Job is ``job_name``: by the Job's owner when the Job was seen,
+    def request_of_job(self, namespace: str, job_name: str, *, kind: WorkloadKind = "Job") -> Key | None:
+        """The open request whose Job (or TrainJob) is ``job_name``: by its owner when it was seen,
         else by the requests' ``status.jobName``."""
-        job = self.jobs.get((namespace, job_name))
+        job = self._kept(kind).get((namespace, job_name))
         if job is not None:
             return owner_of(job)
         for key, entry in self.entries.items():
@@ -169,9 +177,9 @@ class LookScheduler:
                 return key
         return None
 
-    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The latest Job seen by the watch, or None when none was (then read it from the API)."""
-        return self.jobs.get((namespace, name))
+    def job(self, namespace: str, name: str, *, kind: WorkloadKind = "Job") -> dict[str, Any] | None:
+        """The latest Job (or TrainJob) seen by the watch, or None when none was (then read it from the API)."""
+        return self._kept(kind).get((namespace, name))
 
     # ---- looking ---------------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ that Kopf's handlers call).
   after a restart) and whenever it waits for approval (the approval annotation or
   ``spec.rollout.mode`` may have changed; Kopf leaves annotations under its own prefix out of what
   ``on.field`` sees); a deleted request's Job and forget-list copy are deleted;
-- :func:`job_event` and :func:`pod_event`: a trainer Job or Pod with news gets its request looked at
-  now rather than at the next sweep.
+- :func:`job_event`, :func:`trainjob_event` and :func:`pod_event`: a trainer Job, TrainJob or Pod
+  with news gets its request looked at now rather than at the next sweep (a TrainJob's Pods are
+  found by their JobSet's name, which is the TrainJob's).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from forgetmi_operator.api.settings import Settings
-from forgetmi_operator.cluster import identity, jobstate, launcher, outcome
+from forgetmi_operator.cluster import identity, jobstate, launcher, outcome, trainjobstate
 from forgetmi_operator.cluster.context import Cluster, PostEvent
 from forgetmi_operator.cluster.kube import Kube
 from forgetmi_operator.cluster.metrics import METRICS, serve
@@ -97,11 +98,22 @@ def job_event(cluster: Cluster, job: Mapping[str, Any], *, deleted: bool) -> Non
         cluster.scheduler.poke(owner)
 
 
+def trainjob_event(cluster: Cluster, trainjob: Mapping[str, Any], *, deleted: bool) -> None:
+    """A trainer TrainJob changed: keep it, and look at its request when it has Pods or finished."""
+    owner = cluster.scheduler.job_changed(trainjob, deleted=deleted, kind="TrainJob")
+    if owner is not None and (deleted or trainjobstate.has_pods(trainjob)):
+        cluster.scheduler.poke(owner)
+
+
 def pod_event(cluster: Cluster, pod: Mapping[str, Any]) -> None:
-    """A trainer Pod was scheduled, runs, is stuck pulling its image or terminated: look at its request."""
-    job_name = jobstate.job_name_of_pod(pod)
-    if job_name is None:
-        return
-    owner = cluster.scheduler.request_of_job(str((pod.get("metadata") or {}).get("namespace")), job_name)
+    """A trainer Pod was scheduled, runs, is stuck pulling its image or terminated: look at its request
+    (a TrainJob's Pod by its TrainJob; it carries its child Job's ``job-name`` label too)."""
+    namespace = str((pod.get("metadata") or {}).get("namespace"))
+    trainjob_name = trainjobstate.trainjob_name_of_pod(pod)
+    if trainjob_name is not None:
+        owner = cluster.scheduler.request_of_job(namespace, trainjob_name, kind="TrainJob")
+    else:
+        job_name = jobstate.job_name_of_pod(pod)
+        owner = cluster.scheduler.request_of_job(namespace, job_name) if job_name is not None else None
     if owner is not None:
         cluster.scheduler.poke(owner)

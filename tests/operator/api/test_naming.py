@@ -97,6 +97,17 @@ def test_a_job_name_says_which_run_of_the_request_it_is() -> None:
     assert naming.job_kind("r", UID, "someone-elses-job") == "unlearn"
 
 
+def test_a_shortened_trainjob_name_still_says_which_run_it_is() -> None:
+    """A TrainJob keeps less of a long request's name (JobSet's Pod names must fit 63 characters)."""
+    from forgetmi_operator.cluster.trainjobs import trainjob_name
+
+    long = "r" * 253
+    retrain, unlearn = trainjob_name(long, UID, kind="retrain"), trainjob_name(long, UID)
+    assert retrain != naming.job_name(long, UID, kind="retrain")
+    assert naming.job_kind(long, UID, retrain) == "retrain"
+    assert naming.job_kind(long, UID, unlearn) == "unlearn"
+
+
 def test_a_request_is_described_by_namespace_and_name() -> None:
     assert naming.describe({"metadata": {"namespace": "radiology", "name": "r1"}}) == "UnlearnRequest radiology/r1"
 
