@@ -55,6 +55,14 @@ RESOURCES: dict[Key, dict[str, Any]] = {
                                                                    "namespaced": False, "status": True,
                                                                    "shortnames": {"crd", "crds"}},
 }
+TRAINER_RESOURCES: dict[Key, dict[str, Any]] = {
+    ("trainer.kubeflow.org", "v1alpha1", "trainjobs"): {"kind": "TrainJob", "status": True},
+    ("trainer.kubeflow.org", "v1alpha1", "trainingruntimes"): {"kind": "TrainingRuntime"},
+    ("trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes"): {"kind": "ClusterTrainingRuntime",
+                                                                      "namespaced": False},
+}
+"""Kubeflow Trainer v2's resources: served only once :meth:`ApiServer.serve` is called for them
+(``harness.cluster.install_trainer``), so a cluster without the Trainer CRDs exists for tests too."""
 CRDS: Key = ("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 NAMESPACES_PATH = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?/?$")
 VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
@@ -132,7 +140,16 @@ class ApiServer(kmock.KubernetesScaffold):
         self.api_url = ""
         self._thread: threading.Thread | None = None
         self._stop: asyncio.Event | None = None
-        for (group, version, plural), info in RESOURCES.items():
+        self.served: dict[Key, dict[str, Any]] = {}
+        for key, info in RESOURCES.items():
+            self.serve(key, info)
+
+    def serve(self, key: Key, info: Mapping[str, Any]) -> None:
+        """Serve resource ``key`` (``info`` as in :data:`RESOURCES`), in API discovery too; e.g. the
+        :data:`TRAINER_RESOURCES` of a cluster with Kubeflow Trainer installed."""
+        group, version, plural = key
+        with self.lock:
+            self.served[key] = dict(info)
             self.resources[f"{group}/{version}/{plural}" if group else f"{version}/{plural}"] = kmock.ResourceInfo(
                 kind=info["kind"], namespaced=info.get("namespaced", True), verbs=VERBS,
                 singular=info["kind"].lower(), shortnames=info.get("shortnames", set()),
@@ -193,7 +210,7 @@ class ApiServer(kmock.KubernetesScaffold):
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1)
             group, version, _ = key
             obj.setdefault("apiVersion", f"{group}/{version}" if group else version)
-            obj.setdefault("kind", RESOURCES[key]["kind"])
+            obj.setdefault("kind", self.served[key]["kind"])
             self._stamp(obj)
             self.objects[okey] = obj
             self.created.append(okey)
@@ -226,7 +243,7 @@ class ApiServer(kmock.KubernetesScaffold):
                 new = merge_patch(current, patch)
             if subresource == "status":
                 new = {**current, "status": new.get("status")}
-            elif RESOURCES[key].get("status"):
+            elif self.served[key].get("status"):
                 new["status"] = current.get("status")
             if new.get("status") is None:
                 new.pop("status", None)
@@ -306,7 +323,7 @@ class ApiServer(kmock.KubernetesScaffold):
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         resource = request.resource
         key = (resource.group, resource.version, resource.plural) if resource is not None else None
-        if key not in RESOURCES or request.action is None:
+        if key not in self.served or request.action is None:
             return await super()._handle(request)
         try:
             return await self._serve(key, request)
@@ -341,7 +358,7 @@ class ApiServer(kmock.KubernetesScaffold):
                 rv = self.last_rv
             if as_table and (columns := self._printer_columns(key)) is not None:
                 return aiohttp.web.json_response(tables.table(columns, items, str(rv)))
-            kind = RESOURCES[key]["kind"]
+            kind = self.served[key]["kind"]
             return aiohttp.web.json_response({"apiVersion": f"{key[0]}/{key[1]}" if key[0] else key[1],
                                               "kind": f"{kind}List", "metadata": {"resourceVersion": str(rv)},
                                               "items": items})
@@ -401,7 +418,7 @@ class ApiServer(kmock.KubernetesScaffold):
         """The BOOKMARK that ends a watch list's initial events (kubectl wait waits for it)."""
         group, version, _ = key
         bookmark = {"type": "BOOKMARK", "object": {
-            "apiVersion": f"{group}/{version}" if group else version, "kind": RESOURCES[key]["kind"],
+            "apiVersion": f"{group}/{version}" if group else version, "kind": self.served[key]["kind"],
             "metadata": {"resourceVersion": str(rv), "annotations": {"k8s.io/initial-events-end": "true"}}}}
         await response.write(json.dumps(bookmark).encode() + b"\n")
 

@@ -10,6 +10,10 @@ counts and ``Complete``/``Failed`` condition (``PodFailurePolicy`` for the fail-
 
 The ConfigMap's ``job.json`` is copied to a temp file; the forget subjects Secret the Job mounts
 is written to a temp file and ``forget.file`` rewritten to point at it.
+
+The pieces any workload runner needs (the polling loop, :func:`write_job_config`,
+:func:`run_trainer`, :func:`terminated_pod_status`) are shared with
+:mod:`harness.trainjobrunner`.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.emulator import ApiServer
+from harness.emulator import ApiServer, Key
 
 JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
@@ -38,8 +44,90 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class JobRunner:
-    """Runs each new Job of ``api`` once, in a thread of its own."""
+def write_job_config(api: ApiServer, namespace: str, volumes: Sequence[Mapping[str, Any]],
+                     mounts: Mapping[str, str], tmp: Path) -> Path:
+    """``tmp/job.json``: the ``job.json`` of the ConfigMap among ``volumes``, with the mounted Secret
+    items written under ``tmp`` and ``forget.file`` pointed at its copy; ``mounts`` maps volume
+    name → mount path (of the trainer container)."""
+    config: dict[str, Any] | None = None
+    subjects: dict[str, Path] = {}
+    for volume in volumes:
+        if "configMap" in volume:
+            cm = api.get(CONFIGMAPS, namespace, volume["configMap"]["name"])
+            assert cm is not None, "the workload's ConfigMap does not exist"
+            config = json.loads(cm["data"]["job.json"])
+        elif "secret" in volume and volume["name"] in mounts:
+            secret = api.get(SECRETS, namespace, volume["secret"]["secretName"]) or {"data": {}}
+            for item in volume["secret"].get("items") or [{"key": k, "path": k} for k in secret["data"]]:
+                path = tmp / f"secret-{volume['name']}-{item['path']}"
+                if item["key"] in (secret.get("data") or {}):
+                    path.write_bytes(base64.b64decode(secret["data"][item["key"]]))
+                subjects[f"{mounts[volume['name']]}/{item['path']}"] = path
+    assert config is not None, "the workload mounts no ConfigMap"
+    forget = config.get("forget") or {}
+    if forget.get("file") in subjects:
+        forget["file"] = str(subjects[forget["file"]])
+    config["termination_message_path"] = str(tmp / "termination-log")
+    config_path = tmp / "job.json"
+    config_path.write_text(json.dumps(config))
+    return config_path
+
+
+def literal_env(env: Sequence[Mapping[str, Any]] | None) -> dict[str, str]:
+    """The ``value`` entries of a container's ``env`` (``valueFrom`` ones need a kubelet)."""
+    return {e["name"]: e["value"] for e in env or [] if "value" in e}
+
+
+def run_trainer(argv: Sequence[str], env: Mapping[str, str], tmp: Path, *, gone: Callable[[], bool],
+                timeout: float) -> tuple[int, str]:
+    """Run ``argv`` (its own process group, output in ``tmp/trainer.log``) to its end: (exit code,
+    the termination message it left in ``tmp/termination-log``). The whole group is killed (exit
+    137) when ``gone()`` turns true (the workload was deleted, the harness stops) or after
+    ``timeout`` seconds, as the kubelet kills a Pod's processes."""
+    termination = tmp / "termination-log"
+    termination.unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(tmp / "trainer.log", "ab") as log, subprocess.Popen(
+        list(argv), env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    ) as process:
+        while process.poll() is None:
+            if gone() or time.monotonic() > deadline:
+                _kill_group(process)
+                return 137, "The trainer was killed."
+            time.sleep(0.1)
+        _kill_group(process)  # a rank torchrun left behind must not outlive its Pod
+        code = process.returncode
+    return code, termination.read_text().strip() if termination.exists() else ""
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+
+
+def terminated_pod_status(container: str, code: int, message: str) -> dict[str, Any]:
+    """The status patch of a Pod whose only container ``container`` exited with ``code``."""
+    terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
+                  "startedAt": _now(), "finishedAt": _now()}
+    return {"status": {"phase": "Succeeded" if code == 0 else "Failed",
+                       "containerStatuses": [{"name": container, "ready": False, "restartCount": 0,
+                                              "state": {"terminated": terminated}}]}}
+
+
+def running_pod_status(container: str) -> dict[str, Any]:
+    """The status of a started Pod whose only container ``container`` runs."""
+    return {"phase": "Running", "startTime": _now(), "containerStatuses": [
+        {"name": container, "ready": True, "restartCount": 0, "state": {"running": {"startedAt": _now()}}}]}
+
+
+class WorkloadRunner:
+    """Runs each new, unsuspended object of :attr:`RESOURCE` in ``api`` once, in a thread of its own
+    (:meth:`_run_job`, to be written by subclasses); a suspended one is left until it is resumed."""
+
+    RESOURCE: Key = JOBS
 
     def __init__(self, api: ApiServer, workdir: Path, *, timeout_seconds: float = 240.0) -> None:
         self.api = api
@@ -51,9 +139,9 @@ class JobRunner:
         self._seen: set[str] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._poller = threading.Thread(target=self._poll, daemon=True, name="job-runner")
+        self._poller = threading.Thread(target=self._poll, daemon=True, name=f"{self.RESOURCE[2]}-runner")
 
-    def __enter__(self) -> JobRunner:
+    def __enter__(self) -> WorkloadRunner:
         self._poller.start()
         return self
 
@@ -65,53 +153,52 @@ class JobRunner:
 
     def _poll(self) -> None:
         while not self._stop.is_set():
-            for job in self.api.list(JOBS):
-                uid = job["metadata"]["uid"]
-                if uid not in self._seen and not job["spec"].get("suspend"):
+            for obj in self.api.list(self.RESOURCE):
+                uid = obj["metadata"]["uid"]
+                if uid not in self._seen and self._ready(obj):
                     self._seen.add(uid)
-                    thread = threading.Thread(target=self._guarded, args=(job,), daemon=True)
+                    thread = threading.Thread(target=self._guarded, args=(obj,), daemon=True)
                     self._threads.append(thread)
                     thread.start()
             self._stop.wait(0.1)
 
+    def _ready(self, obj: dict[str, Any]) -> bool:
+        """Whether ``obj`` is to be run now (it is not suspended)."""
+        return not obj["spec"].get("suspend")
+
+    def _gone(self, namespace: str, name: str) -> bool:
+        """The workload was deleted, or the harness stops."""
+        return self._stop.is_set() or self.api.get(self.RESOURCE, namespace, name) is None
+
+    def _guarded(self, obj: dict[str, Any]) -> None:
+        try:
+            self._run_job(obj)
+        except Exception as err:  # a workload deleted under us is fine; anything else is a harness bug
+            if self.api.get(self.RESOURCE, obj["metadata"]["namespace"], obj["metadata"]["name"]) is not None:
+                self.errors.append(err)
+
+    def _run_job(self, obj: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class JobRunner(WorkloadRunner):
+    """Runs each new Job of ``api`` once, in a thread of its own."""
+
+    RESOURCE = JOBS
+
+    def __enter__(self) -> JobRunner:
+        super().__enter__()
+        return self
+
     # ---- one Job -------------------------------------------------------------------------------
 
     def _prepare(self, job: dict[str, Any], tmp: Path) -> tuple[Path, dict[str, str]]:
-        ns = job["metadata"]["namespace"]
         pod_spec = job["spec"]["template"]["spec"]
         container = pod_spec["containers"][0]
         mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts") or []}
-        config: dict[str, Any] | None = None
-        subjects: dict[str, Path] = {}
-        for volume in pod_spec.get("volumes") or []:
-            if "configMap" in volume:
-                cm = self.api.get(CONFIGMAPS, ns, volume["configMap"]["name"])
-                assert cm is not None, "the Job's ConfigMap does not exist"
-                config = json.loads(cm["data"]["job.json"])
-            elif "secret" in volume and volume["name"] in mounts:
-                secret = self.api.get(SECRETS, ns, volume["secret"]["secretName"]) or {"data": {}}
-                for item in volume["secret"].get("items") or [{"key": k, "path": k} for k in secret["data"]]:
-                    path = tmp / f"secret-{volume['name']}-{item['path']}"
-                    if item["key"] in (secret.get("data") or {}):
-                        path.write_bytes(base64.b64decode(secret["data"][item["key"]]))
-                    subjects[f"{mounts[volume['name']]}/{item['path']}"] = path
-        assert config is not None, "the Job mounts no ConfigMap"
-        forget = config.get("forget") or {}
-        if forget.get("file") in subjects:
-            forget["file"] = str(subjects[forget["file"]])
-        config["termination_message_path"] = str(tmp / "termination-log")
-        config_path = tmp / "job.json"
-        config_path.write_text(json.dumps(config))
-        env = dict(os.environ)
-        env.update({e["name"]: e["value"] for e in container.get("env") or [] if "value" in e})
-        return config_path, env
-
-    def _guarded(self, job: dict[str, Any]) -> None:
-        try:
-            self._run_job(job)
-        except Exception as err:  # a Job deleted under us is fine; anything else is a harness bug
-            if self.api.get(JOBS, job["metadata"]["namespace"], job["metadata"]["name"]) is not None:
-                self.errors.append(err)
+        config_path = write_job_config(self.api, job["metadata"]["namespace"], pod_spec.get("volumes") or [],
+                                       mounts, tmp)
+        return config_path, {**os.environ, **literal_env(container.get("env"))}
 
     def _run_job(self, job: dict[str, Any]) -> None:
         meta = job["metadata"]
@@ -158,40 +245,19 @@ class JobRunner:
         self.api.create(PODS, meta["namespace"], {
             "metadata": {"name": pod_name, "labels": labels, "ownerReferences": [owner]},
             "spec": job["spec"]["template"]["spec"],
-            "status": {"phase": "Running", "startTime": _now(), "containerStatuses": [
-                {"name": "trainer", "ready": True, "restartCount": 0,
-                 "state": {"running": {"startedAt": _now()}}}]},
+            "status": running_pod_status("trainer"),
         })
         return pod_name
 
     def _run_pod(self, ns: str, job_name: str, config_path: Path, env: dict[str, str],
                  tmp: Path) -> tuple[int, str]:
         """Run the trainer; killed (exit 137) when its Job is deleted or the harness stops."""
-        termination = tmp / "termination-log"
-        termination.unlink(missing_ok=True)
-        deadline = time.monotonic() + self.timeout
-        with open(tmp / "trainer.log", "ab") as log, subprocess.Popen(
-            [sys.executable, "-m", "forgetmi_trainer", "run", "--config", str(config_path),
-             "--termination-log", str(termination)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        ) as process:
-            while process.poll() is None:
-                gone = self.api.get(JOBS, ns, job_name) is None
-                if gone or self._stop.is_set() or time.monotonic() > deadline:
-                    process.kill()
-                    process.wait()
-                    return 137, "The trainer was killed."
-                time.sleep(0.1)
-            code = process.returncode
-        return code, termination.read_text().strip() if termination.exists() else ""
+        argv = [sys.executable, "-m", "forgetmi_trainer", "run", "--config", str(config_path),
+                "--termination-log", str(tmp / "termination-log")]
+        return run_trainer(argv, env, tmp, gone=lambda: self._gone(ns, job_name), timeout=self.timeout)
 
     def _finish_pod(self, ns: str, pod: str, code: int, message: str) -> None:
-        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
-                      "startedAt": _now(), "finishedAt": _now()}
-        self.api.patch(PODS, ns, pod, {"status": {
-            "phase": "Succeeded" if code == 0 else "Failed",
-            "containerStatuses": [{"name": "trainer", "ready": False, "restartCount": 0,
-                                   "state": {"terminated": terminated}}]}}, subresource="status")
+        self.api.patch(PODS, ns, pod, terminated_pod_status("trainer", code, message), subresource="status")
 
     def _finish_job(self, ns: str, name: str, counts: dict[str, int], type_: str, reason: str,
                     message: str) -> None:
