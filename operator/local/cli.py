@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="file whose bytes, exactly (a trailing newline counts), are the key of the receipt's "
                      f"HMAC-SHA256 of the subject IDs, as in a cluster (default: ${HMAC_KEY_FILE_ENV}; "
                      "without a key the receipt has no digest)")
+    running.add_argument("--processes", type=_positive, default=1, metavar="N",
+                         help="trainer processes on this machine, data-parallel under torchrun (gloo on the CPU, "
+                         "one GPU each with CUDA); method.batchSize must be a multiple of N (default: 1)")
     running.set_defaults(handler=run.run_command)
 
     demoing = commands.add_parser(

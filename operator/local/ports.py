@@ -4,7 +4,8 @@ does where a cluster has an API server and a kubelet.
 - :class:`LocalSecrets`: the Secrets of the ``--secrets`` file, and the request's copy of its forget
   list, kept in memory and "mounted" as a file (mode 0600) in the work folder, where its trainer
   run reads it — as a kubelet mounts it for a Job — and deleted with it;
-- :class:`LocalTrainers`: a trainer run is a ``python -m forgetmi_trainer run`` process; ``start``
+- :class:`LocalTrainers`: a trainer run is a ``python -m forgetmi_trainer run`` process (``launch``, torchrun on
+  this machine, with ``--processes N``); ``start``
   writes its ``job.json`` and queues it, and :meth:`LocalTrainers.run` runs it;
 - :class:`LocalTargets`: a serving target is never patched here, and the promotion says so.
 
@@ -86,11 +87,21 @@ class LocalRun:
     config: JobConfig
 
 
+def trainer_command(config: Path, processes: int) -> list[str]:
+    """The ``forgetmi_trainer`` arguments of one run: ``run`` in one process, else ``launch`` (torchrun on
+    this machine, ``processes`` ranks data-parallel over gloo, or NCCL with a GPU each)."""
+    run = ["run", "--config", str(config)]
+    if processes <= 1:
+        return run
+    return ["launch", "--standalone", "--nnodes", "1", "--nproc-per-node", str(processes), "--", *run]
+
+
 class LocalTrainers:
     """Trainer runs as local processes, with ``retrained`` (a reference model) passed to each."""
 
-    def __init__(self, workdir: Path, secrets: LocalSecrets, retrained: ModelRef | None = None) -> None:
-        self.workdir, self.secrets, self.retrained = workdir, secrets, retrained
+    def __init__(self, workdir: Path, secrets: LocalSecrets, retrained: ModelRef | None = None,
+                 processes: int = 1) -> None:
+        self.workdir, self.secrets, self.retrained, self.processes = workdir, secrets, retrained, processes
         self.queued: list[LocalRun] = []
 
     async def start(self, body: Mapping[str, Any], spec: UnlearnRequestSpec, base_version: str,
@@ -115,8 +126,8 @@ class LocalTrainers:
         """Run the trainer on ``run``'s config: its exit code and its termination message."""
         termination = Path(str(run.config.termination_message_path))
         termination.unlink(missing_ok=True)
-        proc = subprocess.run([sys.executable, "-m", "forgetmi_trainer", "run", "--config",
-                               str(self.workdir / f"{run.kind}-job.json")],
+        proc = subprocess.run([sys.executable, "-m", "forgetmi_trainer", *trainer_command(
+                                  self.workdir / f"{run.kind}-job.json", self.processes)],
                               env={**os.environ, "PYTHONSAFEPATH": "1"}, check=False)
         return proc.returncode, termination.read_text().strip() if termination.exists() else ""
 

@@ -92,13 +92,14 @@ class _Request:
 
 def run_request(body: Mapping[str, Any], *, workdir: Path, secrets: Mapping[str, Mapping[str, str]] | None = None,
                 settings: Settings | None = None, retrained: ModelRef | None = None,
-                hmac_key: bytes | None = None) -> LocalResult:
+                hmac_key: bytes | None = None, processes: int = 1) -> LocalResult:
     """Run one UnlearnRequest (a parsed YAML body) until it ends or waits for approval. With
-    ``hmac_key`` the receipt carries the HMAC of the subjects, as in a cluster; without, none."""
+    ``hmac_key`` the receipt carries the HMAC of the subjects, as in a cluster; without, none. With
+    ``processes`` > 1 the trainer runs data-parallel under torchrun on this machine."""
     workdir.mkdir(parents=True, exist_ok=True)
     request = _Request(body)
     store = LocalSecrets(secrets or {}, workdir)
-    trainers = LocalTrainers(workdir, store, retrained)
+    trainers = LocalTrainers(workdir, store, retrained, processes)
 
     async def key() -> bytes | None:
         return hmac_key
@@ -229,6 +230,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"forgetmi run: {err}", file=sys.stderr)
         return EXIT_INVALID
     workdir = Path(args.workdir or f".forgetmi/{requests[0].get('metadata', {}).get('name', 'local')}")
-    result = run_request(requests[0], workdir=workdir, secrets=secrets, settings=settings, hmac_key=hmac_key)
+    result = run_request(requests[0], workdir=workdir, secrets=secrets, settings=settings, hmac_key=hmac_key,
+                         processes=args.processes)
     print(format_result(result))
     return EXIT_FAILED if result.status.phase == "Failed" else EXIT_OK

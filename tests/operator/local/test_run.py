@@ -25,10 +25,11 @@ from harness.registries import point
 from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.local import EXIT_INVALID, EXIT_OK, cli, demo
 from forgetmi_operator.local import run as local
+from forgetmi_operator.local.ports import trainer_command
 from forgetmi_operator.registry import aliases as registry
 from forgetmi_operator.registry.paths import alias_uri
 from forgetmi_trainer import storage
-from forgetmi_trainer.contract import COMPARISON_KEYS, ModelRef
+from forgetmi_trainer.contract import COMPARISON_KEYS, JobConfig, ModelRef, Report
 from forgetmi_trainer.storage import DEFAULT
 
 pytestmark = pytest.mark.slow
@@ -284,3 +285,29 @@ def test_a_manual_request_waits_for_approval_without_a_receipt_and_keeps_no_copy
     request["metadata"]["annotations"] = {"unlearning.forgetmi.io/approved": "true"}
     approved = local.run_request(request, workdir=tmp_path / "again", secrets=secrets)
     assert approved.status.phase == "Promoted" and approved.status.receipt is not None
+
+
+def test_run_with_two_processes_runs_the_trainer_under_torchrun(prepared: dict[str, Any], fresh_alias: ModelRef,
+                                                                tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                                ) -> None:
+    """``forgetmi run --processes 2``: the same lifecycle, the trainer data-parallel over two gloo ranks."""
+    request, _ = _request(prepared, gates=[
+        {"metric": "mia", "comparator": "atMost", "threshold": 1.0, "reference": "absolute"}])
+    request["spec"]["method"]["batchSize"] = 16
+    _, secret = demo.demo_request(prepared)
+    (tmp_path / "request.yaml").write_text(yaml.safe_dump(request))
+    (tmp_path / "secrets.yaml").write_text(yaml.safe_dump(secret))
+    code = cli.main(["run", "-f", str(tmp_path / "request.yaml"), "--secrets", str(tmp_path / "secrets.yaml"),
+                     "--workdir", str(tmp_path / "run"), "--processes", "2"])
+    out = capsys.readouterr().out
+    assert code == EXIT_OK, out
+    config = JobConfig.model_validate_json((tmp_path / "run" / "unlearn-job.json").read_text())
+    report = Report.model_validate_json(storage.read_text(config.resolved_report_uri))
+    assert report.environment.world_size == 2
+    assert _alias(fresh_alias) == report.candidate_version
+
+
+def test_the_trainer_command_of_a_local_run() -> None:
+    assert trainer_command(Path("j.json"), 1) == ["run", "--config", "j.json"]
+    assert trainer_command(Path("j.json"), 3) == ["launch", "--standalone", "--nnodes", "1", "--nproc-per-node", "3",
+                                                  "--", "run", "--config", "j.json"]
