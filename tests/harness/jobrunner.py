@@ -18,6 +18,7 @@ The pieces any workload runner needs (the polling loop, :func:`write_job_config`
 
 from __future__ import annotations
 
+import abc
 import base64
 import json
 import os
@@ -123,7 +124,7 @@ def running_pod_status(container: str) -> dict[str, Any]:
         {"name": container, "ready": True, "restartCount": 0, "state": {"running": {"startedAt": _now()}}}]}
 
 
-class WorkloadRunner:
+class WorkloadRunner(abc.ABC):
     """Runs each new, unsuspended object of :attr:`RESOURCE` in ``api`` once, in a thread of its own
     (:meth:`_run_job`, to be written by subclasses); a suspended one is left until it is resumed."""
 
@@ -177,8 +178,9 @@ class WorkloadRunner:
             if self.api.get(self.RESOURCE, obj["metadata"]["namespace"], obj["metadata"]["name"]) is not None:
                 self.errors.append(err)
 
+    @abc.abstractmethod
     def _run_job(self, obj: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Run one workload to its end and write its outcome back, as its controller and kubelet would."""
 
 
 class JobRunner(WorkloadRunner):
