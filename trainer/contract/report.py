@@ -54,6 +54,12 @@ class Counts(_Model):
         default=None, ge=0,
         description="Retain rows in the audit's sample (at most audit.retain_samples); None in reports written "
         "before the audit sampled the retain set.")
+    previously_forgotten: int = Field(
+        default=0, ge=0, description="Manifest rows of patients of earlier promoted erasures (the forget ledger) "
+        "left out of the retain set; rows of such patients that this request forgets again count as forget.")
+    previously_forgotten_subjects: int = Field(
+        default=0, ge=0, description="Patients of the ledger found in the manifest (those this request names too "
+        "included).")
 
 
 class SplitInfo(_Model):
