@@ -138,18 +138,6 @@ class AuditConfig(_Model):
         "Read the original's validation and test logits from the registry's audit cache, and write them there."))
 
 
-class LedgerDigests(_Model):
-    """The patients of earlier promoted erasures of this model, as the ledger names them: a canonical
-    digest list (:func:`~forgetmi_trainer.contract.ledger.digests_text`) at ``uri``, checked against
-    ``sha256``, and the file holding the ledger key (a mounted Secret) to digest the manifest's subjects
-    with. Their rows are left out of the retain set."""
-
-    uri: str = Field(pattern=URI_PATTERN, description="The digest list (one hex HMAC-SHA256 per line).")
-    sha256: str = Field(pattern=SHA256_PATTERN, description="sha256 of the list's bytes.")
-    key_file: str = Field(min_length=1, description="File holding the ledger key (its bytes, exactly).")
-    count: int = Field(ge=0, description="Digests in the list.")
-
-
 class JobConfig(_Model):
     """Everything one trainer run needs. Written by the operator, read by the Job."""
 
@@ -166,9 +154,10 @@ class JobConfig(_Model):
     )
     candidate_version: str = Field(pattern=VERSION_PATTERN)
     retrained: ModelRef | None = Field(default=None, description="A retrained reference model to compare with.")
-    previously_forgotten: LedgerDigests | None = Field(
-        default=None, description="Patients of earlier promoted erasures of the model (the forget ledger), left "
-        "out of the retain set.")
+    previously_forgotten: ForgetSubjects | None = Field(
+        default=None, description="The manifest's patients of earlier promoted erasures of the model (the forget "
+        "ledger names them by keyed digest; the operator matches the manifest's subjects against it), in a file "
+        "or object like the forget list: their rows are left out of the retain set.")
     audit: AuditConfig = AuditConfig()
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
