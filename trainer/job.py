@@ -33,7 +33,17 @@ import transformers
 
 from forgetmi_trainer import __version__, data, distributed, references, storage
 from forgetmi_trainer.checkpoint import fetch_model, load_model, publish_model, save_model
-from forgetmi_trainer.contract import Artifact, Counts, Environment, JobConfig, Report, SplitInfo, Timings, now
+from forgetmi_trainer.contract import (
+    Artifact,
+    Counts,
+    Environment,
+    ForgetSubjects,
+    JobConfig,
+    Report,
+    SplitInfo,
+    Timings,
+    now,
+)
 from forgetmi_trainer.contract import parse_subjects as parse_subject_text
 from forgetmi_trainer.data import text_length
 from forgetmi_trainer.distributed import World
@@ -109,23 +119,34 @@ def run_job(config: JobConfig, *, workdir: Path | None = None, world: World | No
 
 def read_subjects(config: JobConfig) -> list[str]:
     """The forget subject IDs from ``forget.file`` or ``forget.uri`` (checked against ``forget.sha256``)."""
-    source = config.forget
+    return read_subject_list(config.forget, "forget subjects", "forget")
+
+
+def read_previously_forgotten(config: JobConfig) -> list[str]:
+    """The manifest's patients of earlier promoted erasures (``previously_forgotten``; none without it)."""
+    if config.previously_forgotten is None:
+        return []
+    return read_subject_list(config.previously_forgotten, "previously forgotten subjects", "previously_forgotten")
+
+
+def read_subject_list(source: ForgetSubjects, what: str, field: str) -> list[str]:
+    """Subject IDs from ``source.file`` or ``source.uri``, checked against ``source.sha256`` (``field`` names it)."""
     if source.file is not None:
         try:
             raw = Path(source.file).read_bytes()
         except OSError as err:
-            raise InputError(f"The forget subjects file {source.file} could not be read ({err.strerror}).") from err
+            raise InputError(f"The {what} file {source.file} could not be read ({err.strerror}).") from err
         where = source.file
     else:
         assert source.uri is not None  # guaranteed by ForgetSubjects' validator
         raw = storage.read_bytes(source.uri)
         where = source.uri
     if source.sha256 is not None and hashlib.sha256(raw).hexdigest() != source.sha256:
-        raise InputError(f"The forget subjects at {where} do not match forget.sha256.")
+        raise InputError(f"The {what} at {where} do not match {field}.sha256.")
     try:
         return parse_subject_text(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"The forget subjects at {where} are malformed: {err}.") from err
+        raise InputError(f"The {what} at {where} are malformed: {err}.") from err
 
 
 def load_inputs(
@@ -137,7 +158,7 @@ def load_inputs(
     base_sha = fetch_model(config.model.uri, tmpdir / "original")
     original, tokenizer, preprocessing = load_model(tmpdir / "original", device)
     manifest = read_manifest(config.manifest_uri)
-    sets = resolve(manifest, subjects)
+    sets = resolve(manifest, subjects, read_previously_forgotten(config))
     max_length = text_length(tokenizer)
     stream = stack.enter_context(SampleStream(
         manifest, config.manifest_uri, preprocessing, tokenizer, max_length=max_length, device=device,
@@ -161,13 +182,16 @@ def load_inputs(
         "forget": codes[sets.forget], "retain": codes[audit_retain.rows], "validation": codes[sets.validation],
         "test": codes[sets.test]})
     counts = Counts(subjects=sets.subjects, forget_samples=len(forget), retain_samples=len(retain),
-                    test_samples=len(test), audit_retain_samples=len(audit_retain))
+                    test_samples=len(test), audit_retain_samples=len(audit_retain),
+                    previously_forgotten=sets.previously_forgotten,
+                    previously_forgotten_subjects=sets.previously_forgotten_subjects)
     log.info(
-        "Loaded model %s and a manifest of %d samples (%d to forget from %d subjects, %d retain streamed, of which "
-        "%d audited, %d validation and %d test streamed; reference models %s) on %s/%s with %d reader worker(s)",
-        config.model.version, len(manifest), counts.forget_samples, counts.subjects, counts.retain_samples,
-        counts.audit_retain_samples, len(validation), counts.test_samples, refs.status, device, precision,
-        stream.workers,
+        "Loaded model %s and a manifest of %d samples (%d to forget from %d subjects, %d of earlier erasures left "
+        "out, %d retain streamed, of which %d audited, %d validation and %d test streamed; reference models %s) on "
+        "%s/%s with %d reader worker(s)",
+        config.model.version, len(manifest), counts.forget_samples, counts.subjects, counts.previously_forgotten,
+        counts.retain_samples, counts.audit_retain_samples, len(validation), counts.test_samples, refs.status,
+        device, precision, stream.workers,
     )
     inputs = UnlearnInputs(forget, retain, test, noisy_texts, preprocessing, validation=validation)
     return Loaded(original, tokenizer, preprocessing, base_sha, inputs, audit, sets.info, manifest.sha256, counts,

@@ -40,12 +40,19 @@ class Sets:
     test: np.ndarray
     subjects: int
     info: SplitInfo
+    previously_forgotten: int = 0
+    previously_forgotten_subjects: int = 0
 
 
-def resolve(manifest: Manifest, forget_subjects: list[str]) -> Sets:
+def resolve(manifest: Manifest, forget_subjects: list[str], previously_forgotten: list[str] | None = None) -> Sets:
     """The sets of a run. Raises :class:`InputError` (naming no patient) when a forget subject has no
     training rows, the forget list is empty, a patient has rows on both sides of train and val/test,
-    or too few patients are left for retain, V or T."""
+    or too few patients are left for retain, V or T.
+
+    ``previously_forgotten`` (the patients of earlier promoted erasures of the model, from the forget
+    ledger) are never retained: their training rows are left out of D_r (and so of a retrain's training
+    set). One the forget list names again is forgotten again (its rows are D_f); one the manifest does
+    not hold is ignored. Both counts (rows left out, ledger patients in the manifest) go into :class:`Sets`."""
     subjects, splits = np.asarray(manifest.subject_ids), np.asarray(manifest.splits)
     train = splits == "train"
     _check_disjoint(subjects, train)
@@ -57,12 +64,15 @@ def resolve(manifest: Manifest, forget_subjects: list[str]) -> Sets:
     if not forget_subjects:
         raise InputError("The forget set is empty: the subjects file lists no patient.")
     forgotten = train & np.isin(subjects, list(set(forget_subjects)))
-    retain = np.flatnonzero(train & ~forgotten)
+    earlier = train & np.isin(subjects, list(set(previously_forgotten or ())))
+    retain = np.flatnonzero(train & ~forgotten & ~earlier)
     if retain.size == 0:
         raise InputError("The manifest needs training samples of patients other than the forgotten ones.")
     validation, test, source = _validation_and_test(manifest, subjects, splits)
     return Sets(forget=np.flatnonzero(forgotten), retain=retain, validation=validation, test=test,
-                subjects=len(forget_subjects), info=split_info(manifest, subjects, validation, test, source))
+                subjects=len(forget_subjects), info=split_info(manifest, subjects, validation, test, source),
+                previously_forgotten=int((earlier & ~forgotten).sum()),
+                previously_forgotten_subjects=int(np.unique(subjects[earlier]).size))
 
 
 def _check_disjoint(subjects: np.ndarray, train: np.ndarray) -> None:

@@ -91,3 +91,17 @@ def test_unknown_forget_subjects_are_counted_not_named() -> None:
 def test_a_split_value_other_than_train_val_test_is_refused() -> None:
     with pytest.raises(InputError, match="expected train, val or test"):
         manifest_of([("A", 0, "train"), ("B", 0, "holdout")])
+
+
+def test_patients_of_earlier_erasures_are_never_retained() -> None:
+    """The ledger's patients leave D_r; one named again is forgotten again; one not in the manifest is ignored."""
+    manifest = hospital()
+    subjects = np.asarray(manifest.subject_ids)
+    sets = resolve(manifest, ["T001"], ["T000", "T001", "T002", "gone-patient"])
+    assert not np.isin(subjects[sets.retain], ["T000", "T001", "T002"]).any()
+    assert set(subjects[sets.forget]) == {"T001"}
+    assert sets.previously_forgotten == 6  # T000's and T002's three rows each; T001's rows are D_f
+    assert sets.previously_forgotten_subjects == 3
+    plain = resolve(manifest, ["T001"])
+    assert plain.retain.size == sets.retain.size + 6 and plain.previously_forgotten == 0
+    assert np.array_equal(plain.test, sets.test) and plain.info == sets.info  # V/T do not move
