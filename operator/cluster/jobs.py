@@ -25,6 +25,7 @@ from forgetmi_operator.cluster.pods import (
     CONFIG_KEY,
     CONFIG_PATH,
     LAUNCH_COMMAND_STANDALONE,
+    PREVIOUSLY_FORGOTTEN_PATH,
     RUN_AS_ID,
     SECRET_FILE_MODE,
     SUBJECTS_DIR,
@@ -39,8 +40,9 @@ from forgetmi_operator.cluster.trainjobs import Engine
 from forgetmi_operator.lifecycle.jobconfig import build_job_config
 from forgetmi_trainer.contract import FAIL_FAST_EXIT_CODES, JobConfig
 
-__all__ = ["CONFIG_DIR", "CONFIG_KEY", "CONFIG_PATH", "LAUNCH_COMMAND_STANDALONE", "RUN_AS_ID", "SECRET_FILE_MODE",
-           "SUBJECTS_DIR", "SUBJECTS_PATH", "TERMINATION_LOG", "TRAINER_COMMAND", "TRAINJOB_COMMAND", "Launch",
+__all__ = ["CONFIG_DIR", "CONFIG_KEY", "CONFIG_PATH", "LAUNCH_COMMAND_STANDALONE", "PREVIOUSLY_FORGOTTEN_PATH",
+           "RUN_AS_ID", "SECRET_FILE_MODE", "SUBJECTS_DIR", "SUBJECTS_PATH", "TERMINATION_LOG", "TRAINER_COMMAND",
+           "TRAINJOB_COMMAND", "Launch",
            "build_configmap", "build_job", "build_launch", "job_command", "standalone_command"]
 
 
@@ -90,7 +92,8 @@ def _container(spec: UnlearnRequestSpec, settings: Settings, image: str,
 
 def build_job(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namespace: str, uid: str,
               owner: Mapping[str, Any] | None = None, configmap_name: str | None = None,
-              image: str | None = None, kind: JobKind = "unlearn") -> dict[str, Any]:
+              image: str | None = None, kind: JobKind = "unlearn",
+              previously_forgotten: bool = False) -> dict[str, Any]:
     """The trainer Job for request ``namespace/name`` (uid ``uid``), named by :func:`naming.job_name`.
 
     With ``spec.queueName`` the Job carries Kueue's queue label; Kueue's admission webhook suspends
@@ -102,7 +105,7 @@ def build_job(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namesp
     ref = naming.owner_reference(owner if owner is not None else {"name": name, "uid": uid})
     job = naming.job_name(name, uid, kind=kind)
     volumes, mounts = pods.volumes(configmap_name or naming.configmap_name(name, uid, kind=kind),
-                                   naming.subjects_secret_name(name, uid))
+                                   naming.subjects_secret_name(name, uid), previously_forgotten=previously_forgotten)
     pod_labels = naming.labels_for(name, uid=uid, kind=kind)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -157,18 +160,22 @@ class Launch:
 
 
 def build_launch(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namespace: str, uid: str,
-                 base_version: str, owner: Mapping[str, Any] | None = None, kind: JobKind = "unlearn") -> Launch:
+                 base_version: str, owner: Mapping[str, Any] | None = None, kind: JobKind = "unlearn",
+                 previously_forgotten: bool = False) -> Launch:
     """:func:`build_job_config` + :func:`build_configmap` + the workload :func:`trainjobs.engine_of` picks
-    (:func:`build_job` or :func:`trainjobs.build_trainjob`), consistently named."""
+    (:func:`build_job` or :func:`trainjobs.build_trainjob`), consistently named. With ``previously_forgotten``
+    the request's copy holds the patients of earlier erasures: the pods mount them and the config names them."""
     config = build_job_config(spec, uid=uid, namespace=namespace, name=name, base_version=base_version, kind=kind,
-                              subjects_file=SUBJECTS_PATH, termination_message_path=TERMINATION_LOG)
+                              subjects_file=SUBJECTS_PATH, termination_message_path=TERMINATION_LOG,
+                              previously_forgotten_file=PREVIOUSLY_FORGOTTEN_PATH if previously_forgotten else None)
     ref = owner if owner is not None else {"name": name, "uid": uid}
     configmap_name = naming.configmap_name(name, uid, kind=kind)
     configmap = build_configmap(config, name=configmap_name, namespace=namespace, owner=ref, kind=kind)
     if trainjobs.engine_of(spec) == "TrainJob":
         job = trainjobs.build_trainjob(spec, settings, name=name, namespace=namespace, uid=uid, owner=ref,
-                                       configmap_name=configmap_name, kind=kind)
+                                       configmap_name=configmap_name, kind=kind,
+                                       previously_forgotten=previously_forgotten)
     else:
         job = build_job(spec, settings, name=name, namespace=namespace, uid=uid, owner=ref,
-                        configmap_name=configmap_name, kind=kind)
+                        configmap_name=configmap_name, kind=kind, previously_forgotten=previously_forgotten)
     return Launch(config=config, configmap=configmap, job=job)

@@ -47,7 +47,8 @@ class ClusterTrainers:
             policy.check_pod_policy(spec, self.settings)
         meta = body["metadata"]
         built = jobs.build_launch(spec, self.settings, name=meta["name"], namespace=meta["namespace"],
-                                  uid=meta["uid"], base_version=base_version, owner=body, kind=kind)
+                                  uid=meta["uid"], base_version=base_version, owner=body, kind=kind,
+                                  previously_forgotten=await self._previously_forgotten(meta))
         await self.kube.create_or_get_configmap(meta["namespace"], built.configmap)
         if built.engine == "TrainJob":
             _, created = await self.kube.create_or_get_trainjob(meta["namespace"], built.job)
@@ -60,6 +61,15 @@ class ClusterTrainers:
         return Started(job_name=built.job_name, created=created,
                        waiting=f"{workload} {built.job_name} was created and waits for {waits}.",
                        event=f"Created {what} {built.job_name} for model {spec.model.name} version {base_version}.")
+
+
+    async def _previously_forgotten(self, meta: Mapping[str, Any]) -> bool:
+        """Whether the request's copy of its forget list holds the patients of earlier erasures (only with a
+        forget ledger key: docs/ledger.md), which the run's pods then mount and its config names."""
+        if not self.settings.ledger_key_secret_name:
+            return False
+        copy = await self.kube.get_secret(meta["namespace"], naming.subjects_secret_name(meta["name"], meta["uid"]))
+        return subjects.has_previously_forgotten(copy)
 
 
 async def start(cluster: Cluster, body: Mapping[str, Any]) -> Step:

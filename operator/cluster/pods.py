@@ -13,7 +13,7 @@ from typing import Any
 from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.api.spec import UnlearnRequestSpec
 from forgetmi_operator.cluster.identity import ACCESS_KEY, SECRET_KEY, SESSION_TOKEN
-from forgetmi_operator.lifecycle.subjects import SUBJECTS_KEY
+from forgetmi_operator.lifecycle.subjects import PREVIOUSLY_FORGOTTEN_KEY, SUBJECTS_KEY
 from forgetmi_trainer import storage
 
 CONFIG_DIR = "/etc/forgetmi"
@@ -21,6 +21,8 @@ CONFIG_KEY = "job.json"
 CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_KEY}"
 SUBJECTS_DIR = "/var/run/forgetmi/subjects"
 SUBJECTS_PATH = f"{SUBJECTS_DIR}/{SUBJECTS_KEY}"
+PREVIOUSLY_FORGOTTEN_PATH = f"{SUBJECTS_DIR}/{PREVIOUSLY_FORGOTTEN_KEY}"
+"""The manifest's patients of earlier erasures (docs/ledger.md), when the copy holds them."""
 TERMINATION_LOG = "/dev/termination-log"
 TRAINER_COMMAND = ["python", "-m", "forgetmi_trainer", "run", "--config", CONFIG_PATH]
 """One process: the trainer itself."""
@@ -79,12 +81,15 @@ def credential_env(secret: str) -> list[dict[str, Any]]:
             for key, optional in CREDENTIAL_KEYS]
 
 
-def volumes(configmap: str, subjects_secret: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The JobConfig ConfigMap, the request's copy of its forget list, ``/dev/shm`` and ``/tmp``, and their mounts."""
+def volumes(configmap: str, subjects_secret: str, *, previously_forgotten: bool = False,
+            ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The JobConfig ConfigMap, the request's copy of its forget list (with its previously forgotten
+    patients when ``previously_forgotten``), ``/dev/shm`` and ``/tmp``, and their mounts."""
+    keys = (SUBJECTS_KEY, PREVIOUSLY_FORGOTTEN_KEY) if previously_forgotten else (SUBJECTS_KEY,)
+    items = [{"key": key, "path": key} for key in keys]
     pod_volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": configmap, "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}]}},
-        {"name": "subjects", "secret": {"secretName": subjects_secret,
-                                        "items": [{"key": SUBJECTS_KEY, "path": SUBJECTS_KEY}],
+        {"name": "subjects", "secret": {"secretName": subjects_secret, "items": items,
                                         "defaultMode": SECRET_FILE_MODE}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
         {"name": "tmp", "emptyDir": {}},

@@ -91,9 +91,9 @@ def _trainer(spec: UnlearnRequestSpec, settings: Settings) -> dict[str, Any]:
 
 
 def _runtime_patch(spec: UnlearnRequestSpec, settings: Settings, *, configmap: str, subjects_secret: str,
-                   pod_labels: Mapping[str, str]) -> dict[str, Any]:
+                   pod_labels: Mapping[str, str], previously_forgotten: bool = False) -> dict[str, Any]:
     """The operator's ``runtimePatches`` entry: only fields PodSpecPatch and ContainerPatch (v2.3) have."""
-    volumes, mounts = pods.volumes(configmap, subjects_secret)
+    volumes, mounts = pods.volumes(configmap, subjects_secret, previously_forgotten=previously_forgotten)
     pod_spec: dict[str, Any] = {
         "securityContext": pods.pod_security_context(),
         "containers": [{"name": NODE, "securityContext": pods.container_security_context(), "volumeMounts": mounts}],
@@ -108,7 +108,7 @@ def _runtime_patch(spec: UnlearnRequestSpec, settings: Settings, *, configmap: s
 
 def build_trainjob(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namespace: str, uid: str,
                    owner: Mapping[str, Any] | None = None, configmap_name: str | None = None,
-                   kind: JobKind = "unlearn") -> dict[str, Any]:
+                   kind: JobKind = "unlearn", previously_forgotten: bool = False) -> dict[str, Any]:
     """The TrainJob for request ``namespace/name`` (uid ``uid``), named by :func:`trainjob_name`.
 
     It carries the request's labels (and Kueue's queue label with ``spec.queueName``), and so do its
@@ -117,7 +117,8 @@ def build_trainjob(spec: UnlearnRequestSpec, settings: Settings, *, name: str, n
     ref = naming.owner_reference(owner if owner is not None else {"name": name, "uid": uid})
     patch = _runtime_patch(spec, settings, configmap=configmap_name or naming.configmap_name(name, uid, kind=kind),
                            subjects_secret=naming.subjects_secret_name(name, uid),
-                           pod_labels=naming.labels_for(name, uid=uid, kind=kind))
+                           pod_labels=naming.labels_for(name, uid=uid, kind=kind),
+                           previously_forgotten=previously_forgotten)
     body: dict[str, Any] = {
         "runtimeRef": runtime_ref(spec, settings),
         "activeDeadlineSeconds": spec.active_deadline_seconds,

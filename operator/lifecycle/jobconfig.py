@@ -4,6 +4,9 @@ Subject IDs never enter it: the trainer reads the request's copy of its forget l
 ``forget.file`` (where the Job mounts the copy, or where a local run keeps it). The method's
 ``options`` go in snake_case, as the trainer's options models name them. ``spec.audit.retrainedVersion``
 becomes ``retrained``: that version of the same model, in the same registry, scored beside the candidate.
+``previously_forgotten_file`` (where the copy's previously forgotten patients are, when the forget
+ledger named any: docs/ledger.md) becomes ``previously_forgotten``; it carries no sha256, as ``forget``
+does not: the config is a ConfigMap, and an unkeyed hash of a few patient IDs can be reversed by guessing.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from forgetmi_trainer.contract import JobConfig, validation_problems
 
 def build_job_config(spec: UnlearnRequestSpec, *, uid: str, namespace: str, name: str, base_version: str,
                      subjects_file: str, termination_message_path: str | None, kind: JobKind = "unlearn",
-                     progress_path: str | None = None) -> JobConfig:
+                     progress_path: str | None = None, previously_forgotten_file: str | None = None) -> JobConfig:
     """The trainer's config for the request's ``kind`` run from ``base_version``; raises InvalidSpec
     naming the field when the request cannot become one."""
     registry, model = spec.model.registry_uri, spec.model.name
@@ -35,6 +38,7 @@ def build_job_config(spec: UnlearnRequestSpec, *, uid: str, namespace: str, name
         "model": {"registry_uri": registry, "name": model, "version": base_version},
         "manifest_uri": spec.data.manifest_uri,
         "forget": {"file": subjects_file},
+        "previously_forgotten": None if previously_forgotten_file is None else {"file": previously_forgotten_file},
         "method": {**settings, "name": "retrain" if kind == "retrain" else method.name,
                    "options": method.options.trainer_options() if kind == "unlearn" else {}},
         "output_uri": version_uri(registry, model, version),

@@ -5,7 +5,9 @@ request, copy its forget list, and start its trainer run.
 version (pinned from then on), the manifest exists and holds training rows of every forget
 subject (its subject set read once per version of the object, :mod:`~forgetmi_operator.registry.manifests`),
 ``spec.audit.retrainedVersion`` names a version the registry holds, a gate on a LiRA metric finds
-the base version's reference models (:func:`check_references`),
+the base version's reference models (:func:`check_references`), the base version descends from
+every promoted erasure in the model's forget ledger (:mod:`~forgetmi_operator.lifecycle.erasures`;
+with a ledger key the manifest's patients of those erasures are copied beside the forget list),
 and the forget list is read (:mod:`~forgetmi_operator.lifecycle.subjects`) and copied — every object
 through the request's own storage handle (``Ports.storage_for``), and only URIs within its reach.
 :func:`launch` then starts the run through the :class:`~forgetmi_operator.lifecycle.ports.Trainers`
@@ -31,7 +33,7 @@ from forgetmi_operator.api.errors import (
 )
 from forgetmi_operator.api.spec import GateSpec, UnlearnRequestSpec, parse_spec
 from forgetmi_operator.api.status import ModelVersionStatus
-from forgetmi_operator.lifecycle import gates, subjects
+from forgetmi_operator.lifecycle import erasures, gates, subjects
 from forgetmi_operator.lifecycle.ports import Ports
 from forgetmi_operator.lifecycle.steps import Step, with_condition
 from forgetmi_operator.registry import aliases, manifests, references
@@ -47,6 +49,8 @@ class Accepted:
 
     base: ModelVersionStatus
     subjects: list[str]
+    previously_forgotten: int | None = None
+    """How many of the manifest's patients earlier erasures forgot (None: no ledger key)."""
 
 
 def check_reach(objects: Objects, spec: UnlearnRequestSpec) -> None:
@@ -127,7 +131,17 @@ async def accept(ports: Ports, objects: Objects, body: Mapping[str, Any], spec: 
     await storage_call(check_retrained, objects, spec)
     await storage_call(check_references, objects, spec, base.version,
                        gates.effective_gates(spec.gates, ports.settings.default_gates))
-    return Accepted(base=base, subjects=await subjects.snapshot(ports.secrets, body, forget, where))
+    earlier = await storage_call(erasures.earlier_erasures, objects, spec, base.version, await ports.ledger_key(),
+                                 limits)
+    return Accepted(base=base, subjects=await subjects.snapshot(ports.secrets, body, forget, where, earlier),
+                    previously_forgotten=None if earlier is None else len(earlier))
+
+
+def _earlier(accepted: Accepted) -> str:
+    if not accepted.previously_forgotten:
+        return ""
+    return (f" {accepted.previously_forgotten} of the manifest's patients were forgotten by earlier erasures (the "
+            "forget ledger) and are left out of training.")
 
 
 async def launch(ports: Ports, body: Mapping[str, Any]) -> Step:
@@ -144,7 +158,7 @@ async def launch(ports: Ports, body: Mapping[str, Any]) -> Step:
     started = await ports.trainers.start(body, spec, accepted.base.version, "unlearn")
     with_condition(body, step, "Accepted", "True", cond.ACCEPTED,
                    f"{naming.describe(body)} was accepted: {len(accepted.subjects)} subjects to forget from "
-                   f"model {spec.model.name} version {accepted.base.version}.")
+                   f"model {spec.model.name} version {accepted.base.version}.{_earlier(accepted)}")
     with_condition(body, step, "Unlearned", "Unknown", cond.JOB_PENDING, started.waiting)
     step.status.update(baseModel=accepted.base.model_dump(by_alias=True, exclude_none=True),
                        subjectCount=len(accepted.subjects), jobName=started.job_name,

@@ -3,8 +3,10 @@
 A request references its list (``spec.forget.subjectsSecretRef`` or ``subjectsUri``); it is read
 once, at acceptance (:func:`read_referenced`), and copied into the request's own immutable Secret
 (:func:`snapshot`, named by :func:`~forgetmi_operator.api.naming.subjects_secret_name`, owned by
-the request, one ID per line). Every trainer run of the request reads that copy and the receipt
-attests it (:func:`read_snapshot`), so editing the referenced list afterwards changes neither;
+the request, one ID per line; with a forget ledger, a second key :data:`PREVIOUSLY_FORGOTTEN_KEY` holds
+the manifest's patients of earlier erasures, :mod:`~forgetmi_operator.lifecycle.erasures`). Every
+trainer run of the request reads that copy and the receipt attests it (:func:`read_snapshot`), so
+editing the referenced list afterwards changes neither;
 :func:`release` deletes the copy once the request ended. Secrets are reached through a
 :class:`~forgetmi_operator.lifecycle.ports.SecretStore`. Patient IDs are read only to check,
 count, copy and HMAC them: they never reach a log, a status field or a message, and an error
@@ -38,7 +40,9 @@ from forgetmi_trainer.storage import Objects
 
 log = logging.getLogger(__name__)
 SUBJECTS_KEY = "subjects"
-"""The key of the copy's one entry (and the file name a Job mounts it as)."""
+"""The key of the copy's forget list (and the file name a Job mounts it as)."""
+PREVIOUSLY_FORGOTTEN_KEY = "previously-forgotten"
+"""The copy's key (and mounted file) of the manifest's patients that earlier erasures forgot; only with a ledger."""
 SUBJECTS_COMPONENT = "subjects"
 MAX_SUBJECTS_BYTES = 1024 * 1024
 """What a Secret's data may hold (Kubernetes' limit), so the most a forget list's copy may take."""
@@ -110,12 +114,20 @@ def _snapshot_where(namespace: str, name: str) -> str:
     return f"Secret {namespace}/{name} (the forget list as accepted)"
 
 
+def _encoded(subjects: Sequence[str]) -> str:
+    return base64.b64encode(subjects_text(subjects).encode("utf-8")).decode("ascii")
+
+
 def build_snapshot_secret(subjects: Sequence[str], *, name: str, namespace: str, uid: str,
-                          owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The immutable Secret holding the forget list as accepted, owned by the request ``name``/``uid``."""
+                          owner: Mapping[str, Any] | None = None,
+                          previously_forgotten: Sequence[str] | None = None) -> dict[str, Any]:
+    """The immutable Secret holding the forget list as accepted, owned by the request ``name``/``uid``,
+    and the previously forgotten patients (:data:`PREVIOUSLY_FORGOTTEN_KEY`) when given."""
     ref = naming.owner_reference(owner if owner is not None else {"name": name, "uid": uid})
     labels = {**naming.labels_for(ref["name"], uid=ref["uid"]), naming.LABEL_COMPONENT: SUBJECTS_COMPONENT}
-    encoded = base64.b64encode(subjects_text(subjects).encode("utf-8")).decode("ascii")
+    data = {SUBJECTS_KEY: _encoded(subjects)}
+    if previously_forgotten is not None:
+        data[PREVIOUSLY_FORGOTTEN_KEY] = _encoded(previously_forgotten)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -123,8 +135,13 @@ def build_snapshot_secret(subjects: Sequence[str], *, name: str, namespace: str,
                      "labels": labels, "ownerReferences": [ref]},
         "type": "Opaque",
         "immutable": True,
-        "data": {SUBJECTS_KEY: encoded},
+        "data": data,
     }
+
+
+def has_previously_forgotten(secret: Mapping[str, Any] | None) -> bool:
+    """Whether the request's copy holds the previously forgotten patients (its runs then read them)."""
+    return secret is not None and PREVIOUSLY_FORGOTTEN_KEY in (secret.get("data") or {})
 
 
 def _from_snapshot(secret: Mapping[str, Any], namespace: str, uid: str) -> list[str]:
@@ -138,18 +155,24 @@ def _from_snapshot(secret: Mapping[str, Any], namespace: str, uid: str) -> list[
     return parse(base64.b64decode(encoded).decode("utf-8", errors="replace"), _snapshot_where(namespace, name))
 
 
-async def snapshot(store: SecretStore, body: Mapping[str, Any], subjects: list[str], where: str) -> list[str]:
-    """Copy ``subjects`` (just accepted, read from ``where``) into the request's Secret and return the
-    list its runs will forget: ``subjects``, or the list an earlier attempt copied (an operator
-    restart or a retried launch), which stays what is forgotten and attested."""
+async def snapshot(store: SecretStore, body: Mapping[str, Any], subjects: list[str], where: str,
+                   previously_forgotten: Sequence[str] | None = None) -> list[str]:
+    """Copy ``subjects`` (just accepted, read from ``where``) into the request's Secret, with
+    ``previously_forgotten`` when given, and return the list its runs will forget: ``subjects``, or
+    the list an earlier attempt copied (an operator restart or a retried launch), which stays what is
+    forgotten and attested (with the previously forgotten list that attempt copied)."""
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
     size = len(subjects_text(subjects).encode("utf-8"))
-    if size > MAX_SUBJECTS_BYTES:
+    earlier = len(subjects_text(previously_forgotten or ()).encode("utf-8"))
+    if size + earlier > MAX_SUBJECTS_BYTES:
+        also = (f" and the {len(previously_forgotten or ())} patients of earlier erasures its runs leave out of "
+                f"training take {earlier} more") if earlier else ""
         raise SubjectsError(f"The forget list in {where} takes {size} bytes as one ID per line ({len(subjects)} "
-                            f"subjects), more than the {MAX_SUBJECTS_BYTES} bytes (1 MiB) a Secret holds, and "
+                            f"subjects){also}, more than the {MAX_SUBJECTS_BYTES} bytes (1 MiB) a Secret holds, and "
                             "the request's copy of it is a Secret: split it into several requests.")
-    secret = build_snapshot_secret(subjects, name=meta["name"], namespace=namespace, uid=uid, owner=body)
+    secret = build_snapshot_secret(subjects, name=meta["name"], namespace=namespace, uid=uid, owner=body,
+                                   previously_forgotten=previously_forgotten)
     existing, created = await store.create_or_get_secret(namespace, secret)
     return subjects if created else _from_snapshot(existing, namespace, uid)
 
@@ -210,3 +233,18 @@ async def receipt_key(store: SecretStore, settings: Settings) -> bytes | None:
                              f"{settings.receipt_hmac_secret_name} cannot be located.")
     return await read_secret_key(store, settings.operator_namespace, settings.receipt_hmac_secret_name,
                                  settings.receipt_hmac_secret_key)
+
+
+async def ledger_key(store: SecretStore, settings: Settings) -> bytes | None:
+    """The forget ledger's HMAC key from the operator namespace's Secret; None when none is configured."""
+    if not settings.ledger_key_secret_name:
+        return None
+    if not settings.operator_namespace:
+        raise SecretNotFound("FORGETMI_OPERATOR_NAMESPACE is empty, so the forget ledger key Secret "
+                             f"{settings.ledger_key_secret_name} cannot be located.")
+    key = await read_secret_key(store, settings.operator_namespace, settings.ledger_key_secret_name,
+                                settings.ledger_key_secret_key)
+    if not key:
+        raise SecretNotFound(f"Secret {settings.operator_namespace}/{settings.ledger_key_secret_name} key "
+                             f"{settings.ledger_key_secret_key!r} is empty; the forget ledger needs a key.")
+    return key

@@ -3,7 +3,8 @@ does where a cluster has an API server and a kubelet.
 
 - :class:`LocalSecrets`: the Secrets of the ``--secrets`` file, and the request's copy of its forget
   list, kept in memory and "mounted" as a file (mode 0600) in the work folder, where its trainer
-  run reads it — as a kubelet mounts it for a Job — and deleted with it;
+  run reads it — as a kubelet mounts it for a Job — and deleted with it (the copy's previously
+  forgotten patients, with a forget ledger, are a second file beside it: docs/ledger.md);
 - :class:`LocalTrainers`: a trainer run is a ``python -m forgetmi_trainer run`` process (``launch``, torchrun on
   this machine, with ``--processes N``); ``start``
   writes its ``job.json`` and queues it, and :meth:`LocalTrainers.run` runs it;
@@ -30,7 +31,7 @@ from forgetmi_operator.api.naming import JobKind
 from forgetmi_operator.api.spec import UnlearnRequestSpec
 from forgetmi_operator.lifecycle.jobconfig import build_job_config
 from forgetmi_operator.lifecycle.ports import Started
-from forgetmi_operator.lifecycle.subjects import SUBJECTS_KEY
+from forgetmi_operator.lifecycle.subjects import PREVIOUSLY_FORGOTTEN_KEY, SUBJECTS_KEY, has_previously_forgotten
 from forgetmi_trainer.contract import JobConfig, ModelRef
 
 
@@ -110,8 +111,11 @@ class LocalTrainers:
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
         job_name = naming.job_name(name, uid, kind=kind)
         copy_name = naming.subjects_secret_name(name, uid)
+        earlier = has_previously_forgotten(await self.secrets.get_secret(namespace, copy_name))
+        earlier_file = self.secrets.mounted(copy_name, PREVIOUSLY_FORGOTTEN_KEY)
         config = build_job_config(spec, uid=uid, namespace=namespace, name=name, base_version=base_version, kind=kind,
                                   subjects_file=str(self.secrets.mounted(copy_name, SUBJECTS_KEY)),
+                                  previously_forgotten_file=str(earlier_file) if earlier else None,
                                   termination_message_path=str(self.workdir / f"{kind}-termination-log"),
                                   progress_path=str(self.workdir / f"{kind}-progress.jsonl"))
         if self.retrained is not None:

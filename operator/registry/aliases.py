@@ -193,3 +193,43 @@ def promote(objects: Objects, registry: str, name: str, alias: str, *, version: 
             return done
         raise _conflict(name, alias, after) from err
     return record
+
+
+LINEAGE_MAX = 1000
+"""The most versions :func:`lineage` follows up a ``parent`` chain (one per promoted erasure of the model)."""
+
+
+def version_metadata(objects: Objects, registry: str, name: str, version: str) -> dict[str, object]:
+    """A version's ``metadata.json`` ({} when it has none); RegistryError when it is not a metadata record."""
+    uri = storage.join(version_uri(registry, name, version), METADATA_FILE)
+    try:
+        meta = json.loads(_read_small(objects, uri))
+    except ObjectNotFound:
+        return {}
+    except ValueError as err:
+        raise RegistryError(f"{uri} is not a metadata record.") from err
+    if not isinstance(meta, dict):
+        raise RegistryError(f"{uri} is not a metadata record.")
+    return meta
+
+
+def parent_of(objects: Objects, registry: str, name: str, version: str) -> str | None:
+    """The ``parent`` its ``metadata.json`` records (the version a candidate was made from); None for a
+    version without one (trained, or seeded without metadata)."""
+    uri = storage.join(version_uri(registry, name, version), METADATA_FILE)
+    parent = version_metadata(objects, registry, name, version).get("parent")
+    if parent is not None and not isinstance(parent, str):
+        raise RegistryError(f"{uri} records a parent that is not a version name.")
+    return parent
+
+
+def lineage(objects: Objects, registry: str, name: str, version: str) -> list[str]:
+    """``version`` and the versions it descends from, nearest first, by the ``parent`` of each one's
+    ``metadata.json``; RegistryError when the chain loops or is longer than :data:`LINEAGE_MAX`."""
+    chain = [version]
+    while (parent := parent_of(objects, registry, name, chain[-1])) is not None:
+        if parent in chain or len(chain) >= LINEAGE_MAX:
+            raise RegistryError(f"The parent chain of version '{version}' of model '{name}' loops or is longer "
+                                f"than {LINEAGE_MAX} versions; its lineage cannot be established.")
+        chain.append(parent)
+    return chain
