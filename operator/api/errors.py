@@ -163,6 +163,20 @@ class EngineUnavailable(OperatorError):
     reason = "EngineUnavailable"
 
 
+class PreErasureVersion(OperatorError):
+    """The alias would name a version that does not descend from the candidate of a promoted erasure in the
+    model's forget ledger: it was trained on patients that erasure forgot (docs/ledger.md); nothing moved."""
+
+    reason = "PreErasureVersion"
+
+
+class LedgerInvalid(OperatorError):
+    """The model's forget ledger cannot be used: an entry is malformed, missing or edited (its hash chain is
+    broken), or the ledger is larger than the operator reads; nothing that depends on it was done."""
+
+    reason = "LedgerInvalid"
+
+
 async def retry(call: Callable[[], Awaitable[T]], *, attempts: int, delay_seconds: float) -> T:
     """``await call()``, tried again after a retryable :class:`OperatorError` up to ``attempts`` times in
     all, waiting ``delay_seconds`` before the second try and twice as long before each further one;

@@ -147,6 +147,12 @@ class Settings(BaseSettings):
     receipt_hmac_secret_name: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253,
                                           description="Secret (operator namespace) with the receipt HMAC key.")
     receipt_hmac_secret_key: str = Field(default="key", pattern=SECRET_KEY_PATTERN, max_length=253)
+    receipt_signing_secret_name: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253, description=(
+        "Secret (operator namespace) with the Ed25519 receipt signing key (PEM PKCS#8); empty: unsigned receipts."))
+    receipt_signing_secret_key: str = Field(default="key.pem", pattern=SECRET_KEY_PATTERN, max_length=253)
+    ledger_key_secret_name: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253, description=(
+        "Secret (operator namespace) with the forget ledger's HMAC key; empty: no ledger is written or read."))
+    ledger_key_secret_key: str = Field(default="key", pattern=SECRET_KEY_PATTERN, max_length=253)
     serving_targets_enabled: bool = False
     log_format: Literal["json", "text"] = "json"
     job_ttl_seconds_after_finished: int = Field(default=86400, ge=0)

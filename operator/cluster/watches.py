@@ -30,7 +30,7 @@ from forgetmi_operator.cluster.metrics import METRICS, serve
 from forgetmi_operator.cluster.phases import PhaseBook
 from forgetmi_operator.cluster.scheduler import LookScheduler, is_open, key_of, wants_tracking
 from forgetmi_operator.cluster.targets import ClusterTargets
-from forgetmi_operator.lifecycle import subjects
+from forgetmi_operator.lifecycle import receipts, subjects
 from forgetmi_operator.lifecycle.ports import Ports
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ async def startup(settings: Settings, post_event: PostEvent) -> Cluster:
     ports = Ports(settings=settings, secrets=kube, trainers=launcher.ClusterTrainers(kube, settings),
                   targets=ClusterTargets(kube, settings),
                   storage_for=lambda body: identity.storage_for(kube, settings, body),
-                  receipt_key=lambda: subjects.receipt_key(kube, settings))
+                  receipt_key=lambda: subjects.receipt_key(kube, settings),
+                  signing_key=lambda: receipts.signing_key(kube, settings),
+                  ledger_key=lambda: subjects.ledger_key(kube, settings))
     cluster = Cluster(settings=settings, kube=kube, ports=ports, phases=PHASES, post_event=post_event,
                       scheduler=LookScheduler(lambda entry: outcome.look(cluster, entry), is_open=is_open,
                                               concurrency=LOOK_CONCURRENCY))

@@ -6,12 +6,13 @@ candidate version its run builds), re-hashes the candidate, evaluates every gate
 (:mod:`~forgetmi_operator.lifecycle.decisions`); then it promotes (the alias with a conditional
 write, then the serving target through the :class:`~forgetmi_operator.lifecycle.ports.ServingTargets`
 port; the base version's reference models are retired, as they were trained on the patients just
-forgotten), waits for approval, ends a dry run, holds, or starts a retrain run through the
+forgotten; the erasure is appended to the model's forget ledger, docs/ledger.md), waits for
+approval, ends a dry run, holds, or starts a retrain run through the
 :class:`~forgetmi_operator.lifecycle.ports.Trainers` port; a decision that ends the request writes
 its receipt (:mod:`~forgetmi_operator.lifecycle.receipts`) next to the report.
 
 Nothing is changed until every check that can fail has passed: the report's lineage, the forget
-list and the HMAC key the receipt needs, and the serving target. A rollout that still fails after
+list, the HMAC and signing keys the receipt needs, and the serving target. A rollout that still fails after
 the alias moved moves the alias back. A non-retryable error after the gates keeps the evaluation in
 the status (gates, metrics, candidate) and ends the request not promoted; a retryable one is raised,
 and the whole conclusion is tried again.
@@ -29,7 +30,7 @@ from forgetmi_operator.api import naming
 from forgetmi_operator.api.errors import OperatorError, ServingTargetError, SubjectsError, storage_call
 from forgetmi_operator.api.spec import UnlearnRequestSpec, parse_spec
 from forgetmi_operator.api.status import ArtifactStatus, GateStatus, MetricsStatus, ModelVersionStatus
-from forgetmi_operator.lifecycle import gates, receipts, subjects
+from forgetmi_operator.lifecycle import erasures, gates, receipts, subjects
 from forgetmi_operator.lifecycle.decisions import Decision, decide, is_approved
 from forgetmi_operator.lifecycle.ports import Ports
 from forgetmi_operator.lifecycle.steps import Step, with_condition
@@ -136,30 +137,44 @@ async def _act(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, step: S
             raise SubjectsError(f"{where} holds {len(forget)} subjects, but the Job's report counts "
                                 f"{verdict.report.counts.subjects}: nothing was promoted. Create a new request.")
     key = await ports.receipt_key() if decision.terminal else None
+    signing_key = await ports.signing_key() if decision.terminal else None  # a bad key fails before any change
     moved: receipts.Promotion | None = None
     if decision == Decision.PROMOTE:
-        moved = await _promote(ports, body, verdict, step)
+        moved = await _promote(ports, body, verdict, step, forget)
     elif decision == Decision.RETRAIN:
         await _retrain(ports, body, verdict, step)
     else:
         _announce(body, verdict, step)
     if decision.terminal:
-        await _write_receipt(body, verdict, step, receipts.subjects_hmac(forget, key), moved)
+        await _write_receipt(body, verdict, step, receipts.subjects_hmac(forget, key), moved, signing_key)
 
 
-async def _promote(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, step: Step) -> receipts.Promotion:
-    """Move the alias to the candidate and re-point the serving target; undo the alias if that fails."""
+async def _promote(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, step: Step,
+                   forget: list[str]) -> receipts.Promotion:
+    """Move the alias to the candidate and re-point the serving target (undo the alias if that fails),
+    then record the erasure of ``forget`` in the model's forget ledger (docs/ledger.md).
+
+    The ledger key and the ledger are read, the ledger's chain checked and the candidate's descent from
+    every earlier erasure verified (PreErasureVersion) before the alias moves; the entry is appended only
+    after the rollout succeeded, so every entry is a promotion that took effect. A crash in between
+    leaves the request unconcluded: its conclusion runs again, finds the promotion done, and appends the
+    entry, once (a request's uid is never appended twice); until then `forgetmi ledger verify` reports
+    the alias record whose request has no entry."""
     meta, spec, base, candidate = body["metadata"], verdict.spec, verdict.base, verdict.candidate
     skipped = await ports.targets.check(spec, meta["namespace"])
+    key = await ports.ledger_key()
+    earlier = await storage_call(erasures.read_erasures, verdict.objects, spec.model)
     ref = RequestRef(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
-    record = await storage_call(promotion.promote_candidate, verdict.objects, spec.model, base, candidate, ref)
+    record = await storage_call(promotion.promote_candidate, verdict.objects, spec.model, base, candidate, ref,
+                                earlier)
     try:
         await ports.targets.point(spec, meta["namespace"], candidate.uri)
     except OperatorError as err:
-        undone = await storage_call(promotion.rollback_promotion, verdict.objects, spec.model, base, candidate, ref)
+        undone = await storage_call(promotion.rollback_promotion, verdict.objects, spec.model, base, candidate, ref,
+                                    earlier)
         raise ServingTargetError(f"{err.message} The rollout was undone: {undone}") from err
     message = (f"Alias '{spec.model.alias}' of model {spec.model.name} now names version {candidate.version} "
-               f"(was {base.version}).")
+               f"(was {base.version}).{await _record_erasure(key, verdict, ref, forget, step)}")
     retired = await _retire_references(verdict)
     if retired:
         message += f" {retired}"
@@ -170,6 +185,28 @@ async def _promote(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, ste
     with_condition(body, step, "Promoted", "True", cond.PROMOTED, message)
     step.events.append(("Normal", cond.PROMOTED, message))
     return receipts.Promotion(alias=spec.model.alias, version=record.version, previous=record.previous)
+
+
+async def _record_erasure(key: bytes | None, verdict: _Verdict, ref: RequestRef, forget: list[str],
+                          step: Step) -> str:
+    """Append the request's ledger entry after its promotion took effect; a sentence for the Promoted
+    condition. Without a ledger key nothing is written (a warning is logged). An entry that cannot be
+    written for good does not undo the promotion: it stands, and the condition says so."""
+    model = verdict.spec.model
+    if key is None:
+        log.warning("%s/%s promoted version %s of model %s without a forget ledger key: no ledger entry was written, "
+                    "so later runs cannot leave its patients out of training.", ref.namespace, ref.name,
+                    verdict.candidate.version, model.name)
+        return ""
+    try:
+        entry = await storage_call(erasures.record_erasure, verdict.objects, model, ref, forget, key,
+                                   verdict.base.version, verdict.candidate.version)
+    except OperatorError as err:
+        if err.retryable:
+            raise
+        step.events.append(("Warning", err.reason, err.message))
+        return f" No forget ledger entry: {err.message}"
+    return f" Forget ledger entry {entry.seq} records its {entry.count} subjects."
 
 
 async def _retire_references(verdict: _Verdict) -> str | None:
@@ -222,9 +259,10 @@ async def _retrain(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, ste
 
 
 async def _write_receipt(body: Mapping[str, Any], verdict: _Verdict, step: Step, digest: str | None,
-                         moved: receipts.Promotion | None) -> None:
-    """Write the receipt of a decision that ends the request. When the alias already moved, a receipt
-    that cannot be written does not undo the promotion: it stands, and the condition says so."""
+                         moved: receipts.Promotion | None, signing_key: bytes | None = None) -> None:
+    """Write the receipt of a decision that ends the request (signed, a DSSE envelope, with
+    ``signing_key``). When the alias already moved, a receipt that cannot be written does not undo
+    the promotion: it stands, and the condition says so."""
     meta = body["metadata"]
     completed = now()
     step.status["completionTime"] = completed
@@ -237,7 +275,8 @@ async def _write_receipt(body: Mapping[str, Any], verdict: _Verdict, step: Step,
         promotion=moved)
     try:
         written = await storage_call(artifacts.write_receipt, verdict.objects, verdict.paths.receipt,
-                                     receipts.receipt_json(receipt))
+                                     receipts.stored_receipt(receipt, model=verdict.spec.model.name,
+                                                             signing_key=signing_key))
     except OperatorError as err:
         if err.retryable or moved is None:
             raise

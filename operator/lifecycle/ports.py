@@ -9,7 +9,9 @@ implement them, so both go through the same lifecycle code.
 - :class:`ServingTargets`: checking and re-pointing the request's serving target;
 - ``storage_for``: the storage handle of a request — its namespace's identity and reach in a cluster
   (never the operator's own), the user's own locally;
-- ``receipt_key``: the key of the receipt's HMAC of the forget list, None without one.
+- ``receipt_key``: the key of the receipt's HMAC of the forget list, None without one;
+- ``signing_key``: the receipt signing key (PEM PKCS#8 Ed25519), None without one (receipts unsigned);
+- ``ledger_key``: the forget ledger's HMAC key (docs/ledger.md), None without one (no ledger written or read).
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ from forgetmi_operator.api.naming import JobKind
 from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.api.spec import UnlearnRequestSpec
 from forgetmi_trainer.storage import Objects
+
+
+async def _no_key() -> bytes | None:
+    """The default of an optional key port: no key."""
+    return None
 
 
 class SecretStore(Protocol):
@@ -73,3 +80,5 @@ class Ports:
     targets: ServingTargets
     storage_for: Callable[[Mapping[str, Any]], Awaitable[Objects]]
     receipt_key: Callable[[], Awaitable[bytes | None]]
+    signing_key: Callable[[], Awaitable[bytes | None]] = _no_key
+    ledger_key: Callable[[], Awaitable[bytes | None]] = _no_key

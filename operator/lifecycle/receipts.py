@@ -6,6 +6,13 @@ patients a receipt covers while the receipt itself reveals none (a plain hash of
 patient IDs could be reversed by trying them all, so without a key there is no digest at all).
 ``receipt_json`` is canonical (sorted keys, fixed separators, UTF-8), so its sha256 is
 reproducible from the same inputs.
+
+With a signing key (:func:`signing_key`: the operator namespace's Secret ``receipt_signing_secret_name``,
+or ``forgetmi run --signing-key-file``) the stored receipt is a DSSE envelope around an in-toto
+Statement whose predicate is the receipt and whose subjects are the base and candidate models'
+digests (:func:`stored_receipt`, :mod:`~forgetmi_operator.lifecycle.signing`); without one, the
+plain receipt JSON as before. Either way ``status.receipt.sha256`` is the sha256 of the stored
+bytes, and :func:`read_stored` reads both back.
 """
 
 from __future__ import annotations
@@ -16,14 +23,19 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from forgetmi_operator import __version__
+from forgetmi_operator.api.errors import SecretNotFound, SettingsInvalid
 from forgetmi_operator.api.patterns import RolloutMode
+from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.api.status import GateStatus, MetricsStatus
+from forgetmi_operator.lifecycle import signing
 from forgetmi_operator.lifecycle.decisions import Decision
-from forgetmi_trainer.contract import SCHEMA_VERSION, SHA256_PATTERN
+from forgetmi_operator.lifecycle.ports import SecretStore
+from forgetmi_operator.lifecycle.subjects import read_secret_key
+from forgetmi_trainer.contract import SCHEMA_VERSION, SHA256_PATTERN, validation_problems
 
 HMAC_ALGORITHM = "HMAC-SHA256"
 Digested = BaseModel | Mapping[str, Any]
@@ -134,3 +146,77 @@ def receipt_json(receipt: Receipt) -> bytes:
 def receipt_sha256(receipt: Receipt) -> str:
     """sha256 of :func:`receipt_json` (what ``status.receipt.sha256`` records)."""
     return hashlib.sha256(receipt_json(receipt)).hexdigest()
+
+
+def statement_subjects(receipt: Receipt, model: str) -> list[tuple[str, str]]:
+    """The Statement's subjects: ``<model>@<version>`` of the base, then of the candidate, with their sha256."""
+    return [(f"{model}@{receipt.base.version}", receipt.base.sha256),
+            (f"{model}@{receipt.candidate.version}", receipt.candidate.sha256)]
+
+
+def receipt_statement(receipt: Receipt, model: str) -> dict[str, Any]:
+    """The in-toto Statement v1 of a receipt (predicate: the receipt's JSON)."""
+    return signing.statement(json.loads(receipt_json(receipt)), statement_subjects(receipt, model))
+
+
+def stored_receipt(receipt: Receipt, *, model: str, signing_key: bytes | None) -> bytes:
+    """The bytes written to ``receipt.json``: the DSSE envelope of :func:`receipt_statement` signed
+    with ``signing_key`` (PEM PKCS#8 Ed25519), or :func:`receipt_json` without a key."""
+    if not signing_key:
+        return receipt_json(receipt)
+    payload = signing.canonical_json(receipt_statement(receipt, model))
+    return signing.envelope_json(signing.sign_envelope(payload, signing_key))
+
+
+class StoredReceipt(BaseModel):
+    """A stored receipt read back (signature unchecked): the receipt, and for a signed one its
+    envelope and Statement."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    receipt: Receipt
+    envelope: dict[str, Any] | None = None
+    statement: dict[str, Any] | None = None
+
+
+def read_stored(data: bytes) -> StoredReceipt:
+    """Parse a stored receipt, signed or plain; ValueError with one sentence when it is neither."""
+    try:
+        parsed = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"it is not JSON ({err})") from err
+    envelope = statement = None
+    predicate = parsed
+    if signing.is_envelope(parsed):
+        envelope = parsed
+        try:
+            statement = json.loads(signing.envelope_payload(parsed))
+        except (signing.SigningError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"its envelope's payload is not a JSON Statement ({err})") from err
+        if not isinstance(statement, dict) or statement.get("_type") != signing.STATEMENT_TYPE:
+            raise ValueError(f"its payload is not an in-toto Statement ({signing.STATEMENT_TYPE})")
+        if statement.get("predicateType") != signing.PREDICATE_TYPE:
+            raise ValueError(f"its predicateType is {statement.get('predicateType')!r}, not {signing.PREDICATE_TYPE}")
+        predicate = statement.get("predicate")
+    try:
+        receipt = Receipt.model_validate(predicate)
+    except ValidationError as err:
+        raise ValueError(f"it is not a receipt: {validation_problems(err)[0]}") from err
+    return StoredReceipt(receipt=receipt, envelope=envelope, statement=statement)
+
+
+async def signing_key(store: SecretStore, settings: Settings) -> bytes | None:
+    """The receipt signing key (PEM PKCS#8 Ed25519) from the operator namespace's Secret, checked to
+    load; None when none is configured."""
+    if not settings.receipt_signing_secret_name:
+        return None
+    name, key = settings.receipt_signing_secret_name, settings.receipt_signing_secret_key
+    if not settings.operator_namespace:
+        raise SecretNotFound(f"FORGETMI_OPERATOR_NAMESPACE is empty, so the receipt signing Secret {name} cannot "
+                             "be located.")
+    pem = await read_secret_key(store, settings.operator_namespace, name, key)
+    try:
+        signing.load_private_key(pem)
+    except signing.SigningError as err:
+        raise SettingsInvalid(f"Secret {settings.operator_namespace}/{name} key {key!r}: {err}") from err
+    return pem

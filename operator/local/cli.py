@@ -1,4 +1,5 @@
-"""The ``forgetmi`` command: ``validate`` (:mod:`.validate`), ``run`` (:mod:`.run`) and ``demo`` (:mod:`.demo`)."""
+"""The ``forgetmi`` command: ``validate`` (:mod:`.validate`), ``run`` (:mod:`.run`), ``demo`` (:mod:`.demo`),
+``receipt`` (:mod:`.receipt_cli`) and ``ledger`` (:mod:`.ledger_cli`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from forgetmi_operator import __version__
-from forgetmi_operator.local import demo, run, validate
+from forgetmi_operator.local import demo, ledger_cli, receipt_cli, run, validate
 
 HMAC_KEY_FILE_ENV = "FORGETMI_RECEIPT_HMAC_KEY_FILE"
 
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="file whose bytes, exactly (a trailing newline counts), are the key of the receipt's "
                      f"HMAC-SHA256 of the subject IDs, as in a cluster (default: ${HMAC_KEY_FILE_ENV}; "
                      "without a key the receipt has no digest)")
+    receipt_cli.add_signing_key_option(running)
+    ledger_cli.add_ledger_key_option(running)
     running.add_argument("--processes", type=_positive, default=1, metavar="N",
                          help="trainer processes on this machine, data-parallel under torchrun (gloo on the CPU, "
                          "one GPU each with CUDA); method.batchSize must be a multiple of N (default: 1)")
@@ -62,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="patients in the generated dataset (default: 150)")
     demoing.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     demoing.set_defaults(handler=demo.demo_command)
+    receipt_cli.add_receipt_command(commands)
+    ledger_cli.add_ledger_command(commands)
     return parser
 
 

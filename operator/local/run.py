@@ -12,6 +12,10 @@ it (each step merged in as a merge patch) and printed as ``kubectl`` would show 
 receipt's subject list like the operator's ``FORGETMI_RECEIPT_HMAC_SECRET_NAME`` Secret does: the
 key is the file's bytes exactly, a trailing newline included, as ``kubectl create secret generic
 --from-file`` stores them, so the same file gives the same digest on one machine and in a cluster.
+``forgetmi run --signing-key-file PATH`` signs the receipt (a DSSE envelope, Ed25519, PEM PKCS#8) like
+the operator's ``FORGETMI_RECEIPT_SIGNING_SECRET_NAME`` Secret does (:mod:`.receipt_cli`).
+``forgetmi run --ledger-key-file PATH`` keys the model's forget ledger like the operator's
+``FORGETMI_LEDGER_KEY_SECRET_NAME`` Secret does (the file's bytes exactly; :mod:`.ledger_cli`, docs/ledger.md).
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from forgetmi_operator.lifecycle.ports import Ports
 from forgetmi_operator.lifecycle.steps import Step, failure, job_failed, job_running, merge_patch
 from forgetmi_operator.local import EXIT_FAILED, EXIT_INVALID, EXIT_OK
 from forgetmi_operator.local.documents import DocumentError, load_documents, objects
+from forgetmi_operator.local.ledger_cli import read_ledger_key
 from forgetmi_operator.local.ports import LocalRun, LocalSecrets, LocalTargets, LocalTrainers
+from forgetmi_operator.local.receipt_cli import read_signing_key
 from forgetmi_operator.local.schema import validate_request
 from forgetmi_trainer.contract import ExitCode, ModelRef, Report, now
 from forgetmi_trainer.storage import DEFAULT, Objects
@@ -92,10 +98,13 @@ class _Request:
 
 def run_request(body: Mapping[str, Any], *, workdir: Path, secrets: Mapping[str, Mapping[str, str]] | None = None,
                 settings: Settings | None = None, retrained: ModelRef | None = None,
-                hmac_key: bytes | None = None, processes: int = 1) -> LocalResult:
+                hmac_key: bytes | None = None, processes: int = 1, signing_key: bytes | None = None,
+                ledger_key: bytes | None = None) -> LocalResult:
     """Run one UnlearnRequest (a parsed YAML body) until it ends or waits for approval. With
     ``hmac_key`` the receipt carries the HMAC of the subjects, as in a cluster; without, none. With
-    ``processes`` > 1 the trainer runs data-parallel under torchrun on this machine."""
+    ``processes`` > 1 the trainer runs data-parallel under torchrun on this machine. With ``signing_key``
+    (PEM PKCS#8 Ed25519) the receipt is signed. With ``ledger_key`` the model's forget ledger is read and
+    written as in a cluster (docs/ledger.md)."""
     workdir.mkdir(parents=True, exist_ok=True)
     request = _Request(body)
     store = LocalSecrets(secrets or {}, workdir)
@@ -104,11 +113,18 @@ def run_request(body: Mapping[str, Any], *, workdir: Path, secrets: Mapping[str,
     async def key() -> bytes | None:
         return hmac_key
 
+    async def signing() -> bytes | None:
+        return signing_key
+
+    async def ledger() -> bytes | None:
+        return ledger_key
+
     async def own_identity(body: Mapping[str, Any]) -> Objects:
         return DEFAULT  # one machine: the user's own identity, file:// included
 
     ports = Ports(settings=settings or load_settings(), secrets=store, trainers=trainers, targets=LocalTargets(),
-                  storage_for=own_identity, receipt_key=key)
+                  storage_for=own_identity, receipt_key=key, signing_key=signing,
+                  ledger_key=ledger)
     result = asyncio.run(_lifecycle(request, ports, trainers))
     meta = request.body["metadata"]
     result.name, result.namespace, result.events = meta["name"], meta["namespace"], request.events
@@ -226,11 +242,13 @@ def run_command(args: argparse.Namespace) -> int:
             raise InvalidSpec(f"{args.filename}: the {KIND} is invalid:\n" + "\n".join(f"  {p}" for p in problems))
         settings = load_settings()
         hmac_key = read_hmac_key(args.hmac_key_file) if args.hmac_key_file else None
+        signing_key = read_signing_key(args.signing_key_file) if args.signing_key_file else None
+        ledger_key = read_ledger_key(args.ledger_key_file) if getattr(args, "ledger_key_file", None) else None
     except OperatorError as err:
         print(f"forgetmi run: {err}", file=sys.stderr)
         return EXIT_INVALID
     workdir = Path(args.workdir or f".forgetmi/{requests[0].get('metadata', {}).get('name', 'local')}")
     result = run_request(requests[0], workdir=workdir, secrets=secrets, settings=settings, hmac_key=hmac_key,
-                         processes=args.processes)
+                         processes=args.processes, signing_key=signing_key, ledger_key=ledger_key)
     print(format_result(result))
     return EXIT_FAILED if result.status.phase == "Failed" else EXIT_OK

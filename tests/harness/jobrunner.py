@@ -48,7 +48,8 @@ def _now() -> str:
 def write_job_config(api: ApiServer, namespace: str, volumes: Sequence[Mapping[str, Any]],
                      mounts: Mapping[str, str], tmp: Path) -> Path:
     """``tmp/job.json``: the ``job.json`` of the ConfigMap among ``volumes``, with the mounted Secret
-    items written under ``tmp`` and ``forget.file`` pointed at its copy; ``mounts`` maps volume
+    items written under ``tmp`` and ``forget.file`` (and ``previously_forgotten.file``) pointed at their copies;
+    ``mounts`` maps volume
     name → mount path (of the trainer container)."""
     config: dict[str, Any] | None = None
     subjects: dict[str, Path] = {}
@@ -65,9 +66,10 @@ def write_job_config(api: ApiServer, namespace: str, volumes: Sequence[Mapping[s
                     path.write_bytes(base64.b64decode(secret["data"][item["key"]]))
                 subjects[f"{mounts[volume['name']]}/{item['path']}"] = path
     assert config is not None, "the workload mounts no ConfigMap"
-    forget = config.get("forget") or {}
-    if forget.get("file") in subjects:
-        forget["file"] = str(subjects[forget["file"]])
+    for field in ("forget", "previously_forgotten"):  # the lists a Job reads from its mounted Secret
+        source = config.get(field) or {}
+        if source.get("file") in subjects:
+            source["file"] = str(subjects[source["file"]])
     config["termination_message_path"] = str(tmp / "termination-log")
     config_path = tmp / "job.json"
     config_path.write_text(json.dumps(config))

@@ -63,3 +63,20 @@ def test_the_ledgers_patients_are_never_read_into_retain(after_erasure: tuple[Pa
                                           "candidate_version": "v3"}))
     assert not isinstance(err.value, ConfigError)
 
+
+
+def test_a_retrain_trains_on_neither_the_ledgers_nor_this_requests_patients(
+        after_erasure: tuple[Path, JobConfig, list[str], int]) -> None:
+    """``onGateFailure: Retrain``'s run (method retrain) trains on D_r only: without A (deleted images, never
+    read) and without B (this request's forget set, which only the audit reads)."""
+    root, config, _, rows_of_a = after_erasure
+    retrain = config.model_copy(update={
+        "method": MethodConfig(name="retrain", epochs=1, batch_size=32),
+        "previously_forgotten": ForgetSubjects(file=str(root / "earlier.txt")),
+        "output_uri": config.output_uri.replace("/v2", "/r2"), "candidate_version": "r2"})
+    report = run_job(retrain)
+    assert report is not None and report.method == "retrain"
+    assert report.counts.previously_forgotten == rows_of_a
+    total = sum(1 for _ in (root / "data" / "manifest.csv").read_text().splitlines()) - 1
+    assert report.counts.retain_samples == total - rows_of_a - report.counts.forget_samples - (
+        report.splits.validation_samples + report.splits.test_samples)
