@@ -45,11 +45,10 @@ def termination_path(command: list[str]) -> Path | None:
     from forgetmi_trainer import cli
 
     args = cli.build_parser().parse_args(command)
-    config: JobConfig | None = None
     try:
-        config = JobConfig.model_validate_json(Path(args.config).read_text())
+        config: JobConfig | None = JobConfig.model_validate_json(Path(args.config).read_text())
     except (OSError, ValidationError):
-        pass  # every rank reports the bad config itself
+        config = None  # every rank reports the bad config itself; the message goes to the default path
     return cli._termination_path(config, args.termination_log)
 
 

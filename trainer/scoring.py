@@ -35,7 +35,7 @@ from forgetmi_trainer.evaluate import Scored, logit_distance, model_metrics
 from forgetmi_trainer.inference import image_logits
 from forgetmi_trainer.lira import LiraInputs
 from forgetmi_trainer.model import MultimodalClassifier
-from forgetmi_trainer.streaming import Samples
+from forgetmi_trainer.streaming import Samples, subset
 
 log = logging.getLogger(__name__)
 CACHED = ("validation", "test")
@@ -111,7 +111,7 @@ def sharded_logits(models: list[MultimodalClassifier], data: Encoded | Samples, 
     if not world.distributed:
         return image_logits(models, data, precision=precision, batch_size=batch_size)
     rows = distributed.shard(len(data), world)
-    part = data.subset(rows) if isinstance(data, Samples) else data.take(torch.from_numpy(rows))
+    part = subset(data, rows)
     if len(part):
         local = image_logits(models, part, precision=precision, batch_size=batch_size)
     else:

@@ -249,6 +249,11 @@ def _positions(positions: Positions) -> np.ndarray:
     return np.asarray(positions, dtype=np.int64).reshape(-1)
 
 
+def subset(data: Encoded | Samples, positions: np.ndarray) -> Encoded | Samples:
+    """The samples of ``data`` at ``positions``: a streamed set stays streamed, an in-memory one is indexed."""
+    return data.subset(positions) if isinstance(data, Samples) else data.take(torch.from_numpy(positions))
+
+
 def chunks(data: Encoded | Samples, batch_size: int, *, text: bool = True) -> Iterator[Encoded]:
     """``data`` in order, ``batch_size`` samples at a time, whether in memory or streamed."""
     if isinstance(data, Samples):

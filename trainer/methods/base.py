@@ -32,7 +32,7 @@ from forgetmi_trainer.distributed import World
 from forgetmi_trainer.errors import ConfigError, DivergedError
 from forgetmi_trainer.model import MultimodalClassifier
 from forgetmi_trainer.preprocess import ImagePreprocessing
-from forgetmi_trainer.streaming import Samples, chunks
+from forgetmi_trainer.streaming import Samples, chunks, subset
 
 EpochCallback = Callable[[int, int, float], None]
 """Called after every epoch with (epoch, planned epochs, mean loss)."""
@@ -240,7 +240,7 @@ def selection_loss(ctx: MethodContext, model: MultimodalClassifier, data: Sample
     if not ctx.world.distributed:
         return mean_image_loss(model, data)
     rows = distributed.shard(len(data), ctx.world)
-    part = data.subset(rows) if isinstance(data, Samples) else data.take(torch.from_numpy(rows))
+    part = subset(data, rows)
     total = mean_image_loss(model, part) * len(part) if len(part) else 0.0
     summed, count = distributed.all_sum(ctx.world, [total, float(len(part))])
     return summed / max(count, 1.0)
