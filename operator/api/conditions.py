@@ -8,7 +8,8 @@ phase can never disagree with the conditions.
 Reasons used for the non-error states (errors bring their own, see ``errors.py``):
 
 - Accepted: ``Validating`` (Unknown), ``Accepted`` (True);
-- Unlearned: ``NotStarted``, ``JobPending``, ``JobRunning`` (Unknown), ``JobSucceeded`` (True);
+- Unlearned: ``NotStarted``, ``Coalescing`` (waiting for other requests to share its Job), ``JobPending``,
+  ``JobRunning`` (Unknown), ``JobSucceeded`` (True);
 - GatesPassed: ``NotEvaluated`` (Unknown), ``GatesPassed`` (True), ``GatesFailed``,
   ``GatesInconclusive`` (False);
 - Promoted: ``NotPromoted``, ``AwaitingApproval``, ``Retraining`` (Unknown), ``Promoted`` (True),
@@ -34,6 +35,7 @@ VALIDATING = "Validating"
 ACCEPTED = "Accepted"
 NOT_STARTED = "NotStarted"
 JOB_PENDING = "JobPending"
+COALESCING = "Coalescing"
 JOB_RUNNING = "JobRunning"
 JOB_SUCCEEDED = "JobSucceeded"
 NOT_EVALUATED = "NotEvaluated"

@@ -91,6 +91,12 @@ def subjects_secret_name(request_name: str, uid: str) -> str:
     return f"{job_name(request_name, uid)}-subjects"
 
 
+def batch_subjects_secret_name(leader_name: str, leader_uid: str) -> str:
+    """The Secret holding the union of a batch's forget lists (docs/coalescing.md): the leader's Job
+    name plus ``-batch-subjects``."""
+    return f"{job_name(leader_name, leader_uid)}-batch-subjects"
+
+
 def candidate_version(base_version: str, uid: str, *, kind: JobKind = "unlearn") -> str:
     """``<base>-unlearned-<uid[:8]>`` (``-retrained-`` for a retrain), at most 128 characters."""
     tail = f"-{_VERSION_SUFFIX[kind]}-{uid_suffix(uid)}"

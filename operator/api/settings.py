@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     ledger_key_secret_name: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253, description=(
         "Secret (operator namespace) with the forget ledger's HMAC key; empty: no ledger is written or read."))
     ledger_key_secret_key: str = Field(default="key", pattern=SECRET_KEY_PATTERN, max_length=253)
+    coalesce_window_seconds: float = Field(default=0.0, ge=0, le=3600, description=(
+        "Requests for the same model and base version accepted within this many seconds run as one Job "
+        "(docs/coalescing.md); 0: never coalesced."))
     serving_targets_enabled: bool = False
     log_format: Literal["json", "text"] = "json"
     job_ttl_seconds_after_finished: int = Field(default=86400, ge=0)

@@ -253,6 +253,8 @@ class UnlearnRequestSpec(Spec):
     active_deadline_seconds: int = Field(default=21600, ge=60, le=604800, description="Job deadline.")
     backoff_limit: int = Field(default=2, ge=0, le=10, description="Job retries.")
     suspend: bool = Field(default=False, description="Pause: no new Job while true.")
+    coalesce: bool = Field(default=True, description=(
+        "May share one Job with other requests for the same model and base version (docs/coalescing.md)."))
     runtime_ref: RuntimeRef | None = Field(default=None, description=(
         "Kubeflow Trainer runtime of a TrainJob (default from the operator)."))
 

@@ -81,6 +81,24 @@ class ArtifactStatus(Camel):
     sha256: str
 
 
+class RequestRefStatus(Camel):
+    name: str
+    uid: str
+
+
+class BatchStatus(Camel):
+    """The batch of coalesced requests this request runs in (docs/coalescing.md): while it gathers,
+    ``key`` and ``closesAt``; once its Job is created, the leader (whose Job, report and candidate the
+    batch shares), its requests and the size of the union of their forget lists."""
+
+    key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    closes_at: str
+    leader: RequestRefStatus | None = None
+    requests: list[RequestRefStatus] = Field(default_factory=list)
+    subject_count: int | None = Field(default=None, ge=0)
+    job_name: str | None = None
+
+
 class UnlearnRequestStatus(Camel):
     phase: Phase | None = None
     observed_generation: int | None = Field(default=None, ge=0)
@@ -99,5 +117,6 @@ class UnlearnRequestStatus(Camel):
     receipt: ArtifactStatus | None = None
     subject_count: int | None = Field(default=None, ge=0)
     subjects_secret_name: str | None = Field(default=None, max_length=253)
+    batch: BatchStatus | None = None
     start_time: str | None = None
     completion_time: str | None = None

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import urllib3
@@ -182,6 +182,20 @@ class Kube(TrainJobCalls):
         return [pod for pod in pods if job_name_of_pod(pod) == job_name]
 
     # ---- UnlearnRequests -----------------------------------------------------------------------
+
+    async def get_request(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The UnlearnRequest as the API server has it now (None when it is gone)."""
+        return await self._call(f"read UnlearnRequest {namespace}/{name}", self.custom.get_namespaced_custom_object,
+                                GROUP, VERSION, namespace, PLURAL, name)
+
+    async def present_requests(self, namespace: str, requests: Sequence[tuple[str, str]]) -> set[str]:
+        """The uids of ``requests`` (``(name, uid)`` pairs) that still exist as those very objects."""
+        present = set()
+        for name, uid in requests:
+            found = await self.get_request(namespace, name)
+            if found is not None and (found.get("metadata") or {}).get("uid") == uid:
+                present.add(uid)
+        return present
 
     async def patch_request_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
         """Merge-patch ``status`` of an UnlearnRequest (None when it is gone)."""

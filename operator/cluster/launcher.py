@@ -15,6 +15,7 @@ forget list, and both are deleted. :func:`remove` stops the workload of a delete
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -25,11 +26,12 @@ from forgetmi_operator.api.errors import EngineUnavailable, OperatorError
 from forgetmi_operator.api.naming import JobKind
 from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.api.spec import UnlearnRequestSpec, parse_spec
-from forgetmi_operator.cluster import jobs, policy, trainjobs
+from forgetmi_operator.cluster import coalescer, jobs, policy, trainjobs
 from forgetmi_operator.cluster.context import Cluster
 from forgetmi_operator.cluster.kube import Kube
+from forgetmi_operator.cluster.metrics import METRICS
 from forgetmi_operator.cluster.trainjobstate import engine_of_request
-from forgetmi_operator.lifecycle import launch, subjects
+from forgetmi_operator.lifecycle import batches, launch, subjects
 from forgetmi_operator.lifecycle.ports import Started
 from forgetmi_operator.lifecycle.steps import Step, failure
 
@@ -57,6 +59,8 @@ class ClusterTrainers:
         else:
             _, created = await self.kube.create_or_get_job(meta["namespace"], built.job)
             workload, waits = "Job", "its Pod to start"
+        if created:
+            METRICS.trainer_jobs_total.labels(namespace=meta["namespace"]).inc()
         what = f"retrain {workload}" if kind == "retrain" else workload
         return Started(job_name=built.job_name, created=created,
                        waiting=f"{workload} {built.job_name} was created and waits for {waits}.",
@@ -94,6 +98,8 @@ async def _launch(cluster: Cluster, body: Mapping[str, Any]) -> Step:
         spec = parse_spec(body.get("spec") or {})
         policy.check_pod_policy(spec, cluster.settings)  # before anything is read
         await check_engine(cluster, spec)
+        if batches.coalescible(spec, cluster.settings.coalesce_window_seconds):
+            return await launch.launch(cluster.ports, body, gather=functools.partial(coalescer.join, cluster))
         return await launch.launch(cluster.ports, body)
     except EngineUnavailable as err:  # decided before anything was read or created: nothing to undo
         return failure(body, err, accepting=True)
@@ -148,9 +154,11 @@ async def delete_owned_job(kube: Kube, body: Mapping[str, Any]) -> None:
 
 async def remove(cluster: Cluster, body: Mapping[str, Any]) -> None:
     """A deleted request's Job or TrainJob goes with it (ownerReference); deleting it here too stops it
-    at once, and its forget list's copy goes too."""
-    job_name = (body.get("status") or {}).get("jobName")
-    if job_name:
+    at once, and its forget list's copy goes too. A batch's Job, shared with other requests, runs on
+    while any of them is still there (their receipts name the deleted one, docs/coalescing.md)."""
+    status = body.get("status") or {}
+    job_name = status.get("jobName")
+    if job_name and not await _shared_with_others(cluster, body):
         what = engine_of_request(body)
         try:
             if await _delete_workload(cluster.kube, body, body["metadata"]["namespace"], job_name):
@@ -159,3 +167,16 @@ async def remove(cluster: Cluster, body: Mapping[str, Any]) -> None:
             log.warning("%s %s of deleted %s is left to garbage collection: %s", what, job_name,
                         naming.describe(body), err.message)
     await subjects.release(cluster.kube, body)
+
+
+async def _shared_with_others(cluster: Cluster, body: Mapping[str, Any]) -> bool:
+    """Whether another request of the deleted request's batch still exists (then its Job stays); when
+    that cannot be read, the Job is left to garbage collection, which deletes it with its last owner."""
+    batch = batches.batch_of(body)
+    if batch is None or len(batch.requests) < 2:
+        return False
+    others = [(ref.name, ref.uid) for ref in batch.requests if ref.uid != body["metadata"]["uid"]]
+    try:
+        return bool(await cluster.kube.present_requests(body["metadata"]["namespace"], others))
+    except OperatorError:
+        return True

@@ -52,6 +52,13 @@ class Metrics:
         self.last_test_auc_drop = Gauge(
             "forgetmi_last_test_auc_drop", "Test AUC drop (original − unlearned) of the latest candidate of a model.",
             ["namespace", "model"], registry=reg)
+        self.trainer_jobs_total = Counter(
+            "forgetmi_trainer_jobs_total", "Trainer Jobs and TrainJobs the operator started.",
+            ["namespace"], registry=reg)
+        self.requests_coalesced_total = Counter(
+            "forgetmi_requests_coalesced_total",
+            "Requests that ran in a Job shared with other requests (coalesced, docs/coalescing.md).",
+            ["namespace"], registry=reg)
         self.job_failures_total = Counter(
             "forgetmi_job_failures_total", "Trainer Jobs that failed, by reason.", ["reason"], registry=reg)
         self.reconcile_errors_total = Counter(

@@ -25,12 +25,12 @@ from forgetmi_operator.api import conditions as cond
 from forgetmi_operator.api import naming
 from forgetmi_operator.api.errors import OperatorError, storage_call
 from forgetmi_operator.api.spec import parse_spec
-from forgetmi_operator.cluster import jobstate, trainjobstate
+from forgetmi_operator.cluster import coalescer, jobstate, trainjobstate
 from forgetmi_operator.cluster.context import Cluster
 from forgetmi_operator.cluster.kube import Kube
 from forgetmi_operator.cluster.metrics import METRICS
 from forgetmi_operator.cluster.scheduler import Entry, wants_tracking
-from forgetmi_operator.lifecycle import subjects
+from forgetmi_operator.lifecycle import batches, subjects
 from forgetmi_operator.lifecycle.conclude import conclude
 from forgetmi_operator.lifecycle.decisions import Decision, is_approved
 from forgetmi_operator.lifecycle.steps import Step, failure, job_failed, job_running
@@ -76,6 +76,7 @@ async def look(cluster: Cluster, entry: Entry) -> None:
         cluster.scheduler.observe(patched)
     if cond.is_terminal(step.status.get("phase")):  # only once the decision is saved: a re-evaluation needs it
         await subjects.release(cluster.kube, body)
+        await coalescer.release_when_done(cluster, patched or body)
 
 
 async def _track(cluster: Cluster, body: Mapping[str, Any], concluded: set[str]) -> Step | None:
@@ -112,7 +113,9 @@ async def _conclude(cluster: Cluster, body: Mapping[str, Any]) -> Step:
     outcome = await conclude(cluster.ports, body)
     spec_model = (body.get("spec") or {}).get("model") or {}
     labels = {"namespace": str(body["metadata"]["namespace"]), "model": str(spec_model.get("name"))}
-    if outcome.decision != Decision.AWAIT_APPROVAL:  # counted once, when acted on (not again on approval)
+    job = f"{body['metadata']['namespace']}/{(body.get('status') or {}).get('jobName')}"
+    if outcome.decision != Decision.AWAIT_APPROVAL and cluster.count_once(job):
+        # counted once, when acted on (not again on approval), and once for a batch's shared Job
         for gate in outcome.gates:
             METRICS.gate_evaluations_total.labels(metric=gate.metric, result=gate.result).inc()
     if outcome.mia is not None:
@@ -145,8 +148,9 @@ async def track_job(cluster: Cluster, body: Mapping[str, Any],
     trainjob = trainjobstate.engine_of_request(body) == "TrainJob"
     if job is None:
         job = await (kube.get_trainjob if trainjob else kube.get_job)(namespace, job_name)
-    kind = naming.job_kind(meta["name"], meta["uid"], job_name)
-    paths = request_paths(spec.model.registry_uri, spec.model.name, meta["uid"], kind=kind)
+    owner_name, owner_uid = batches.run_owner(body)  # a batch's run is its leader's
+    kind = naming.job_kind(owner_name, owner_uid, job_name)
+    paths = request_paths(spec.model.registry_uri, spec.model.name, owner_uid, kind=kind)
     objects = await cluster.ports.storage_for(body)
     if job is None and await storage_call(objects.exists, paths.report):
         # The trainer writes its report last, so the Job completed and was removed since (its TTL ran

@@ -84,6 +84,13 @@ def owner_of(job: Mapping[str, Any]) -> Key | None:
     return None
 
 
+def owners_of(job: Mapping[str, Any]) -> list[Key]:
+    """Every request that owns ``job`` (a batch's Job is owned by each request of the batch)."""
+    meta = job.get("metadata") or {}
+    return [(str(meta.get("namespace")), str(ref["name"])) for ref in meta.get("ownerReferences") or []
+            if ref.get("kind") == OWNER_KIND and ref.get("name")]
+
+
 @dataclass(eq=False)
 class Entry:
     """One open request: its latest body, and what the looks at it remember."""
@@ -176,6 +183,15 @@ class LookScheduler:
             if key[0] == namespace and (entry.body.get("status") or {}).get("jobName") == job_name:
                 return key
         return None
+
+    def requests_of_job(self, namespace: str, job_name: str, *, kind: WorkloadKind = "Job") -> list[Key]:
+        """Every open request whose run is the Job (or TrainJob) ``job_name``: its owners when it was
+        seen, else the requests whose ``status.jobName`` names it."""
+        job = self._kept(kind).get((namespace, job_name))
+        if job is not None:
+            return owners_of(job)
+        return [key for key, entry in self.entries.items()
+                if key[0] == namespace and (entry.body.get("status") or {}).get("jobName") == job_name]
 
     def job(self, namespace: str, name: str, *, kind: WorkloadKind = "Job") -> dict[str, Any] | None:
         """The latest Job (or TrainJob) seen by the watch, or None when none was (then read it from the API)."""

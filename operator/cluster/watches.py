@@ -28,7 +28,7 @@ from forgetmi_operator.cluster.context import Cluster, PostEvent
 from forgetmi_operator.cluster.kube import Kube
 from forgetmi_operator.cluster.metrics import METRICS, serve
 from forgetmi_operator.cluster.phases import PhaseBook
-from forgetmi_operator.cluster.scheduler import LookScheduler, is_open, key_of, wants_tracking
+from forgetmi_operator.cluster.scheduler import LookScheduler, is_open, key_of, owners_of, wants_tracking
 from forgetmi_operator.cluster.targets import ClusterTargets
 from forgetmi_operator.lifecycle import receipts, subjects
 from forgetmi_operator.lifecycle.ports import Ports
@@ -48,7 +48,7 @@ async def startup(settings: Settings, post_event: PostEvent) -> Cluster:
                   storage_for=lambda body: identity.storage_for(kube, settings, body),
                   receipt_key=lambda: subjects.receipt_key(kube, settings),
                   signing_key=lambda: receipts.signing_key(kube, settings),
-                  ledger_key=lambda: subjects.ledger_key(kube, settings))
+                  ledger_key=lambda: subjects.ledger_key(kube, settings), present=kube.present_requests)
     cluster = Cluster(settings=settings, kube=kube, ports=ports, phases=PHASES, post_event=post_event,
                       scheduler=LookScheduler(lambda entry: outcome.look(cluster, entry), is_open=is_open,
                                               concurrency=LOOK_CONCURRENCY))
@@ -64,6 +64,7 @@ async def cleanup(cluster: Cluster) -> None:
     for task in cluster.tasks:
         task.cancel()
     await asyncio.gather(*cluster.tasks, return_exceptions=True)
+    await cluster.gatherings.close()
     await cluster.scheduler.close()
     if cluster.metrics_server is not None:
         cluster.metrics_server.shutdown()
@@ -75,6 +76,7 @@ async def request_event(cluster: Cluster, body: Mapping[str, Any], *, deleted: b
     """A request was added, changed or deleted (see the module docstring)."""
     scheduler = cluster.scheduler
     if deleted:
+        cluster.gatherings.discard(str((body.get("metadata") or {}).get("uid")))
         cluster.phases.forget(body)
         scheduler.observe(body, deleted=True)
         await launcher.remove(cluster, body)
@@ -95,16 +97,18 @@ async def request_event(cluster: Cluster, body: Mapping[str, Any], *, deleted: b
 
 def job_event(cluster: Cluster, job: Mapping[str, Any], *, deleted: bool) -> None:
     """A trainer Job changed: keep it, and look at its request when the Job has Pods or finished."""
-    owner = cluster.scheduler.job_changed(job, deleted=deleted)
-    if owner is not None and (deleted or jobstate.has_pods(job)):
-        cluster.scheduler.poke(owner)
+    cluster.scheduler.job_changed(job, deleted=deleted)
+    if deleted or jobstate.has_pods(job):
+        for owner in owners_of(job):  # a batch's Job has every request of the batch as owner
+            cluster.scheduler.poke(owner)
 
 
 def trainjob_event(cluster: Cluster, trainjob: Mapping[str, Any], *, deleted: bool) -> None:
     """A trainer TrainJob changed: keep it, and look at its request when it has Pods or finished."""
-    owner = cluster.scheduler.job_changed(trainjob, deleted=deleted, kind="TrainJob")
-    if owner is not None and (deleted or trainjobstate.has_pods(trainjob)):
-        cluster.scheduler.poke(owner)
+    cluster.scheduler.job_changed(trainjob, deleted=deleted, kind="TrainJob")
+    if deleted or trainjobstate.has_pods(trainjob):
+        for owner in owners_of(trainjob):
+            cluster.scheduler.poke(owner)
 
 
 def pod_event(cluster: Cluster, pod: Mapping[str, Any]) -> None:
@@ -113,9 +117,9 @@ def pod_event(cluster: Cluster, pod: Mapping[str, Any]) -> None:
     namespace = str((pod.get("metadata") or {}).get("namespace"))
     trainjob_name = trainjobstate.trainjob_name_of_pod(pod)
     if trainjob_name is not None:
-        owner = cluster.scheduler.request_of_job(namespace, trainjob_name, kind="TrainJob")
+        owners = cluster.scheduler.requests_of_job(namespace, trainjob_name, kind="TrainJob")
     else:
         job_name = jobstate.job_name_of_pod(pod)
-        owner = cluster.scheduler.request_of_job(namespace, job_name) if job_name is not None else None
-    if owner is not None:
+        owners = cluster.scheduler.requests_of_job(namespace, job_name) if job_name is not None else []
+    for owner in owners:
         cluster.scheduler.poke(owner)

@@ -27,19 +27,19 @@ from typing import Any
 
 from forgetmi_operator.api import conditions as cond
 from forgetmi_operator.api import naming
-from forgetmi_operator.api.errors import OperatorError, ServingTargetError, SubjectsError, storage_call
-from forgetmi_operator.api.spec import UnlearnRequestSpec, parse_spec
-from forgetmi_operator.api.status import ArtifactStatus, GateStatus, MetricsStatus, ModelVersionStatus
-from forgetmi_operator.lifecycle import erasures, gates, receipts, subjects
+from forgetmi_operator.api.errors import OperatorError, SubjectsError, storage_call
+from forgetmi_operator.api.spec import parse_spec
+from forgetmi_operator.api.status import GateStatus, ModelVersionStatus
+from forgetmi_operator.lifecycle import batches, batchlists, gates, receipts, subjects
 from forgetmi_operator.lifecycle.decisions import Decision, decide, is_approved
 from forgetmi_operator.lifecycle.ports import Ports
+from forgetmi_operator.lifecycle.promote import promote
 from forgetmi_operator.lifecycle.steps import Step, with_condition
-from forgetmi_operator.registry import artifacts, promotion, references
-from forgetmi_operator.registry.aliases import RequestRef, VerifiedVersion
-from forgetmi_operator.registry.paths import RequestPaths, references_uri, request_paths
+from forgetmi_operator.lifecycle.verdict import Verdict
+from forgetmi_operator.registry import artifacts
+from forgetmi_operator.registry.aliases import RequestRef
+from forgetmi_operator.registry.paths import request_paths
 from forgetmi_trainer.contract import Report, now
-from forgetmi_trainer.errors import StorageError
-from forgetmi_trainer.storage import Objects
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +54,6 @@ class Outcome:
     mia: float | None
     test_auc_drop: float | None
     report: Report
-
-
-@dataclass(frozen=True)
-class _Verdict:
-    """What a verified report says about a request, and what was decided."""
-
-    objects: Objects
-    spec: UnlearnRequestSpec
-    base: ModelVersionStatus
-    candidate: VerifiedVersion
-    report: Report
-    report_ref: ArtifactStatus
-    paths: RequestPaths
-    gates: list[GateStatus]
-    metrics: MetricsStatus
-    decision: Decision
 
 
 async def conclude(ports: Ports, body: Mapping[str, Any]) -> Outcome:
@@ -106,130 +90,89 @@ async def conclude(ports: Ports, body: Mapping[str, Any]) -> Outcome:
     return Outcome(step, verdict.decision, verdict.gates, mia, drop, verdict.report)
 
 
-async def _verdict(ports: Ports, body: Mapping[str, Any]) -> _Verdict:
-    """Read and verify the report of the request's current run, evaluate the gates and decide."""
+async def _verdict(ports: Ports, body: Mapping[str, Any]) -> Verdict:
+    """Read and verify the report of the request's current run (its batch's, for a coalesced request),
+    evaluate the gates and decide. A batch's gates fail into Held: a shared run is never retrained."""
     meta, status = body["metadata"], body.get("status") or {}
     spec = parse_spec(body.get("spec") or {})
-    kind = naming.job_kind(meta["name"], meta["uid"], status["jobName"])
-    paths = request_paths(spec.model.registry_uri, spec.model.name, meta["uid"], kind=kind)
+    owner_name, owner_uid = batches.run_owner(body)
+    kind = naming.job_kind(owner_name, owner_uid, status["jobName"])
+    paths = request_paths(spec.model.registry_uri, spec.model.name, owner_uid, kind=kind)
     base = ModelVersionStatus.model_validate(status["baseModel"])
     objects = await ports.storage_for(body)
     report, report_ref = await storage_call(artifacts.load_report, objects, paths.report,
-                                            request=f"{meta['namespace']}/{meta['name']}",
+                                            request=f"{meta['namespace']}/{owner_name}",
                                             max_bytes=ports.settings.report_max_bytes)
-    artifacts.check_lineage(report, base, naming.candidate_version(base.version, meta["uid"], kind=kind))
+    artifacts.check_lineage(report, base, naming.candidate_version(base.version, owner_uid, kind=kind))
     candidate = await storage_call(artifacts.verify_candidate, objects, report, registry=spec.model.registry_uri,
                                    model=spec.model.name)
     statuses = gates.evaluate_gates(gates.effective_gates(spec.gates, ports.settings.default_gates), report)
-    decision = decide(spec.rollout.mode, statuses, is_approved(meta.get("annotations")), spec.rollout.on_gate_failure,
-                      retrained=kind == "retrain")
-    return _Verdict(objects, spec, base, candidate, report, report_ref, paths, statuses, gates.metrics_status(report),
-                    decision)
+    shared = batches.in_shared_run(body)
+    decision = decide(spec.rollout.mode, statuses, is_approved(meta.get("annotations")),
+                      "Hold" if shared else spec.rollout.on_gate_failure, retrained=kind == "retrain")
+    receipt_uri = request_paths(spec.model.registry_uri, spec.model.name, meta["uid"], kind=kind).receipt
+    return Verdict(objects, spec, base, candidate, report, report_ref, paths, receipt_uri,
+                   RequestRef(namespace=meta["namespace"], name=owner_name, uid=owner_uid), batches.batch_of(body),
+                   statuses, gates.metrics_status(report), decision)
 
 
-async def _act(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, step: Step) -> None:
+def _check_counts(verdict: Verdict, forget: list[str], where: str) -> None:
+    """The report must count the subjects the request's run forgot: its own list, or its batch's union
+    (which holds its list); SubjectsError, before anything changes, otherwise."""
+    counted = verdict.report.counts.subjects
+    batch = verdict.batch
+    if verdict.shared and batch is not None:
+        if batch.subject_count != counted or len(forget) > counted:
+            raise SubjectsError(f"The batch's forget set holds {batch.subject_count} subjects and {where} "
+                                f"{len(forget)}, but the Job's report counts {counted}: nothing was promoted. "
+                                "Create a new request.")
+    elif len(forget) != counted:
+        raise SubjectsError(f"{where} holds {len(forget)} subjects, but the Job's report counts "
+                            f"{counted}: nothing was promoted. Create a new request.")
+
+
+async def _act(ports: Ports, body: Mapping[str, Any], verdict: Verdict, step: Step) -> None:
     """Act on the decision into ``step``; raises OperatorError before any change when a check fails."""
     decision = verdict.decision
     forget: list[str] = []
     if decision.terminal or decision == Decision.RETRAIN:  # what the receipt or the retrain needs, read first
         forget, where = await subjects.read_snapshot(ports.secrets, body)
-        if len(forget) != verdict.report.counts.subjects:
-            raise SubjectsError(f"{where} holds {len(forget)} subjects, but the Job's report counts "
-                                f"{verdict.report.counts.subjects}: nothing was promoted. Create a new request.")
+        _check_counts(verdict, forget, where)
     key = await ports.receipt_key() if decision.terminal else None
     signing_key = await ports.signing_key() if decision.terminal else None  # a bad key fails before any change
     moved: receipts.Promotion | None = None
     if decision == Decision.PROMOTE:
-        moved = await _promote(ports, body, verdict, step, forget)
+        erased = await batchlists.read_union(ports.secrets, body) if verdict.shared else forget
+        moved = await promote(ports, body, verdict, step, erased)
     elif decision == Decision.RETRAIN:
         await _retrain(ports, body, verdict, step)
     else:
         _announce(body, verdict, step)
     if decision.terminal:
-        await _write_receipt(body, verdict, step, receipts.subjects_hmac(forget, key), moved, signing_key)
+        batch = await _batch_info(ports, body, verdict)
+        await _write_receipt(body, verdict, step, receipts.subjects_hmac(forget, key), moved, signing_key, batch)
 
 
-async def _promote(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, step: Step,
-                   forget: list[str]) -> receipts.Promotion:
-    """Move the alias to the candidate and re-point the serving target (undo the alias if that fails),
-    then record the erasure of ``forget`` in the model's forget ledger (docs/ledger.md).
-
-    The ledger key and the ledger are read, the ledger's chain checked and the candidate's descent from
-    every earlier erasure verified (PreErasureVersion) before the alias moves; the entry is appended only
-    after the rollout succeeded, so every entry is a promotion that took effect. A crash in between
-    leaves the request unconcluded: its conclusion runs again, finds the promotion done, and appends the
-    entry, once (a request's uid is never appended twice); until then `forgetmi ledger verify` reports
-    the alias record whose request has no entry."""
-    meta, spec, base, candidate = body["metadata"], verdict.spec, verdict.base, verdict.candidate
-    skipped = await ports.targets.check(spec, meta["namespace"])
-    key = await ports.ledger_key()
-    earlier = await storage_call(erasures.read_erasures, verdict.objects, spec.model)
-    ref = RequestRef(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
-    record = await storage_call(promotion.promote_candidate, verdict.objects, spec.model, base, candidate, ref,
-                                earlier)
-    try:
-        await ports.targets.point(spec, meta["namespace"], candidate.uri)
-    except OperatorError as err:
-        undone = await storage_call(promotion.rollback_promotion, verdict.objects, spec.model, base, candidate, ref,
-                                    earlier)
-        raise ServingTargetError(f"{err.message} The rollout was undone: {undone}") from err
-    message = (f"Alias '{spec.model.alias}' of model {spec.model.name} now names version {candidate.version} "
-               f"(was {base.version}).{await _record_erasure(key, verdict, ref, forget, step)}")
-    retired = await _retire_references(verdict)
-    if retired:
-        message += f" {retired}"
-        step.events.append(("Normal", "ReferencesRetired", retired))
-    if skipped:
-        message += f" {skipped}"
-        step.events.append(("Warning", "ServingTargetSkipped", skipped))
-    with_condition(body, step, "Promoted", "True", cond.PROMOTED, message)
-    step.events.append(("Normal", cond.PROMOTED, message))
-    return receipts.Promotion(alias=spec.model.alias, version=record.version, previous=record.previous)
-
-
-async def _record_erasure(key: bytes | None, verdict: _Verdict, ref: RequestRef, forget: list[str],
-                          step: Step) -> str:
-    """Append the request's ledger entry after its promotion took effect; a sentence for the Promoted
-    condition. Without a ledger key nothing is written (a warning is logged). An entry that cannot be
-    written for good does not undo the promotion: it stands, and the condition says so."""
-    model = verdict.spec.model
-    if key is None:
-        log.warning("%s/%s promoted version %s of model %s without a forget ledger key: no ledger entry was written, "
-                    "so later runs cannot leave its patients out of training.", ref.namespace, ref.name,
-                    verdict.candidate.version, model.name)
-        return ""
-    try:
-        entry = await storage_call(erasures.record_erasure, verdict.objects, model, ref, forget, key,
-                                   verdict.base.version, verdict.candidate.version)
-    except OperatorError as err:
-        if err.retryable:
-            raise
-        step.events.append(("Warning", err.reason, err.message))
-        return f" No forget ledger entry: {err.message}"
-    return f" Forget ledger entry {entry.seq} records its {entry.count} subjects."
-
-
-async def _retire_references(verdict: _Verdict) -> str | None:
-    """After a promotion: delete the base version's reference models, trained on the patients just
-    forgotten (best effort: a failure is logged and said, never undoes the promotion). A sentence
-    for the Promoted condition, None when the base version had none."""
-    model, version = verdict.spec.model, verdict.base.version
-    where = references_uri(model.registry_uri, model.name, version)
-    try:
-        count = await storage_call(references.retire_references, verdict.objects, model.registry_uri, model.name,
-                                   version)
-    except (OperatorError, StorageError) as err:
-        log.warning("The reference models in %s could not be retired: %s", where, err)
-        return (f"The reference models of version {version} ({where}) were trained on the forgotten patients but "
-                f"could not be retired ({err}); delete them by hand.")
-    if not count:
+async def _batch_info(ports: Ports, body: Mapping[str, Any], verdict: Verdict) -> receipts.BatchInfo | None:
+    """What the receipt of a request that shared its run says of the batch: the shared Job, its leader,
+    its requests, the size of their union, and those deleted since its Job was created."""
+    batch = verdict.batch
+    if not verdict.shared or batch is None or batch.leader is None:
         return None
-    log.info("Retired %d reference objects in %s after promoting past version %s.", count, where, version)
-    return (f"The reference models of version {version} were retired ({count} objects under {where} deleted): "
-            "they were trained on the forgotten patients.")
+    namespace = body["metadata"]["namespace"]
+    present = await ports.present(namespace, [(ref.name, ref.uid) for ref in batch.requests])
+
+    def info(name: str, uid: str) -> receipts.RequestInfo:
+        return receipts.RequestInfo(uid=uid, name=name, namespace=namespace)
+
+    return receipts.BatchInfo(job=batch.job_name or body["status"]["jobName"],
+                              leader=info(batch.leader.name, batch.leader.uid),
+                              requests=[info(ref.name, ref.uid) for ref in batch.requests],
+                              subject_count=batch.subject_count or 0,
+                              withdrawn=[info(ref.name, ref.uid) for ref in batch.requests if ref.uid not in present])
 
 
-def _announce(body: Mapping[str, Any], verdict: _Verdict, step: Step) -> None:
+def _announce(body: Mapping[str, Any], verdict: Verdict, step: Step) -> None:
     """The decisions that change nothing: await approval, end a dry run, hold."""
     request = naming.describe(body)
     if verdict.decision == Decision.AWAIT_APPROVAL:
@@ -247,7 +190,7 @@ def _announce(body: Mapping[str, Any], verdict: _Verdict, step: Step) -> None:
                                                f"version {verdict.base.version}."))
 
 
-async def _retrain(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, step: Step) -> None:
+async def _retrain(ports: Ports, body: Mapping[str, Any], verdict: Verdict, step: Step) -> None:
     """Start the retrain run without the patients (``onGateFailure: Retrain``)."""
     started = await ports.trainers.start(body, verdict.spec, verdict.base.version, "retrain")
     step.status.update(jobName=started.job_name, attempts=int((body.get("status") or {}).get("attempts") or 1) + 1)
@@ -258,8 +201,9 @@ async def _retrain(ports: Ports, body: Mapping[str, Any], verdict: _Verdict, ste
         step.events.append(("Normal", "JobCreated", started.event))
 
 
-async def _write_receipt(body: Mapping[str, Any], verdict: _Verdict, step: Step, digest: str | None,
-                         moved: receipts.Promotion | None, signing_key: bytes | None = None) -> None:
+async def _write_receipt(body: Mapping[str, Any], verdict: Verdict, step: Step, digest: str | None,
+                         moved: receipts.Promotion | None, signing_key: bytes | None = None,
+                         batch: receipts.BatchInfo | None = None) -> None:
     """Write the receipt of a decision that ends the request (signed, a DSSE envelope, with
     ``signing_key``). When the alias already moved, a receipt that cannot be written does not undo
     the promotion: it stands, and the condition says so."""
@@ -272,9 +216,9 @@ async def _write_receipt(body: Mapping[str, Any], verdict: _Verdict, step: Step,
         candidate=artifacts.candidate_status(verdict.candidate), report=verdict.report_ref, metrics=verdict.metrics,
         gates=verdict.gates,
         decision=verdict.decision, created=meta.get("creationTimestamp") or completed, completed=completed,
-        promotion=moved)
+        promotion=moved, batch=batch)
     try:
-        written = await storage_call(artifacts.write_receipt, verdict.objects, verdict.paths.receipt,
+        written = await storage_call(artifacts.write_receipt, verdict.objects, verdict.receipt_uri,
                                      receipts.stored_receipt(receipt, model=verdict.spec.model.name,
                                                              signing_key=signing_key))
     except OperatorError as err:

@@ -17,7 +17,7 @@ port and returns the step that records it. Errors are the domain errors of
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,26 +144,42 @@ def _earlier(accepted: Accepted) -> str:
             "forget ledger) and are left out of training.")
 
 
-async def launch(ports: Ports, body: Mapping[str, Any]) -> Step:
-    """Accept the request and start its unlearning run once; a suspended request only says so."""
+Gather = Callable[[Mapping[str, Any], UnlearnRequestSpec, Accepted], Awaitable[Step]]
+"""Joins an accepted request to a batch of coalesced requests (docs/coalescing.md); the step that says so."""
+
+
+def accepted_step(body: Mapping[str, Any], spec: UnlearnRequestSpec, accepted: Accepted) -> Step:
+    """The step of an accepted request, before its run is started: the Accepted condition, the pinned
+    base version, the forget list's count and copy, the attempt and the start time."""
     meta, status = body["metadata"], body.get("status") or {}
-    spec = parse_spec(body.get("spec") or {})
     step = Step()
+    with_condition(body, step, "Accepted", "True", cond.ACCEPTED,
+                   f"{naming.describe(body)} was accepted: {len(accepted.subjects)} subjects to forget from "
+                   f"model {spec.model.name} version {accepted.base.version}.{_earlier(accepted)}")
+    step.status.update(baseModel=accepted.base.model_dump(by_alias=True, exclude_none=True),
+                       subjectCount=len(accepted.subjects),
+                       subjectsSecretName=naming.subjects_secret_name(meta["name"], meta["uid"]),
+                       attempts=max(1, int(status.get("attempts") or 0)), startTime=status.get("startTime") or now())
+    return step
+
+
+async def launch(ports: Ports, body: Mapping[str, Any], gather: Gather | None = None) -> Step:
+    """Accept the request and start its unlearning run once — or, with ``gather``, join it to a batch
+    whose Job starts when the batch closes; a suspended request only says so."""
+    spec = parse_spec(body.get("spec") or {})
     if spec.suspend:
+        step = Step()
         message = f"{naming.describe(body)} is suspended; no Job is created while spec.suspend is true."
         with_condition(body, step, "Unlearned", "Unknown", cond.NOT_STARTED, message)
         step.events.append(("Normal", "Suspended", message))
         return step
     accepted = await accept(ports, await ports.storage_for(body), body, spec)
+    if gather is not None:
+        return await gather(body, spec, accepted)
     started = await ports.trainers.start(body, spec, accepted.base.version, "unlearn")
-    with_condition(body, step, "Accepted", "True", cond.ACCEPTED,
-                   f"{naming.describe(body)} was accepted: {len(accepted.subjects)} subjects to forget from "
-                   f"model {spec.model.name} version {accepted.base.version}.{_earlier(accepted)}")
+    step = accepted_step(body, spec, accepted)
     with_condition(body, step, "Unlearned", "Unknown", cond.JOB_PENDING, started.waiting)
-    step.status.update(baseModel=accepted.base.model_dump(by_alias=True, exclude_none=True),
-                       subjectCount=len(accepted.subjects), jobName=started.job_name,
-                       subjectsSecretName=naming.subjects_secret_name(meta["name"], meta["uid"]),
-                       attempts=max(1, int(status.get("attempts") or 0)), startTime=status.get("startTime") or now())
+    step.status["jobName"] = started.job_name
     if started.created:
         step.events.append(("Normal", "JobCreated", started.event))
     return step

@@ -11,12 +11,14 @@ implement them, so both go through the same lifecycle code.
   (never the operator's own), the user's own locally;
 - ``receipt_key``: the key of the receipt's HMAC of the forget list, None without one;
 - ``signing_key``: the receipt signing key (PEM PKCS#8 Ed25519), None without one (receipts unsigned);
-- ``ledger_key``: the forget ledger's HMAC key (docs/ledger.md), None without one (no ledger written or read).
+- ``ledger_key``: the forget ledger's HMAC key (docs/ledger.md), None without one (no ledger written or read);
+- ``present``: which of some requests (namespace, then ``(name, uid)`` pairs) still exist — for the receipt
+  of a coalesced request, whose batch's other requests may have been deleted (docs/coalescing.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,6 +31,11 @@ from forgetmi_trainer.storage import Objects
 async def _no_key() -> bytes | None:
     """The default of an optional key port: no key."""
     return None
+
+
+async def _all_present(namespace: str, requests: Sequence[tuple[str, str]]) -> set[str]:
+    """The default of ``present`` (a single local request has no batch): every request is there."""
+    return {uid for _, uid in requests}
 
 
 class SecretStore(Protocol):
@@ -82,3 +89,5 @@ class Ports:
     receipt_key: Callable[[], Awaitable[bytes | None]]
     signing_key: Callable[[], Awaitable[bytes | None]] = _no_key
     ledger_key: Callable[[], Awaitable[bytes | None]] = _no_key
+    present: Callable[[str, Sequence[tuple[str, str]]], Awaitable[set[str]]] = _all_present
+    """The uids of the given ``(name, uid)`` requests of a namespace that still exist."""

@@ -88,6 +88,18 @@ class Promotion(_Record):
     previous: str | None = None
 
 
+class BatchInfo(_Record):
+    """The batch of coalesced requests the request ran in (docs/coalescing.md): the Job, report and
+    candidate are the leader's, shared by every request of the batch."""
+
+    job: str
+    leader: RequestInfo
+    requests: list[RequestInfo]
+    subject_count: int = Field(ge=0, description="Subjects of the union of the batch's forget lists.")
+    withdrawn: list[RequestInfo] = Field(default_factory=list, description=(
+        "Requests of the batch deleted after its Job was created: their patients are in the forget set still."))
+
+
 class Timestamps(_Record):
     created: str = Field(description="When the request was created (RFC 3339).")
     completed: str = Field(description="When the decision was taken (RFC 3339).")
@@ -109,13 +121,14 @@ class Receipt(_Record):
     promotion: Promotion | None = None
     timestamps: Timestamps
     operator_version: str
+    batch: BatchInfo | None = None
 
 
 def build_receipt(*, uid: str, name: str, namespace: str, subject_count: int, subjects_digest: str | None,
                   method: str, mode: RolloutMode, base: Digested, candidate: Digested, report: Digested,
                   metrics: MetricsStatus, gates: Sequence[GateStatus], decision: Decision, created: str,
                   completed: str, promotion: Promotion | None = None,
-                  operator_version: str = __version__) -> Receipt:
+                  operator_version: str = __version__, batch: BatchInfo | None = None) -> Receipt:
     """The receipt of one request. ``base``/``candidate`` are anything with ``version``, ``uri`` and
     ``sha256`` (e.g. ``api.ModelVersionStatus``) or such a mapping; ``report`` likewise with ``uri``
     and ``sha256``. ``subjects_digest`` is :func:`subjects_hmac`'s result."""
@@ -134,12 +147,15 @@ def build_receipt(*, uid: str, name: str, namespace: str, subject_count: int, su
         promotion=promotion,
         timestamps=Timestamps(created=created, completed=completed),
         operator_version=operator_version,
+        batch=batch,
     )
 
 
 def receipt_json(receipt: Receipt) -> bytes:
     """Canonical bytes: camelCase keys sorted, two-space indent, UTF-8, NaN as null, final newline."""
     data = json.loads(receipt.model_dump_json(by_alias=True))
+    if data.get("batch") is None:  # a request that ran alone: the receipt it had before batches existed
+        data.pop("batch", None)
     return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 

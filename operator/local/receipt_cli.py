@@ -135,10 +135,18 @@ def _report(objects: Objects, where: _Where, report: receipts.ArtifactDigest) ->
     return Check("report", True, f"{uri} has sha256 {found}")
 
 
+def _mover(receipt: receipts.Receipt) -> tuple[str, str]:
+    """``(uid, what)`` of the request that moved the alias and is in the ledger: the request, or for one
+    of a batch of coalesced requests its batch's leader (docs/coalescing.md)."""
+    if receipt.batch is not None:
+        return receipt.batch.leader.uid, f"{receipt.batch.leader.uid} (the leader of its batch)"
+    return receipt.request.uid, receipt.request.uid
+
+
 def _alias_history(objects: Objects, where: _Where, receipt: receipts.Receipt) -> Check:
     if receipt.decision != Decision.PROMOTE or receipt.promotion is None:
         return Check("alias-history", None, f"the decision was {receipt.decision.value}, not a promotion")
-    alias, uid, candidate = receipt.promotion.alias, receipt.request.uid, receipt.candidate
+    (uid, who), alias, candidate = _mover(receipt), receipt.promotion.alias, receipt.candidate
     uri = alias_uri(where.registry, where.name, alias)
     try:
         record = parse_alias_record(objects.read_at_most(uri, aliases.RECORD_MAX_BYTES + 1), uri)
@@ -147,8 +155,8 @@ def _alias_history(objects: Objects, where: _Where, receipt: receipts.Receipt) -
     entries = [(record.version, record.sha256, record.request)]
     entries += [(entry.version, entry.sha256, entry.request) for entry in record.history]
     if any(v == candidate.version and s == candidate.sha256 and r is not None and r.uid == uid for v, s, r in entries):
-        return Check("alias-history", True, f"alias '{alias}' records request {uid} promoting {candidate.version}")
-    return Check("alias-history", False, f"alias '{alias}' ({uri}) has no record of request {uid} promoting version "
+        return Check("alias-history", True, f"alias '{alias}' records request {who} promoting {candidate.version}")
+    return Check("alias-history", False, f"alias '{alias}' ({uri}) has no record of request {who} promoting version "
                                          f"{candidate.version} with sha256 {candidate.sha256}")
 
 
@@ -159,10 +167,11 @@ def _ledger(objects: Objects, where: _Where, receipt: receipts.Receipt) -> Check
         entries = ledger.read_ledger(objects, where.registry, where.name)
     except (aliases.RegistryError, ValueError, StorageError) as err:
         return Check("ledger", False, f"the ledger of model '{where.name}' cannot be read: {err}")
-    if ledger.holds_request(entries, receipt.request.uid):
-        return Check("ledger", True, f"the ledger of model '{where.name}' holds request {receipt.request.uid}")
+    uid, who = _mover(receipt)
+    if ledger.holds_request(entries, uid):
+        return Check("ledger", True, f"the ledger of model '{where.name}' holds request {who}")
     return Check("ledger", False, f"the ledger of model '{where.name}' ({len(entries)} entries) does not hold "
-                                  f"request {receipt.request.uid}")
+                                  f"request {who}")
 
 
 def _subjects(receipt: receipts.Receipt, ids: list[str], key: bytes) -> Check:

@@ -38,11 +38,13 @@ from forgetmi_operator.api.patterns import (
 from forgetmi_operator.api.spec import UnlearnRequestSpec
 from forgetmi_operator.api.status import (
     ArtifactStatus,
+    BatchStatus,
     Condition,
     GateStatus,
     MetricsStatus,
     ModelVersionStatus,
     ProgressStatus,
+    RequestRefStatus,
     UnlearnRequestStatus,
 )
 from forgetmi_operator.local import schema
@@ -368,6 +370,9 @@ def test_every_status_field_the_operator_can_write_is_declared() -> None:
                               threshold=0.02, result="Passed", message="Test AUC dropped 0.01.")],
         report=ArtifactStatus(uri="s3://b/m/requests/u/report.json", sha256="c" * 64),
         receipt=ArtifactStatus(uri="s3://b/m/requests/u/receipt.json", sha256="d" * 64),
+        batch=BatchStatus(key="e" * 64, closes_at="2025-01-01T00:00:05Z", leader=RequestRefStatus(name="r", uid="u1"),
+                          requests=[RequestRefStatus(name="r", uid="u1"), RequestRefStatus(name="s", uid="u2")],
+                          subject_count=5, job_name="forgetmi-r-12345678"),
     )
     written = status.model_dump(mode="json", by_alias=True, exclude_none=True)
     unset = [name for name, value in status if value is None]

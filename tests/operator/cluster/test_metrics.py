@@ -26,6 +26,8 @@ EXPECTED_LABELS = {
     "forgetmi_job_failures": {"reason"},
     "forgetmi_reconcile_errors": {"handler"},
     "forgetmi_build_info": {"version"},
+    "forgetmi_trainer_jobs": {"namespace"},
+    "forgetmi_requests_coalesced": {"namespace"},
 }
 FORBIDDEN_LABELS = {"name", "request", "uid", "subject", "patient", "job"}
 
@@ -42,6 +44,8 @@ def scraped() -> Iterator[str]:
     metrics.last_test_auc_drop.labels(namespace="ns", model="cxr").set(0.01)
     metrics.job_failures_total.labels(reason="BadConfig").inc()
     metrics.reconcile_errors_total.labels(handler="track").inc()
+    metrics.trainer_jobs_total.labels(namespace="ns").inc()
+    metrics.requests_coalesced_total.labels(namespace="ns").inc(10)
     port = free_port()
     server = serve(port, addr="127.0.0.1", metrics=metrics)
     try:
@@ -70,6 +74,7 @@ def test_only_documented_sample_names_are_served(scraped: str) -> None:
     documented = {"forgetmi_requests_total", "forgetmi_requests_in_phase", "forgetmi_oldest_open_request_age_seconds",
                   "forgetmi_gate_evaluations_total", "forgetmi_last_mia", "forgetmi_last_test_auc_drop",
                   "forgetmi_job_failures_total", "forgetmi_reconcile_errors_total", "forgetmi_build_info",
+                  "forgetmi_trainer_jobs_total", "forgetmi_requests_coalesced_total",
                   *(f"forgetmi_request_duration_seconds{suffix}" for suffix in HISTOGRAM_SUFFIXES)}
     served = {sample.name for family in text_string_to_metric_families(scraped) for sample in family.samples}
     assert served == documented
