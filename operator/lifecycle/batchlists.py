@@ -83,7 +83,8 @@ def previously_forgotten_of(secret: Mapping[str, Any] | None) -> list[str] | Non
     encoded = ((secret or {}).get("data") or {}).get(subjects.PREVIOUSLY_FORGOTTEN_KEY)
     if encoded is None:
         return None
-    return subjects.parse(base64.b64decode(encoded).decode("utf-8", errors="replace"), "the previously forgotten list")
+    text = base64.b64decode(encoded).decode("utf-8", errors="replace")
+    return [line.strip() for line in text.splitlines() if line.strip()]  # may be empty: none forgotten yet
 
 
 async def read_union(store: SecretStore, body: Mapping[str, Any]) -> list[str]:

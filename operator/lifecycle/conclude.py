@@ -149,11 +149,12 @@ async def _act(ports: Ports, body: Mapping[str, Any], verdict: Verdict, step: St
     else:
         _announce(body, verdict, step)
     if decision.terminal:
-        batch = await _batch_info(ports, body, verdict)
+        batch = await _batch_info(ports, body, verdict, forget)
         await _write_receipt(body, verdict, step, receipts.subjects_hmac(forget, key), moved, signing_key, batch)
 
 
-async def _batch_info(ports: Ports, body: Mapping[str, Any], verdict: Verdict) -> receipts.BatchInfo | None:
+async def _batch_info(ports: Ports, body: Mapping[str, Any], verdict: Verdict,
+                      forget: list[str]) -> receipts.BatchInfo | None:
     """What the receipt of a request that shared its run says of the batch: the shared Job, its leader,
     its requests, the size of their union, and those deleted since its Job was created."""
     batch = verdict.batch
@@ -165,7 +166,7 @@ async def _batch_info(ports: Ports, body: Mapping[str, Any], verdict: Verdict) -
     def info(name: str, uid: str) -> receipts.RequestInfo:
         return receipts.RequestInfo(uid=uid, name=name, namespace=namespace)
 
-    return receipts.BatchInfo(job=batch.job_name or body["status"]["jobName"],
+    return receipts.BatchInfo(own_count=len(forget), job=batch.job_name or body["status"]["jobName"],
                               leader=info(batch.leader.name, batch.leader.uid),
                               requests=[info(ref.name, ref.uid) for ref in batch.requests],
                               subject_count=batch.subject_count or 0,
@@ -211,7 +212,8 @@ async def _write_receipt(body: Mapping[str, Any], verdict: Verdict, step: Step, 
     completed = now()
     step.status["completionTime"] = completed
     receipt = receipts.build_receipt(
-        uid=meta["uid"], name=meta["name"], namespace=meta["namespace"], subject_count=verdict.report.counts.subjects,
+        uid=meta["uid"], name=meta["name"], namespace=meta["namespace"],
+        subject_count=batch.own_count if batch is not None else verdict.report.counts.subjects,
         subjects_digest=digest, method=verdict.report.method, mode=verdict.spec.rollout.mode, base=verdict.base,
         candidate=artifacts.candidate_status(verdict.candidate), report=verdict.report_ref, metrics=verdict.metrics,
         gates=verdict.gates,

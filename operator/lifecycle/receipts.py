@@ -93,6 +93,7 @@ class BatchInfo(_Record):
     candidate are the leader's, shared by every request of the batch."""
 
     job: str
+    own_count: int = Field(ge=0, exclude=True, description="Subjects of the request's own list (its receipt's count).")
     leader: RequestInfo
     requests: list[RequestInfo]
     subject_count: int = Field(ge=0, description="Subjects of the union of the batch's forget lists.")
