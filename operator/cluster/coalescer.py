@@ -34,7 +34,7 @@ from forgetmi_operator.cluster.metrics import METRICS
 from forgetmi_operator.lifecycle import batches, batchlists, subjects
 from forgetmi_operator.lifecycle.launch import Accepted, accepted_step
 from forgetmi_operator.lifecycle.steps import Step, failure, with_condition
-from forgetmi_trainer.contract import timestamp
+from forgetmi_trainer.contract import parse_timestamp, timestamp
 
 log = logging.getLogger(__name__)
 RETRY_SECONDS = 10.0
@@ -45,17 +45,14 @@ JOIN_WAIT_ATTEMPTS = 15
 again this often, this far apart, before the batch closes without it (its handler's retry re-joins it)."""
 
 
-def _parse_time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 async def join(cluster: Cluster, body: Mapping[str, Any], spec: UnlearnRequestSpec, accepted: Accepted) -> Step:
     """Add the accepted request to its batch (see the module docstring); the step that says it waits."""
     namespace = str(body["metadata"]["namespace"])
     key = batches.batch_key(spec, namespace, accepted.base.version)
     earlier = batches.batch_of(body)  # a restart: re-join with the closing time the request had
-    closes_at = _parse_time(earlier.closes_at) if earlier is not None and earlier.key == key else \
-        datetime.now(UTC) + timedelta(seconds=cluster.settings.coalesce_window_seconds)
+    closes_at = parse_timestamp(earlier.closes_at) if earlier is not None and earlier.key == key else None
+    if closes_at is None:
+        closes_at = datetime.now(UTC) + timedelta(seconds=cluster.settings.coalesce_window_seconds)
     gathering = cluster.gatherings.join(key, namespace, body, closes_at)
     if gathering.task is None:
         gathering.task = asyncio.get_running_loop().create_task(_close_when_due(cluster, gathering))

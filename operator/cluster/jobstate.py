@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple
 
 from forgetmi_operator.api.naming import TRAINER_CONTAINER
 from forgetmi_operator.api.status import ProgressStatus
-from forgetmi_trainer.contract import FAIL_FAST_EXIT_CODES, ExitCode, Progress
+from forgetmi_trainer.contract import FAIL_FAST_EXIT_CODES, ExitCode, Progress, parse_timestamp
 
 JobPhase = Literal["pending", "running", "succeeded", "failed"]
 
@@ -200,10 +200,10 @@ def _pending_since(pod: Mapping[str, Any]) -> tuple[datetime | None, str]:
     """When the Pod's wait for its containers began: its scheduling, else its creation."""
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "True":
-            scheduled = _parse_time(cond.get("lastTransitionTime"))
+            scheduled = parse_timestamp(cond.get("lastTransitionTime"))
             if scheduled is not None:
                 return scheduled, "scheduled"
-    return _parse_time((pod.get("metadata") or {}).get("creationTimestamp")), "created"
+    return parse_timestamp((pod.get("metadata") or {}).get("creationTimestamp")), "created"
 
 
 def stuck_pod(pods: list[Mapping[str, Any]], *, now: datetime, pending_pod_timeout_seconds: float) -> JobState | None:
@@ -237,7 +237,7 @@ def stuck_pod(pods: list[Mapping[str, Any]], *, now: datetime, pending_pod_timeo
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and (
                 cond.get("reason") == "Unschedulable"
             ):
-                since = _parse_time(cond.get("lastTransitionTime")) or _parse_time(
+                since = parse_timestamp(cond.get("lastTransitionTime")) or parse_timestamp(
                     (pod.get("metadata") or {}).get("creationTimestamp"))
                 if since is not None and (now - since).total_seconds() > pending_pod_timeout_seconds:
                     detail = str(cond.get("message") or "").strip()
@@ -246,17 +246,6 @@ def stuck_pod(pods: list[Mapping[str, Any]], *, now: datetime, pending_pod_timeo
                     text = f"{message}: {detail}" if detail else f"{message}."
                     return JobState("failed", "Unschedulable", clip(text))
     return None
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    if isinstance(value, datetime):
-        return value
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def clip(text: str) -> str:

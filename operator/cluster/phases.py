@@ -13,11 +13,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from forgetmi_operator.api import conditions as cond
 from forgetmi_operator.cluster.metrics import Metrics
+from forgetmi_trainer.contract import parse_timestamp
 
 Key = tuple[str, str]
 
@@ -25,10 +25,8 @@ Key = tuple[str, str]
 def created_at(body: Mapping[str, Any]) -> float:
     """The request's ``creationTimestamp`` as epoch seconds (now when it has none)."""
     stamp = (body.get("metadata") or {}).get("creationTimestamp")
-    try:
-        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return time.time()
+    parsed = parse_timestamp(stamp)
+    return parsed.timestamp() if parsed is not None else time.time()
 
 
 def _key(body: Mapping[str, Any]) -> Key:

@@ -25,10 +25,6 @@ from forgetmi_trainer.contract import subjects_text
 log = logging.getLogger(__name__)
 
 
-def _encoded(values: Sequence[str]) -> str:
-    return base64.b64encode(subjects_text(values).encode("utf-8")).decode("ascii")
-
-
 def _size(values: Sequence[str]) -> int:
     return len(subjects_text(values).encode("utf-8"))
 
@@ -64,9 +60,9 @@ def build_batch_secret(union: Sequence[str], *, members: Sequence[Mapping[str, A
     leader = members[0]["metadata"]
     labels = {**naming.labels_for(leader["name"], uid=leader["uid"]),
               naming.LABEL_COMPONENT: subjects.SUBJECTS_COMPONENT}
-    data = {subjects.SUBJECTS_KEY: _encoded(union)}
+    data = {subjects.SUBJECTS_KEY: subjects.encoded_list(union)}
     if previously_forgotten is not None:
-        data[subjects.PREVIOUSLY_FORGOTTEN_KEY] = _encoded(previously_forgotten)
+        data[subjects.PREVIOUSLY_FORGOTTEN_KEY] = subjects.encoded_list(previously_forgotten)
     return {
         "apiVersion": "v1",
         "kind": "Secret",

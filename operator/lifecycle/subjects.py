@@ -114,7 +114,8 @@ def _snapshot_where(namespace: str, name: str) -> str:
     return f"Secret {namespace}/{name} (the forget list as accepted)"
 
 
-def _encoded(subjects: Sequence[str]) -> str:
+def encoded_list(subjects: Sequence[str]) -> str:
+    """A forget list as a Secret's ``data`` value: the contract's text form, base64-encoded."""
     return base64.b64encode(subjects_text(subjects).encode("utf-8")).decode("ascii")
 
 
@@ -125,9 +126,9 @@ def build_snapshot_secret(subjects: Sequence[str], *, name: str, namespace: str,
     and the previously forgotten patients (:data:`PREVIOUSLY_FORGOTTEN_KEY`) when given."""
     ref = naming.owner_reference(owner if owner is not None else {"name": name, "uid": uid})
     labels = {**naming.labels_for(ref["name"], uid=ref["uid"]), naming.LABEL_COMPONENT: SUBJECTS_COMPONENT}
-    data = {SUBJECTS_KEY: _encoded(subjects)}
+    data = {SUBJECTS_KEY: encoded_list(subjects)}
     if previously_forgotten is not None:
-        data[PREVIOUSLY_FORGOTTEN_KEY] = _encoded(previously_forgotten)
+        data[PREVIOUSLY_FORGOTTEN_KEY] = encoded_list(previously_forgotten)
     return {
         "apiVersion": "v1",
         "kind": "Secret",

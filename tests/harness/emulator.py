@@ -6,7 +6,8 @@ What kmock 0.8's own ``KubernetesEmulator`` lacks (see TESTING.md) is done here:
 create answers 201 and honours ``generateName``; merge, strategic-merge (treated as merge) and
 JSON patches, with ``test`` failures answered 422; the ``status`` subresource; label and field
 selectors; lists carry a real ``resourceVersion`` and watches replay from it, subscribing before
-replaying so nothing is lost; deletion honours finalizers and garbage-collects owned objects.
+replaying so nothing is lost; deletion honours finalizers and garbage-collects owned objects
+(a dependent goes with its last owner; one that keeps an owner loses the deleted owner's reference).
 
 The store is thread-safe: tests and the Job-runner fixture read and write it directly
 (:meth:`ApiServer.get`, :meth:`create`, :meth:`patch`) from other threads.
@@ -281,8 +282,17 @@ class ApiServer(kmock.KubernetesScaffold):
         uid = obj["metadata"]["uid"]
         owned = [k for k, o in self.objects.items()
                  if any(ref.get("uid") == uid for ref in o["metadata"].get("ownerReferences") or [])]
-        for child in owned:  # garbage collection by ownerReferences
-            if child in self.objects:
+        live = {o["metadata"].get("uid") for o in self.objects.values()}
+        for child in owned:  # garbage collection: a dependent goes with its last owner
+            current = self.objects.get(child)
+            if current is None:
+                continue
+            refs = current["metadata"].get("ownerReferences") or []
+            if any(ref.get("uid") in live for ref in refs if ref.get("uid") != uid):
+                current["metadata"]["ownerReferences"] = [ref for ref in refs if ref.get("uid") != uid]
+                self._stamp(current)  # Kubernetes drops the reference to the deleted owner
+                self._notify(child[0], "MODIFIED", current)
+            else:
                 self.delete(child[0], child[1], child[2])
 
     def iter_objects(self, key: Key) -> Iterator[dict[str, Any]]:

@@ -1,7 +1,9 @@
 """Coalescing through the real operator (Kopf, in a thread) on the emulated API server, with moto S3 and
 the Job runner: 10 requests for one model applied within the window run as ONE Job whose forget set is
 the union, and end with 10 receipts naming the same candidate and the shared Job; the ledger records
-the batch's erasure once. With coalescing off, the same 10 requests make 10 Jobs, as before.
+the batch's erasure once. With coalescing off, the same 10 requests make 10 Jobs, as before. A request
+deleted while its batch gathers leaves it (its patients are not in the Job); a leader deleted after the
+Job was created leaves it running for the others, whose receipts name it as withdrawn.
 """
 
 from __future__ import annotations
@@ -15,16 +17,16 @@ from typing import Any
 import pytest
 from harness.cluster import JOBS, REQUESTS, SECRETS, operator, start_cluster, wait_for
 from harness.jobrunner import JobRunner
+from harness.requests import apply_request, secret, train_subjects
 from harness.world import fitted_world, seed_model
 
+from forgetmi_operator.lifecycle.subjects import SUBJECTS_KEY
 from forgetmi_operator.registry import ledger
 from forgetmi_trainer import storage
 from forgetmi_trainer.contract import Report
-from forgetmi_trainer.manifest import read_manifest
 from forgetmi_trainer.storage import DEFAULT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-PASSING_GATES = [{"metric": "testAUC", "comparator": "atLeast", "threshold": 0.0, "reference": "absolute"}]
 COUNT = 10
 
 
@@ -32,28 +34,6 @@ COUNT = 10
 def world(s3_server: str) -> Iterator[dict[str, Any]]:
     with fitted_world(s3_server, prefix="coalesce") as fitted:
         yield fitted
-
-
-def _secret(name: str, key: str, value: bytes) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "type": "Opaque", "data": {key: base64.b64encode(value).decode()}}
-
-
-def _apply(api: Any, ns: str, world: dict[str, Any], model: str, name: str, subjects: list[str]) -> None:
-    api.create(SECRETS, ns, _secret(f"{name}-subjects", "subjects", "\n".join(subjects).encode()))
-    api.create(REQUESTS, ns, {"apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest",
-                              "metadata": {"name": name}, "spec": {
-        "model": {"registryUri": world["registry"], "name": model, "alias": "production"},
-        "data": {"manifestUri": world["manifest"]},
-        "forget": {"subjectsSecretRef": {"name": f"{name}-subjects", "key": "subjects"}},
-        "method": {"epochs": 2, "batchSize": 16},
-        "gates": PASSING_GATES,
-        "rollout": {"mode": "Automatic"},
-    }})
-
-
-def _train_subjects(world: dict[str, Any]) -> list[str]:
-    manifest = read_manifest(world["manifest"])
-    return sorted({s for s, split in zip(manifest.subject_ids, manifest.splits, strict=True) if split == "train"})
 
 
 def _all_ended(api: Any, ns: str, names: list[str]) -> list[dict[str, Any]] | None:
@@ -65,13 +45,13 @@ def _all_ended(api: Any, ns: str, names: list[str]) -> list[dict[str, Any]] | No
 def test_ten_requests_in_the_window_run_as_one_job_and_end_with_ten_receipts(
         world: dict[str, Any], s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     api, ns = start_cluster(tmp_path, monkeypatch.setenv)
-    api.create(SECRETS, ns, _secret("ledger-key", "key", b"ledger-key-" + b"y" * 24))
+    api.create(SECRETS, ns, secret("ledger-key", "key", b"ledger-key-" + b"y" * 24))
     for name, value in {"OPERATOR_NAMESPACE": ns, "LEDGER_KEY_SECRET_NAME": "ledger-key",
                         "COALESCE_WINDOW_SECONDS": "6"}.items():
         monkeypatch.setenv(f"FORGETMI_{name}", value)
     model = "m-batch"
     seed_model(world, model)
-    train = _train_subjects(world)
+    train = train_subjects(world)
     assert len(train) >= COUNT + 2
     names = [f"r{i}" for i in range(COUNT)]
     lists = {name: [train[i]] for i, name in enumerate(names)}
@@ -80,7 +60,7 @@ def test_ten_requests_in_the_window_run_as_one_job_and_end_with_ten_receipts(
     try:
         with JobRunner(api, tmp_path / "jobs") as runner, operator(ns):
             for name in names:
-                _apply(api, ns, world, model, name, lists[name])
+                apply_request(api, ns, world, model, name, lists[name])
             done = wait_for(lambda: _all_ended(api, ns, names), 200.0, "the 10 requests to end")
             jobs = api.list(JOBS, ns)
         assert not runner.errors
@@ -118,12 +98,12 @@ def test_with_coalescing_off_ten_requests_make_ten_jobs(
     monkeypatch.setenv("FORGETMI_COALESCE_WINDOW_SECONDS", "0")
     model = "m-alone"
     seed_model(world, model)
-    train = _train_subjects(world)
+    train = train_subjects(world)
     names = [f"s{i}" for i in range(COUNT)]
     try:
         with operator(ns):  # no Job runner: the Jobs are only created
             for i, name in enumerate(names):
-                _apply(api, ns, world, model, name, [train[i]])
+                apply_request(api, ns, world, model, name, [train[i]])
             def all_jobs() -> list[dict[str, Any]] | None:
                 found = api.list(JOBS, ns)
                 return found if len(found) >= COUNT else None
@@ -135,3 +115,90 @@ def test_with_coalescing_off_ten_requests_make_ten_jobs(
     assert len({j["metadata"]["name"] for j in jobs}) == COUNT
     assert all(len(j["metadata"]["ownerReferences"]) == 1 for j in jobs)
     assert not any("batch" in status for status in statuses)
+
+
+def _batch_secret(api: Any, ns: str, job: dict[str, Any]) -> list[str]:
+    """The forget set in the batch Secret the Job mounts."""
+    names = {volume["secret"]["secretName"] for volume in job["spec"]["template"]["spec"].get("volumes") or []
+             if "secret" in volume and volume["secret"]["secretName"].endswith("-batch-subjects")}
+    assert len(names) == 1, names
+    found = api.get(SECRETS, ns, names.pop())
+    return base64.b64decode(found["data"][SUBJECTS_KEY]).decode().split()
+
+
+def _one_job(api: Any, ns: str) -> dict[str, Any] | None:
+    found = api.list(JOBS, ns)
+    return found[0] if found else None
+
+
+def test_a_request_deleted_while_its_batch_gathers_leaves_the_batch(
+        world: dict[str, Any], s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    api, ns = start_cluster(tmp_path, monkeypatch.setenv)
+    monkeypatch.setenv("FORGETMI_COALESCE_WINDOW_SECONDS", "8")
+    model = "m-leave"
+    seed_model(world, model)
+    train = train_subjects(world)
+    names = ["g0", "g1", "g2"]
+    try:
+        with operator(ns):  # no Job runner: the batch's Job is only created
+            for i, name in enumerate(names):
+                apply_request(api, ns, world, model, name, [train[i]])
+            wait_for(lambda: "batch" in (api.get(REQUESTS, ns, "g1").get("status") or {}), 30.0, "g1 to join")
+            assert _one_job(api, ns) is None  # the window is still open
+            api.delete(REQUESTS, ns, "g1")
+            wait_for(lambda: api.get(REQUESTS, ns, "g1") is None, 30.0, "g1 to be deleted")
+            job = wait_for(lambda: _one_job(api, ns), 60.0, "the batch's Job")
+            statuses = {name: api.get(REQUESTS, ns, name)["status"] for name in ("g0", "g2")}
+            forget_set = _batch_secret(api, ns, job)
+    finally:
+        api.stop()
+    assert [ref["name"] for ref in job["metadata"]["ownerReferences"]] == ["g0", "g2"]
+    assert sorted(forget_set) == sorted([train[0], train[2]])  # g1's patient is not forgotten
+    for status in statuses.values():
+        assert status["jobName"] == job["metadata"]["name"]
+        assert [ref["name"] for ref in status["batch"]["requests"]] == ["g0", "g2"]
+        assert status["batch"]["leader"]["name"] == "g0" and status["batch"]["subjectCount"] == 2
+
+
+def test_a_leader_deleted_after_the_job_was_created_leaves_it_running_for_the_others(
+        world: dict[str, Any], s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    api, ns = start_cluster(tmp_path, monkeypatch.setenv)
+    api.create(SECRETS, ns, secret("ledger-key", "key", b"ledger-key-" + b"z" * 24))
+    for name, value in {"OPERATOR_NAMESPACE": ns, "LEDGER_KEY_SECRET_NAME": "ledger-key",
+                        "COALESCE_WINDOW_SECONDS": "4"}.items():
+        monkeypatch.setenv(f"FORGETMI_{name}", value)
+    model = "m-withdraw"
+    seed_model(world, model)
+    train = train_subjects(world)
+    names = ["w0", "w1", "w2"]
+    (tmp_path / "jobs").mkdir()
+    try:
+        with operator(ns):
+            for i, name in enumerate(names):
+                apply_request(api, ns, world, model, name, [train[i]])
+            job = wait_for(lambda: _one_job(api, ns), 60.0, "the batch's Job")
+            wait_for(lambda: all((api.get(REQUESTS, ns, n).get("status") or {}).get("jobName") for n in names),
+                     30.0, "every request to name the Job")
+            api.delete(REQUESTS, ns, "w0")  # the leader: its name is the Job's, its report the batch's
+            wait_for(lambda: api.get(REQUESTS, ns, "w0") is None, 30.0, "w0 to be deleted")
+            kept = api.get(JOBS, ns, job["metadata"]["name"])
+            forget_set = _batch_secret(api, ns, kept)
+            with JobRunner(api, tmp_path / "jobs") as runner:
+                done = wait_for(lambda: _all_ended(api, ns, ["w1", "w2"]), 200.0, "w1 and w2 to end")
+                batch_secrets = [s for s in api.list(SECRETS, ns) if s["metadata"]["name"].endswith("-batch-subjects")]
+            assert not runner.errors
+    finally:
+        api.stop()
+    assert [ref["name"] for ref in kept["metadata"]["ownerReferences"]] == ["w1", "w2"]
+    assert sorted(forget_set) == sorted(train[:3])  # the Job forgets what it was created with
+    statuses = {r["metadata"]["name"]: r["status"] for r in done}
+    assert {s["phase"] for s in statuses.values()} == {"Promoted"}, json.dumps(statuses)[:2000]
+    for name, status in statuses.items():
+        receipt = json.loads(storage.read_text(status["receipt"]["uri"]))
+        assert receipt["request"]["name"] == name
+        assert receipt["batch"]["leader"]["name"] == "w0"
+        assert [r["name"] for r in receipt["batch"]["withdrawn"]] == ["w0"]
+        assert receipt["batch"]["subjectCount"] == 3
+    entries = ledger.read_ledger(DEFAULT, world["registry"], model)
+    assert len(entries) == 1 and entries[0].count == 3  # the Job's whole forget set, w0's patient too
+    assert not batch_secrets  # released once the last request of the batch ended

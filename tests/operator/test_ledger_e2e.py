@@ -9,7 +9,6 @@ the operator's and the trainers' logs, or the metrics.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from harness.cluster import EVENTS, REQUESTS, SECRETS, operator, start_cluster, wait_for
 from harness.jobrunner import JobRunner
+from harness.requests import apply_request, secret, train_subjects
 from harness.world import fitted_world, seed_model
 from prometheus_client import generate_latest
 
@@ -33,7 +33,6 @@ from forgetmi_trainer.manifest import read_manifest
 from forgetmi_trainer.storage import DEFAULT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-PASSING_GATES = [{"metric": "testAUC", "comparator": "atLeast", "threshold": 0.0, "reference": "absolute"}]
 RUN_TIMEOUT = 120.0
 MODEL = "m-ledger"
 
@@ -42,23 +41,6 @@ MODEL = "m-ledger"
 def world(s3_server: str) -> Iterator[dict[str, Any]]:
     with fitted_world(s3_server, prefix="ledger") as fitted:
         yield fitted
-
-
-def _secret(name: str, key: str, value: bytes) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "type": "Opaque", "data": {key: base64.b64encode(value).decode()}}
-
-
-def _apply(api: Any, ns: str, world: dict[str, Any], name: str, subjects: list[str]) -> None:
-    api.create(SECRETS, ns, _secret(f"{name}-subjects", "subjects", "\n".join(subjects).encode()))
-    api.create(REQUESTS, ns, {"apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest",
-                              "metadata": {"name": name}, "spec": {
-        "model": {"registryUri": world["registry"], "name": MODEL, "alias": "production"},
-        "data": {"manifestUri": world["manifest"]},
-        "forget": {"subjectsSecretRef": {"name": f"{name}-subjects", "key": "subjects"}},
-        "method": {"epochs": 2, "batchSize": 16},
-        "gates": PASSING_GATES,
-        "rollout": {"mode": "Automatic"},
-    }})
 
 
 def _finished(api: Any, ns: str, name: str) -> dict[str, Any] | None:
@@ -84,23 +66,23 @@ def test_a_second_request_never_retains_the_first_ones_patients_and_both_receipt
     public = tmp_path / "public.pem"
     public.write_bytes(signing.public_key().public_bytes(serialization.Encoding.PEM,
                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
-    api.create(SECRETS, ns, _secret("ledger-key", "key", b"ledger-key-" + b"x" * 24))
-    api.create(SECRETS, ns, _secret("signing-key", "key.pem", pem))
+    api.create(SECRETS, ns, secret("ledger-key", "key", b"ledger-key-" + b"x" * 24))
+    api.create(SECRETS, ns, secret("signing-key", "key.pem", pem))
     for name, value in {"OPERATOR_NAMESPACE": ns, "LEDGER_KEY_SECRET_NAME": "ledger-key",
                         "RECEIPT_SIGNING_SECRET_NAME": "signing-key"}.items():
         monkeypatch.setenv(f"FORGETMI_{name}", value)
     manifest = read_manifest(world["manifest"])
     first = list(world["subjects"])
-    train = sorted({s for s, split in zip(manifest.subject_ids, manifest.splits, strict=True) if split == "train"})
+    train = train_subjects(world)
     second = [s for s in train if s not in first][:2]
     seed_model(world, MODEL)
     (tmp_path / "jobs").mkdir()
     try:
         with JobRunner(api, tmp_path / "jobs") as runner, operator(ns):
-            _apply(api, ns, world, "first", first)
+            apply_request(api, ns, world, MODEL, "first", first)
             a = _wait(api, ns, "first")
             assert a["status"]["phase"] == "Promoted", a["status"]
-            _apply(api, ns, world, "second", second)
+            apply_request(api, ns, world, MODEL, "second", second)
             b = _wait(api, ns, "second")
             assert b["status"]["phase"] == "Promoted", b["status"]
             events = json.dumps(api.list(EVENTS, ns))

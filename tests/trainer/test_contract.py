@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
@@ -21,7 +22,9 @@ from forgetmi_trainer.contract import (
     comparison,
     format_comparison,
     parse_subjects,
+    parse_timestamp,
     summary_line,
+    timestamp,
 )
 
 CONFIG = {
@@ -231,3 +234,14 @@ def test_an_impossible_interval_makes_the_report_invalid(group: str, key: str, i
     with pytest.raises(ValidationError, match=problem) as err:
         Report.model_validate_json(json.dumps(raw))
     assert all(e["loc"][:2] == ("unlearned", group) for e in err.value.errors())
+
+
+def test_timestamps_written_and_as_the_api_server_writes_them_read_back_as_the_same_moment() -> None:
+    moment = datetime(2026, 12, 1, 21, 1, 42, tzinfo=UTC)
+    assert parse_timestamp(timestamp(moment)) == moment
+    assert parse_timestamp("2026-12-01T22:01:42+01:00") == moment
+    assert parse_timestamp("2026-12-01T21:01:42.250000Z") == moment + timedelta(milliseconds=250)
+    assert parse_timestamp("2026-12-01T21:01:42") == moment  # no timezone: UTC
+    assert parse_timestamp(datetime(2026, 12, 1, 22, 1, 42, tzinfo=timezone(timedelta(hours=1)))) == moment
+    for nothing in (None, "", "yesterday"):
+        assert parse_timestamp(nothing) is None

@@ -43,6 +43,7 @@ from forgetmi_trainer.contract.formats import (
     dotted,
     now,
     parse_subjects,
+    parse_timestamp,
     subjects_text,
     timestamp,
     validation_problems,
@@ -85,6 +86,6 @@ __all__ = [
     "LossWeights", "MethodConfig", "MethodName", "MiaResult", "ModelMetrics", "ModelRef", "NoiseConfig",
     "PresetName", "PreviousVersion", "Progress", "ReferencesInfo", "Report", "RequestRef", "Row", "Selection",
     "SelectionRule", "SelectionRuleName", "SplitInfo", "SplitMetrics", "Timings", "alias_path", "comparison",
-    "dotted", "format_comparison", "next_record", "now", "parse_subjects", "references_path", "subjects_text",
-    "summary_line", "timestamp", "validation_problems", "version_path",
+    "dotted", "format_comparison", "next_record", "now", "parse_subjects", "parse_timestamp", "references_path",
+    "subjects_text", "summary_line", "timestamp", "validation_problems", "version_path",
 ]

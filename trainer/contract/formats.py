@@ -51,6 +51,21 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_timestamp(value: object) -> datetime | None:
+    """An RFC 3339 time as written by :func:`timestamp` or the Kubernetes API server (``Z`` or an
+    offset, fractions allowed) as a timezone-aware datetime; None when ``value`` is empty or is no time
+    (a time without a timezone is read as UTC)."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
 def now() -> str:
     """The current time as :func:`timestamp` writes it."""
     return timestamp(datetime.now(UTC))

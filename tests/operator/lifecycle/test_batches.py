@@ -1,11 +1,17 @@
-"""Which requests may share a Job, and whose run a request reads (docs/coalescing.md)."""
+"""Which requests may share a Job, whose run a request reads, and what a shared run's report must count
+(docs/coalescing.md)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+import pytest
+
+from forgetmi_operator.api.errors import SubjectsError
 from forgetmi_operator.api.spec import parse_spec
-from forgetmi_operator.lifecycle import batches, batchlists, subjects
+from forgetmi_operator.api.status import BatchStatus
+from forgetmi_operator.lifecycle import batches, batchlists, conclude, subjects
+from forgetmi_operator.lifecycle.verdict import Verdict
 
 SPEC: dict[str, Any] = {"model": {"registryUri": "s3://bucket/reg", "name": "m"}, "data": {"manifestUri": "s3://bucket/d/m.csv"},
                         "forget": {"subjectsUri": "s3://bucket/d/a.txt"}, "rollout": {"mode": "Automatic"}}
@@ -60,3 +66,38 @@ def test_the_batch_secret_is_owned_by_every_request_with_the_leader_as_controlle
     assert set(secret["data"]) == {subjects.SUBJECTS_KEY, subjects.PREVIOUSLY_FORGOTTEN_KEY}
     assert batchlists.previously_forgotten_of(secret) == []
     assert secret["immutable"] is True
+
+
+class _Counted:
+    """What conclude._check_counts reads of a Verdict: the report's subject count and the batch."""
+
+    def __init__(self, counted: int, batch: BatchStatus | None) -> None:
+        self.report = type("R", (), {"counts": type("C", (), {"subjects": counted})()})()
+        self.batch = batch
+
+    @property
+    def shared(self) -> bool:
+        return self.batch is not None and len(self.batch.requests) > 1
+
+
+def _batch(subject_count: int, members: int) -> BatchStatus:
+    refs = [{"name": f"r{i}", "uid": f"u{i}"} for i in range(members)]
+    return BatchStatus.model_validate({"key": "e" * 64, "closesAt": "t", "leader": refs[0], "requests": refs,
+                                       "subjectCount": subject_count, "jobName": "j"})
+
+
+def _check(counted: int, batch: BatchStatus | None, forget: list[str]) -> None:
+    conclude._check_counts(cast(Verdict, _Counted(counted, batch)), forget, "its copy")
+
+
+def test_a_shared_run_counts_the_union_and_a_lone_run_its_own_list() -> None:
+    _check(2, None, ["a", "b"])
+    _check(5, _batch(5, 3), ["a", "b"])  # its own list is part of the batch's union
+    _check(2, _batch(5, 1), ["a", "b"])  # a batch of one is a run of its own
+    with pytest.raises(SubjectsError, match="holds 2 subjects, but the Job's report counts 3"):
+        _check(3, None, ["a", "b"])
+    with pytest.raises(SubjectsError, match="batch's forget set holds 5 subjects and its copy 2, but the Job's "
+                                            "report counts 4"):
+        _check(4, _batch(5, 3), ["a", "b"])
+    with pytest.raises(SubjectsError, match="holds 1 subjects and its copy 2"):
+        _check(1, _batch(1, 2), ["a", "b"])  # a list larger than the run's union was not what ran
