@@ -18,9 +18,11 @@ def secret(name: str, key: str, value: bytes) -> dict[str, Any]:
     return {"metadata": {"name": name}, "type": "Opaque", "data": {key: base64.b64encode(value).decode()}}
 
 
-def apply_request(api: Any, ns: str, world: dict[str, Any], model: str, name: str, subjects: list[str]) -> None:
+def apply_request(api: Any, ns: str, world: dict[str, Any], model: str, name: str, subjects: list[str],
+                  **changes: Any) -> None:
     """Create the Secret ``<name>-subjects`` with ``subjects`` and an Automatic request ``name`` (2 epochs,
-    gates that pass) to forget them from ``model``'s ``production`` alias."""
+    gates that pass, unless ``changes`` replace spec fields) to forget them from ``model``'s ``production``
+    alias."""
     api.create(SECRETS, ns, secret(f"{name}-subjects", "subjects", "\n".join(subjects).encode()))
     api.create(REQUESTS, ns, {"apiVersion": "unlearning.forgetmi.io/v1alpha1", "kind": "UnlearnRequest",
                               "metadata": {"name": name}, "spec": {
@@ -30,6 +32,7 @@ def apply_request(api: Any, ns: str, world: dict[str, Any], model: str, name: st
         "method": {"epochs": 2, "batchSize": 16},
         "gates": PASSING_GATES,
         "rollout": {"mode": "Automatic"},
+        **changes,
     }})
 
 

@@ -3,7 +3,8 @@ the Job runner: 10 requests for one model applied within the window run as ONE J
 the union, and end with 10 receipts naming the same candidate and the shared Job; the ledger records
 the batch's erasure once. With coalescing off, the same 10 requests make 10 Jobs, as before. A request
 deleted while its batch gathers leaves it (its patients are not in the Job); a leader deleted after the
-Job was created leaves it running for the others, whose receipts name it as withdrawn.
+Job was created leaves it running for the others, whose receipts name it as withdrawn. A batch whose
+gates fail holds every request, each with a receipt, and is never retrained.
 """
 
 from __future__ import annotations
@@ -202,3 +203,34 @@ def test_a_leader_deleted_after_the_job_was_created_leaves_it_running_for_the_ot
     entries = ledger.read_ledger(DEFAULT, world["registry"], model)
     assert len(entries) == 1 and entries[0].count == 3  # the Job's whole forget set, w0's patient too
     assert not batch_secrets  # released once the last request of the batch ended
+
+
+def test_a_batch_whose_gates_fail_holds_every_request_and_is_never_retrained(
+        world: dict[str, Any], s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    api, ns = start_cluster(tmp_path, monkeypatch.setenv)
+    monkeypatch.setenv("FORGETMI_COALESCE_WINDOW_SECONDS", "4")
+    model = "m-held"
+    seed_model(world, model)
+    train = train_subjects(world)
+    names = ["h0", "h1", "h2"]
+    failing = [{"metric": "testAUC", "comparator": "atLeast", "threshold": 1.0, "reference": "absolute"}]
+    (tmp_path / "jobs").mkdir()
+    try:
+        with JobRunner(api, tmp_path / "jobs") as runner, operator(ns):
+            for i, name in enumerate(names):
+                apply_request(api, ns, world, model, name, [train[i]], gates=failing,
+                              rollout={"mode": "Automatic", "onGateFailure": "Retrain"})
+            done = wait_for(lambda: _all_ended(api, ns, names), 200.0, "the 3 requests to end")
+            jobs = api.list(JOBS, ns)
+        assert not runner.errors
+    finally:
+        api.stop()
+    statuses = {r["metadata"]["name"]: r["status"] for r in done}
+    assert {s["phase"] for s in statuses.values()} == {"Held"}, json.dumps(statuses)[:2000]
+    assert len(jobs) == 1  # one run, its gates evaluated on its one report; no retrain Job
+    assert {s["gates"][0]["result"] for s in statuses.values()} == {"Failed"}
+    assert len({s["gates"][0]["value"] for s in statuses.values()}) == 1
+    for status in statuses.values():
+        receipt = json.loads(storage.read_text(status["receipt"]["uri"]))
+        assert receipt["decision"] == "Hold" and receipt["batch"]["job"] == jobs[0]["metadata"]["name"]
+    assert ledger.read_ledger(DEFAULT, world["registry"], model) == []  # nothing erased, nothing recorded
