@@ -12,11 +12,13 @@ Reasons used for the non-error states (errors bring their own, see ``errors.py``
   ``JobRunning`` (Unknown), ``JobSucceeded`` (True);
 - GatesPassed: ``NotEvaluated`` (Unknown), ``GatesPassed`` (True), ``GatesFailed``,
   ``GatesInconclusive`` (False);
-- Promoted: ``NotPromoted``, ``AwaitingApproval``, ``Retraining`` (Unknown), ``Promoted`` (True),
-  ``DryRun``, ``GatesNotPassed`` (False).
+- Promoted: ``NotPromoted``, ``AwaitingApproval``, ``Retraining``, ``Rebasing`` (Unknown), ``Promoted``
+  (True), ``DryRun``, ``GatesNotPassed`` (False).
 
 While a retrain runs (decision Retrain), Promoted is Unknown/``Retraining`` and Unlearned goes
-back to Unknown/``JobPending``/``JobRunning`` for the retrain Job.
+back to Unknown/``JobPending``/``JobRunning`` for the retrain Job; a rebase (the alias moved on before
+the promotion: docs/rebase.md) sets Promoted Unknown/``Rebasing`` and GatesPassed and Unlearned back to
+Unknown for the new run.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ GATES_INCONCLUSIVE = "GatesInconclusive"
 NOT_PROMOTED = "NotPromoted"
 AWAITING_APPROVAL = "AwaitingApproval"
 RETRAINING = "Retraining"
+REBASING = "Rebasing"
 PROMOTED = "Promoted"
 DRY_RUN = "DryRun"
 GATES_NOT_PASSED = "GatesNotPassed"
@@ -121,7 +124,7 @@ def phase_for(conditions: Sequence[Mapping[str, Any]]) -> Phase:
         return "Failed"
     if get["Promoted"] == "True":
         return "Promoted"
-    if reason_of(conditions, "Promoted") == RETRAINING:
+    if reason_of(conditions, "Promoted") in (RETRAINING, REBASING):
         return "Running" if reason_of(conditions, "Unlearned") == JOB_RUNNING else "Pending"
     if "False" in (get["GatesPassed"], get["Promoted"]):
         return "Held"

@@ -91,9 +91,14 @@ class DigestMismatch(OperatorError):
 
 
 class PromotionConflict(OperatorError):
-    """The alias moved since it was resolved; nothing was promoted."""
+    """The alias moved since it was resolved; nothing was promoted. ``current`` is the version the
+    alias names now, when it was read (a rebase starts from it)."""
 
     reason = "PromotionConflict"
+
+    def __init__(self, message: str, *, current: str | None = None) -> None:
+        super().__init__(message)
+        self.current = current
 
 
 class SettingsInvalid(OperatorError):

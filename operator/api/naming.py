@@ -66,40 +66,59 @@ def _label_safe(name: str) -> str:
     return re.sub(r"[^a-z0-9-]", "-", name.lower())
 
 
-def job_name(request_name: str, uid: str, *, kind: JobKind = "unlearn") -> str:
-    """``forgetmi-<request name, truncated>-<uid[:8]>`` (``-retrain`` appended for a retrain Job)."""
-    tail = f"-{uid_suffix(uid)}{_KIND_SUFFIX[kind]}"
+def _run_tail(uid: str, kind: JobKind, rebase: int) -> str:
+    if rebase < 0:
+        raise ValueError(f"A rebase count is ≥ 0, not {rebase}.")
+    return f"-{uid_suffix(uid)}{f'-b{rebase}' if rebase else ''}{_KIND_SUFFIX[kind]}"
+
+
+def job_name(request_name: str, uid: str, *, kind: JobKind = "unlearn", rebase: int = 0) -> str:
+    """``forgetmi-<request name, truncated>-<uid[:8]>``, then ``-b<n>`` for the request's n-th rebase (a
+    run on the version its alias was moved on to: docs/rebase.md) and ``-retrain`` for a retrain Job."""
+    tail = _run_tail(uid, kind, rebase)
     room = MAX_LABEL - len(NAME_PREFIX) - 1 - len(tail)
     middle = _label_safe(request_name)[:room].strip("-")
     return f"{NAME_PREFIX}-{middle}{tail}" if middle else f"{NAME_PREFIX}{tail}"
 
 
+def job_run(request_name: str, uid: str, job: str) -> tuple[JobKind, int]:
+    """Which of the request's runs the Job (or TrainJob) ``job`` is: its kind (retrain, or else unlearn)
+    and its rebase count. Every name ends with the uid's suffix, the rebase's and the kind's (a TrainJob's
+    may keep less of the request's name)."""
+    found = re.search(rf"-{re.escape(uid_suffix(uid))}(?:-b([1-9][0-9]*))?(-retrain)?$", job)
+    if found is None:
+        return "unlearn", 0
+    return ("retrain" if found.group(2) else "unlearn"), int(found.group(1) or 0)
+
+
 def job_kind(request_name: str, uid: str, job: str) -> JobKind:
-    """Which of the request's Jobs (or TrainJobs) ``job`` is: its retrain one, or else its unlearn one. Both
-    names end with the uid's suffix and the kind's (a TrainJob's may keep less of the request's name)."""
-    return "retrain" if job.endswith(f"-{uid_suffix(uid)}{_KIND_SUFFIX['retrain']}") else "unlearn"
+    """The kind of the request's Job ``job`` (:func:`job_run`)."""
+    return job_run(request_name, uid, job)[0]
 
 
-def configmap_name(request_name: str, uid: str, *, kind: JobKind = "unlearn") -> str:
+def configmap_name(request_name: str, uid: str, *, kind: JobKind = "unlearn", rebase: int = 0) -> str:
     """The ConfigMap holding a Job's ``job.json`` shares the Job's name."""
-    return job_name(request_name, uid, kind=kind)
+    return job_name(request_name, uid, kind=kind, rebase=rebase)
 
 
-def subjects_secret_name(request_name: str, uid: str) -> str:
+def subjects_secret_name(request_name: str, uid: str, *, rebase: int = 0) -> str:
     """The Secret holding the request's forget list as accepted: the unlearn Job's name plus
-    ``-subjects`` (one per request; a retrain Job mounts the same one)."""
-    return f"{job_name(request_name, uid)}-subjects"
+    ``-subjects`` (one per request; a retrain Job mounts the same one). The n-th rebase's runs mount a
+    copy of their own (``rebase`` n), with the same list and the previously forgotten patients of the
+    ledger as it is at that rebase."""
+    return f"{job_name(request_name, uid, rebase=rebase)}-subjects"
 
 
-def batch_subjects_secret_name(leader_name: str, leader_uid: str) -> str:
+def batch_subjects_secret_name(leader_name: str, leader_uid: str, *, rebase: int = 0) -> str:
     """The Secret holding the union of a batch's forget lists (docs/coalescing.md): the leader's Job
-    name plus ``-batch-subjects``."""
-    return f"{job_name(leader_name, leader_uid)}-batch-subjects"
+    name (of the leader's ``rebase``-th rebase) plus ``-batch-subjects``."""
+    return f"{job_name(leader_name, leader_uid, rebase=rebase)}-batch-subjects"
 
 
-def candidate_version(base_version: str, uid: str, *, kind: JobKind = "unlearn") -> str:
-    """``<base>-unlearned-<uid[:8]>`` (``-retrained-`` for a retrain), at most 128 characters."""
-    tail = f"-{_VERSION_SUFFIX[kind]}-{uid_suffix(uid)}"
+def candidate_version(base_version: str, uid: str, *, kind: JobKind = "unlearn", rebase: int = 0) -> str:
+    """``<base>-unlearned-<uid[:8]>`` (``-retrained-`` for a retrain; ``-b<n>`` appended for the n-th
+    rebase), at most 128 characters."""
+    tail = f"-{_VERSION_SUFFIX[kind]}-{uid_suffix(uid)}{f'-b{rebase}' if rebase else ''}"
     base = base_version[: MAX_VERSION - len(tail)].rstrip("-._")
     if not base:
         raise ValueError(f"Base version {base_version!r} cannot name a candidate version.")

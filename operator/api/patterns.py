@@ -32,6 +32,7 @@ Bound = Literal["point", "upper", "lower"]
 """Which value of the unlearned model a gate compares: the figure itself, or an end of its 95 % interval."""
 RolloutMode = Literal["Automatic", "Manual", "DryRun"]
 OnGateFailure = Literal["Hold", "Retrain"]
+OnConflict = Literal["Rebase", "Hold"]
 Phase = Literal["Pending", "Running", "Evaluating", "Promoted", "Held", "Failed"]
 GateResult = Literal["Passed", "Failed", "Inconclusive"]
 ConditionType = Literal["Accepted", "Unlearned", "GatesPassed", "Promoted"]

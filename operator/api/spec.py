@@ -34,6 +34,7 @@ from forgetmi_operator.api.patterns import (
     Comparator,
     GateMetric,
     ObjectUri,
+    OnConflict,
     OnGateFailure,
     Quantity,
     Reference,
@@ -150,6 +151,9 @@ class RolloutSpec(Spec):
     mode: RolloutMode = Field(default="Automatic", description="Automatic, Manual (approval) or DryRun.")
     target: TargetSpec | None = Field(default=None, description="Serving object patched on promotion.")
     on_gate_failure: OnGateFailure = Field(default="Hold", description="Hold, or Retrain without the patients.")
+    on_conflict: OnConflict = Field(default="Rebase", description=(
+        "Rebase (run again on the version the alias names now) or Hold, when the alias moved on."))
+    max_rebases: int = Field(default=3, ge=0, le=100, description="How many times a request is rebased at most.")
 
 
 Engine = Literal["Auto", "Job", "TrainJob"]

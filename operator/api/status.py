@@ -107,6 +107,8 @@ class UnlearnRequestStatus(Camel):
     candidate_model: ModelVersionStatus | None = None
     job_name: str | None = None
     attempts: int = Field(default=0, ge=0)
+    rebases: int = Field(default=0, ge=0, description=(
+        "Times the request ran again on the version its alias was moved on to (docs/rebase.md)."))
     progress: ProgressStatus | None = None
     metrics: MetricsStatus | None = None
     mia: float | None = Field(default=None, description="Unlearned MIA (printer column).")

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from forgetmi_operator.api import conditions as cond
-from forgetmi_operator.api import naming
+from forgetmi_operator.api import failpoints, naming
 from forgetmi_operator.api.errors import OperatorError, SubjectsError
 from forgetmi_operator.api.spec import UnlearnRequestSpec, parse_spec
 from forgetmi_operator.cluster import jobs
@@ -118,8 +118,9 @@ async def close_batch(cluster: Cluster, members: Sequence[Mapping[str, Any]]) ->
     if not kept:
         return
     leader = kept[0]["metadata"]
-    leader_copy = await cluster.kube.get_secret(leader["namespace"], naming.subjects_secret_name(leader["name"],
-                                                                                                leader["uid"]))
+    rebase = int((kept[0].get("status") or {}).get("rebases") or 0)
+    leader_copy = await cluster.kube.get_secret(leader["namespace"], naming.subjects_secret_name(
+        leader["name"], leader["uid"], rebase=rebase))
     previously = batchlists.previously_forgotten_of(leader_copy)
     for group in batchlists.groups_that_fit(lists, previously):
         await _launch_group(cluster, [kept[i] for i in group], [lists[i] for i in group], previously)
@@ -150,16 +151,20 @@ async def _launch_group(cluster: Cluster, group: list[Mapping[str, Any]], lists:
     kube, leader = cluster.kube, group[0]
     meta, spec = leader["metadata"], parse_spec(leader.get("spec") or {})
     namespace, base = meta["namespace"], leader["status"]["baseModel"]["version"]
+    rebase = int(leader["status"].get("rebases") or 0)
     union = batches.union(lists)
-    secret = batchlists.build_batch_secret(union, members=group, namespace=namespace, previously_forgotten=previously)
+    secret = batchlists.build_batch_secret(union, members=group, namespace=namespace, previously_forgotten=previously,
+                                           rebase=rebase)
     await kube.create_or_get_secret(namespace, secret)
     built = jobs.build_launch(spec, cluster.settings, name=meta["name"], namespace=namespace, uid=meta["uid"],
-                              base_version=base, owner=leader, previously_forgotten=previously is not None)
-    configmap, job = share(built, naming.subjects_secret_name(meta["name"], meta["uid"]), secret["metadata"]["name"],
-                           batchlists.member_owner_references(group))
+                              base_version=base, owner=leader, previously_forgotten=previously is not None,
+                              rebase=rebase)
+    configmap, job = share(built, naming.subjects_secret_name(meta["name"], meta["uid"], rebase=rebase),
+                           secret["metadata"]["name"], batchlists.member_owner_references(group))
     await kube.create_or_get_configmap(namespace, configmap)
     create = kube.create_or_get_trainjob if built.engine == "TrainJob" else kube.create_or_get_job
     _, created = await create(namespace, job)
+    failpoints.reach("after-job-create")
     if created:
         METRICS.trainer_jobs_total.labels(namespace=namespace).inc()
         if len(group) > 1:
@@ -206,4 +211,5 @@ async def release_when_done(cluster: Cluster, body: Mapping[str, Any]) -> None:
     except OperatorError as err:
         log.warning("The forget set of the batch of %s is kept for now: %s", naming.describe(body), err.message)
         return
-    await batchlists.release_batch(cluster.kube, namespace, batch.leader.name, batch.leader.uid)
+    rebase = naming.job_run(batch.leader.name, batch.leader.uid, batch.job_name)[1] if batch.job_name else 0
+    await batchlists.release_batch(cluster.kube, namespace, batch.leader.name, batch.leader.uid, rebase)

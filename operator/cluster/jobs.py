@@ -93,7 +93,7 @@ def _container(spec: UnlearnRequestSpec, settings: Settings, image: str,
 def build_job(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namespace: str, uid: str,
               owner: Mapping[str, Any] | None = None, configmap_name: str | None = None,
               image: str | None = None, kind: JobKind = "unlearn",
-              previously_forgotten: bool = False) -> dict[str, Any]:
+              previously_forgotten: bool = False, rebase: int = 0) -> dict[str, Any]:
     """The trainer Job for request ``namespace/name`` (uid ``uid``), named by :func:`naming.job_name`.
 
     With ``spec.queueName`` the Job carries Kueue's queue label; Kueue's admission webhook suspends
@@ -103,9 +103,10 @@ def build_job(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namesp
     what the trainer writes to ``/dev/termination-log`` (policy ``File``, never the log tail, which
     may hold a traceback naming a patient); without one the operator says which exit code it was."""
     ref = naming.owner_reference(owner if owner is not None else {"name": name, "uid": uid})
-    job = naming.job_name(name, uid, kind=kind)
-    volumes, mounts = pods.volumes(configmap_name or naming.configmap_name(name, uid, kind=kind),
-                                   naming.subjects_secret_name(name, uid), previously_forgotten=previously_forgotten)
+    job = naming.job_name(name, uid, kind=kind, rebase=rebase)
+    volumes, mounts = pods.volumes(configmap_name or naming.configmap_name(name, uid, kind=kind, rebase=rebase),
+                                   naming.subjects_secret_name(name, uid, rebase=rebase),
+                                   previously_forgotten=previously_forgotten)
     pod_labels = naming.labels_for(name, uid=uid, kind=kind)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -161,21 +162,22 @@ class Launch:
 
 def build_launch(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namespace: str, uid: str,
                  base_version: str, owner: Mapping[str, Any] | None = None, kind: JobKind = "unlearn",
-                 previously_forgotten: bool = False) -> Launch:
+                 previously_forgotten: bool = False, rebase: int = 0) -> Launch:
     """:func:`build_job_config` + :func:`build_configmap` + the workload :func:`trainjobs.engine_of` picks
     (:func:`build_job` or :func:`trainjobs.build_trainjob`), consistently named. With ``previously_forgotten``
     the request's copy holds the patients of earlier erasures: the pods mount them and the config names them."""
     config = build_job_config(spec, uid=uid, namespace=namespace, name=name, base_version=base_version, kind=kind,
-                              subjects_file=SUBJECTS_PATH, termination_message_path=TERMINATION_LOG,
+                              subjects_file=SUBJECTS_PATH, termination_message_path=TERMINATION_LOG, rebase=rebase,
                               previously_forgotten_file=PREVIOUSLY_FORGOTTEN_PATH if previously_forgotten else None)
     ref = owner if owner is not None else {"name": name, "uid": uid}
-    configmap_name = naming.configmap_name(name, uid, kind=kind)
+    configmap_name = naming.configmap_name(name, uid, kind=kind, rebase=rebase)
     configmap = build_configmap(config, name=configmap_name, namespace=namespace, owner=ref, kind=kind)
     if trainjobs.engine_of(spec) == "TrainJob":
         job = trainjobs.build_trainjob(spec, settings, name=name, namespace=namespace, uid=uid, owner=ref,
                                        configmap_name=configmap_name, kind=kind,
-                                       previously_forgotten=previously_forgotten)
+                                       previously_forgotten=previously_forgotten, rebase=rebase)
     else:
         job = build_job(spec, settings, name=name, namespace=namespace, uid=uid, owner=ref,
-                        configmap_name=configmap_name, kind=kind, previously_forgotten=previously_forgotten)
+                        configmap_name=configmap_name, kind=kind, previously_forgotten=previously_forgotten,
+                        rebase=rebase)
     return Launch(config=config, configmap=configmap, job=job)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from forgetmi_operator.api import conditions as cond
-from forgetmi_operator.api import naming
+from forgetmi_operator.api import failpoints, naming
 from forgetmi_operator.api.errors import EngineUnavailable, OperatorError
 from forgetmi_operator.api.naming import JobKind
 from forgetmi_operator.api.settings import Settings
@@ -44,13 +44,13 @@ class ClusterTrainers:
         self.kube, self.settings = kube, settings
 
     async def start(self, body: Mapping[str, Any], spec: UnlearnRequestSpec, base_version: str,
-                    kind: JobKind) -> Started:
+                    kind: JobKind, rebase: int = 0) -> Started:
         if kind == "retrain":  # a first launch was checked before anything was read; a retrain, by today's policy
             policy.check_pod_policy(spec, self.settings)
         meta = body["metadata"]
         built = jobs.build_launch(spec, self.settings, name=meta["name"], namespace=meta["namespace"],
                                   uid=meta["uid"], base_version=base_version, owner=body, kind=kind,
-                                  previously_forgotten=await self._previously_forgotten(meta))
+                                  previously_forgotten=await self._previously_forgotten(meta, rebase), rebase=rebase)
         await self.kube.create_or_get_configmap(meta["namespace"], built.configmap)
         if built.engine == "TrainJob":
             _, created = await self.kube.create_or_get_trainjob(meta["namespace"], built.job)
@@ -61,18 +61,20 @@ class ClusterTrainers:
             workload, waits = "Job", "its Pod to start"
         if created:
             METRICS.trainer_jobs_total.labels(namespace=meta["namespace"]).inc()
+        failpoints.reach("after-job-create")
         what = f"retrain {workload}" if kind == "retrain" else workload
         return Started(job_name=built.job_name, created=created,
                        waiting=f"{workload} {built.job_name} was created and waits for {waits}.",
                        event=f"Created {what} {built.job_name} for model {spec.model.name} version {base_version}.")
 
 
-    async def _previously_forgotten(self, meta: Mapping[str, Any]) -> bool:
+    async def _previously_forgotten(self, meta: Mapping[str, Any], rebase: int) -> bool:
         """Whether the request's copy of its forget list holds the patients of earlier erasures (only with a
         forget ledger key: docs/ledger.md), which the run's pods then mount and its config names."""
         if not self.settings.ledger_key_secret_name:
             return False
-        copy = await self.kube.get_secret(meta["namespace"], naming.subjects_secret_name(meta["name"], meta["uid"]))
+        copy = await self.kube.get_secret(meta["namespace"],
+                                          naming.subjects_secret_name(meta["name"], meta["uid"], rebase=rebase))
         return subjects.has_previously_forgotten(copy)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from forgetmi_operator.api import conditions as cond
-from forgetmi_operator.api import naming
+from forgetmi_operator.api import failpoints, naming
 from forgetmi_operator.api.errors import OperatorError, storage_call
 from forgetmi_operator.api.spec import parse_spec
 from forgetmi_operator.cluster import coalescer, jobstate, trainjobstate
@@ -71,6 +71,8 @@ async def look(cluster: Cluster, entry: Entry) -> None:
         log.warning("The status of %s will be written again: %s", naming.describe(body), err.message)
         return
     entry.unsaved = None
+    if cond.is_terminal(step.status.get("phase")):
+        failpoints.reach("after-terminal-status")
     cluster.post(body, step)
     if patched is not None:
         cluster.scheduler.observe(patched)
@@ -96,6 +98,7 @@ async def _track(cluster: Cluster, body: Mapping[str, Any], concluded: set[str])
         METRICS.job_failures_total.labels(reason=state.reason).inc()
         concluded.add(job_name)
     elif state.phase == "succeeded":
+        failpoints.reach("on-job-complete")
         result = await _conclude(cluster, body)
         concluded.add(job_name)  # only once acted on: a retryable error tries again
         result.status = {**step.status, **result.status}
@@ -149,8 +152,8 @@ async def track_job(cluster: Cluster, body: Mapping[str, Any],
     if job is None:
         job = await (kube.get_trainjob if trainjob else kube.get_job)(namespace, job_name)
     owner_name, owner_uid = batches.run_owner(body)  # a batch's run is its leader's
-    kind = naming.job_kind(owner_name, owner_uid, job_name)
-    paths = request_paths(spec.model.registry_uri, spec.model.name, owner_uid, kind=kind)
+    kind, rebase = naming.job_run(owner_name, owner_uid, job_name)
+    paths = request_paths(spec.model.registry_uri, spec.model.name, owner_uid, kind=kind, rebase=rebase)
     objects = await cluster.ports.storage_for(body)
     if job is None and await storage_call(objects.exists, paths.report):
         # The trainer writes its report last, so the Job completed and was removed since (its TTL ran

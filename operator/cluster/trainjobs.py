@@ -56,13 +56,13 @@ def engine_of(spec: UnlearnRequestSpec) -> Engine:
     return "Job" if resources.nodes == 1 and resources.processes == 1 else "TrainJob"
 
 
-def trainjob_name(request_name: str, uid: str, *, kind: JobKind = "unlearn") -> str:
+def trainjob_name(request_name: str, uid: str, *, kind: JobKind = "unlearn", rebase: int = 0) -> str:
     """:func:`naming.job_name` when it has at most :data:`MAX_NAME` characters (RFC 1035), else the same
     name with the request's part cut so that it has; deterministic, so creating it twice finds the first."""
-    name = naming.job_name(request_name, uid, kind=kind)
+    name = naming.job_name(request_name, uid, kind=kind, rebase=rebase)
     if len(name) <= MAX_NAME:
         return name
-    tail = naming.job_name("", uid, kind=kind).removeprefix(naming.NAME_PREFIX)  # -<uid[:8]>[-retrain]
+    tail = naming.job_name("", uid, kind=kind, rebase=rebase).removeprefix(naming.NAME_PREFIX)  # -<uid8>[-bN][-…]
     middle = name.removeprefix(f"{naming.NAME_PREFIX}-").removesuffix(tail)
     middle = middle[: MAX_NAME - len(naming.NAME_PREFIX) - 1 - len(tail)].strip("-")
     return f"{naming.NAME_PREFIX}-{middle}{tail}" if middle else f"{naming.NAME_PREFIX}{tail}"
@@ -108,15 +108,16 @@ def _runtime_patch(spec: UnlearnRequestSpec, settings: Settings, *, configmap: s
 
 def build_trainjob(spec: UnlearnRequestSpec, settings: Settings, *, name: str, namespace: str, uid: str,
                    owner: Mapping[str, Any] | None = None, configmap_name: str | None = None,
-                   kind: JobKind = "unlearn", previously_forgotten: bool = False) -> dict[str, Any]:
+                   kind: JobKind = "unlearn", previously_forgotten: bool = False, rebase: int = 0) -> dict[str, Any]:
     """The TrainJob for request ``namespace/name`` (uid ``uid``), named by :func:`trainjob_name`.
 
     It carries the request's labels (and Kueue's queue label with ``spec.queueName``), and so do its
     Pods; with a queue it is created suspended, for Kueue to admit (a TrainJob is not suspended by
     Kueue's webhook as a Job is). ``spec.activeDeadlineSeconds`` bounds it as it bounds a Job."""
     ref = naming.owner_reference(owner if owner is not None else {"name": name, "uid": uid})
-    patch = _runtime_patch(spec, settings, configmap=configmap_name or naming.configmap_name(name, uid, kind=kind),
-                           subjects_secret=naming.subjects_secret_name(name, uid),
+    configmap = configmap_name or naming.configmap_name(name, uid, kind=kind, rebase=rebase)
+    patch = _runtime_patch(spec, settings, configmap=configmap,
+                           subjects_secret=naming.subjects_secret_name(name, uid, rebase=rebase),
                            pod_labels=naming.labels_for(name, uid=uid, kind=kind),
                            previously_forgotten=previously_forgotten)
     body: dict[str, Any] = {
@@ -131,7 +132,7 @@ def build_trainjob(spec: UnlearnRequestSpec, settings: Settings, *, name: str, n
         "apiVersion": f"{TRAINER_GROUP}/{TRAINER_VERSION}",
         "kind": TRAINJOB_KIND,
         "metadata": {
-            "name": trainjob_name(name, uid, kind=kind),
+            "name": trainjob_name(name, uid, kind=kind, rebase=rebase),
             "namespace": namespace,
             "labels": naming.labels_for(name, spec.queue_name, uid=uid, kind=kind),
             "ownerReferences": [ref],

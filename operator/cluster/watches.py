@@ -18,12 +18,14 @@ that Kopf's handlers call).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from forgetmi_operator.api.settings import Settings
-from forgetmi_operator.cluster import identity, jobstate, launcher, outcome, trainjobstate
+from forgetmi_operator.cluster import coalescer, identity, jobstate, launcher, outcome, trainjobstate
 from forgetmi_operator.cluster.context import Cluster, PostEvent
 from forgetmi_operator.cluster.kube import Kube
 from forgetmi_operator.cluster.metrics import METRICS, serve
@@ -52,6 +54,7 @@ async def startup(settings: Settings, post_event: PostEvent) -> Cluster:
     cluster = Cluster(settings=settings, kube=kube, ports=ports, phases=PHASES, post_event=post_event,
                       scheduler=LookScheduler(lambda entry: outcome.look(cluster, entry), is_open=is_open,
                                               concurrency=LOOK_CONCURRENCY))
+    cluster.ports = dataclasses.replace(ports, gather=functools.partial(coalescer.join, cluster))
     cluster.tasks.append(asyncio.create_task(
         cluster.scheduler.sweep_forever(settings.progress_interval_seconds, wants_tracking), name="forgetmi sweep"))
     cluster.metrics_server = serve(settings.metrics_port)

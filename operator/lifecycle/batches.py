@@ -21,6 +21,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from forgetmi_operator.api import naming
 from forgetmi_operator.api.spec import UnlearnRequestSpec
 from forgetmi_operator.api.status import BatchStatus
 
@@ -55,6 +56,15 @@ def run_owner(body: Mapping[str, Any]) -> tuple[str, str]:
         return batch.leader.name, batch.leader.uid
     meta = body["metadata"]
     return str(meta["name"]), str(meta["uid"])
+
+
+def run_rebase(body: Mapping[str, Any]) -> int:
+    """Which rebase of its owner (:func:`run_owner`) the request's current run is (0: the first run),
+    read from the run's Job name."""
+    job = (body.get("status") or {}).get("jobName")
+    if not job:
+        return int((body.get("status") or {}).get("rebases") or 0)
+    return naming.job_run(*run_owner(body), str(job))[1]
 
 
 def in_shared_run(body: Mapping[str, Any]) -> bool:

@@ -54,9 +54,10 @@ def member_owner_references(members: Sequence[Mapping[str, Any]]) -> list[dict[s
 
 
 def build_batch_secret(union: Sequence[str], *, members: Sequence[Mapping[str, Any]], namespace: str,
-                       previously_forgotten: Sequence[str] | None = None) -> dict[str, Any]:
+                       previously_forgotten: Sequence[str] | None = None, rebase: int = 0) -> dict[str, Any]:
     """The immutable Secret with the batch's forget set (and the previously forgotten patients when
-    given), under the keys a request's own copy uses, owned by every request of ``members``."""
+    given), under the keys a request's own copy uses, owned by every request of ``members`` (named for
+    the leader's ``rebase``-th rebase)."""
     leader = members[0]["metadata"]
     labels = {**naming.labels_for(leader["name"], uid=leader["uid"]),
               naming.LABEL_COMPONENT: subjects.SUBJECTS_COMPONENT}
@@ -66,8 +67,8 @@ def build_batch_secret(union: Sequence[str], *, members: Sequence[Mapping[str, A
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": naming.batch_subjects_secret_name(leader["name"], leader["uid"]), "namespace": namespace,
-                     "labels": labels, "ownerReferences": member_owner_references(members)},
+        "metadata": {"name": naming.batch_subjects_secret_name(leader["name"], leader["uid"], rebase=rebase),
+                     "namespace": namespace, "labels": labels, "ownerReferences": member_owner_references(members)},
         "type": "Opaque",
         "immutable": True,
         "data": data,
@@ -87,7 +88,8 @@ async def read_union(store: SecretStore, body: Mapping[str, Any]) -> list[str]:
     """The batch's forget set, from its Secret; SubjectsError when it is gone or not the batch's."""
     leader_name, leader_uid = batches.run_owner(body)
     namespace = body["metadata"]["namespace"]
-    name = naming.batch_subjects_secret_name(leader_name, leader_uid)
+    rebase = batches.run_rebase(body)
+    name = naming.batch_subjects_secret_name(leader_name, leader_uid, rebase=rebase)
     secret = await store.get_secret(namespace, name)
     where = f"Secret {namespace}/{name} (the forget set of the batch)"
     if secret is None or not naming.owned_by(secret, body["metadata"]["uid"]):
@@ -99,9 +101,10 @@ async def read_union(store: SecretStore, body: Mapping[str, Any]) -> list[str]:
     return subjects.parse(base64.b64decode(encoded).decode("utf-8", errors="replace"), where)
 
 
-async def release_batch(store: SecretStore, namespace: str, leader_name: str, leader_uid: str) -> None:
+async def release_batch(store: SecretStore, namespace: str, leader_name: str, leader_uid: str,
+                        rebase: int = 0) -> None:
     """Delete the batch's Secret (every request of the batch ended); a failure leaves it to garbage collection."""
-    name = naming.batch_subjects_secret_name(leader_name, leader_uid)
+    name = naming.batch_subjects_secret_name(leader_name, leader_uid, rebase=rebase)
     try:
         secret = await store.get_secret(namespace, name)
         if secret is not None and await store.delete_secret(namespace, name, uid=secret["metadata"].get("uid")):

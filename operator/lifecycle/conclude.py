@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from forgetmi_operator.api import conditions as cond
-from forgetmi_operator.api import naming
-from forgetmi_operator.api.errors import OperatorError, SubjectsError, storage_call
+from forgetmi_operator.api import failpoints, naming
+from forgetmi_operator.api.errors import OperatorError, PromotionConflict, SubjectsError, storage_call
 from forgetmi_operator.api.spec import parse_spec
 from forgetmi_operator.api.status import GateStatus, ModelVersionStatus
-from forgetmi_operator.lifecycle import batches, batchlists, gates, receipts, subjects
+from forgetmi_operator.lifecycle import batches, batchlists, gates, rebase, receipts, subjects
 from forgetmi_operator.lifecycle.decisions import Decision, decide, is_approved
 from forgetmi_operator.lifecycle.ports import Ports
 from forgetmi_operator.lifecycle.promote import promote
@@ -96,14 +96,15 @@ async def _verdict(ports: Ports, body: Mapping[str, Any]) -> Verdict:
     meta, status = body["metadata"], body.get("status") or {}
     spec = parse_spec(body.get("spec") or {})
     owner_name, owner_uid = batches.run_owner(body)
-    kind = naming.job_kind(owner_name, owner_uid, status["jobName"])
-    paths = request_paths(spec.model.registry_uri, spec.model.name, owner_uid, kind=kind)
+    kind, rebase = naming.job_run(owner_name, owner_uid, status["jobName"])
+    paths = request_paths(spec.model.registry_uri, spec.model.name, owner_uid, kind=kind, rebase=rebase)
     base = ModelVersionStatus.model_validate(status["baseModel"])
     objects = await ports.storage_for(body)
     report, report_ref = await storage_call(artifacts.load_report, objects, paths.report,
                                             request=f"{meta['namespace']}/{owner_name}",
                                             max_bytes=ports.settings.report_max_bytes)
-    artifacts.check_lineage(report, base, naming.candidate_version(base.version, owner_uid, kind=kind))
+    artifacts.check_lineage(report, base, naming.candidate_version(base.version, owner_uid, kind=kind,
+                                                                   rebase=rebase))
     candidate = await storage_call(artifacts.verify_candidate, objects, report, registry=spec.model.registry_uri,
                                    model=spec.model.name)
     statuses = gates.evaluate_gates(gates.effective_gates(spec.gates, ports.settings.default_gates), report)
@@ -141,16 +142,41 @@ async def _act(ports: Ports, body: Mapping[str, Any], verdict: Verdict, step: St
     key = await ports.receipt_key() if decision.terminal else None
     signing_key = await ports.signing_key() if decision.terminal else None  # a bad key fails before any change
     moved: receipts.Promotion | None = None
+    held: OperatorError | None = None
     if decision == Decision.PROMOTE:
         erased = await batchlists.read_union(ports.secrets, body) if verdict.shared else forget
-        moved = await promote(ports, body, verdict, step, erased)
+        try:
+            moved = await promote(ports, body, verdict, step, erased)
+        except PromotionConflict as err:
+            if await rebase.rebase(ports, body, verdict, step, err):
+                return
+            held = err
+        except OperatorError as err:
+            if err.retryable:
+                raise
+            held = err
     elif decision == Decision.RETRAIN:
         await _retrain(ports, body, verdict, step)
     else:
         _announce(body, verdict, step)
     if decision.terminal:
         batch = await _batch_info(ports, body, verdict, forget)
-        await _write_receipt(body, verdict, step, receipts.subjects_hmac(forget, key), moved, signing_key, batch)
+        await _write_receipt(body, verdict, step, receipts.subjects_hmac(forget, key), moved, signing_key, batch,
+                             _not_promoted(verdict, step, held))
+    if held is not None:  # the receipt says why; the conclusion records it as the request's end
+        raise held
+
+
+def _not_promoted(verdict: Verdict, step: Step, held: OperatorError | None) -> receipts.NotPromoted | None:
+    """Why a request that ends here was not promoted (the receipt says it): the error that stopped its
+    promotion, else its Promoted condition (held on its gates, a dry run)."""
+    if held is not None:
+        return receipts.NotPromoted(reason=held.reason, message=held.message)
+    if verdict.decision == Decision.PROMOTE:
+        return None
+    promoted = cond.get_condition(step.status.get("conditions") or [], "Promoted") or {}
+    return receipts.NotPromoted(reason=str(promoted.get("reason") or verdict.decision.value),
+                                message=str(promoted.get("message") or ""))
 
 
 async def _batch_info(ports: Ports, body: Mapping[str, Any], verdict: Verdict,
@@ -204,7 +230,8 @@ async def _retrain(ports: Ports, body: Mapping[str, Any], verdict: Verdict, step
 
 async def _write_receipt(body: Mapping[str, Any], verdict: Verdict, step: Step, digest: str | None,
                          moved: receipts.Promotion | None, signing_key: bytes | None = None,
-                         batch: receipts.BatchInfo | None = None) -> None:
+                         batch: receipts.BatchInfo | None = None,
+                         not_promoted: receipts.NotPromoted | None = None) -> None:
     """Write the receipt of a decision that ends the request (signed, a DSSE envelope, with
     ``signing_key``). When the alias already moved, a receipt that cannot be written does not undo
     the promotion: it stands, and the condition says so."""
@@ -218,7 +245,8 @@ async def _write_receipt(body: Mapping[str, Any], verdict: Verdict, step: Step, 
         candidate=artifacts.candidate_status(verdict.candidate), report=verdict.report_ref, metrics=verdict.metrics,
         gates=verdict.gates,
         decision=verdict.decision, created=meta.get("creationTimestamp") or completed, completed=completed,
-        promotion=moved, batch=batch)
+        promotion=moved, batch=batch, not_promoted=not_promoted,
+        rebases=int((body.get("status") or {}).get("rebases") or 0))
     try:
         written = await storage_call(artifacts.write_receipt, verdict.objects, verdict.receipt_uri,
                                      receipts.stored_receipt(receipt, model=verdict.spec.model.name,
@@ -231,4 +259,5 @@ async def _write_receipt(body: Mapping[str, Any], verdict: Verdict, step: Step, 
                        f"{promoted.get('message', '')} No receipt: {err.message}".strip())
         step.events.append(("Warning", err.reason, err.message))
         return
+    failpoints.reach("after-receipt")
     step.status["receipt"] = written.model_dump(by_alias=True)

@@ -25,12 +25,13 @@ from forgetmi_trainer.contract import JobConfig, validation_problems
 
 def build_job_config(spec: UnlearnRequestSpec, *, uid: str, namespace: str, name: str, base_version: str,
                      subjects_file: str, termination_message_path: str | None, kind: JobKind = "unlearn",
-                     progress_path: str | None = None, previously_forgotten_file: str | None = None) -> JobConfig:
+                     progress_path: str | None = None, previously_forgotten_file: str | None = None,
+                     rebase: int = 0) -> JobConfig:
     """The trainer's config for the request's ``kind`` run from ``base_version``; raises InvalidSpec
     naming the field when the request cannot become one."""
     registry, model = spec.model.registry_uri, spec.model.name
-    version = naming.candidate_version(base_version, uid, kind=kind)
-    paths = request_paths(registry, model, uid, kind=kind)
+    version = naming.candidate_version(base_version, uid, kind=kind, rebase=rebase)
+    paths = request_paths(registry, model, uid, kind=kind, rebase=rebase)
     method = spec.method
     settings = method.model_dump(exclude={"seed", "options", "name"})
     raw: dict[str, Any] = {

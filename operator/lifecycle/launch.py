@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from forgetmi_operator.api import conditions as cond
-from forgetmi_operator.api import naming
+from forgetmi_operator.api import failpoints, naming
 from forgetmi_operator.api.errors import (
     InputNotFound,
     OperatorError,
@@ -51,6 +51,8 @@ class Accepted:
     subjects: list[str]
     previously_forgotten: int | None = None
     """How many of the manifest's patients earlier erasures forgot (None: no ledger key)."""
+    rebase: int = 0
+    """Which rebase of the request this acceptance is (0: its first; docs/rebase.md)."""
 
 
 def check_reach(objects: Objects, spec: UnlearnRequestSpec) -> None:
@@ -112,11 +114,14 @@ def check_references(objects: Objects, spec: UnlearnRequestSpec, version: str, g
         f"Create them with `{command}`, then create the request again.")
 
 
-async def accept(ports: Ports, objects: Objects, body: Mapping[str, Any], spec: UnlearnRequestSpec) -> Accepted:
+async def accept(ports: Ports, objects: Objects, body: Mapping[str, Any], spec: UnlearnRequestSpec,
+                 rebase: int = 0) -> Accepted:
     """Check every input of the request with its referenced forget list, and copy the list (see the
     module docstring). When that list no longer passes (changed to something invalid, or gone), the
     copy an earlier attempt at this launch made (a retry, or an operator restart mid-launch) is
-    accepted instead: it is what that attempt's run reads, forgets and the receipt attests."""
+    accepted instead: it is what that attempt's run reads, forgets and the receipt attests. A rebase
+    (``rebase`` > 0) accepts again on the version the alias names now, with the list first copied (the
+    copy always wins) and the forget ledger as it is now."""
     check_reach(objects, spec)
     limits = manifests.Limits(max_bytes=ports.settings.manifest_max_bytes)
     try:
@@ -133,8 +138,9 @@ async def accept(ports: Ports, objects: Objects, body: Mapping[str, Any], spec: 
                        gates.effective_gates(spec.gates, ports.settings.default_gates))
     earlier = await storage_call(erasures.earlier_erasures, objects, spec, base.version, await ports.ledger_key(),
                                  limits)
-    return Accepted(base=base, subjects=await subjects.snapshot(ports.secrets, body, forget, where, earlier),
-                    previously_forgotten=None if earlier is None else len(earlier))
+    failpoints.reach("after-accept")
+    return Accepted(base=base, subjects=await subjects.snapshot(ports.secrets, body, forget, where, earlier, rebase),
+                    previously_forgotten=None if earlier is None else len(earlier), rebase=rebase)
 
 
 def _earlier(accepted: Accepted) -> str:
@@ -160,12 +166,18 @@ def accepted_step(body: Mapping[str, Any], spec: UnlearnRequestSpec, accepted: A
                        subjectCount=len(accepted.subjects),
                        subjectsSecretName=naming.subjects_secret_name(meta["name"], meta["uid"]),
                        attempts=max(1, int(status.get("attempts") or 0)), startTime=status.get("startTime") or now())
+    if accepted.rebase:
+        step.status["rebases"] = accepted.rebase
     return step
 
 
-async def launch(ports: Ports, body: Mapping[str, Any], gather: Gather | None = None) -> Step:
+async def launch(ports: Ports, body: Mapping[str, Any], gather: Gather | None = None,
+                 rebase: int | None = None) -> Step:
     """Accept the request and start its unlearning run once — or, with ``gather``, join it to a batch
-    whose Job starts when the batch closes; a suspended request only says so."""
+    whose Job starts when the batch closes; a suspended request only says so. ``rebase`` (default: the
+    count its status records) is which rebase of the request this launch is (docs/rebase.md)."""
+    if rebase is None:
+        rebase = int((body.get("status") or {}).get("rebases") or 0)
     spec = parse_spec(body.get("spec") or {})
     if spec.suspend:
         step = Step()
@@ -173,10 +185,11 @@ async def launch(ports: Ports, body: Mapping[str, Any], gather: Gather | None = 
         with_condition(body, step, "Unlearned", "Unknown", cond.NOT_STARTED, message)
         step.events.append(("Normal", "Suspended", message))
         return step
-    accepted = await accept(ports, await ports.storage_for(body), body, spec)
+    accepted = await accept(ports, await ports.storage_for(body), body, spec, rebase)
+    failpoints.reach("after-subjects-copy")
     if gather is not None:
         return await gather(body, spec, accepted)
-    started = await ports.trainers.start(body, spec, accepted.base.version, "unlearn")
+    started = await ports.trainers.start(body, spec, accepted.base.version, "unlearn", rebase)
     step = accepted_step(body, spec, accepted)
     with_condition(body, step, "Unlearned", "Unknown", cond.JOB_PENDING, started.waiting)
     step.status["jobName"] = started.job_name

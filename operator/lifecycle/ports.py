@@ -13,7 +13,8 @@ implement them, so both go through the same lifecycle code.
 - ``signing_key``: the receipt signing key (PEM PKCS#8 Ed25519), None without one (receipts unsigned);
 - ``ledger_key``: the forget ledger's HMAC key (docs/ledger.md), None without one (no ledger written or read);
 - ``present``: which of some requests (namespace, then ``(name, uid)`` pairs) still exist — for the receipt
-  of a coalesced request, whose batch's other requests may have been deleted (docs/coalescing.md).
+  of a coalesced request, whose batch's other requests may have been deleted (docs/coalescing.md);
+- ``gather``: joining an accepted request to a batch of coalesced requests, where there are batches.
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ class Started:
 
 class Trainers(Protocol):
     async def start(self, body: Mapping[str, Any], spec: UnlearnRequestSpec, base_version: str,
-                    kind: JobKind) -> Started:
-        """Start the ``kind`` run of the request in ``body`` from ``base_version``, once: a second call
-        finds the first run (``created`` False)."""
+                    kind: JobKind, rebase: int = 0) -> Started:
+        """Start the ``kind`` run of the request in ``body`` from ``base_version`` (its ``rebase``-th
+        rebase: docs/rebase.md), once: a second call finds the first run (``created`` False)."""
 
 
 class ServingTargets(Protocol):
@@ -91,3 +92,6 @@ class Ports:
     ledger_key: Callable[[], Awaitable[bytes | None]] = _no_key
     present: Callable[[str, Sequence[tuple[str, str]]], Awaitable[set[str]]] = _all_present
     """The uids of the given ``(name, uid)`` requests of a namespace that still exist."""
+    gather: Callable[..., Awaitable[Any]] | None = None
+    """Where coalescing exists (a cluster): a ``launch.Gather`` that joins an accepted request to a batch
+    (docs/coalescing.md), used for the requests that may be coalesced, rebased ones included."""

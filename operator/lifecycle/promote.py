@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from forgetmi_operator.api import conditions as cond
+from forgetmi_operator.api import failpoints
 from forgetmi_operator.api.errors import OperatorError, ServingTargetError, storage_call
 from forgetmi_operator.lifecycle import erasures, receipts
 from forgetmi_operator.lifecycle.ports import Ports
@@ -42,16 +43,26 @@ async def promote(ports: Ports, body: Mapping[str, Any], verdict: Verdict, step:
     key = await ports.ledger_key()
     earlier = await storage_call(erasures.read_erasures, verdict.objects, spec.model)
     ref = verdict.owner
-    record = await storage_call(promotion.promote_candidate, verdict.objects, spec.model, base, candidate, ref,
-                                earlier)
-    try:
-        await ports.targets.point(spec, meta["namespace"], candidate.uri)
-    except OperatorError as err:
-        undone = await storage_call(promotion.rollback_promotion, verdict.objects, spec.model, base, candidate, ref,
-                                    earlier)
-        raise ServingTargetError(f"{err.message} The rollout was undone: {undone}") from err
-    message = (f"Alias '{spec.model.alias}' of model {spec.model.name} now names version {candidate.version} "
-               f"(was {base.version}).{await _record_erasure(key, verdict, ref, forget, step)}")
+    failpoints.reach("before-alias-write")
+    done = await storage_call(promotion.promote_candidate, verdict.objects, spec.model, base, candidate, ref,
+                              earlier)
+    failpoints.reach("after-alias-write")
+    record = done.record
+    if done.moved_on_to is None:
+        try:
+            await ports.targets.point(spec, meta["namespace"], candidate.uri)
+        except OperatorError as err:
+            undone = await storage_call(promotion.rollback_promotion, verdict.objects, spec.model, base, candidate,
+                                        ref, earlier)
+            raise ServingTargetError(f"{err.message} The rollout was undone: {undone}") from err
+        message = f"Alias '{spec.model.alias}' of model {spec.model.name} now names version {candidate.version} " \
+                  f"(was {base.version})."
+    else:  # promoted before a restart, then moved on by another promotion: the target is left to that one
+        skipped = None
+        message = (f"Alias '{spec.model.alias}' of model {spec.model.name} was moved to version {candidate.version} "
+                   f"(was {base.version}) by this request and has since been moved on to {done.moved_on_to}; "
+                   "the serving target was left as that later promotion set it.")
+    message += await _record_erasure(key, verdict, ref, forget, step)
     retired = await _retire_references(verdict)
     if retired:
         message += f" {retired}"
@@ -61,7 +72,8 @@ async def promote(ports: Ports, body: Mapping[str, Any], verdict: Verdict, step:
         step.events.append(("Warning", "ServingTargetSkipped", skipped))
     with_condition(body, step, "Promoted", "True", cond.PROMOTED, message)
     step.events.append(("Normal", cond.PROMOTED, message))
-    return receipts.Promotion(alias=spec.model.alias, version=record.version, previous=record.previous)
+    return receipts.Promotion(alias=spec.model.alias, version=record.version, previous=record.previous,
+                              moved_on_to=done.moved_on_to)
 
 
 async def _record_erasure(key: bytes | None, verdict: Verdict, ref: RequestRef, forget: list[str],

@@ -86,6 +86,9 @@ class Promotion(_Record):
     alias: str
     version: str
     previous: str | None = None
+    moved_on_to: str | None = Field(default=None, description=(
+        "The version the alias named when the receipt was written, when another promotion had moved it on "
+        "since this one (an operator restart came between this promotion and its receipt)."))
 
 
 class BatchInfo(_Record):
@@ -99,6 +102,13 @@ class BatchInfo(_Record):
     subject_count: int = Field(ge=0, description="Subjects of the union of the batch's forget lists.")
     withdrawn: list[RequestInfo] = Field(default_factory=list, description=(
         "Requests of the batch deleted after its Job was created: their patients are in the forget set still."))
+
+
+class NotPromoted(_Record):
+    """Why a request ended without its candidate promoted: the condition reason and its sentence."""
+
+    reason: str
+    message: str
 
 
 class Timestamps(_Record):
@@ -123,13 +133,16 @@ class Receipt(_Record):
     timestamps: Timestamps
     operator_version: str
     batch: BatchInfo | None = None
+    not_promoted: NotPromoted | None = None
+    rebases: int = Field(default=0, ge=0, description="Times the request was rebased before this decision.")
 
 
 def build_receipt(*, uid: str, name: str, namespace: str, subject_count: int, subjects_digest: str | None,
                   method: str, mode: RolloutMode, base: Digested, candidate: Digested, report: Digested,
                   metrics: MetricsStatus, gates: Sequence[GateStatus], decision: Decision, created: str,
                   completed: str, promotion: Promotion | None = None,
-                  operator_version: str = __version__, batch: BatchInfo | None = None) -> Receipt:
+                  operator_version: str = __version__, batch: BatchInfo | None = None,
+                  not_promoted: NotPromoted | None = None, rebases: int = 0) -> Receipt:
     """The receipt of one request. ``base``/``candidate`` are anything with ``version``, ``uri`` and
     ``sha256`` (e.g. ``api.ModelVersionStatus``) or such a mapping; ``report`` likewise with ``uri``
     and ``sha256``. ``subjects_digest`` is :func:`subjects_hmac`'s result."""
@@ -149,14 +162,19 @@ def build_receipt(*, uid: str, name: str, namespace: str, subject_count: int, su
         timestamps=Timestamps(created=created, completed=completed),
         operator_version=operator_version,
         batch=batch,
+        not_promoted=not_promoted,
+        rebases=rebases,
     )
 
 
 def receipt_json(receipt: Receipt) -> bytes:
     """Canonical bytes: camelCase keys sorted, two-space indent, UTF-8, NaN as null, final newline."""
     data = json.loads(receipt.model_dump_json(by_alias=True))
-    if data.get("batch") is None:  # a request that ran alone: the receipt it had before batches existed
-        data.pop("batch", None)
+    for key, absent in (("batch", None), ("notPromoted", None), ("rebases", 0)):
+        if data.get(key) == absent:  # a field a receipt without it never had: left out, as before it existed
+            data.pop(key, None)
+    if isinstance(data.get("promotion"), dict) and data["promotion"].get("movedOnTo") is None:
+        data["promotion"].pop("movedOnTo", None)
     return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 

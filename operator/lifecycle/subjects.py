@@ -121,9 +121,10 @@ def encoded_list(subjects: Sequence[str]) -> str:
 
 def build_snapshot_secret(subjects: Sequence[str], *, name: str, namespace: str, uid: str,
                           owner: Mapping[str, Any] | None = None,
-                          previously_forgotten: Sequence[str] | None = None) -> dict[str, Any]:
+                          previously_forgotten: Sequence[str] | None = None, rebase: int = 0) -> dict[str, Any]:
     """The immutable Secret holding the forget list as accepted, owned by the request ``name``/``uid``,
-    and the previously forgotten patients (:data:`PREVIOUSLY_FORGOTTEN_KEY`) when given."""
+    and the previously forgotten patients (:data:`PREVIOUSLY_FORGOTTEN_KEY`) when given; the copy of the
+    ``rebase``-th rebase's runs when ``rebase`` > 0."""
     ref = naming.owner_reference(owner if owner is not None else {"name": name, "uid": uid})
     labels = {**naming.labels_for(ref["name"], uid=ref["uid"]), naming.LABEL_COMPONENT: SUBJECTS_COMPONENT}
     data = {SUBJECTS_KEY: encoded_list(subjects)}
@@ -132,7 +133,8 @@ def build_snapshot_secret(subjects: Sequence[str], *, name: str, namespace: str,
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": naming.subjects_secret_name(ref["name"], ref["uid"]), "namespace": namespace,
+        "metadata": {"name": naming.subjects_secret_name(ref["name"], ref["uid"], rebase=rebase),
+                     "namespace": namespace,
                      "labels": labels, "ownerReferences": [ref]},
         "type": "Opaque",
         "immutable": True,
@@ -157,11 +159,13 @@ def _from_snapshot(secret: Mapping[str, Any], namespace: str, uid: str) -> list[
 
 
 async def snapshot(store: SecretStore, body: Mapping[str, Any], subjects: list[str], where: str,
-                   previously_forgotten: Sequence[str] | None = None) -> list[str]:
+                   previously_forgotten: Sequence[str] | None = None, rebase: int = 0) -> list[str]:
     """Copy ``subjects`` (just accepted, read from ``where``) into the request's Secret, with
     ``previously_forgotten`` when given, and return the list its runs will forget: ``subjects``, or
-    the list an earlier attempt copied (an operator restart or a retried launch), which stays what is
-    forgotten and attested (with the previously forgotten list that attempt copied)."""
+    the list an earlier attempt copied (an operator restart, a retried launch, a rebase), which stays
+    what is forgotten and attested (with the previously forgotten list that attempt copied). For the
+    ``rebase``-th rebase (> 0), that list is copied again with ``previously_forgotten`` as the ledger has
+    it now, into the copy that rebase's runs mount."""
     meta = body["metadata"]
     namespace, uid = meta["namespace"], meta["uid"]
     size = len(subjects_text(subjects).encode("utf-8"))
@@ -175,7 +179,14 @@ async def snapshot(store: SecretStore, body: Mapping[str, Any], subjects: list[s
     secret = build_snapshot_secret(subjects, name=meta["name"], namespace=namespace, uid=uid, owner=body,
                                    previously_forgotten=previously_forgotten)
     existing, created = await store.create_or_get_secret(namespace, secret)
-    return subjects if created else _from_snapshot(existing, namespace, uid)
+    accepted = subjects if created else _from_snapshot(existing, namespace, uid)
+    if rebase:
+        again = build_snapshot_secret(accepted, name=meta["name"], namespace=namespace, uid=uid, owner=body,
+                                      previously_forgotten=previously_forgotten, rebase=rebase)
+        found, made = await store.create_or_get_secret(namespace, again)
+        if not made:
+            _from_snapshot(found, namespace, uid)  # one made by someone else is never mounted
+    return accepted
 
 
 async def find_snapshot(store: SecretStore, body: Mapping[str, Any]) -> Found | None:
@@ -206,7 +217,14 @@ async def release(store: SecretStore, body: Mapping[str, Any]) -> None:
     on its uid (one of that name made by someone else, or made again meanwhile, is left alone); a
     failure leaves it to garbage collection with the request."""
     meta = body["metadata"]
-    namespace, name = meta["namespace"], naming.subjects_secret_name(meta["name"], meta["uid"])
+    rebases = int((body.get("status") or {}).get("rebases") or 0)
+    for rebase in range(rebases, -1, -1):  # the rebases' copies, then the request's own
+        await _release_one(store, body, naming.subjects_secret_name(meta["name"], meta["uid"], rebase=rebase))
+
+
+async def _release_one(store: SecretStore, body: Mapping[str, Any], name: str) -> None:
+    meta = body["metadata"]
+    namespace = meta["namespace"]
 
     async def delete() -> None:
         secret = await store.get_secret(namespace, name)

@@ -81,11 +81,12 @@ class LocalSecrets:
 
 @dataclass(frozen=True)
 class LocalRun:
-    """A trainer run waiting to run: its Job's name, kind and config."""
+    """A trainer run waiting to run: its Job's name, kind and config, and where the config is written."""
 
     job_name: str
     kind: JobKind
     config: JobConfig
+    config_path: Path
 
 
 def trainer_command(config: Path, processes: int) -> list[str]:
@@ -106,22 +107,25 @@ class LocalTrainers:
         self.queued: list[LocalRun] = []
 
     async def start(self, body: Mapping[str, Any], spec: UnlearnRequestSpec, base_version: str,
-                    kind: JobKind) -> Started:
+                    kind: JobKind, rebase: int = 0) -> Started:
         meta = body["metadata"]
         name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-        job_name = naming.job_name(name, uid, kind=kind)
-        copy_name = naming.subjects_secret_name(name, uid)
+        job_name = naming.job_name(name, uid, kind=kind, rebase=rebase)
+        run = f"{kind}-b{rebase}" if rebase else kind
+        copy_name = naming.subjects_secret_name(name, uid, rebase=rebase)
         earlier = has_previously_forgotten(await self.secrets.get_secret(namespace, copy_name))
         earlier_file = self.secrets.mounted(copy_name, PREVIOUSLY_FORGOTTEN_KEY)
         config = build_job_config(spec, uid=uid, namespace=namespace, name=name, base_version=base_version, kind=kind,
+                                  rebase=rebase,
                                   subjects_file=str(self.secrets.mounted(copy_name, SUBJECTS_KEY)),
                                   previously_forgotten_file=str(earlier_file) if earlier else None,
-                                  termination_message_path=str(self.workdir / f"{kind}-termination-log"),
-                                  progress_path=str(self.workdir / f"{kind}-progress.jsonl"))
+                                  termination_message_path=str(self.workdir / f"{run}-termination-log"),
+                                  progress_path=str(self.workdir / f"{run}-progress.jsonl"))
         if self.retrained is not None:
             config = config.model_copy(update={"retrained": self.retrained})
-        (self.workdir / f"{kind}-job.json").write_text(config.model_dump_json(indent=2))
-        self.queued.append(LocalRun(job_name, kind, config))
+        path = self.workdir / f"{run}-job.json"
+        path.write_text(config.model_dump_json(indent=2))
+        self.queued.append(LocalRun(job_name, kind, config, path))
         return Started(job_name=job_name, created=True, waiting=f"Job {job_name} waits to run as a local process.",
                        event=f"Prepared Job {job_name} for model {spec.model.name} version {base_version} "
                              "to run as a local process.")
@@ -131,7 +135,7 @@ class LocalTrainers:
         termination = Path(str(run.config.termination_message_path))
         termination.unlink(missing_ok=True)
         proc = subprocess.run([sys.executable, "-m", "forgetmi_trainer", *trainer_command(
-                                  self.workdir / f"{run.kind}-job.json", self.processes)],
+                                  run.config_path, self.processes)],
                               env={**os.environ, "PYTHONSAFEPATH": "1"}, check=False)
         return proc.returncode, termination.read_text().strip() if termination.exists() else ""
 

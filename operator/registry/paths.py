@@ -5,8 +5,9 @@
     <registry>/<name>/aliases/<alias>.json
     <registry>/<name>/requests/<request-uid>/{report.json, progress.json, receipt.json}
 
-A retrain run's report and progress go to the request folder's ``retrain/`` subfolder; the
-receipt, one per request, stays at its top.
+A retrain run's report and progress go to the request folder's ``retrain/`` subfolder, and the n-th
+rebase's run's to ``rebase-<n>/`` (its retrain's to ``rebase-<n>/retrain/``); the receipt, one per
+request, stays at its top.
 """
 
 from __future__ import annotations
@@ -54,9 +55,12 @@ class RequestPaths:
     receipt: str
 
 
-def request_paths(registry_uri: str, model_name: str, uid: str, *, kind: JobKind = "unlearn") -> RequestPaths:
-    """``<registry>/<model>/requests/<uid>/{report,progress,receipt}.json`` (retrain: ``…/retrain/``)."""
+def request_paths(registry_uri: str, model_name: str, uid: str, *, kind: JobKind = "unlearn",
+                  rebase: int = 0) -> RequestPaths:
+    """``<registry>/<model>/requests/<uid>/{report,progress,receipt}.json`` (the n-th rebase's run:
+    ``…/rebase-<n>/``; a retrain's: ``…/retrain/`` below that)."""
     top = request_dir_uri(registry_uri, model_name, uid)
-    run = storage.join(top, "retrain") if kind == "retrain" else top
+    run = storage.join(top, f"rebase-{rebase}") if rebase else top
+    run = storage.join(run, "retrain") if kind == "retrain" else run
     return RequestPaths(directory=top, report=storage.join(run, REPORT_FILE),
                         progress=storage.join(run, PROGRESS_FILE), receipt=storage.join(top, RECEIPT_FILE))

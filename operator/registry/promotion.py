@@ -13,6 +13,7 @@ erasure forgot, and :class:`~forgetmi_operator.api.errors.PreErasureVersion` nam
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from forgetmi_operator.api.errors import DigestMismatch, PreErasureVersion, PromotionConflict
 from forgetmi_operator.api.spec import ModelSpec
@@ -45,30 +46,52 @@ def check_erasures(objects: Objects, model: ModelSpec, version: str, erasures: S
             "it was trained on patients that erasure forgot, so the alias is not moved to it.")
 
 
+@dataclass(frozen=True)
+class Promoted:
+    """A promotion that took effect: the alias record it wrote, and ``moved_on_to``, the version the
+    alias names now when someone moved it on since (None: it still names the candidate)."""
+
+    record: aliases.AliasRecord
+    moved_on_to: str | None = None
+
+
+def own_promotion(current: aliases.ResolvedVersion, base: ModelVersionStatus, candidate: aliases.VerifiedVersion,
+                  request: aliases.RequestRef) -> Promoted | None:
+    """This request's promotion of ``candidate`` over ``base``, when the alias record ``current`` shows it
+    took effect: the alias names it, or its history does (the alias was moved on since: a restart lost
+    the request's status after the alias write, and another promotion came after). None otherwise."""
+    if current.version == candidate.version and current.record.request == request:
+        return Promoted(current.record)
+    for old in current.record.history:
+        if old.version == candidate.version and old.request == request and old.sha256 == candidate.sha256:
+            record = aliases.AliasRecord(version=old.version, sha256=old.sha256, previous=base.version,
+                                         updated_at=old.updated_at, request=old.request)
+            return Promoted(record, moved_on_to=current.version)
+    return None
+
+
 def promote_candidate(objects: Objects, model: ModelSpec, base: ModelVersionStatus,
                       candidate: aliases.VerifiedVersion, request: aliases.RequestRef,
-                      erasures: Sequence[LedgerEntry] = ()) -> aliases.AliasRecord:
-    """Move ``model.alias`` from ``base`` to ``candidate``; a repeat of a promotion that already
-    took effect returns its record. Raises PromotionConflict when the alias names anything else, and
-    PreErasureVersion when the candidate does not descend from every one of ``erasures``."""
+                      erasures: Sequence[LedgerEntry] = ()) -> Promoted:
+    """Move ``model.alias`` from ``base`` to ``candidate``; a repeat of a promotion that already took
+    effect returns it (:func:`own_promotion`: also when the alias was moved on since). Raises
+    PromotionConflict when the alias names anything else, and PreErasureVersion when the candidate
+    does not descend from every one of ``erasures``."""
     try:
         current = aliases.resolve_alias(objects, model.registry_uri, model.name, model.alias)
     except aliases.RegistryError as err:
         raise PromotionConflict(f"Alias '{model.alias}' of model '{model.name}' cannot be read: {err}") from err
-    if current.version == candidate.version and current.record.request == request:
-        return current.record
+    done = own_promotion(current, base, candidate, request)
+    if done is not None:
+        return done
     if current.version != base.version:
-        if any(old.version == candidate.version and old.request == request for old in current.record.history):
-            # This request's promotion took effect (before a restart lost its status) and was then replaced.
-            raise PromotionConflict(f"Alias '{model.alias}' of model '{model.name}' was moved to version "
-                                    f"'{candidate.version}' by this request and has since been moved on to "
-                                    f"'{current.version}'; nothing more was changed.")
         raise PromotionConflict(f"Alias '{model.alias}' of model '{model.name}' now names version "
-                                f"'{current.version}', not the base version '{base.version}'; nothing was promoted.")
+                                f"'{current.version}', not the base version '{base.version}'; nothing was promoted.",
+                                current=current.version)
     check_erasures(objects, model, candidate.version, erasures, "candidate")
     try:
-        return aliases.promote(objects, model.registry_uri, model.name, model.alias, version=candidate,
-                               expected_token=current.token, request=request)
+        return Promoted(aliases.promote(objects, model.registry_uri, model.name, model.alias, version=candidate,
+                                        expected_token=current.token, request=request))
     except aliases.AliasConflict as err:
         raise PromotionConflict(str(err)) from err
     except aliases.RegistryError as err:

@@ -17,7 +17,7 @@ from pydantic.alias_generators import to_camel
 
 from forgetmi_trainer.contract.formats import SHA256_PATTERN, VERSION_PATTERN, validation_problems
 
-HISTORY_LIMIT = 20
+HISTORY_LIMIT = 100
 """How many earlier versions an alias record remembers (newest first)."""
 RECORD_MAX_BYTES = 1024 * 1024
 """The most either side reads of an alias record or a version's metadata.json (each a few kB)."""

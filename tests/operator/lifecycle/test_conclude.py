@@ -198,7 +198,9 @@ def test_a_target_that_cannot_be_patched_is_found_before_the_alias_moves(world: 
     # the evaluation stays in status
     assert result.step.status["gates"] and result.step.status["candidateModel"]["version"] == world["candidate"]
     assert _condition(result.step, "GatesPassed")["status"] == "True"
-    assert not storage.exists(world["paths"].receipt)
+    receipt = json.loads(storage.read_text(world["paths"].receipt))  # it says why nothing was promoted
+    assert receipt["decision"] == "Promote" and receipt.get("promotion") is None
+    assert receipt["notPromoted"]["reason"] == "ServingTargetError"
 
 
 def test_a_rollout_that_fails_after_the_alias_moved_moves_it_back(world: dict[str, Any]) -> None:
@@ -223,8 +225,11 @@ def test_a_transient_target_error_is_tried_again_before_giving_up(world: dict[st
     assert len(kube.patched()) == 3 and _alias(world) == world["candidate"]
     assert result.step.status["phase"] == "Promoted"
     kube = FakeKube()
-    world["body"]["metadata"]["uid"] = UID  # same request, alias reset below
-    point(world["reg"], MODEL, ALIAS, "v7", expected_token=_token(world))
+    world["body"]["metadata"]["uid"] = UID  # same request, alias reset below (a record without its promotion)
+    alias = Path(world["reg"].removeprefix("file://")) / MODEL / "aliases" / f"{ALIAS}.json"
+    alias.unlink()
+    point(world["reg"], MODEL, ALIAS, "v7")
+    Path(world["paths"].receipt.removeprefix("file://")).unlink()
     kube.fail["patch_deployment_env"] = [ClusterUnavailable(f"down {i}") for i in range(targets.TARGET_ATTEMPTS)]
     result = _evaluate(world, kube)
     assert len(kube.patched()) == targets.TARGET_ATTEMPTS and _alias(world) == "v7"
@@ -338,19 +343,25 @@ def test_unmeasured_metrics_are_written_as_null_so_a_merge_patch_removes_old_val
     assert metrics["liraAUC"]["retrained"] is None  # no retrained model in this report: null, removed by the patch
 
 
-def test_a_promotion_replaced_before_its_status_was_written_is_reported_as_such(world: dict[str, Any]) -> None:
+def test_a_promotion_replaced_before_its_status_was_written_is_promoted_with_the_later_move(
+        world: dict[str, Any]) -> None:
     """An operator restart lost the status of a promotion, and another request moved the alias on
-    meanwhile: the request says what happened and changes nothing (no target patch to an older model)."""
+    meanwhile: the request is Promoted (its promotion took effect, the alias history shows it), its
+    receipt records the later move, and nothing is changed (no target patch to an older model)."""
     assert _evaluate(world, FakeKube(), serving_targets_enabled=False).step.status["phase"] == "Promoted"
+    Path(world["paths"].receipt.removeprefix("file://")).unlink()  # the restart came before the receipt
     _version(Path(world["reg"].removeprefix("file://")), "v8", b"newer weights")
     point(world["reg"], MODEL, ALIAS, "v8", expected_token=_token(world))
     kube = FakeKube()
     result = _evaluate(world, kube)
     promoted = _condition(result.step, "Promoted")
-    assert promoted["reason"] == "PromotionConflict"
-    assert (f"was moved to version '{world['candidate']}' by this request and has since been moved on to 'v8'"
-            in promoted["message"])
+    assert (promoted["status"], promoted["reason"]) == ("True", "Promoted")
+    assert f"was moved to version {world['candidate']} (was v7) by this request and has since been moved on to v8" \
+        in promoted["message"]
     assert _alias(world) == "v8" and kube.patched() == []
+    receipt = json.loads(storage.read_text(world["paths"].receipt))
+    assert receipt["promotion"] == {"alias": ALIAS, "version": world["candidate"], "previous": "v7",
+                                    "movedOnTo": "v8"}
 
 
 def test_an_alias_moved_by_someone_else_is_a_conflict_and_nothing_is_promoted(world: dict[str, Any]) -> None:
@@ -517,7 +528,8 @@ def test_a_deployment_that_did_not_opt_in_holds_the_request_and_keeps_the_alias(
     assert (promoted["status"], promoted["reason"]) == ("False", "ServingTargetError")
     assert f"Deployment {NAMESPACE}/cxr-server" in promoted["message"] and missing in promoted["message"]
     assert result.step.status["phase"] == "Held" and _alias(world) == "v7"
-    assert kube.apps.patches == [] and not storage.exists(world["paths"].receipt)
+    assert kube.apps.patches == []
+    assert json.loads(storage.read_text(world["paths"].receipt))["notPromoted"]["reason"] == "ServingTargetError"
 
 
 def test_an_opted_in_deployment_is_patched_with_tests_on_its_annotations(world: dict[str, Any]) -> None:

@@ -195,23 +195,57 @@ def test_a_report_the_operator_refuses_fails_the_run_without_a_crash(prepared: d
     assert _alias(fresh_alias) == "v1"
 
 
-def test_concurrent_alias_change_is_detected_not_overwritten(prepared: dict[str, Any], fresh_alias: ModelRef,
-                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    request, secrets = _request(prepared, gates=[
-        {"metric": "mia", "comparator": "atMost", "threshold": 1.0, "reference": "absolute"}])
+def _move_alias_before_the_first_conclusion(prepared: dict[str, Any], fresh_alias: ModelRef,
+                                            monkeypatch: pytest.MonkeyPatch) -> ModelRef:
+    """Another promotion moves the alias to the retrained version while the request's first run ran."""
     retrained = ModelRef.model_validate(prepared["retrained"])
     real_conclude = local.conclude
+    calls: list[int] = []
 
     async def move_alias_then_conclude(*args: Any, **kwargs: Any) -> Any:
-        found = registry.resolve_alias(DEFAULT, fresh_alias.registry_uri, fresh_alias.name, "production")
-        point(fresh_alias.registry_uri, fresh_alias.name, "production", retrained.version, expected_token=found.token)
+        if not calls:
+            found = registry.resolve_alias(DEFAULT, fresh_alias.registry_uri, fresh_alias.name, "production")
+            point(fresh_alias.registry_uri, fresh_alias.name, "production", retrained.version,
+                  expected_token=found.token)
+        calls.append(1)
         return await real_conclude(*args, **kwargs)
 
     monkeypatch.setattr(local, "conclude", move_alias_then_conclude)
+    return retrained
+
+
+MIA_GATE = [{"metric": "mia", "comparator": "atMost", "threshold": 1.0, "reference": "absolute"}]
+
+
+def test_a_concurrent_alias_change_with_on_conflict_hold_is_detected_not_overwritten(
+        prepared: dict[str, Any], fresh_alias: ModelRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    request, secrets = _request(prepared, gates=MIA_GATE)
+    request["spec"]["rollout"]["onConflict"] = "Hold"
+    retrained = _move_alias_before_the_first_conclusion(prepared, fresh_alias, monkeypatch)
     result = local.run_request(request, workdir=tmp_path, secrets=secrets)
     promoted = next(c for c in result.status.conditions if c.type == "Promoted")
     assert promoted.status == "False" and promoted.reason == "PromotionConflict"
+    assert "onConflict is Hold" in promoted.message
     assert _alias(fresh_alias) == retrained.version
+    receipt = json.loads(storage.read_text(result.status.receipt.uri))  # it says why nothing was promoted
+    assert receipt["notPromoted"]["reason"] == "PromotionConflict" and receipt.get("promotion") is None
+
+
+def test_a_request_that_lost_the_promotion_race_is_rebased_on_the_new_version_and_promoted(
+        prepared: dict[str, Any], fresh_alias: ModelRef, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    request, secrets = _request(prepared, gates=MIA_GATE)
+    retrained = _move_alias_before_the_first_conclusion(prepared, fresh_alias, monkeypatch)
+    result = local.run_request(request, workdir=tmp_path, secrets=secrets)
+    status = result.status
+    assert status.phase == "Promoted" and status.rebases == 1
+    assert status.base_model is not None and status.base_model.version == retrained.version
+    assert status.candidate_model is not None and status.candidate_model.version.endswith("-b1")
+    assert _alias(fresh_alias) == status.candidate_model.version
+    found = registry.resolve_alias(DEFAULT, fresh_alias.registry_uri, fresh_alias.name, "production")
+    assert found.record.previous == retrained.version  # promoted over the version the alias was moved on to
+    receipt = json.loads(storage.read_text(status.receipt.uri))
+    assert receipt["rebases"] == 1 and receipt["base"]["version"] == retrained.version
+    assert (tmp_path / "unlearn-b1-job.json").exists()
 
 
 @pytest.mark.timeout(600)

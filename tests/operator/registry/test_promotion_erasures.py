@@ -62,7 +62,7 @@ def test_a_candidate_descending_from_every_erasure_is_promoted(registry: str) ->
     candidate = aliases.verify_version(DEFAULT, registry, MODEL, "v3")
     record = promotion.promote_candidate(DEFAULT, _spec(registry), _base(registry, "v2"), candidate, _ref("c"),
                                          erasures)
-    assert record.version == "v3"
+    assert record.record.version == "v3" and record.moved_on_to is None
 
 
 def test_a_pre_erasure_candidate_is_refused_after_a_manual_alias_edit(registry: str) -> None:
