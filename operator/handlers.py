@@ -53,10 +53,6 @@ class _QuietWatchHandlers(logging.Filter):
 logging.getLogger("kopf.objects").addFilter(_QuietWatchHandlers())
 
 
-def _post_event(body: Mapping[str, Any], type: str, reason: str, message: str) -> None:
-    kopf.event(body, type=type, reason=reason, message=message)  # posted whatever settings.posting.level
-
-
 async def _apply(handler: str, body: Mapping[str, Any], patch: kopf.Patch, memo: kopf.Memo,
                  work: Awaitable[Step]) -> None:
     """Await ``work`` and apply its step to ``patch``; domain errors become Kopf's."""
@@ -95,7 +91,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     selector = ",".join(f"{key}={value}" for key, value in TRAINER_LABELS.items())
     for resource in (("batch", "jobs"), ("", "pods"), (TRAINJOBS[0], TRAINJOBS[2])):
         settings.watching.label_selectors[resource] = selector
-    memo.cluster = await watches.startup(ours, _post_event)
+    memo.cluster = await watches.startup(ours)
 
 
 @kopf.on.cleanup()

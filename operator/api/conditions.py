@@ -109,6 +109,17 @@ def reason_of(conditions: Sequence[Mapping[str, Any]], type: ConditionType) -> s
     return None if found is None else found.get("reason")
 
 
+def terminal_condition(conditions: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The condition that ended a request: Promoted when True, else the first of Accepted, Unlearned,
+    Promoted that is False (the one :func:`phase_for` reads Failed or Held from); None while it runs."""
+    if status_of(conditions, "Promoted") == "True":
+        return get_condition(conditions, "Promoted")
+    for type in ("Accepted", "Unlearned", "Promoted"):
+        if status_of(conditions, type) == "False":
+            return get_condition(conditions, type)
+    return None
+
+
 def phase_for(conditions: Sequence[Mapping[str, Any]]) -> Phase:
     """The printer-column phase:
 

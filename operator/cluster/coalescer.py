@@ -177,7 +177,7 @@ async def _launch_group(cluster: Cluster, group: list[Mapping[str, Any]], lists:
         message = (f"{built.engine} {built.job_name} runs the batch of {len(group)} requests for model "
                    f"{spec.model.name} version {base} ({len(union)} subjects in all) and waits for its Pod to start.")
         with_condition(body, step, "Unlearned", "Unknown", cond.JOB_PENDING, message)
-        if created:
+        if created or not (body.get("status") or {}).get("jobName"):  # an earlier attempt's may be lost
             step.events.append(("Normal", "JobCreated", f"Created {built.engine} {built.job_name} for the batch of "
                                                         f"{len(group)} requests for model {spec.model.name} "
                                                         f"version {base}."))

@@ -20,7 +20,8 @@ from forgetmi_operator.lifecycle.steps import Step
 
 MAX_COUNTED_JOBS = 10_000
 PostEvent = Callable[[Mapping[str, Any], str, str, str], None]
-"""Posts one Event ``(body, type, reason, message)`` about a request (Kopf's ``kopf.event``)."""
+"""Posts one Event ``(body, type, reason, message)`` about a request
+(:class:`~forgetmi_operator.cluster.events.EventPoster`: once, whatever restarts come between)."""
 
 
 @dataclass

@@ -152,6 +152,23 @@ class Kube(TrainJobCalls):
                                   namespace, body=body)
         return result is not None
 
+    # ---- Events --------------------------------------------------------------------------------
+
+    async def create_event(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        """Create the Event; False when one of its name exists (it was posted already)."""
+        name = body["metadata"]["name"]
+        try:
+            await asyncio.to_thread(self.core.create_namespaced_event, namespace, body, _preload_content=False,
+                                    _request_timeout=self.timeout)
+            return True
+        except ApiException as err:
+            if err.status == 409:
+                return False
+            raise refusal(f"create Event {namespace}/{name}", err) from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:
+            raise ClusterUnavailable(
+                f"The API server could not be reached to create Event {namespace}/{name}.") from err
+
     # ---- ConfigMaps, Jobs, Pods ----------------------------------------------------------------
 
     async def create_or_get_configmap(self, namespace: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:

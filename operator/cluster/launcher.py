@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from forgetmi_operator.api import conditions as cond
@@ -34,8 +35,11 @@ from forgetmi_operator.cluster.trainjobstate import engine_of_request
 from forgetmi_operator.lifecycle import batches, launch, subjects
 from forgetmi_operator.lifecycle.ports import Started
 from forgetmi_operator.lifecycle.steps import Step, failure
+from forgetmi_trainer.contract import parse_timestamp
 
 log = logging.getLogger(__name__)
+EVENT_RECOVERY_SECONDS = 3600.0
+"""How long after a request ended a restart still posts its terminal Event (Kubernetes keeps Events an hour)."""
 ENGINE_UNAVAILABLE = "TrainJob needs Kubeflow Trainer v2; install it or use nodes: 1"
 
 
@@ -79,12 +83,34 @@ class ClusterTrainers:
 
 
 async def start(cluster: Cluster, body: Mapping[str, Any]) -> Step:
-    """Accept and launch a new request (a resumed one that launched already is left to the looks)."""
+    """Accept and launch a new request (a resumed one that launched already is left to the looks). A
+    request found ended when the operator starts (Kopf resumes every request then) gets what a restart
+    may have cut short after its terminal status was saved: its copies of the forget list deleted (its
+    batch's too), and its terminal condition posted as an Event (once: Events are named for what they say)."""
     status = body.get("status") or {}
-    if cond.is_terminal(status.get("phase")) or status.get("jobName"):
+    if cond.is_terminal(status.get("phase")):
+        cluster.phases.observe(body, status.get("phase"))
+        await subjects.release(cluster.kube, body)
+        await coalescer.release_when_done(cluster, body)
+        return _terminal_event(body)
+    if status.get("jobName"):
         cluster.phases.observe(body, status.get("phase"))
         return Step()
     return await _launch(cluster, body)
+
+
+def _terminal_event(body: Mapping[str, Any]) -> Step:
+    """The Event of the condition that ended the request, as the step that ended it posted it, when it
+    ended within :data:`EVENT_RECOVERY_SECONDS` (an older one's Events have expired, and are not repeated)."""
+    step = Step()
+    status = body.get("status") or {}
+    ended = cond.terminal_condition(status.get("conditions") or [])
+    completed = parse_timestamp(status.get("completionTime"))
+    recent = completed is not None and (datetime.now(UTC) - completed).total_seconds() <= EVENT_RECOVERY_SECONDS
+    if ended is not None and recent:
+        kind = "Normal" if ended.get("status") == "True" else "Warning"
+        step.events.append((kind, str(ended.get("reason")), str(ended.get("message"))))
+    return step
 
 
 async def unsuspend(cluster: Cluster, body: Mapping[str, Any], old: Any, new: Any) -> Step:

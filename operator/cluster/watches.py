@@ -27,6 +27,7 @@ from typing import Any
 from forgetmi_operator.api.settings import Settings
 from forgetmi_operator.cluster import coalescer, identity, jobstate, launcher, outcome, trainjobstate
 from forgetmi_operator.cluster.context import Cluster, PostEvent
+from forgetmi_operator.cluster.events import EventPoster
 from forgetmi_operator.cluster.kube import Kube
 from forgetmi_operator.cluster.metrics import METRICS, serve
 from forgetmi_operator.cluster.phases import PhaseBook
@@ -42,9 +43,12 @@ PHASES = PhaseBook(METRICS)
 """Every request's phase, for the request gauges and counters (one per process, as the metrics are)."""
 
 
-async def startup(settings: Settings, post_event: PostEvent) -> Cluster:
-    """Connect to the API server and start the looks, their sweep and the metrics server."""
+async def startup(settings: Settings, post_event: PostEvent | None = None) -> Cluster:
+    """Connect to the API server and start the looks, their sweep and the metrics server; Events are
+    posted by ``post_event`` (default: an :class:`~forgetmi_operator.cluster.events.EventPoster`)."""
     kube = Kube.from_settings(settings)
+    if post_event is None:
+        post_event = EventPoster(kube)
     ports = Ports(settings=settings, secrets=kube, trainers=launcher.ClusterTrainers(kube, settings),
                   targets=ClusterTargets(kube, settings),
                   storage_for=lambda body: identity.storage_for(kube, settings, body),
@@ -69,6 +73,8 @@ async def cleanup(cluster: Cluster) -> None:
     await asyncio.gather(*cluster.tasks, return_exceptions=True)
     await cluster.gatherings.close()
     await cluster.scheduler.close()
+    if isinstance(cluster.post_event, EventPoster):
+        await cluster.post_event.close()
     if cluster.metrics_server is not None:
         cluster.metrics_server.shutdown()
         cluster.metrics_server.server_close()

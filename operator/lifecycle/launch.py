@@ -193,6 +193,6 @@ async def launch(ports: Ports, body: Mapping[str, Any], gather: Gather | None = 
     step = accepted_step(body, spec, accepted)
     with_condition(body, step, "Unlearned", "Unknown", cond.JOB_PENDING, started.waiting)
     step.status["jobName"] = started.job_name
-    if started.created:
+    if started.created or not (body.get("status") or {}).get("jobName"):  # an earlier attempt's may be lost
         step.events.append(("Normal", "JobCreated", started.event))
     return step

@@ -108,6 +108,22 @@ def test_a_shortened_trainjob_name_still_says_which_run_it_is() -> None:
     assert naming.job_kind(long, UID, unlearn) == "unlearn"
 
 
+def test_a_rebased_run_has_names_of_its_own_and_its_job_name_says_which_rebase_it_is() -> None:
+    first, third = naming.job_name("r", UID), naming.job_name("r", UID, rebase=3)
+    assert third == f"{first}-b3" and naming.job_name("r", UID, kind="retrain", rebase=3) == f"{first}-b3-retrain"
+    for kind in ("unlearn", "retrain"):
+        for rebase in (0, 1, 12):
+            job = naming.job_name("r", UID, kind=kind, rebase=rebase)
+            assert naming.job_run("r", UID, job) == (kind, rebase)
+            assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", job) and len(job) <= 63
+    assert naming.job_run("r" * 253, UID, naming.job_name("r" * 253, UID, kind="retrain", rebase=7)) == ("retrain", 7)
+    assert naming.candidate_version("v7", UID, rebase=2) == f"{naming.candidate_version('v7', UID)}-b2"
+    assert naming.subjects_secret_name("r", UID, rebase=2) == f"{third[:-1]}2-subjects"
+    assert naming.subjects_secret_name("r", UID) == f"{first}-subjects"  # the attested copy keeps its name
+    with pytest.raises(ValueError, match="rebase count"):
+        naming.job_name("r", UID, rebase=-1)
+
+
 def test_a_request_is_described_by_namespace_and_name() -> None:
     assert naming.describe({"metadata": {"namespace": "radiology", "name": "r1"}}) == "UnlearnRequest radiology/r1"
 

@@ -372,6 +372,26 @@ def test_an_alias_moved_by_someone_else_is_a_conflict_and_nothing_is_promoted(wo
     assert "now names version 'v8', not the base version 'v7'; nothing was promoted" in \
         _condition(result.step, "Promoted")["message"]
     assert _alias(world) == "v8" and kube.patched() == [] and result.step.status["phase"] == "Held"
+    # rebasing it was tried: accepting it again on v8 failed (this world has no manifest), so it is held
+    assert "Rebasing it on version 'v8' failed: spec.data.manifestUri" in _condition(result.step, "Promoted")["message"]
+    receipt = json.loads(storage.read_text(world["paths"].receipt))
+    assert receipt["notPromoted"]["reason"] == "PromotionConflict" and receipt["decision"] == "Promote"
+
+
+@pytest.mark.parametrize(("rollout", "why"), [
+    ({"onConflict": "Hold"}, "spec.rollout.onConflict is Hold, so it is held."),
+    ({"maxRebases": 0}, "It was rebased 0 times, spec.rollout.maxRebases, so it is held."),
+])
+def test_a_request_that_may_not_rebase_is_held_with_a_receipt_saying_why(world: dict[str, Any],
+                                                                         rollout: dict[str, Any], why: str) -> None:
+    _version(Path(world["reg"].removeprefix("file://")), "v8", b"newer weights")
+    point(world["reg"], MODEL, ALIAS, "v8", expected_token=_token(world))
+    world["body"]["spec"]["rollout"].update(rollout)
+    result = _evaluate(world, FakeKube())
+    promoted = _condition(result.step, "Promoted")
+    assert (promoted["status"], promoted["reason"]) == ("False", "PromotionConflict") and why in promoted["message"]
+    assert json.loads(storage.read_text(world["paths"].receipt))["notPromoted"]["message"] == promoted["message"]
+    assert _alias(world) == "v8" and "rebases" not in result.step.status
 
 
 def test_a_job_removed_after_it_wrote_its_report_is_evaluated_not_failed(world: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from forgetmi_operator.cluster.context import Cluster
 from forgetmi_operator.lifecycle import subjects
 from forgetmi_operator.lifecycle.launch import launch
 from forgetmi_operator.lifecycle.steps import Step
+from forgetmi_operator.lifecycle.subjects import build_snapshot_secret
+from forgetmi_trainer.contract import now
 
 MODEL, NAMESPACE, NAME = "cxr", "radiology", "forget-0042"
 UID = "0b3f9c2e-1111-2222-3333-444455556666"
@@ -192,7 +195,31 @@ def test_a_launched_or_ended_request_is_not_launched_again(body: dict[str, Any])
     kube = FakeKube("P001\n")
     for status in ({"jobName": "forgetmi-x"}, {"phase": "Held"}):
         assert asyncio.run(launcher.start(_cluster(kube), {**body, "status": status})).status == {}
-    assert kube.calls == []
+    assert kube.calls == ["get_secret"]  # the ended one's copy of its list is looked for, nothing is created
+
+
+def _ended(completed: str) -> dict[str, Any]:
+    conditions = [{"type": t, "status": s, "reason": r, "message": m, "lastTransitionTime": completed}
+                  for t, s, r, m in (("Accepted", "True", "Accepted", "ok"),
+                                     ("Unlearned", "True", "JobSucceeded", "ok"),
+                                     ("GatesPassed", "True", "GatesPassed", "ok"),
+                                     ("Promoted", "True", "Promoted", "Alias 'production' now names v7-x."))]
+    return {"phase": "Promoted", "conditions": conditions, "completionTime": completed, "jobName": "forgetmi-x"}
+
+
+def test_a_request_that_ended_just_before_a_restart_gets_its_copy_deleted_and_its_event_posted(
+        body: dict[str, Any]) -> None:
+    """A kill right after the terminal status was saved left the copy of the forget list and lost the
+    Event: Kopf resumes the request when the operator starts again, and both are done then."""
+    kube = FakeKube("P001\n")
+    copy_name = naming.subjects_secret_name(NAME, UID)
+    kube.objects[("Secret", copy_name)] = build_snapshot_secret(["P001"], name=NAME, namespace=NAMESPACE, uid=UID)
+    kube.objects[("Secret", copy_name)]["metadata"]["uid"] = "copy-uid"
+    step = asyncio.run(launcher.start(_cluster(kube), {**body, "status": _ended(now())}))
+    assert ("Secret", copy_name) in kube.deleted and ("Secret", copy_name) not in kube.objects
+    assert step.events == [("Normal", "Promoted", "Alias 'production' now names v7-x.")] and step.status == {}
+    old = (datetime.now(UTC) - timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert asyncio.run(launcher.start(_cluster(kube), {**body, "status": _ended(old)})).events == []  # expired
 
 
 @pytest.mark.parametrize(("field", "value"), [
