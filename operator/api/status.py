@@ -107,7 +107,7 @@ class UnlearnRequestStatus(Camel):
     candidate_model: ModelVersionStatus | None = None
     job_name: str | None = None
     attempts: int = Field(default=0, ge=0)
-    rebases: int = Field(default=0, ge=0, description=(
+    rebases: int | None = Field(default=None, ge=0, description=(
         "Times the request ran again on the version its alias was moved on to (docs/rebase.md)."))
     progress: ProgressStatus | None = None
     metrics: MetricsStatus | None = None

@@ -158,8 +158,9 @@ class Kube(TrainJobCalls):
         """Create the Event; False when one of its name exists (it was posted already)."""
         name = body["metadata"]["name"]
         try:
-            await asyncio.to_thread(self.core.create_namespaced_event, namespace, body, _preload_content=False,
-                                    _request_timeout=self.timeout)
+            response = await asyncio.to_thread(self.core.create_namespaced_event, namespace, body,
+                                               _preload_content=False, _request_timeout=self.timeout)
+            _ = response.data  # read: the connection goes back to the pool
             return True
         except ApiException as err:
             if err.status == 409:

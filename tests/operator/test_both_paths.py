@@ -33,7 +33,7 @@ from forgetmi_operator.lifecycle.steps import merge_patch
 from forgetmi_operator.local import run as local_run
 from forgetmi_operator.local.ports import LocalRun, LocalTrainers
 from forgetmi_operator.registry import aliases
-from forgetmi_operator.registry.paths import request_dir_uri, request_paths, version_uri
+from forgetmi_operator.registry.paths import alias_uri, request_dir_uri, request_paths, version_uri
 from forgetmi_trainer import storage
 from forgetmi_trainer.contract import JobConfig, Report
 from forgetmi_trainer.storage import DEFAULT
@@ -159,7 +159,9 @@ def _reset(world: dict[str, Any]) -> None:
         token = aliases.resolve_alias(DEFAULT, registry, MODEL, "production").token
     except aliases.ModelNotFound:
         token = None
-    point(registry, MODEL, "production", "v7", expected_token=token)
+    if token is not None:  # a fresh record: the history of an earlier run would show its promotion
+        Path(alias_uri(registry, MODEL, "production").removeprefix("file://")).unlink()
+    point(registry, MODEL, "production", "v7")
     candidates = [naming.candidate_version("v7", UID, kind=kind) for kind in ("unlearn", "retrain")]
     for uri in (request_dir_uri(registry, MODEL, UID), *(version_uri(registry, MODEL, v) for v in candidates)):
         shutil.rmtree(uri.removeprefix("file://"), ignore_errors=True)

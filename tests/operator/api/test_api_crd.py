@@ -354,7 +354,8 @@ def test_every_status_field_the_operator_can_write_is_declared() -> None:
     """A structural schema prunes undeclared fields: a fully populated status must survive intact."""
     pair = {"original": 0.9, "unlearned": 0.5, "retrained": 0.52}
     status = UnlearnRequestStatus(
-        phase="Promoted", observed_generation=2, attempts=1, job_name="forgetmi-r-12345678", mia=0.41, attack_auc=0.55,
+        phase="Promoted", observed_generation=2, attempts=1, rebases=1, job_name="forgetmi-r-12345678",
+        mia=0.41, attack_auc=0.55,
         test_auc_drop=0.01, subject_count=3, subjects_secret_name="forgetmi-r-12345678-subjects",
         start_time="2025-01-01T00:00:00Z",
         completion_time="2025-01-01T01:00:00Z",
