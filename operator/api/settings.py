@@ -31,6 +31,7 @@ from forgetmi_operator.api.patterns import (
 )
 from forgetmi_operator.api.spec import GateSpec, Toleration
 from forgetmi_trainer.contract import Location, validation_problems
+from forgetmi_trainer.storage import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_MODE, DEFAULT_RETRY_QUOTA
 
 ENV_PREFIX = "FORGETMI_"
 DEFAULT_TRAINER_IMAGE = "ghcr.io/forgetmi/forgetmi-trainer:0.1.0"
@@ -130,6 +131,14 @@ class Settings(BaseSettings):
         "Runtimes a request may name in spec.runtimeRef besides trainjob_runtime: ClusterTrainingRuntime "
         "names, or TrainingRuntime/<name> for a TrainingRuntime in the request's namespace."))
     s3_endpoint_url: str = Field(default="", description="S3 endpoint for the operator and its Jobs.")
+    s3_retry_mode: Literal["standard", "adaptive", "legacy"] = Field(default=DEFAULT_RETRY_MODE, description=(
+        "botocore's retry mode of the operator's and its trainers' S3 calls; adaptive also slows a client "
+        "down after S3 answers 503 SlowDown."))
+    s3_max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1, le=100, description=(
+        "Attempts per S3 call, the first included, before it fails with StorageUnavailable."))
+    s3_retry_quota: int = Field(default=DEFAULT_RETRY_QUOTA, ge=0, description=(
+        "Retry quota units per S3 client (botocore's own is 500; a retry costs 14, one after throttling 5); "
+        "0: unlimited, as a store failing a steady fraction of requests spends a finite quota for good."))
     credentials_secret: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=253, description=(
         "Secret (in the request's namespace) with that namespace's S3 keys, when neither the request nor its "
         "namespace's policy names one: the operator reads the request's objects with it, its Jobs get it."))

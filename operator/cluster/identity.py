@@ -50,6 +50,12 @@ def _decoded(secret: Mapping[str, Any], key: str) -> str | None:
         return None
 
 
+def s3_settings(settings: Settings, credentials: S3Credentials) -> S3Settings:
+    """The S3 client settings of a request's storage handle: its credentials, the operator's retries."""
+    return S3Settings(credentials=credentials, retry_mode=settings.s3_retry_mode,
+                      max_attempts=settings.s3_max_attempts, retry_quota=settings.s3_retry_quota)
+
+
 async def storage_for(store: SecretStore, settings: Settings, body: Mapping[str, Any]) -> Objects:
     """The request's storage handle (see the module docstring); raises CredentialsMissing or
     SecretNotFound naming what is missing. Secret values are never put in a message."""
@@ -64,7 +70,7 @@ async def storage_for(store: SecretStore, settings: Settings, body: Mapping[str,
                 f"{describe(body)} names s3:// objects, but no S3 credentials are configured for namespace "
                 f"{namespace}: set spec.credentialsSecretRef, or the chart value tenants.{namespace}.credentialsSecret "
                 "or s3.credentialsSecret. The operator never reads a request's objects with its own identity.")
-        return Objects(**reach, settings=S3Settings(credentials=S3Credentials("", "")))
+        return Objects(**reach, settings=s3_settings(settings, S3Credentials("", "")))
     secret = await store.get_secret(namespace, name)
     if secret is None:
         raise SecretNotFound(f"Secret {namespace}/{name}, the S3 credentials of {describe(body)}, does not exist.")
@@ -72,4 +78,4 @@ async def storage_for(store: SecretStore, settings: Settings, body: Mapping[str,
     if not access or not key:
         missing = " and ".join(item for item, value in ((ACCESS_KEY, access), (SECRET_KEY, key)) if not value)
         raise SecretNotFound(f"Secret {namespace}/{name}, the S3 credentials of {describe(body)}, has no {missing}.")
-    return Objects(**reach, settings=S3Settings(credentials=S3Credentials(access, key, token or None)))
+    return Objects(**reach, settings=s3_settings(settings, S3Credentials(access, key, token or None)))

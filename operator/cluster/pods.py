@@ -64,7 +64,12 @@ def container_security_context() -> dict[str, Any]:
 
 
 def trainer_env(settings: Settings) -> list[dict[str, str]]:
-    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
+    """The trainer's environment: unbuffered output, a writable HOME, the operator's S3 retries (read
+    by ``S3Settings.from_env``) and its S3 endpoint when one is set."""
+    retries = {"retry_mode": settings.s3_retry_mode, "max_attempts": settings.s3_max_attempts,
+               "retry_quota": settings.s3_retry_quota}
+    env = [{"name": "PYTHONUNBUFFERED", "value": "1"}, {"name": "HOME", "value": "/tmp"},
+           *({"name": storage.RETRY_ENV[field], "value": str(value)} for field, value in retries.items())]
     if settings.s3_endpoint_url:
         env.append({"name": storage.ENDPOINT_ENV, "value": settings.s3_endpoint_url})
     return env

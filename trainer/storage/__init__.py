@@ -27,12 +27,17 @@ Guarantees:
   Credentials and query strings (presigned URLs) never appear in messages.
 - S3: credentials from boto3's default chain (or a handle's); endpoint from the argument, else
   ``FORGETMI_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``; region from
-  the AWS config, else us-east-1; standard-mode retries with backoff.
+  the AWS config, else us-east-1; botocore's retries with backoff (mode, attempts and retry quota
+  in :class:`S3Settings`; its defaults take ``FORGETMI_S3_RETRY_MODE``, ``FORGETMI_S3_MAX_ATTEMPTS``
+  and ``FORGETMI_S3_RETRY_QUOTA`` from the environment, see :meth:`S3Settings.from_env`). An error
+  after retries says how many attempts the call made.
 
 Layout: this package's top level is the one to import; it picks the backend and re-exports the
 public names. URI parsing, the :class:`Storage` interface and shared checks live in
 :mod:`~forgetmi_trainer.storage.base`, the ``file://`` backend in :mod:`~forgetmi_trainer.storage.file`,
-the ``s3://`` backend and its client cache in :mod:`~forgetmi_trainer.storage.s3`, the
+the ``s3://`` backend and its client cache in :mod:`~forgetmi_trainer.storage.s3` and
+:mod:`~forgetmi_trainer.storage.s3_client`, botocore's retry handling in
+:mod:`~forgetmi_trainer.storage.s3_retries`, the
 :class:`Objects` handle in :mod:`~forgetmi_trainer.storage.objects`.
 """
 
@@ -42,13 +47,27 @@ from forgetmi_trainer.storage.base import ACCEPTED, MIB, Storage, _scheme, join
 from forgetmi_trainer.storage.file import FileStorage
 from forgetmi_trainer.storage.objects import Objects, within
 from forgetmi_trainer.storage.s3 import S3Storage
-from forgetmi_trainer.storage.s3_client import ENDPOINT_ENV, S3Credentials, S3Settings
+from forgetmi_trainer.storage.s3_client import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETRY_MODE,
+    DEFAULT_RETRY_QUOTA,
+    ENDPOINT_ENV,
+    RETRY_ENV,
+    RETRY_MODES,
+    S3Credentials,
+    S3Settings,
+)
 
 __all__ = [
     "ACCEPTED",
     "DEFAULT",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_RETRY_MODE",
+    "DEFAULT_RETRY_QUOTA",
     "ENDPOINT_ENV",
     "MIB",
+    "RETRY_ENV",
+    "RETRY_MODES",
     "FileStorage",
     "Objects",
     "S3Credentials",

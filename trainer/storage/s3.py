@@ -27,6 +27,7 @@ from forgetmi_trainer.storage.base import (
     _verify,
 )
 from forgetmi_trainer.storage.s3_client import S3Settings, resolve_endpoint, s3_client
+from forgetmi_trainer.storage.s3_retries import attempts_made, quota_reached
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
@@ -34,11 +35,25 @@ _CONFLICT = {"412", "PreconditionFailed", "ConditionalRequestConflict"}
 _DENIED = {"403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 
+def _after(err: BaseException) -> str:
+    """The words ' after N attempts' with the attempts the failed call made (and why it stopped
+    early), or nothing when they are unknown."""
+    attempts = attempts_made(err)
+    if attempts is None:
+        return ""
+    spent = " (the client's retry quota was spent)" if quota_reached(err) else ""
+    return f" after {attempts} attempt{'' if attempts == 1 else 's'}{spent}"
+
+
+def _retried(err: Any) -> bool:
+    return int(err.response.get("ResponseMetadata", {}).get("RetryAttempts") or 0) > 0
+
+
 class S3Storage(Storage):
     """``s3://`` backend over boto3 (one cached, thread-safe client per endpoint and settings)."""
 
     def __init__(self, endpoint_url: str | None = None, settings: S3Settings | None = None) -> None:
-        self.settings = settings or S3Settings()
+        self.settings = settings or S3Settings.from_env()
         self.endpoint_url = resolve_endpoint(endpoint_url)
         self.client = s3_client(self.endpoint_url, self.settings)
 
@@ -58,7 +73,7 @@ class S3Storage(Storage):
                                 f"'{bucket}'.")
         if status >= 500 or code in {"SlowDown", "RequestTimeout", "ServiceUnavailable"}:
             return StorageUnavailable(f"S3 endpoint {self._endpoint()} kept failing for bucket '{bucket}' "
-                                      f"({code or status}) after {self.settings.max_attempts} attempts.")
+                                      f"({code or status}){_after(err)}.")
         return StorageError(f"S3 request for {uri} failed ({code or status}).")
 
     @contextlib.contextmanager
@@ -81,7 +96,7 @@ class S3Storage(Storage):
                                "(environment, shared config, web identity, instance profile).") from err
         except (BotoConnectionError, HTTPClientError) as err:
             raise StorageUnavailable(f"S3 endpoint {self._endpoint()} for bucket '{bucket}' could not be "
-                                     f"reached after {self.settings.max_attempts} attempts.") from err
+                                     f"reached{_after(err)}.") from err
         except BotoCoreError as err:
             raise StorageError(f"S3 request for {uri} failed ({type(err).__name__}).") from err
 
@@ -219,6 +234,16 @@ class S3Storage(Storage):
     def read_versioned(self, uri: str, max_bytes: int | None = None) -> tuple[bytes, str]:
         return self._get(uri, max_bytes)
 
+    def _own_write(self, uri: str, data: bytes) -> str | None:
+        """After a conditional PUT was refused on a retry: the object's ETag if it holds exactly
+        ``data`` — an earlier attempt of that PUT wrote it and its answer was lost (a 5xx or a dropped
+        connection after the write) — else None. Without a retry the refusal is another writer's."""
+        try:
+            current, token = self._get(uri, len(data) + 1)
+        except ObjectNotFound:
+            return None
+        return token if current == data else None
+
     def write_if(self, uri: str, data: bytes, *, expected_token: str | None) -> str:
         from botocore.exceptions import ClientError
 
@@ -235,6 +260,9 @@ class S3Storage(Storage):
                     Metadata={"sha256": hashlib.sha256(data).hexdigest()}, **condition)
             except ClientError as err:
                 code = str(err.response.get("Error", {}).get("Code", ""))
+                own = self._own_write(uri, data) if code in _CONFLICT and _retried(err) else None
+                if own is not None:
+                    return own
                 if code in _CONFLICT or (expected_token is not None and code in _NOT_FOUND):
                     raise _changed(uri, expected_token, None if code in _NOT_FOUND else "") from err
                 raise

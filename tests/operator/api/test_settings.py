@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import typing
 
 import pytest
 
 from forgetmi_operator.api.errors import SettingsInvalid
 from forgetmi_operator.api.settings import DEFAULT_TRAINER_IMAGE, Settings, default_gates, env_name, load_settings
+from forgetmi_trainer.storage import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_MODE, DEFAULT_RETRY_QUOTA, RETRY_MODES
 
 
 @pytest.fixture(autouse=True)
@@ -74,6 +76,9 @@ def test_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
      '"reference": "retrained"}]', "FORGETMI_DEFAULT_GATES[0]: a default gate cannot use reference: retrained"),
     ("FORGETMI_TRAINER_SERVICE_ACCOUNT", "Not_A_Name", "FORGETMI_TRAINER_SERVICE_ACCOUNT: String should match"),
     ("FORGETMI_LOG_FORMAT", "xml", "FORGETMI_LOG_FORMAT: Input should be 'json' or 'text'"),
+    ("FORGETMI_S3_RETRY_MODE", "fast", "FORGETMI_S3_RETRY_MODE: Input should be 'standard', 'adaptive' or 'legacy'"),
+    ("FORGETMI_S3_MAX_ATTEMPTS", "0", "FORGETMI_S3_MAX_ATTEMPTS: Input should be greater than or equal to 1"),
+    ("FORGETMI_S3_RETRY_QUOTA", "-1", "FORGETMI_S3_RETRY_QUOTA: Input should be greater than or equal to 0"),
 ])
 def test_a_bad_variable_is_named_in_one_sentence(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
                                                  message: str) -> None:
@@ -84,6 +89,13 @@ def test_a_bad_variable_is_named_in_one_sentence(monkeypatch: pytest.MonkeyPatch
     assert message in str(caught.value)
     assert str(caught.value).endswith(".")
     assert caught.value.reason == "InvalidSettings"
+
+
+def test_s3_retry_defaults_are_the_storage_layers() -> None:
+    settings = load_settings()
+    assert (settings.s3_retry_mode, settings.s3_max_attempts, settings.s3_retry_quota) == (
+        DEFAULT_RETRY_MODE, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_QUOTA)
+    assert typing.get_args(Settings.model_fields["s3_retry_mode"].annotation) == RETRY_MODES
 
 
 def test_unknown_fields_are_refused() -> None:

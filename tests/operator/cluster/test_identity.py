@@ -96,6 +96,21 @@ def test_the_request_reads_with_its_namespaces_credentials(spec: dict[str, Any],
     assert "s3cr3t" not in repr(objects.settings)  # keys never shown
 
 
+def test_the_handle_retries_as_the_operators_settings_say() -> None:
+    """FORGETMI_S3_RETRY_MODE, _MAX_ATTEMPTS and _RETRY_QUOTA reach every request's S3 client."""
+    store = Secrets(_secret("s3", **KEYS))
+    settings = Settings(credentials_secret="s3", s3_retry_mode="standard", s3_max_attempts=4, s3_retry_quota=50)
+    objects = _storage_for(store, settings, _body())
+    assert objects.settings is not None
+    assert (objects.settings.retry_mode, objects.settings.max_attempts, objects.settings.retry_quota) == (
+        "standard", 4, 50)
+    client = S3Storage(objects.endpoint_url, objects.settings).client
+    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 4}
+    default = _storage_for(store, Settings(credentials_secret="s3"), _body()).settings
+    assert default is not None
+    assert (default.retry_mode, default.max_attempts, default.retry_quota) == ("adaptive", 10, 0)
+
+
 def test_without_configured_credentials_an_s3_request_is_refused_not_read_as_the_operator() -> None:
     store = Secrets()
     with pytest.raises(CredentialsMissing, match=rf"names s3:// objects, but no S3 credentials are configured for "

@@ -20,6 +20,7 @@ from forgetmi_operator.cluster import jobs
 from forgetmi_operator.cluster.resources import quantity_value
 from forgetmi_operator.lifecycle.subjects import build_snapshot_secret
 from forgetmi_trainer.contract import JobConfig, parse_subjects
+from forgetmi_trainer.storage import RETRY_ENV, S3Settings
 
 UID = "0b3f9c2e-1d4a-4c7e-9a51-7f2d3e4b5c6d"
 NAME = "forget-request-0117"
@@ -177,6 +178,19 @@ def test_s3_endpoint_is_passed_to_the_trainer() -> None:
     env = _container(_job(minimal_spec(), _settings(s3_endpoint_url="http://minio:9000")))["env"]
     assert {"name": "FORGETMI_S3_ENDPOINT_URL", "value": "http://minio:9000"} in env
     assert all(item["name"] != "FORGETMI_S3_ENDPOINT_URL" for item in _container(_job(minimal_spec()))["env"])
+
+
+def test_s3_retries_are_passed_to_the_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer's storage reads the operator's retry settings from its environment."""
+    settings = _settings(s3_retry_mode="legacy", s3_max_attempts=3, s3_retry_quota=100)
+    env = {e["name"]: e["value"] for e in _container(_job(minimal_spec(), settings))["env"] if "value" in e}
+    assert {name: env[name] for name in RETRY_ENV.values()} == {
+        "FORGETMI_S3_RETRY_MODE": "legacy", "FORGETMI_S3_MAX_ATTEMPTS": "3", "FORGETMI_S3_RETRY_QUOTA": "100"}
+    defaults = {e["name"]: e["value"] for e in _container(_job(minimal_spec()))["env"] if "value" in e}
+    assert [defaults[name] for name in RETRY_ENV.values()] == ["adaptive", "10", "0"]
+    for name in RETRY_ENV.values():
+        monkeypatch.setenv(name, env[name])
+    assert S3Settings.from_env() == S3Settings(retry_mode="legacy", max_attempts=3, retry_quota=100)
 
 
 def test_every_job_mounts_the_requests_own_subjects_secret_read_only() -> None:
