@@ -2,7 +2,7 @@
 # directory were on sys.path: PYTHONSAFEPATH keeps it off for every python started here.
 export PYTHONSAFEPATH := 1
 
-.PHONY: install install-dev demo test lint
+.PHONY: install install-dev demo test lint images images-test
 
 install:
 	scripts/install.sh
@@ -21,3 +21,10 @@ test: install-dev
 lint:
 	.venv/bin/python -m ruff check .
 	.venv/bin/lint-imports
+
+# The operator and trainer images, built with buildah (no Docker daemon; root; see README.md).
+images:
+	scripts/images.sh
+
+images-test: install-dev
+	scripts/images-test.sh
