@@ -47,7 +47,7 @@ class ImageReader:
         try:
             return self.preprocessing.apply(unit)
         except (ImageError, ValueError) as err:
-            raise InputError(f"The image of sample {self.manifest.sample_ids[row]} could not be preprocessed: "
+            raise InputError(f"The image of {sample_name(self.manifest, row)} could not be preprocessed: "
                              f"{err}.") from err
 
     def object_uri(self, row: int) -> str | None:
@@ -60,7 +60,7 @@ class ImageReader:
 
     def unit(self, row: int, target: tuple[int, int] | None = None) -> np.ndarray:
         """``row``'s image as decoded, (C, H, W) float32 in [0, 1] (``target``: a size hint for JPEG)."""
-        sample = self.manifest.sample_ids[row]
+        sample = sample_name(self.manifest, row)
         try:
             uri = resolve_image_uri(self.manifest.image_uris[row], self.manifest_uri)
             base, _ = split_fragment(uri)
@@ -69,11 +69,21 @@ class ImageReader:
             except FileNotFoundError:  # evicted by another worker between fetch and open: once more
                 return decode_image(self.cache.fetch(base), uri, target=target)
         except (ImageError, ValueError) as err:
-            raise InputError(f"The image of sample {sample} could not be decoded: {err}.") from err
+            raise InputError(f"The image of {sample} could not be decoded: {err}.") from err
         except StorageError as err:
-            raise InputError(f"The image of sample {sample} could not be read from storage ({_kind(err)}).") from err
+            raise InputError(f"The image of {sample} could not be read from storage ({_kind(err)}).") from err
         except (InputError, OSError) as err:
-            raise InputError(f"The image of sample {sample} could not be read: {_reason(err)}.") from err
+            raise InputError(f"The image of {sample} could not be read: {_reason(err)}.") from err
+
+
+def sample_name(manifest: Manifest, row: int) -> str:
+    """How a message names ``row``'s sample: ``sample <sample_id>``, or its manifest row when the sample
+    ID holds the patient's ID (``P00012-S01``), which a message (a Job's termination message, an Event,
+    the request's status) must never carry."""
+    sample, subject = manifest.sample_ids[row], manifest.subject_ids[row]
+    if subject and subject.lower() in sample.lower():
+        return f"the sample in manifest row {row + 1}"
+    return f"sample {sample}"
 
 
 def native_shape(manifest: Manifest, manifest_uri: str, row: int, cache_dir: Path, settings: DataConfig

@@ -17,6 +17,7 @@ from forgetmi_trainer.encoders import EncoderChoice
 from forgetmi_trainer.images import resolve_image_uri
 from forgetmi_trainer.job import run_job
 from forgetmi_trainer.manifest import MANIFEST_COLUMNS, read_manifest
+from forgetmi_trainer.reading import sample_name
 from forgetmi_trainer.train import TrainConfig, fit_and_publish
 
 FORMATS = ("png", "jpeg", "dicom")
@@ -93,6 +94,6 @@ def test_a_corrupt_or_missing_image_exits_3_naming_the_sample_only(tmp_path: Pat
     term = tmp_path / "termination-log"
     assert main(["run", "--config", str(job), "--termination-log", str(term)]) == 3
     message = term.read_text()
-    assert manifest.sample_ids[row] in message
-    assert manifest.subject_ids[row] not in message.replace(manifest.sample_ids[row], "")
+    assert sample_name(manifest, row) in message
+    assert manifest.subject_ids[row] not in message
     assert not storage.exists(storage.join(config.output_uri, "metadata.json"))  # nothing was published

@@ -16,6 +16,7 @@ from forgetmi_trainer.errors import InputError
 from forgetmi_trainer.images import decode_image, resolve_image_uri
 from forgetmi_trainer.manifest import Manifest, read_manifest
 from forgetmi_trainer.preprocess import ImagePreprocessing
+from forgetmi_trainer.reading import sample_name
 from forgetmi_trainer.streaming import SampleStream, chunks, native_shape
 from forgetmi_trainer.tokenizer import build_tokenizer, build_vocabulary
 
@@ -112,8 +113,8 @@ def test_an_unreadable_image_names_its_sample_and_never_its_patient(
             with _stream(uri, manifest, tmp_path / str(workers), workers=workers) as stream:
                 with pytest.raises(InputError) as err:
                     stream.view(np.arange(8)).all()
-            assert manifest.sample_ids[4] in str(err.value)
-            assert manifest.subject_ids[4] not in str(err.value).replace(manifest.sample_ids[4], "")
+            assert sample_name(manifest, 4) in str(err.value)  # its ID holds the patient's: the row is named
+            assert manifest.subject_ids[4] not in str(err.value)
             assert "Traceback" not in str(err.value)
     finally:
         broken.write_bytes(original)
@@ -124,7 +125,7 @@ def test_a_missing_image_is_an_input_error_naming_the_sample(png_dataset: tuple[
     gone = Manifest(**{**manifest.__dict__, "image_uris": ["images/nowhere.png", *manifest.image_uris[1:]]})
     with _stream(uri, gone, tmp_path, workers=0) as stream, pytest.raises(InputError, match="does not exist") as err:
         stream.view(np.arange(3)).all()
-    assert manifest.sample_ids[0] in str(err.value)
+    assert sample_name(manifest, 0) in str(err.value) and manifest.subject_ids[0] not in str(err.value)
 
 
 def test_a_pass_cannot_start_inside_another(png_dataset: tuple[str, Manifest], tmp_path: Path) -> None:
@@ -186,3 +187,11 @@ def test_the_audit_batch_holds_a_bounded_number_of_pixels_unless_set() -> None:
     assert eval_batch_size(DataConfig(), prep(512, 3)) == 5
     assert eval_batch_size(DataConfig(), prep(4096)) == 1
     assert eval_batch_size(DataConfig(eval_batch_size=7), prep(512)) == 7
+
+
+def test_a_sample_is_named_by_its_id_unless_the_id_holds_the_patients() -> None:
+    manifest = Manifest(sample_ids=["P00012-S01", "dicom-7f3a"], subject_ids=["P00012", "P00013"],
+                        image_uris=["a.png", "b.png"], texts=["", ""], labels=np.zeros(2, dtype=np.int64),
+                        splits=["train", "train"])
+    assert sample_name(manifest, 0) == "the sample in manifest row 1"
+    assert sample_name(manifest, 1) == "sample dicom-7f3a"

@@ -179,7 +179,8 @@ def test_trainer_input_error_fails_with_its_termination_message(prepared: dict[s
     # the trainer's own termination message, as a Job's would be: it names the first sample it could
     # not read, never the patient or the image's path
     assert "could not be read from storage (it does not exist)" in unlearned.message
-    assert re.search(r"sample P\d{5}-S\d{2} ", unlearned.message) and "shard-404" not in unlearned.message
+    assert re.search(r"the sample in manifest row \d+ ", unlearned.message) and "shard-404" not in unlearned.message
+    assert not re.search(r"P\d{5}", unlearned.message)  # the sample IDs hold the patients': the row is named
     assert _alias(fresh_alias) == "v1"
 
 
