@@ -38,11 +38,13 @@ def may_rebase(verdict: Verdict, rebases: int, err: PromotionConflict) -> str | 
     rollout = verdict.spec.rollout
     if rollout.on_conflict != "Rebase":
         return "spec.rollout.onConflict is Hold, so it is held."
-    if err.current is None:
-        return "The version the alias names now could not be read, so it is held."
     if rebases >= rollout.max_rebases:
         return f"It was rebased {rebases} times, spec.rollout.maxRebases, so it is held."
     return None
+
+
+def _moved_to(err: PromotionConflict) -> str:
+    return f"version '{err.current}'" if err.current else "the version the alias names now"
 
 
 async def rebase(ports: Ports, body: Mapping[str, Any], verdict: Verdict, step: Step, err: PromotionConflict) -> bool:
@@ -61,7 +63,7 @@ async def rebase(ports: Ports, body: Mapping[str, Any], verdict: Verdict, step: 
     except OperatorError as failed:
         if failed.retryable:
             raise
-        err.message = f"{err.message} Rebasing it on version '{err.current}' failed: {failed.message}"
+        err.message = f"{err.message} Rebasing it on {_moved_to(err)} failed: {failed.message}"
         return False
     step.status.update(dict.fromkeys(STALE))
     step.status.update(launched.status)
@@ -71,8 +73,9 @@ async def rebase(ports: Ports, body: Mapping[str, Any], verdict: Verdict, step: 
         step.status["batch"] = {**dict.fromkeys(BATCH_OF_A_RUN), **launched.status["batch"]}
     elif earlier is not None:
         step.status["batch"] = None
+    new_base = (launched.status.get("baseModel") or {}).get("version", err.current)
     message = (f"{naming.describe(body)} lost the promotion race: alias '{spec.model.alias}' of model "
-               f"{spec.model.name} was moved on to version {err.current}, so it runs again on that version "
+               f"{spec.model.name} was moved on to version {new_base}, so it runs again on that version "
                f"(rebase {done + 1} of at most {spec.rollout.max_rebases}).")
     with_condition(body, step, "GatesPassed", "Unknown", cond.NOT_EVALUATED,
                    f"{naming.describe(body)} evaluates its gates again on its rebased run.")
