@@ -1,6 +1,8 @@
-"""Fixtures of the fault suite (tests/faults/): one fitted world and one warm trainer for the whole folder.
+"""Fixtures of the fault suite (tests/faults/): one fitted world and one warm trainer for the whole folder,
+and moto's conditional writes made atomic as S3's are (:mod:`harness.motolocks`: the suite's promotion
+races would otherwise hit a window moto has and S3 does not).
 
-Both are package-scoped: fitting the world (≈ 10 s) and importing the trainer (≈ 6 s) once for all the
+All are package-scoped: fitting the world (≈ 10 s) and importing the trainer (≈ 6 s) once for all the
 folder's modules keeps it within its time budget. Each test seeds models of its own in the world's
 registry, so nothing it does reaches another test.
 """
@@ -16,8 +18,15 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.motolocks import atomic_conditional_writes
 from harness.warmtrainer import ForkServer
 from harness.world import fitted_world
+
+
+@pytest.fixture(scope="package", autouse=True)
+def atomic_s3() -> Iterator[None]:
+    with atomic_conditional_writes():
+        yield
 
 
 @pytest.fixture(scope="package")

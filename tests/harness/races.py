@@ -76,7 +76,8 @@ def held_problems(ended: Mapping[str, Mapping[str, Any]], max_rebases: int) -> l
         elif why is None:
             problems.append(f"{name}'s receipt does not say why it was not promoted")
         elif why.reason != "PromotionConflict" or "maxRebases" not in why.message:
-            problems.append(f"{name}'s receipt says it was not promoted for {why.reason}: {why.message}")
+            problems.append(f"{name} was held after {status.get('rebases')} of {max_rebases} rebases, its receipt "
+                            f"saying {why.reason}: {why.message}")
         elif status.get("rebases") != max_rebases or receipt.rebases != max_rebases:
             problems.append(f"{name} was held after {status.get('rebases')} rebases (receipt: {receipt.rebases}), "
                             f"not {max_rebases}")
