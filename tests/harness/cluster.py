@@ -97,11 +97,18 @@ def start_cluster(tmp_path: Path, setenv: Callable[[str, str], None], *,
     Trainer v2 is installed too (:func:`install_trainer`; run its TrainJobs with
     ``harness.trainjobrunner.TrainJobRunner``)."""
     api = ApiServer()
-    url = api.start()
+    api.start()
     install_crd(api)
     if trainer:
         install_trainer(api)
-    setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "kubeconfig", url)))
+    return api, join_cluster(api, tmp_path, setenv)
+
+
+def join_cluster(api: ApiServer, tmp: Path, setenv: Callable[[str, str], None]) -> str:
+    """A fresh namespace in a started emulator, with its S3 credentials Secret, and the operator's
+    environment for it set with ``setenv`` (``$KUBECONFIG``, free ports, short intervals and timeouts,
+    the credentials Secret's name); the namespace."""
+    setenv("KUBECONFIG", str(write_kubeconfig(tmp / "kubeconfig", api.api_url)))
     setenv("FORGETMI_PROGRESS_INTERVAL_SECONDS", "0.5")
     setenv("FORGETMI_METRICS_PORT", str(free_port()))
     setenv("FORGETMI_REQUEST_TIMEOUT_SECONDS", "10")
@@ -110,7 +117,7 @@ def start_cluster(tmp_path: Path, setenv: Callable[[str, str], None], *,
     namespace = f"ns-{uuid.uuid4().hex[:6]}"
     api.create(NAMESPACES, None, {"metadata": {"name": namespace}})
     api.create(SECRETS, namespace, credentials_secret())
-    return api, namespace
+    return namespace
 
 
 @contextlib.contextmanager

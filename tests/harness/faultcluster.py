@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -28,14 +27,10 @@ from typing import Any
 from harness import invariants
 from harness.apifaults import ApiFaultProxy
 from harness.cluster import (
-    CREDENTIALS_SECRET,
     EVENTS,
-    NAMESPACES,
     REQUESTS,
-    SECRETS,
-    credentials_secret,
-    free_port,
     install_crd,
+    join_cluster,
     write_kubeconfig,
 )
 from harness.emulator import ApiServer
@@ -48,21 +43,6 @@ from harness.world import seed_model
 FAST_METHOD = {"epochs": 1, "batchSize": 16}
 """The trainer's shortest real run on the small world (the fault suite is about what happens around it)."""
 RunnerFactory = Callable[[ApiServer, Path], JobRunner]
-
-
-def join_cluster(api: ApiServer, tmp: Path, setenv: Callable[[str, str], None]) -> str:
-    """A fresh namespace in a started emulator, with its S3 credentials Secret, and the operator's
-    environment for it set with ``setenv``, as :func:`harness.cluster.start_cluster` does; the namespace."""
-    setenv("KUBECONFIG", str(write_kubeconfig(tmp / "kubeconfig", api.api_url)))
-    setenv("FORGETMI_PROGRESS_INTERVAL_SECONDS", "0.5")
-    setenv("FORGETMI_METRICS_PORT", str(free_port()))
-    setenv("FORGETMI_REQUEST_TIMEOUT_SECONDS", "10")
-    setenv("FORGETMI_WATCH_TIMEOUT_SECONDS", "60")
-    setenv("FORGETMI_CREDENTIALS_SECRET", CREDENTIALS_SECRET)
-    namespace = f"ns-{uuid.uuid4().hex[:6]}"
-    api.create(NAMESPACES, None, {"metadata": {"name": namespace}})
-    api.create(SECRETS, namespace, credentials_secret())
-    return namespace
 
 
 class Fleet:
