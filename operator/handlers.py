@@ -29,6 +29,7 @@ from forgetmi_operator.api import naming
 from forgetmi_operator.api.errors import OperatorError
 from forgetmi_operator.api.settings import load_settings
 from forgetmi_operator.cluster import launcher, watches
+from forgetmi_operator.cluster.apiretry import KopfBackoffs
 from forgetmi_operator.cluster.metrics import METRICS
 from forgetmi_operator.cluster.trainjobs import TRAINJOB_API as TRAINJOBS
 from forgetmi_operator.lifecycle.steps import Step
@@ -87,6 +88,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = ours.watch_timeout_seconds
     settings.watching.client_timeout = ours.watch_timeout_seconds + 30
     settings.networking.request_timeout = ours.request_timeout_seconds
+    settings.networking.error_backoffs = KopfBackoffs(ours.api_retry_max_delay_seconds)  # outlive any outage
     settings.posting.level = logging.WARNING  # Kopf's own INFO lines are not worth an Event each
     selector = ",".join(f"{key}={value}" for key, value in TRAINER_LABELS.items())
     for resource in (("batch", "jobs"), ("", "pods"), (TRAINJOBS[0], TRAINJOBS[2])):

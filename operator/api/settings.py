@@ -150,6 +150,12 @@ class Settings(BaseSettings):
     pending_pod_timeout_seconds: float = Field(default=600.0, gt=0)
     watch_timeout_seconds: int = Field(default=300, ge=1)
     request_timeout_seconds: float = Field(default=30.0, gt=0)
+    api_retry_attempts: int = Field(default=6, ge=1, le=100, description=(
+        "Attempts of one Kubernetes API call of the operator's own client while the server answers 429/5xx "
+        "or cannot be reached (1: no retry); then the handler fails and Kopf retries it."))
+    api_retry_max_delay_seconds: float = Field(default=10.0, gt=0, le=300, description=(
+        "The longest wait between two attempts of an API call, a 429's Retry-After included; Kopf's own "
+        "calls and watches back off up to this long and never give up."))
     progress_interval_seconds: float = Field(default=15.0, gt=0)
     operator_namespace: str = Field(default="", pattern=r"^$|" + DNS_SUBDOMAIN, max_length=63,
                                     description="From the downward API; empty outside a cluster.")

@@ -1,5 +1,6 @@
-"""The operator's Kubernetes API client: with its TrainJob half (:mod:`~forgetmi_operator.cluster.kube_trainjobs`),
-the only module that calls the API server (besides Kopf).
+"""The operator's Kubernetes API client: with its TrainJob half (:mod:`~forgetmi_operator.cluster.kube_trainjobs`)
+and its serving-target half (:mod:`~forgetmi_operator.cluster.kube_targets`), the only modules that call
+the API server (besides Kopf).
 
 A thin async layer over the official ``kubernetes`` client: each call runs in a worker thread
 (``asyncio.to_thread``) with an explicit request timeout, and returns plain camelCase dicts as
@@ -7,22 +8,23 @@ the API server sends them (no generated model classes), so the pure modules (``j
 ``jobs``) can work on the same shapes Kopf hands to handlers. It is the cluster's
 :class:`~forgetmi_operator.lifecycle.ports.SecretStore`.
 
-Serving targets opt in: a Deployment or InferenceService is patched only when its annotations
-allow it (:func:`opted_in_container`, :func:`opted_in_inferenceservice`), checked on every read
-and tested again by the JSON patch itself.
-
 Errors: a missing object is ``None`` (a missing serving target, or one that did not opt in,
 :class:`~forgetmi_operator.api.errors.ServingTargetError`); an object or patch the API server
 refuses as invalid (HTTP 400/413/422) is :class:`~forgetmi_operator.api.errors.ObjectRejected` (not
 retried, with the server's message); anything else the API server or the network answers
-unexpectedly is :class:`~forgetmi_operator.api.errors.ClusterUnavailable` (retryable). Secret values
+unexpectedly is :class:`~forgetmi_operator.api.errors.ClusterUnavailable` (retryable), after the
+call was tried again for what a busy or restarting server answers (429, 5xx, a failed connection:
+:mod:`~forgetmi_operator.cluster.apiretry`); a create retried after a lost answer finds its own
+object (409) and reads it, a delete finds it gone (404). Secret values
 are never logged nor put in messages.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,22 +34,22 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from forgetmi_operator import GROUP, PLURAL, VERSION
-from forgetmi_operator.api.errors import ClusterUnavailable, ObjectRejected, OperatorError, ServingTargetError
-from forgetmi_operator.api.naming import MODEL_CONTAINER_ANNOTATION, MODEL_ENV_ANNOTATION, MODEL_STORAGE_URI_ANNOTATION
+from forgetmi_operator.api.errors import ClusterUnavailable, ObjectRejected, OperatorError
 from forgetmi_operator.api.settings import Settings
-from forgetmi_operator.cluster import optin
+from forgetmi_operator.cluster.apiretry import RetryPolicy, retry_after_seconds
 from forgetmi_operator.cluster.jobstate import job_name_of_pod
+from forgetmi_operator.cluster.kube_targets import ServingTargetCalls
 from forgetmi_operator.cluster.kube_trainjobs import TrainJobCalls
 
-KSERVE = ("serving.kserve.io", "v1beta1", "inferenceservices")
 MERGE_PATCH = "application/merge-patch+json"
-JSON_PATCH = "application/json-patch+json"
 INVALID_STATUSES = frozenset({400, 413, 422})
 """What the API server answers for an object or patch it will never accept as sent: a bad request,
 a body too large, an invalid object."""
 SERVER_MESSAGE_LIMIT = 400
 POOL_SIZE = 32
 """Kept-alive connections to the API server: calls run in worker threads, one connection each."""
+
+log = logging.getLogger(__name__)
 
 
 def _server_message(err: ApiException) -> str:
@@ -83,12 +85,14 @@ def load_api_client() -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-class Kube(TrainJobCalls):
+class Kube(TrainJobCalls, ServingTargetCalls):
     """Async calls the operator makes; ``request_timeout_seconds`` bounds every call."""
 
-    def __init__(self, api_client: client.ApiClient, *, request_timeout_seconds: float) -> None:
+    def __init__(self, api_client: client.ApiClient, *, request_timeout_seconds: float,
+                 retry: RetryPolicy | None = None) -> None:
         self.api_client = api_client
         self.timeout = request_timeout_seconds
+        self.retry = retry or RetryPolicy()
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
@@ -96,39 +100,64 @@ class Kube(TrainJobCalls):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Kube:
-        return cls(load_api_client(), request_timeout_seconds=settings.request_timeout_seconds)
+        retry = RetryPolicy(attempts=settings.api_retry_attempts,
+                            max_delay_seconds=settings.api_retry_max_delay_seconds)
+        return cls(load_api_client(), request_timeout_seconds=settings.request_timeout_seconds, retry=retry)
 
     def close(self) -> None:
         self.api_client.close()
 
-    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn`` in a thread and decode its JSON body; ``None`` for 404. Other refusals become
-        :func:`refusal`'s error and network failures ``ClusterUnavailable``, each naming ``what``."""
+    async def _send(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn``'s response, tried again (:class:`RetryPolicy`) while the server answers 429/5xx or
+        cannot be reached; other refusals and the last one raise ``ApiException``; a network failure
+        that outlasts the attempts is ``ClusterUnavailable`` naming ``what``."""
         kwargs.update(_preload_content=False, _request_timeout=self.timeout)
+        for attempt in itertools.count(1):
+            try:
+                return await asyncio.to_thread(fn, *args, **kwargs)
+            except ApiException as err:
+                if not self.retry.retries(attempt, err.status):
+                    raise
+                delay = self.retry.delay(attempt, retry_after_seconds(err.headers))
+                cause = f"HTTP {err.status}"
+            except (urllib3.exceptions.HTTPError, OSError) as err:
+                if not self.retry.retries(attempt, None):
+                    raise ClusterUnavailable(
+                        f"The API server could not be reached to {what}: {type(err).__name__}.") from err
+                delay, cause = self.retry.delay(attempt), type(err).__name__
+            log.debug("Attempt %d to %s failed (%s); trying again in %.2f s", attempt, what, cause, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` (:meth:`_send`) and decode its JSON body; ``None`` for 404. Other refusals
+        become :func:`refusal`'s error, each naming ``what``."""
         try:
-            response = await asyncio.to_thread(fn, *args, **kwargs)
+            response = await self._send(what, fn, *args, **kwargs)
         except ApiException as err:
             if err.status == 404:
                 return None
             raise refusal(what, err) from err
-        except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise ClusterUnavailable(f"The API server could not be reached to {what}: {type(err).__name__}.") from err
         data = response.data
         return json.loads(data) if data else {}
+
+    async def _create(self, what: str, create: Callable[..., Any], namespace: str,
+                      body: Mapping[str, Any]) -> Any:
+        """The created object's response, or ``None`` when one of its name exists (HTTP 409: made by
+        an earlier attempt, maybe this call's own retry after a lost answer)."""
+        try:
+            return await self._send(what, create, namespace, body)
+        except ApiException as err:
+            if err.status == 409:
+                return None
+            raise refusal(what, err) from err
 
     async def _create_or_get(self, what: str, create: Callable[..., Any], read: Callable[..., Any],
                              namespace: str, body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         name = body["metadata"]["name"]
-        try:
-            created = await asyncio.to_thread(create, namespace, body, _preload_content=False,
-                                              _request_timeout=self.timeout)
+        created = await self._create(f"create {what} {namespace}/{name}", create, namespace, body)
+        if created is not None:
             return json.loads(created.data), True
-        except ApiException as err:
-            if err.status != 409:
-                raise refusal(f"create {what} {namespace}/{name}", err) from err
-        except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise ClusterUnavailable(
-                f"The API server could not be reached to create {what} {namespace}/{name}.") from err
         existing = await self._call(f"read {what} {namespace}/{name}", read, name, namespace)
         if existing is None:
             raise ClusterUnavailable(f"{what} {namespace}/{name} already exists but could not be read.")
@@ -157,18 +186,12 @@ class Kube(TrainJobCalls):
     async def create_event(self, namespace: str, body: Mapping[str, Any]) -> bool:
         """Create the Event; False when one of its name exists (it was posted already)."""
         name = body["metadata"]["name"]
-        try:
-            response = await asyncio.to_thread(self.core.create_namespaced_event, namespace, body,
-                                               _preload_content=False, _request_timeout=self.timeout)
-            _ = response.data  # read: the connection goes back to the pool
-            return True
-        except ApiException as err:
-            if err.status == 409:
-                return False
-            raise refusal(f"create Event {namespace}/{name}", err) from err
-        except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise ClusterUnavailable(
-                f"The API server could not be reached to create Event {namespace}/{name}.") from err
+        response = await self._create(f"create Event {namespace}/{name}", self.core.create_namespaced_event,
+                                      namespace, body)
+        if response is None:
+            return False
+        _ = response.data  # read: the connection goes back to the pool
+        return True
 
     # ---- ConfigMaps, Jobs, Pods ----------------------------------------------------------------
 
@@ -220,66 +243,3 @@ class Kube(TrainJobCalls):
         return await self._call(f"update the status of UnlearnRequest {namespace}/{name}",
                                 self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace,
                                 PLURAL, name, {"status": dict(status)}, _content_type=MERGE_PATCH)
-
-    # ---- serving targets -----------------------------------------------------------------------
-
-    async def _deployment_container(self, namespace: str, name: str, container: str | None,
-                                    env: str) -> tuple[int, Mapping[str, Any]]:
-        """Read Deployment ``namespace/name`` and return the index and spec of the container it lets
-        the operator patch (:func:`opted_in_container`)."""
-        what = f"Deployment {namespace}/{name}"
-        deployment = await self._call(f"read {what}", self.apps.read_namespaced_deployment, name, namespace)
-        if deployment is None:
-            raise ServingTargetError(f"Serving target {what} does not exist.")
-        return optin.opted_in_container(deployment, what, container, env)
-
-    async def check_deployment(self, namespace: str, name: str, container: str | None, env: str) -> None:
-        """Raise ``ServingTargetError`` unless Deployment ``namespace/name`` exists and lets the
-        operator set ``env`` of ``container`` (its annotations, :func:`opted_in_container`)."""
-        await self._deployment_container(namespace, name, container, env)
-
-    async def patch_deployment_env(self, namespace: str, name: str, container: str | None, env: str,
-                                   value: str) -> None:
-        """Set env var ``env`` of the opted-in container of Deployment ``namespace/name``.
-
-        Read and checked again (the Deployment may have changed since :meth:`check_deployment`), then
-        a JSON patch that first tests both annotations and the container's name, so a Deployment whose
-        annotations were removed or a container reordered meanwhile is refused by the API server
-        rather than patched."""
-        what = f"Deployment {namespace}/{name}"
-        index, spec = await self._deployment_container(namespace, name, container, env)
-        current = [dict(e) for e in spec.get("env") or [] if e.get("name") != env]
-        base = f"/spec/template/spec/containers/{index}"
-        ops = [{"op": "test", "path": optin.annotation_path(MODEL_ENV_ANNOTATION), "value": env},
-               {"op": "test", "path": optin.annotation_path(MODEL_CONTAINER_ANNOTATION), "value": spec.get("name")},
-               {"op": "test", "path": f"{base}/name", "value": spec.get("name")},
-               {"op": "add", "path": f"{base}/env", "value": [*current, {"name": env, "value": value}]}]
-        result = await self._call(f"patch {what}", self.apps.patch_namespaced_deployment, name, namespace, ops,
-                                  _content_type=JSON_PATCH)
-        if result is None:
-            raise ServingTargetError(f"Serving target {what} does not exist.")
-
-    async def check_inferenceservice(self, namespace: str, name: str) -> None:
-        """Raise ``ServingTargetError`` unless KServe InferenceService ``namespace/name`` exists, lets
-        the operator set its storage URI (:func:`opted_in_inferenceservice`) and serves through
-        ``spec.predictor.model``."""
-        what = f"InferenceService {namespace}/{name}"
-        found = await self._call(f"read {what}", self.custom.get_namespaced_custom_object, *KSERVE[:2], namespace,
-                                 KSERVE[2], name)
-        if found is None:
-            raise ServingTargetError(f"Serving target {what} does not exist.")
-        optin.opted_in_inferenceservice(found, what)
-
-    async def patch_inferenceservice_storage_uri(self, namespace: str, name: str, uri: str) -> None:
-        """Set ``spec.predictor.model.storageUri`` of KServe InferenceService ``namespace/name``.
-
-        Checked again first, then a JSON patch that tests the annotation, so an InferenceService that
-        withdrew it since is refused by the API server rather than patched."""
-        what = f"InferenceService {namespace}/{name}"
-        await self.check_inferenceservice(namespace, name)
-        ops = [{"op": "test", "path": optin.annotation_path(MODEL_STORAGE_URI_ANNOTATION), "value": "true"},
-               {"op": "add", "path": "/spec/predictor/model/storageUri", "value": uri}]
-        result = await self._call(f"patch {what}", self.custom.patch_namespaced_custom_object, *KSERVE[:2],
-                                  namespace, KSERVE[2], name, ops, _content_type=JSON_PATCH)
-        if result is None:
-            raise ServingTargetError(f"Serving target {what} does not exist.")

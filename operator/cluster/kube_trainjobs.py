@@ -9,12 +9,10 @@ Kopf); errors are mapped as for Jobs (a missing TrainJob is ``None``, an invalid
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -31,6 +29,7 @@ class TrainJobCalls:
     timeout: float
     core: client.CoreV1Api
     custom: client.CustomObjectsApi
+    _send: Callable[..., Any]
     _call: Callable[..., Any]
     _create_or_get: Callable[..., Any]
 
@@ -40,14 +39,11 @@ class TrainJobCalls:
         the resource; any other answer is ``ClusterUnavailable`` (retryable)."""
         what = f"list the resources of API {group}/{version}"
         try:
-            response = await asyncio.to_thread(self.custom.get_api_resources, group, version, _preload_content=False,
-                                               _request_timeout=self.timeout)
+            response = await self._send(what, self.custom.get_api_resources, group, version)
         except ApiException as err:
             if err.status == 404:
                 return False
             raise ClusterUnavailable(f"The API server refused to {what} (HTTP {err.status} {err.reason}).") from err
-        except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise ClusterUnavailable(f"The API server could not be reached to {what}: {type(err).__name__}.") from err
         try:
             resources = json.loads(response.data or b"{}").get("resources") or []
         except (AttributeError, TypeError, ValueError) as err:

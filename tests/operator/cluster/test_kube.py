@@ -13,6 +13,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from forgetmi_operator.api.errors import ClusterUnavailable, ObjectRejected, SecretNotFound, ServingTargetError
+from forgetmi_operator.cluster.apiretry import RetryPolicy
 from forgetmi_operator.cluster.kube import Kube
 from forgetmi_operator.lifecycle.subjects import read_secret_key
 
@@ -56,7 +57,8 @@ def _raises(err: BaseException) -> Callable[..., Any]:
 
 @pytest.fixture
 def kube() -> Iterator[Kube]:
-    api = Kube(client.ApiClient(client.Configuration()), request_timeout_seconds=7.0)
+    api = Kube(client.ApiClient(client.Configuration()), request_timeout_seconds=7.0,
+               retry=RetryPolicy(attempts=4, base_delay_seconds=0.0, max_delay_seconds=0.05))
     yield api
     api.close()
 
@@ -88,6 +90,7 @@ def test_other_failures_are_retryable_cluster_errors(kube: Kube, err: BaseExcept
         _run(kube.get_job("ns", "j"))
     assert caught.value.retryable
     assert caught.value.__cause__ is err
+    assert len(kube.batch.calls) == 4  # type: ignore[attr-defined]  # every attempt of the policy was made
 
 
 def test_create_or_get_creates_once_then_finds_the_existing_job(kube: Kube) -> None:
