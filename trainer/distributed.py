@@ -22,6 +22,7 @@ What a world of W processes does differently from one (with W = 1 nothing here c
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -101,8 +102,10 @@ def start(world: World, device: torch.device) -> torch.device:
 
 
 def stop(world: World) -> None:
-    """Leave the process group after every rank got here."""
+    """Leave the process group after every rank got here. Replicas no longer referenced are collected
+    first: a DDP reducer destroyed after its group (at interpreter exit) aborts the process."""
     if world.distributed and dist.is_initialized():
+        gc.collect()
         barrier(world)
         dist.destroy_process_group()
 

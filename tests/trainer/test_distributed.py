@@ -95,6 +95,7 @@ SCRIPT = textwrap.dedent("""
     replica(x).sum().backward()
     out["grad"] = model.weight.grad.tolist()
     out["reads_through"] = replica.in_features
+    del replica  # a DDP reducer outliving its process group aborts the interpreter at exit
     distributed.stop(world)
     with open(os.path.join(sys.argv[1], f"rank-{world.rank}.json"), "w") as f:
         json.dump(out, f)
