@@ -107,7 +107,7 @@ class Registry:
         self.uri = registry_uri
         self.store = _store(registry_uri, credentials or Credentials())
 
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -123,7 +123,7 @@ class Registry:
             raise RegistryError(f"MLflow registry {self.uri} refused to {what} ({code}).") from err
 
     def model(self, name: str) -> Any:
-        return self._call(f"read registered model '{name}'", self.store.get_registered_model, name)
+        return self.call(f"read registered model '{name}'", self.store.get_registered_model, name)
 
     def record(self, name: str, alias: str, tags: dict[str, str] | None = None) -> AliasRecord | None:
         """The alias record kept in the registered model's tags (None when there is none)."""
@@ -148,19 +148,19 @@ class Registry:
         chunks = [text[i:i + TAG_CHUNK] for i in range(0, len(text), TAG_CHUNK)] or [""]
         old = self.model(name).tags
         for i, chunk in enumerate(chunks):
-            self._call(f"tag registered model '{name}'", self.store.set_registered_model_tag, name,
+            self.call(f"tag registered model '{name}'", self.store.set_registered_model_tag, name,
                        RegisteredModelTag(f"{base}.{i}", chunk))
-        self._call(f"tag registered model '{name}'", self.store.set_registered_model_tag, name,
+        self.call(f"tag registered model '{name}'", self.store.set_registered_model_tag, name,
                    RegisteredModelTag(f"{base}.chunks", str(len(chunks))))
         for i in range(len(chunks), int(old.get(f"{base}.chunks", "0"))):
-            self._call(f"untag registered model '{name}'", self.store.delete_registered_model_tag, name, f"{base}.{i}")
+            self.call(f"untag registered model '{name}'", self.store.delete_registered_model_tag, name, f"{base}.{i}")
 
     def resolve(self, name: str, alias: str) -> MlflowAlias:
         """The version ``alias`` names (ModelNotFound naming the model or the alias when missing)."""
         model = self.model(name)
         if alias not in model.aliases:
             raise ModelNotFound(f"Registered model '{name}' has no alias '{alias}' in MLflow registry {self.uri}.")
-        version = self._call(f"read version {model.aliases[alias]} of registered model '{name}'",
+        version = self.call(f"read version {model.aliases[alias]} of registered model '{name}'",
                              self.store.get_model_version, name, model.aliases[alias])
         return MlflowAlias(version=str(version.version), source=str(version.source),
                            sha256=str((version.tags or {}).get("forgetmi.sha256", "")),
@@ -171,7 +171,7 @@ class Registry:
         return self.model(name).aliases.get(alias)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        self._call(f"set alias '{alias}' of registered model '{name}'", self.store.set_registered_model_alias,
+        self.call(f"set alias '{alias}' of registered model '{name}'", self.store.set_registered_model_alias,
                    name, alias, version)
 
 

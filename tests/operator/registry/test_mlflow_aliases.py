@@ -4,17 +4,10 @@ and errors that name the model or alias and never a secret."""
 
 from __future__ import annotations
 
-import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from harness.mlflowserver import MlflowServer
 
 from forgetmi_operator.registry import mlflow_aliases
@@ -28,12 +21,9 @@ SHA = {n: f"{n:x}" * 64 for n in range(1, 10)}
 REQUEST = RequestRef(namespace="radiology", name="forget-p1", uid="0b3f9c2e-uid")
 
 
-@pytest.fixture(scope="module")
-def server(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    bucket = f"mlflow-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
-    with MlflowServer(tmp_path_factory.mktemp("mlflow"), s3_server, f"s3://{bucket}") as running:
-        yield running
+@pytest.fixture
+def server(mlflow_server: MlflowServer) -> MlflowServer:
+    return mlflow_server
 
 
 @pytest.fixture
