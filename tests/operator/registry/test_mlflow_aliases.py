@@ -4,6 +4,7 @@ and errors that name the model or alias and never a secret."""
 
 from __future__ import annotations
 
+import sys
 import uuid
 from typing import Any
 
@@ -168,3 +169,11 @@ def test_registry_uris_name_the_tracking_server(uri: str, tracking: str) -> None
 def test_other_uris_are_refused_with_the_form_expected(uri: str) -> None:
     with pytest.raises(ValueError, match=r"mlflow\+http\(s\)://host\[:port\]\[/path\]"):
         mlflow_aliases.tracking_uri(uri)
+
+
+def test_without_the_mlflow_extra_a_registry_is_refused_saying_how_to_install_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in ("mlflow", "mlflow.store.model_registry.rest_store", "mlflow.utils.rest_utils"):
+        monkeypatch.setitem(sys.modules, module, None)  # an import of it raises ImportError
+    with pytest.raises(mlflow_aliases.RegistryError, match=r"forgetmi-operator\[mlflow\]"):
+        Registry("mlflow+http://mlflow.mlops:5000")
