@@ -10,7 +10,7 @@
   ``metadata.json``), has the weights' sha256 the receipt states;
 - ``report``: the report's bytes hash to the receipt's ``report.sha256``;
 - ``alias-history``: the alias record (now or in its history) shows this request moving the alias
-  to the candidate (a promotion only);
+  to the candidate (a promotion only; one older than a full history: the version named now descends from it);
 - ``ledger``: the model's forget ledger holds the request (a promotion only);
 - ``subjects`` (with ``--subjects FILE --hmac-key-file F``): the receipt's HMAC of the subject IDs.
 
@@ -38,7 +38,7 @@ from forgetmi_operator.registry import aliases, ledger
 from forgetmi_operator.registry.paths import alias_uri
 from forgetmi_trainer import storage
 from forgetmi_trainer.contract import parse_subjects
-from forgetmi_trainer.contract.registry import parse_alias_record
+from forgetmi_trainer.contract.registry import HISTORY_LIMIT, AliasRecord, parse_alias_record
 from forgetmi_trainer.errors import ObjectNotFound, StorageError
 from forgetmi_trainer.storage import Objects
 
@@ -156,8 +156,27 @@ def _alias_history(objects: Objects, where: _Where, receipt: receipts.Receipt) -
     entries += [(entry.version, entry.sha256, entry.request) for entry in record.history]
     if any(v == candidate.version and s == candidate.sha256 and r is not None and r.uid == uid for v, s, r in entries):
         return Check("alias-history", True, f"alias '{alias}' records request {who} promoting {candidate.version}")
-    return Check("alias-history", False, f"alias '{alias}' ({uri}) has no record of request {who} promoting version "
-                                         f"{candidate.version} with sha256 {candidate.sha256}")
+    missing = (f"alias '{alias}' ({uri}) has no record of request {who} promoting version {candidate.version} "
+               f"with sha256 {candidate.sha256}")
+    if len(record.history) < HISTORY_LIMIT:
+        return Check("alias-history", False, missing)
+    return _beyond_history(objects, where, record, candidate.version, missing)
+
+
+def _beyond_history(objects: Objects, where: _Where, record: AliasRecord, candidate: str, missing: str) -> Check:
+    """A promotion older than the alias's full history (HISTORY_LIMIT entries): it holds when the
+    version the alias names now descends from the candidate (later erasures were made from it)."""
+    try:
+        chain = aliases.lineage(objects, where.registry, where.name, record.version)
+    except (aliases.RegistryError, StorageError) as err:
+        return Check("alias-history", False, f"{missing}, and the lineage of version {record.version} cannot be "
+                                             f"read: {err}")
+    if candidate in chain:
+        return Check("alias-history", True, f"the promotion is older than the {HISTORY_LIMIT} moves alias history "
+                                            f"keeps, and version {record.version}, which the alias names now, "
+                                            f"descends from {candidate} ({chain.index(candidate)} generations)")
+    return Check("alias-history", False, f"{missing}; its history is full ({HISTORY_LIMIT} moves), but version "
+                                         f"{record.version}, which it names now, does not descend from {candidate}")
 
 
 def _ledger(objects: Objects, where: _Where, receipt: receipts.Receipt) -> Check:

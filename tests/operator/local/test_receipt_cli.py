@@ -27,6 +27,7 @@ from forgetmi_operator.local.receipt_cli import verify_receipt
 from forgetmi_operator.registry.paths import MODEL_FILE, alias_uri
 from forgetmi_trainer import storage
 from forgetmi_trainer.contract import ModelRef
+from forgetmi_trainer.contract.registry import HISTORY_LIMIT, AliasRecord, PreviousVersion, parse_alias_record
 from forgetmi_trainer.storage import DEFAULT
 
 pytestmark = pytest.mark.slow
@@ -223,3 +224,35 @@ def test_run_reads_the_signing_key_file(signed: dict[str, Any], prepared: dict[s
     assert seen["signing_key"] == (signed["folder"] / "key.pem").read_bytes()
     assert cli.main([*argv, "--signing-key-file", signed["public"]]) == EXIT_INVALID
     assert "--signing-key-file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("parent", "entries", "holds"), [("candidate", HISTORY_LIMIT, True),
+                                                          ("base", HISTORY_LIMIT, False),
+                                                          ("candidate", HISTORY_LIMIT - 1, False)])
+def test_a_promotion_older_than_a_full_alias_history_holds_by_the_lineage_of_the_version_named_now(
+        signed: dict[str, Any], s3_bucket: str, parent: str, entries: int, holds: bool) -> None:
+    copy = _copy_to(s3_bucket, signed["registry"])
+    receipt, _ = _where(signed, copy)
+    candidate = signed["candidate"]
+    name = candidate.uri.rstrip("/").split("/")[-3]
+    uri = alias_uri(copy, name, "production")
+    record = parse_alias_record(DEFAULT.read_bytes(uri), uri)
+    assert record.version == candidate.version
+    later = "v-after-many-erasures"
+    ancestor = candidate.version if parent == "candidate" else record.previous
+    DEFAULT.write_json(storage.join(copy, name, "versions", later, "metadata.json"),
+                       {"version": later, "parent": ancestor, "sha256": "a" * 64, "files": {}})
+    history = [PreviousVersion(version=f"v-old-{i}", sha256=f"{i % 16:x}" * 64, updated_at="2026-12-01T00:00:00Z")
+               for i in range(entries)]  # a hundred later moves pushed this promotion out of the history
+    DEFAULT.write_bytes(uri, AliasRecord(version=later, sha256="a" * 64, updated_at="2026-12-02T00:00:00Z",
+                                         history=history).to_json_bytes())
+    checks = {c.name: c for c in verify_receipt(DEFAULT, receipt, Path(signed["public"]).read_bytes(),
+                                                registry=copy)}
+    check = checks["alias-history"]
+    assert check.ok is holds, check.detail
+    if holds:
+        assert f"descends from {candidate.version}" in check.detail
+    elif entries == HISTORY_LIMIT:
+        assert f"history is full ({HISTORY_LIMIT} moves)" in check.detail and "does not descend" in check.detail
+    else:
+        assert "has no record of request" in check.detail and "descend" not in check.detail
