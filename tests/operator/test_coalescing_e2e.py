@@ -186,7 +186,12 @@ def test_a_leader_deleted_after_the_job_was_created_leaves_it_running_for_the_ot
             forget_set = _batch_secret(api, ns, kept)
             with JobRunner(api, tmp_path / "jobs") as runner:
                 done = wait_for(lambda: _all_ended(api, ns, ["w1", "w2"]), 200.0, "w1 and w2 to end")
-                batch_secrets = [s for s in api.list(SECRETS, ns) if s["metadata"]["name"].endswith("-batch-subjects")]
+
+                def batch_secrets() -> list[dict[str, Any]]:
+                    return [s for s in api.list(SECRETS, ns) if s["metadata"]["name"].endswith("-batch-subjects")]
+
+                # released once the last request of the batch ended: right after its terminal status is saved
+                released = wait_for(lambda: not batch_secrets(), 15.0, "the batch Secret to be released")
             assert not runner.errors
     finally:
         api.stop()
@@ -202,7 +207,7 @@ def test_a_leader_deleted_after_the_job_was_created_leaves_it_running_for_the_ot
         assert receipt["batch"]["subjectCount"] == 3
     entries = ledger.read_ledger(DEFAULT, world["registry"], model)
     assert len(entries) == 1 and entries[0].count == 3  # the Job's whole forget set, w0's patient too
-    assert not batch_secrets  # released once the last request of the batch ended
+    assert released
 
 
 def test_a_batch_whose_gates_fail_holds_every_request_and_is_never_retrained(
